@@ -1,0 +1,71 @@
+#!lua flags=allow-key-locking
+-- Token buckets, checked and consumed all-or-nothing in one atomic call.
+--
+-- Every key the script touches is in KEYS, so Upstash's allow-key-locking
+-- (above) locks only these keys, and a cluster could route the call.
+--
+-- KEYS[i]            bucket i: a hash with fields `tokens` (may be fractional)
+--                    and `lastRefill` (epoch seconds, may be fractional)
+-- ARGV[1]            clock: "" = Redis TIME (default); otherwise the caller's
+--                    epoch time in whole milliseconds (worker-clock mode)
+-- ARGV[2 + 4(i-1)]   capacity of bucket i (tokens, > 0)
+-- ARGV[3 + 4(i-1)]   refill rate of bucket i (tokens per second, > 0)
+-- ARGV[4 + 4(i-1)]   TTL of bucket i in whole seconds (>= time to refill fully)
+-- ARGV[5 + 4(i-1)]   cost of this request against bucket i (tokens, > 0)
+--
+-- Returns integers only (Redis truncates Lua numbers):
+--   { allowed (1|0), denied_by (index of the first bucket short of tokens, 0 when allowed),
+--     then for each bucket i: remaining (whole tokens left after this call),
+--                             retry_ms (until bucket i could pay this cost; 0 if it can now),
+--                             reset_ms (until bucket i is full again) }
+-- A denied call writes nothing: the refill is a pure function of the stored state.
+
+local now
+if ARGV[1] == "" then
+  local t = redis.call("TIME")
+  now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+else
+  now = tonumber(ARGV[1]) / 1000
+end
+
+local n = #KEYS
+local level, stamp = {}, {}
+local denied_by = 0
+
+for i = 1, n do
+  local a = 2 + (i - 1) * 4
+  local capacity, rate, cost = tonumber(ARGV[a]), tonumber(ARGV[a + 1]), tonumber(ARGV[a + 3])
+  local h = redis.call("HMGET", KEYS[i], "tokens", "lastRefill")
+  local tokens, last = tonumber(h[1]), tonumber(h[2])
+  local t = now
+  if h[1] == false and h[2] == false then
+    tokens = capacity                          -- a new (or expired) bucket is full
+  elseif tokens == nil or last == nil or tokens ~= tokens or last ~= last then
+    tokens = 0                                 -- unreadable state: assume empty, never full
+  else
+    if t < last then t = last end              -- a bucket's clock never runs backwards
+    tokens = math.min(capacity, tokens + (t - last) * rate)
+  end
+  level[i], stamp[i] = tokens, t
+  if denied_by == 0 and tokens < cost then denied_by = i end
+end
+
+local out = { denied_by == 0 and 1 or 0, denied_by }
+for i = 1, n do
+  local a = 2 + (i - 1) * 4
+  local capacity, rate, ttl, cost =
+    tonumber(ARGV[a]), tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3])
+  local tokens = level[i]
+  local retry = 0
+  if tokens < cost then retry = math.ceil((cost - tokens) / rate * 1000) end
+  if denied_by == 0 then
+    tokens = tokens - cost
+    redis.call("HSET", KEYS[i], "tokens", string.format("%.17g", tokens),
+      "lastRefill", string.format("%.17g", stamp[i]))
+    redis.call("EXPIRE", KEYS[i], ttl)
+  end
+  out[#out + 1] = math.floor(tokens)
+  out[#out + 1] = retry
+  out[#out + 1] = math.ceil((capacity - tokens) / rate * 1000)
+end
+return out

@@ -1,0 +1,311 @@
+//! Gateway configuration, read once per isolate from environment variables
+//! (wrangler.toml `[vars]` and secrets) and validated strictly: every bad value
+//! is an error naming its variable, never a silent default.
+
+use std::fmt;
+
+use crate::limit::Limit;
+use crate::rate::Refill;
+
+/// What to do when Redis cannot decide in time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FailMode {
+    /// Forward the request, marked as not rate-limited.
+    Open,
+    /// Answer 503 with `Retry-After`.
+    Closed,
+}
+
+/// Where the token bucket's clock comes from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Clock {
+    /// Redis `TIME` inside the script: one clock for every location (default).
+    Redis,
+    /// The Worker's clock, passed to the script; for Redis services that refuse
+    /// `TIME` in scripts. The script never lets a bucket's time run backwards.
+    Worker,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Config {
+    pub redis_url: String,
+    pub redis_token: String,
+    pub limit: Limit,
+    /// Lower-case header name carrying a trusted user id; `None` identifies callers by IP only.
+    pub user_id_header: Option<String>,
+    /// Base URL requests are forwarded to (no trailing slash); `None` forwards to the request's own URL.
+    pub origin: Option<String>,
+    pub fail_mode: FailMode,
+    pub redis_timeout_ms: u32,
+    pub clock: Clock,
+}
+
+/// A configuration error: the variable at fault and what is wrong with it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConfigError {
+    pub variable: &'static str,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.variable, self.message)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+pub const DEFAULT_CAPACITY: u32 = 5;
+pub const DEFAULT_REFILL: &str = "5/min";
+pub const DEFAULT_TTL_SECONDS: u64 = 60;
+pub const DEFAULT_USER_ID_HEADER: &str = "x-user-id";
+pub const DEFAULT_REDIS_TIMEOUT_MS: u32 = 500;
+pub const MAX_REDIS_TIMEOUT_MS: u32 = 30_000;
+
+impl Config {
+    /// Builds the configuration from a variable lookup (`None` = not set).
+    pub fn from_env(var: impl Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
+        let err = |variable: &'static str, message: String| ConfigError { variable, message };
+
+        let redis_url = required(&var, "UPSTASH_REDIS_REST_URL")?;
+        let redis_url = parse_url(&redis_url).map_err(|m| err("UPSTASH_REDIS_REST_URL", m))?;
+        // The token is a secret: messages never repeat it.
+        let redis_token = required(&var, "UPSTASH_REDIS_REST_TOKEN")?;
+        if redis_token.bytes().any(|b| !(0x21..0x7f).contains(&b)) {
+            return Err(err("UPSTASH_REDIS_REST_TOKEN", "must be printable ASCII without spaces".into()));
+        }
+
+        let capacity = match optional(&var, "RATE_LIMIT_CAPACITY") {
+            None => u64::from(DEFAULT_CAPACITY),
+            Some(v) => parse_whole(&v).map_err(|m| err("RATE_LIMIT_CAPACITY", m))?,
+        };
+        let refill = optional(&var, "RATE_LIMIT_REFILL").unwrap_or_else(|| DEFAULT_REFILL.into());
+        let refill = Refill::parse(&refill).map_err(|m| err("RATE_LIMIT_REFILL", m))?;
+        let ttl = match optional(&var, "RATE_LIMIT_TTL_SECONDS") {
+            None => DEFAULT_TTL_SECONDS,
+            Some(v) => parse_whole(&v).map_err(|m| err("RATE_LIMIT_TTL_SECONDS", m))?,
+        };
+        let capacity = u32::try_from(capacity).unwrap_or(u32::MAX);
+        let limit = Limit::new(capacity, refill, ttl).map_err(|m| {
+            let variable = if m.contains("capacity") { "RATE_LIMIT_CAPACITY" } else { "RATE_LIMIT_TTL_SECONDS" };
+            err(variable, m)
+        })?;
+
+        let user_id_header = match var("USER_ID_HEADER") {
+            None => Some(DEFAULT_USER_ID_HEADER.to_string()),
+            Some(v) if v.trim().is_empty() => None,
+            Some(v) => {
+                let name = v.trim().to_ascii_lowercase();
+                if !name.bytes().all(is_token_byte) {
+                    return Err(err("USER_ID_HEADER", format!("{v:?} is not a valid HTTP header name")));
+                }
+                Some(name)
+            }
+        };
+
+        let origin = match optional(&var, "ORIGIN_URL") {
+            None => None,
+            Some(v) => {
+                let url = parse_url(&v).map_err(|m| err("ORIGIN_URL", m))?;
+                if url.contains(['?', '#']) {
+                    return Err(err("ORIGIN_URL", "must not have a query or fragment: the request's own are kept".into()));
+                }
+                Some(url)
+            }
+        };
+
+        let fail_mode = match optional(&var, "FAIL_MODE").as_deref().map(str::to_ascii_lowercase).as_deref() {
+            None | Some("open") => FailMode::Open,
+            Some("closed") => FailMode::Closed,
+            Some(other) => return Err(err("FAIL_MODE", format!("must be \"open\" or \"closed\", got {other:?}"))),
+        };
+
+        let redis_timeout_ms = match optional(&var, "REDIS_TIMEOUT_MS") {
+            None => DEFAULT_REDIS_TIMEOUT_MS,
+            Some(v) => match parse_whole(&v) {
+                Ok(ms) if (1..=u64::from(MAX_REDIS_TIMEOUT_MS)).contains(&ms) => ms as u32,
+                Ok(_) => return Err(err("REDIS_TIMEOUT_MS", format!("must be from 1 to {MAX_REDIS_TIMEOUT_MS} milliseconds, got {v}"))),
+                Err(m) => return Err(err("REDIS_TIMEOUT_MS", m)),
+            },
+        };
+
+        let clock = match optional(&var, "RATE_LIMIT_CLOCK").as_deref().map(str::to_ascii_lowercase).as_deref() {
+            None | Some("redis") => Clock::Redis,
+            Some("worker") => Clock::Worker,
+            Some(other) => return Err(err("RATE_LIMIT_CLOCK", format!("must be \"redis\" or \"worker\", got {other:?}"))),
+        };
+
+        Ok(Config { redis_url, redis_token, limit, user_id_header, origin, fail_mode, redis_timeout_ms, clock })
+    }
+}
+
+/// A set, non-blank variable, trimmed; blank counts as unset.
+fn optional(var: &impl Fn(&str) -> Option<String>, name: &str) -> Option<String> {
+    var(name).map(|v| v.trim().to_string()).filter(|v| !v.is_empty())
+}
+
+fn required(var: &impl Fn(&str) -> Option<String>, name: &'static str) -> Result<String, ConfigError> {
+    optional(var, name).ok_or_else(|| ConfigError {
+        variable: name,
+        message: "is not set (a secret: `wrangler secret put`; locally: .dev.vars)".into(),
+    })
+}
+
+/// A whole number of plain digits: no sign, no fraction, no exponent, at most 2^53.
+fn parse_whole(text: &str) -> Result<u64, String> {
+    if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(format!("must be a whole number, got {text:?}"));
+    }
+    match text.parse::<u64>() {
+        Ok(n) if n <= 1 << 53 => Ok(n),
+        _ => Err(format!("{text} is too large")),
+    }
+}
+
+/// An absolute http(s) URL with a host; returned without a trailing slash.
+fn parse_url(text: &str) -> Result<String, String> {
+    let rest = text
+        .strip_prefix("https://")
+        .or_else(|| text.strip_prefix("http://"))
+        .ok_or_else(|| format!("must be an absolute http:// or https:// URL, got {text:?}"))?;
+    let host = rest.split(['/', '?', '#']).next().unwrap_or("");
+    if host.is_empty() || host.starts_with(':') || host.contains('@') {
+        return Err(format!("has no valid host: {text:?}"));
+    }
+    if text.bytes().any(|b| b <= b' ' || b == 0x7f) {
+        return Err(format!("contains spaces or control characters: {text:?}"));
+    }
+    Ok(text.trim_end_matches('/').to_string())
+}
+
+/// RFC 9110 `tchar`.
+fn is_token_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn config(vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let mut map: HashMap<String, String> = [
+            ("UPSTASH_REDIS_REST_URL", "https://eu1-example.upstash.io"),
+            ("UPSTASH_REDIS_REST_TOKEN", "s3cret-token"),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        for (k, v) in vars {
+            map.insert(k.to_string(), v.to_string());
+        }
+        Config::from_env(|name| map.get(name).cloned())
+    }
+
+    fn rejected(vars: &[(&str, &str)]) -> ConfigError {
+        config(vars).expect_err("configuration should be rejected")
+    }
+
+    #[test]
+    fn defaults() {
+        let c = config(&[]).unwrap();
+        assert_eq!(c.redis_url, "https://eu1-example.upstash.io");
+        assert_eq!(c.redis_token, "s3cret-token");
+        assert_eq!(c.limit.capacity(), 5);
+        assert_eq!(c.limit.refill().tokens_per_second(), 5.0 / 60.0);
+        assert_eq!(c.limit.ttl_seconds(), 60);
+        assert_eq!(c.user_id_header.as_deref(), Some("x-user-id"));
+        assert_eq!(c.origin, None);
+        assert_eq!(c.fail_mode, FailMode::Open);
+        assert_eq!(c.redis_timeout_ms, 500);
+        assert_eq!(c.clock, Clock::Redis);
+    }
+
+    #[test]
+    fn every_variable_is_read() {
+        let c = config(&[
+            ("UPSTASH_REDIS_REST_URL", "http://127.0.0.1:8079/"),
+            ("RATE_LIMIT_CAPACITY", "100"),
+            ("RATE_LIMIT_REFILL", "10/s"),
+            ("RATE_LIMIT_TTL_SECONDS", "120"),
+            ("USER_ID_HEADER", "X-Api-Client"),
+            ("ORIGIN_URL", "http://127.0.0.1:9000/"),
+            ("FAIL_MODE", "closed"),
+            ("REDIS_TIMEOUT_MS", "250"),
+            ("RATE_LIMIT_CLOCK", "worker"),
+        ])
+        .unwrap();
+        assert_eq!(c.redis_url, "http://127.0.0.1:8079");
+        assert_eq!(c.limit.capacity(), 100);
+        assert_eq!(c.limit.refill().tokens_per_second(), 10.0);
+        assert_eq!(c.limit.ttl_seconds(), 120);
+        assert_eq!(c.user_id_header.as_deref(), Some("x-api-client"));
+        assert_eq!(c.origin.as_deref(), Some("http://127.0.0.1:9000"));
+        assert_eq!(c.fail_mode, FailMode::Closed);
+        assert_eq!(c.redis_timeout_ms, 250);
+        assert_eq!(c.clock, Clock::Worker);
+    }
+
+    #[test]
+    fn blank_user_id_header_means_ip_only() {
+        assert_eq!(config(&[("USER_ID_HEADER", "")]).unwrap().user_id_header, None);
+    }
+
+    #[test]
+    fn short_ttl_is_raised_to_refill_time() {
+        let c = config(&[("RATE_LIMIT_REFILL", "1/min"), ("RATE_LIMIT_TTL_SECONDS", "10")]).unwrap();
+        assert_eq!(c.limit.ttl_seconds(), 300);
+    }
+
+    #[test]
+    fn missing_credentials_name_the_variable() {
+        let mut vars = HashMap::new();
+        vars.insert("UPSTASH_REDIS_REST_URL".to_string(), "https://x.upstash.io".to_string());
+        let e = Config::from_env(|n| vars.get(n).cloned()).unwrap_err();
+        assert_eq!(e.variable, "UPSTASH_REDIS_REST_TOKEN");
+        let e = Config::from_env(|_| None).unwrap_err();
+        assert_eq!(e.variable, "UPSTASH_REDIS_REST_URL");
+        assert!(e.to_string().starts_with("UPSTASH_REDIS_REST_URL: is not set"), "{e}");
+    }
+
+    #[test]
+    fn each_bad_value_is_rejected_with_its_variable() {
+        let cases: &[(&str, &str, &str)] = &[
+            ("UPSTASH_REDIS_REST_URL", "redis://localhost:6379", "absolute http:// or https:// URL"),
+            ("UPSTASH_REDIS_REST_URL", "https://", "no valid host"),
+            ("UPSTASH_REDIS_REST_URL", "https://a b", "spaces"),
+            ("UPSTASH_REDIS_REST_TOKEN", "has space", "printable ASCII"),
+            ("RATE_LIMIT_CAPACITY", "0", "capacity must be a whole number from 1"),
+            ("RATE_LIMIT_CAPACITY", "-1", "must be a whole number"),
+            ("RATE_LIMIT_CAPACITY", "5.5", "must be a whole number"),
+            ("RATE_LIMIT_CAPACITY", "NaN", "must be a whole number"),
+            ("RATE_LIMIT_CAPACITY", "1e3", "must be a whole number"),
+            ("RATE_LIMIT_CAPACITY", "9007199254740993", "too large"),
+            ("RATE_LIMIT_CAPACITY", "4294967296", "capacity must be a whole number from 1"),
+            ("RATE_LIMIT_REFILL", "5/week", "unknown unit"),
+            ("RATE_LIMIT_REFILL", "0/s", "greater than zero"),
+            ("RATE_LIMIT_REFILL", "inf/s", "not a plain positive number"),
+            ("RATE_LIMIT_TTL_SECONDS", "0", "TTL must be from 1"),
+            ("RATE_LIMIT_TTL_SECONDS", "60s", "must be a whole number"),
+            ("USER_ID_HEADER", "x user", "not a valid HTTP header name"),
+            ("ORIGIN_URL", "ftp://origin", "absolute http:// or https:// URL"),
+            ("ORIGIN_URL", "https://origin/?a=1", "must not have a query"),
+            ("FAIL_MODE", "sometimes", "must be \"open\" or \"closed\""),
+            ("REDIS_TIMEOUT_MS", "0", "must be from 1 to 30000"),
+            ("REDIS_TIMEOUT_MS", "30001", "must be from 1 to 30000"),
+            ("REDIS_TIMEOUT_MS", "fast", "must be a whole number"),
+            ("RATE_LIMIT_CLOCK", "local", "must be \"redis\" or \"worker\""),
+        ];
+        for (variable, value, expected) in cases {
+            let e = rejected(&[(variable, value)]);
+            assert_eq!(&e.variable, variable, "{variable}={value:?} blamed {e}");
+            assert!(e.message.contains(expected), "{variable}={value:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn token_is_never_echoed() {
+        let e = rejected(&[("UPSTASH_REDIS_REST_TOKEN", "leak me")]);
+        assert!(!e.to_string().contains("leak me"));
+    }
+}

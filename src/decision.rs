@@ -1,0 +1,171 @@
+//! What the limiter decided, and how that is told to the client: the IETF
+//! `RateLimit-Policy` / `RateLimit` fields (draft-ietf-httpapi-ratelimit-headers,
+//! structured-field syntax), `Retry-After`, and RFC 9457 problem bodies.
+//! Every response header the gateway adds is rendered here.
+
+use std::fmt::Write;
+
+use crate::limit::Limit;
+use crate::upstash::RestError;
+
+/// One limit's state after a decision.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LimitStatus {
+    /// Policy name, a `[a-z0-9_-]` identifier.
+    pub policy: &'static str,
+    pub capacity: u32,
+    /// Seconds for an empty bucket to become full.
+    pub window_s: u64,
+    pub remaining: u64,
+    /// Milliseconds until this limit could pay the request's cost (0: it can now).
+    pub retry_ms: u64,
+    /// Milliseconds until this bucket is full again.
+    pub reset_ms: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Decision {
+    pub allowed: bool,
+    /// Index into `limits` of the limit that denied.
+    pub denied_by: Option<usize>,
+    pub limits: Vec<LimitStatus>,
+}
+
+impl Decision {
+    /// Decodes the script's integer reply for `limits` (policy names alongside).
+    pub fn from_script(reply: &[i64], limits: &[(&'static str, &Limit)]) -> Result<Decision, RestError> {
+        let malformed = || RestError::Malformed(format!("script returned {} integers for {} limits", reply.len(), limits.len()));
+        if reply.len() != 2 + 3 * limits.len() {
+            return Err(malformed());
+        }
+        let allowed = match reply[0] {
+            1 => true,
+            0 => false,
+            _ => return Err(malformed()),
+        };
+        let denied_by = match (allowed, reply[1]) {
+            (true, 0) => None,
+            (false, i) if i >= 1 && (i as usize) <= limits.len() => Some(i as usize - 1),
+            _ => return Err(malformed()),
+        };
+        let limits = limits
+            .iter()
+            .zip(reply[2..].chunks_exact(3))
+            .map(|((policy, limit), v)| LimitStatus {
+                policy,
+                capacity: limit.capacity(),
+                window_s: limit.window_seconds(),
+                remaining: v[0].max(0) as u64,
+                retry_ms: v[1].max(0) as u64,
+                reset_ms: v[2].max(0) as u64,
+            })
+            .collect();
+        Ok(Decision { allowed, denied_by, limits })
+    }
+
+    /// The limit the `RateLimit` field reports: the one that denied, else the one with the
+    /// fewest tokens left.
+    pub fn most_restrictive(&self) -> Option<&LimitStatus> {
+        match self.denied_by {
+            Some(i) => self.limits.get(i),
+            None => self.limits.iter().min_by_key(|l| l.remaining),
+        }
+    }
+
+    /// Whole seconds for `Retry-After` (≥ 1) when denied.
+    pub fn retry_after_s(&self) -> u64 {
+        let ms = self.most_restrictive().map_or(1000, |l| l.retry_ms);
+        ms.div_ceil(1000).max(1)
+    }
+}
+
+/// The `RateLimit-Policy` and `RateLimit` field values (and `Retry-After` when denied).
+pub fn rate_limit_headers(decision: &Decision) -> Vec<(&'static str, String)> {
+    let mut policy = String::new();
+    for (i, l) in decision.limits.iter().enumerate() {
+        if i > 0 {
+            policy.push_str(", ");
+        }
+        let _ = write!(policy, "\"{}\";q={};w={}", l.policy, l.capacity, l.window_s);
+    }
+    let mut headers = vec![("RateLimit-Policy", policy)];
+    if let Some(l) = decision.most_restrictive() {
+        headers.push(("RateLimit", format!("\"{}\";r={};t={}", l.policy, l.remaining, l.reset_ms.div_ceil(1000))));
+    }
+    if !decision.allowed {
+        headers.push(("Retry-After", decision.retry_after_s().to_string()));
+    }
+    headers
+}
+
+/// An RFC 9457 problem body; its type is `urn:edge-ratelimit:problem:<kind>` (the README lists
+/// the kinds). No internal detail is ever put in `detail`.
+pub fn problem_json(kind: &str, title: &str, status: u16, detail: &str) -> String {
+    serde_json::json!({
+        "type": format!("urn:edge-ratelimit:problem:{kind}"),
+        "title": title,
+        "status": status,
+        "detail": detail,
+    })
+    .to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rate::Refill;
+
+    fn limit() -> Limit {
+        Limit::new(5, Refill::parse("5/min").unwrap(), 60).unwrap()
+    }
+
+    #[test]
+    fn allowed_decision_renders_policy_and_remaining() {
+        let l = limit();
+        let d = Decision::from_script(&[1, 0, 4, 0, 12_000], &[("default", &l)]).unwrap();
+        assert!(d.allowed);
+        assert_eq!(
+            rate_limit_headers(&d),
+            vec![("RateLimit-Policy", "\"default\";q=5;w=60".to_string()), ("RateLimit", "\"default\";r=4;t=12".to_string())]
+        );
+    }
+
+    #[test]
+    fn denied_decision_adds_retry_after_in_whole_seconds_at_least_one() {
+        let l = limit();
+        let d = Decision::from_script(&[0, 1, 0, 11_001, 59_000], &[("default", &l)]).unwrap();
+        let h = rate_limit_headers(&d);
+        assert_eq!(h[1], ("RateLimit", "\"default\";r=0;t=59".to_string()));
+        assert_eq!(h[2], ("Retry-After", "12".to_string()));
+        let d = Decision::from_script(&[0, 1, 0, 1, 1], &[("default", &l)]).unwrap();
+        assert_eq!(d.retry_after_s(), 1);
+    }
+
+    #[test]
+    fn several_limits_report_the_one_that_denied() {
+        let (a, b) = (limit(), Limit::new(100, Refill::parse("100/h").unwrap(), 60).unwrap());
+        let d = Decision::from_script(&[0, 2, 3, 0, 24_000, 0, 30_000, 3_600_000], &[("user", &a), ("api", &b)]).unwrap();
+        let h = rate_limit_headers(&d);
+        assert_eq!(h[0].1, "\"user\";q=5;w=60, \"api\";q=100;w=3600");
+        assert_eq!(h[1].1, "\"api\";r=0;t=3600");
+        assert_eq!(h[2].1, "30");
+        let d = Decision::from_script(&[1, 0, 3, 0, 24_000, 50, 0, 1000], &[("user", &a), ("api", &b)]).unwrap();
+        assert_eq!(rate_limit_headers(&d)[1].1, "\"user\";r=3;t=24");
+    }
+
+    #[test]
+    fn inconsistent_script_replies_are_malformed() {
+        let l = limit();
+        for reply in [&[][..], &[1, 0, 4, 0][..], &[2, 0, 4, 0, 0][..], &[1, 1, 4, 0, 0][..], &[0, 0, 4, 0, 0][..], &[0, 2, 4, 0, 0][..]] {
+            assert!(matches!(Decision::from_script(reply, &[("default", &l)]), Err(RestError::Malformed(_))), "{reply:?}");
+        }
+    }
+
+    #[test]
+    fn problem_body_is_rfc9457() {
+        let v: serde_json::Value = serde_json::from_str(&problem_json("rate-limited", "Too Many Requests", 429, "x")).unwrap();
+        assert_eq!(v["status"], 429);
+        assert_eq!(v["title"], "Too Many Requests");
+        assert_eq!(v["type"], "urn:edge-ratelimit:problem:rate-limited");
+    }
+}

@@ -1,0 +1,124 @@
+//! Redis keys: `rate:<caller>:<path>`.
+//!
+//! Only what could collide or mislead is escaped, so ordinary keys stay
+//! readable (`rate:alice:/api/orders`): in a user id, `:` (the separator),
+//! `%` (the escape), glob characters `*?[]\` (so an operator's
+//! `SCAN MATCH rate:<id>:*` matches only that id), spaces, control and
+//! non-ASCII bytes become `%XX`, and a leading `@` too, because `@…` names
+//! identities the gateway derives itself (`@ip/…`, `@sha256/…`). Ids longer
+//! than [`MAX_ID_BYTES`] and paths longer than [`MAX_PATH_BYTES`] are
+//! replaced by their SHA-256, so no caller can make keys huge.
+
+use std::fmt::Write;
+
+use sha2::{Digest, Sha256};
+
+use crate::identity::Caller;
+use crate::path::push_percent;
+
+pub const MAX_ID_BYTES: usize = 256;
+pub const MAX_PATH_BYTES: usize = 1024;
+
+/// The bucket key for `caller` on the canonical `path` (see [`crate::path::normalize`]).
+pub fn bucket_key(caller: &Caller, path: &str) -> String {
+    let mut key = String::with_capacity(8 + path.len().min(MAX_PATH_BYTES) + 64);
+    key.push_str("rate:");
+    push_caller(&mut key, caller);
+    key.push(':');
+    if path.len() > MAX_PATH_BYTES {
+        push_digest(&mut key, path.as_bytes());
+    } else {
+        // Canonical paths are printable ASCII with glob characters already encoded.
+        key.push_str(path);
+    }
+    key
+}
+
+fn push_caller(key: &mut String, caller: &Caller) {
+    match caller {
+        Caller::User(id) if id.len() > MAX_ID_BYTES => push_digest(key, id.as_bytes()),
+        Caller::User(id) => push_escaped(key, id),
+        Caller::Ip { addr, prefix } => {
+            key.push_str("@ip/");
+            let text = if addr.is_ipv6() { format!("{addr}/{prefix}") } else { addr.to_string() };
+            push_escaped(key, &text);
+        }
+    }
+}
+
+fn push_escaped(key: &mut String, id: &str) {
+    for (i, &b) in id.as_bytes().iter().enumerate() {
+        let unsafe_byte = b <= b' ' || b >= 0x7f || b":%*?[]\\".contains(&b) || (i == 0 && b == b'@');
+        if unsafe_byte {
+            push_percent(key, b);
+        } else {
+            key.push(b as char);
+        }
+    }
+}
+
+fn push_digest(key: &mut String, bytes: &[u8]) {
+    key.push_str("@sha256/");
+    for b in Sha256::digest(bytes) {
+        let _ = write!(key, "{b:02x}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::identity::identify;
+
+    fn user(id: &str) -> Caller {
+        Caller::User(id.into())
+    }
+
+    #[test]
+    fn plain_ids_and_paths_stay_readable() {
+        assert_eq!(bucket_key(&user("alice"), "/api/orders"), "rate:alice:/api/orders");
+        assert_eq!(bucket_key(&user("user-42_x.y~z@corp"), "/"), "rate:user-42_x.y~z@corp:/");
+    }
+
+    #[test]
+    fn separator_and_glob_characters_cannot_collide() {
+        // "a:/x" as a user on "/y" must not become the user "a" on path "/x:/y".
+        assert_eq!(bucket_key(&user("a:/x"), "/y"), "rate:a%3A/x:/y");
+        assert_ne!(bucket_key(&user("a:/x"), "/y"), bucket_key(&user("a"), "/x:/y"));
+        assert_eq!(bucket_key(&user("*"), "/"), "rate:%2A:/");
+        assert_eq!(bucket_key(&user("a?b[c]\\"), "/"), "rate:a%3Fb%5Bc%5D%5C:/");
+        assert_eq!(bucket_key(&user("100%"), "/"), "rate:100%25:/");
+        assert_ne!(bucket_key(&user("%3A"), "/"), bucket_key(&user(":"), "/"));
+    }
+
+    #[test]
+    fn control_space_and_non_ascii_bytes_are_escaped() {
+        assert_eq!(bucket_key(&user("a b\u{0}\n\u{7f}é"), "/"), "rate:a%20b%00%0A%7F%C3%A9:/");
+    }
+
+    #[test]
+    fn users_cannot_pose_as_derived_identities() {
+        let ip = identify(None, Some("203.0.113.7"), 64).unwrap();
+        assert_eq!(bucket_key(&ip, "/"), "rate:@ip/203.0.113.7:/");
+        assert_eq!(bucket_key(&user("@ip/203.0.113.7"), "/"), "rate:%40ip/203.0.113.7:/");
+        assert_eq!(bucket_key(&user("a@b"), "/"), "rate:a@b:/");
+    }
+
+    #[test]
+    fn ipv6_keys_name_the_prefix() {
+        let ip = identify(None, Some("2001:db8:1:2::99"), 64).unwrap();
+        assert_eq!(bucket_key(&ip, "/"), "rate:@ip/2001%3Adb8%3A1%3A2%3A%3A/64:/");
+    }
+
+    #[test]
+    fn long_ids_and_paths_are_hashed() {
+        let long = "x".repeat(64 * 1024);
+        let key = bucket_key(&user(&long), "/p");
+        assert!(key.starts_with("rate:@sha256/"), "{key}");
+        assert_eq!(key.len(), "rate:@sha256/".len() + 64 + ":/p".len());
+        assert_ne!(key, bucket_key(&user(&format!("{long}y")), "/p"));
+        let at_limit = "y".repeat(MAX_ID_BYTES);
+        assert_eq!(bucket_key(&user(&at_limit), "/"), format!("rate:{at_limit}:/"));
+        let path = format!("/{}", "p".repeat(MAX_PATH_BYTES));
+        assert!(bucket_key(&user("a"), &path).starts_with("rate:a:@sha256/"));
+    }
+}

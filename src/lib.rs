@@ -1,0 +1,44 @@
+//! edge-ratelimit: an API-gateway rate limiter for Cloudflare Workers.
+//!
+//! Every request is identified, mapped to a token bucket per caller and API
+//! path, and decided by one atomic Lua script in Redis (reached over the
+//! Upstash REST API), then forwarded to the origin or answered 429.
+//!
+//! Module map (dependencies point down; only `edge` names `worker`, a clock or the network):
+//! - `edge`      — the Worker: `Env` → [`Config`], request facts, the REST transport,
+//!                 forwarding, and the one place outcomes become HTTP responses (wasm32 only).
+//! - `limiter`   — one isolate's limiter: EVALSHA/EVAL recovery, deny cache, fail mode.
+//! - `upstash`   — the REST protocol: bodies in, classified replies out.
+//! - `decision`  — decisions and how they are rendered (RateLimit headers, problem bodies).
+//! - `config`, `limit`, `rate` — validated configuration.
+//! - `identity`, `path`, `key` — who is calling, on which canonical path, in which bucket.
+//! - `script`    — the Lua script and its build-time SHA1s.
+//! - `bucket`    — a reference token bucket the Lua script must agree with (tests only).
+
+mod config;
+mod decision;
+mod identity;
+mod key;
+mod limit;
+mod limiter;
+mod path;
+mod rate;
+mod script;
+mod upstash;
+
+#[doc(hidden)]
+pub mod bucket;
+
+#[cfg(target_arch = "wasm32")]
+mod edge;
+
+pub use config::{Clock, Config, ConfigError, FailMode};
+pub use decision::{problem_json, rate_limit_headers, Decision, LimitStatus};
+pub use identity::{identify, Caller, IdentityError, DEFAULT_IPV6_PREFIX};
+pub use key::bucket_key;
+pub use limit::Limit;
+pub use limiter::{outcome, Check, Failure, HttpReply, Limiter, Outcome, Transport, TransportError};
+pub use path::{normalize, normalize_with};
+pub use rate::Refill;
+pub use script::{Variant, TOKEN_BUCKET_FLAGGED, TOKEN_BUCKET_FLAGGED_SHA, TOKEN_BUCKET_PLAIN, TOKEN_BUCKET_PLAIN_SHA};
+pub use upstash::{eval_body, evalsha_body, parse_script_reply, RestError};

@@ -1,0 +1,83 @@
+//! One token bucket's policy: capacity, refill rate and TTL. Invalid policy
+//! cannot be built.
+
+use std::num::NonZeroU32;
+
+use crate::rate::Refill;
+
+/// The largest capacity accepted; far below 2^53 so every token count stays exact in a double.
+pub const MAX_CAPACITY: u32 = 1_000_000_000;
+/// The longest TTL accepted (a year).
+pub const MAX_TTL_SECONDS: u64 = 365 * 86_400;
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Limit {
+    capacity: NonZeroU32,
+    refill: Refill,
+    ttl_seconds: u64,
+}
+
+impl Limit {
+    /// A bucket of `capacity` tokens refilled at `refill`. The bucket's TTL is
+    /// `ttl_seconds`, raised to the time a bucket needs to refill completely:
+    /// an empty bucket that expired sooner would come back full, handing out
+    /// tokens that were never refilled.
+    pub fn new(capacity: u32, refill: Refill, ttl_seconds: u64) -> Result<Limit, String> {
+        let capacity = NonZeroU32::new(capacity)
+            .filter(|c| c.get() <= MAX_CAPACITY)
+            .ok_or_else(|| format!("the capacity must be a whole number from 1 to {MAX_CAPACITY}"))?;
+        if ttl_seconds == 0 || ttl_seconds > MAX_TTL_SECONDS {
+            return Err(format!("the TTL must be from 1 to {MAX_TTL_SECONDS} seconds"));
+        }
+        let window = refill.seconds_for(f64::from(capacity.get()));
+        Ok(Limit { capacity, refill, ttl_seconds: ttl_seconds.max(window) })
+    }
+
+    pub fn capacity(&self) -> u32 {
+        self.capacity.get()
+    }
+
+    pub fn refill(&self) -> Refill {
+        self.refill
+    }
+
+    /// The TTL the script sets: never shorter than [`Limit::window_seconds`].
+    pub fn ttl_seconds(&self) -> u64 {
+        self.ttl_seconds
+    }
+
+    /// Whole seconds for an empty bucket to become full (the `w` of `RateLimit-Policy`).
+    pub fn window_seconds(&self) -> u64 {
+        self.refill.seconds_for(f64::from(self.capacity.get()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refill(text: &str) -> Refill {
+        Refill::parse(text).unwrap()
+    }
+
+    #[test]
+    fn ttl_is_raised_to_the_full_refill_time() {
+        // 5 tokens at 1/min take 300 s to refill; a 60 s TTL would hand out free tokens.
+        let slow = Limit::new(5, refill("1/min"), 60).unwrap();
+        assert_eq!(slow.ttl_seconds(), 300);
+        assert_eq!(slow.window_seconds(), 300);
+        let fast = Limit::new(5, refill("5/min"), 60).unwrap();
+        assert_eq!(fast.ttl_seconds(), 60);
+        let long = Limit::new(5, refill("10/s"), 3600).unwrap();
+        assert_eq!(long.ttl_seconds(), 3600);
+    }
+
+    #[test]
+    fn rejects_zero_and_huge_capacity_and_ttl() {
+        assert!(Limit::new(0, refill("1/s"), 60).is_err());
+        assert!(Limit::new(MAX_CAPACITY + 1, refill("1/s"), 60).is_err());
+        assert!(Limit::new(5, refill("1/s"), 0).is_err());
+        assert!(Limit::new(5, refill("1/s"), MAX_TTL_SECONDS + 1).is_err());
+        assert!(Limit::new(MAX_CAPACITY, refill("1/s"), MAX_TTL_SECONDS).is_ok());
+    }
+}

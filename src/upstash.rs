@@ -1,0 +1,181 @@
+//! The Upstash REST protocol, as pure code: request bodies in, classified
+//! replies out. `POST {url}` with a JSON array (`["EVALSHA", sha, …]`),
+//! `Authorization: Bearer <token>`; the answer is `{"result": …}` or
+//! `{"error": "…"}` with an HTTP status. Only the transport (src/edge) does I/O.
+
+use serde::Deserialize;
+
+use crate::script::Variant;
+
+/// Why the REST endpoint did not give us a usable script result.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RestError {
+    /// `NOSCRIPT`: the script cache does not have this SHA (after a flush, restart or failover).
+    NoScript,
+    /// The server does not accept the `#!lua flags=…` shebang (vanilla Redis 7, or Redis < 7).
+    ShebangRejected,
+    /// 401/403 or `WRONGPASS`/`NOAUTH`: the token is wrong.
+    Unauthorized,
+    /// 429: Upstash's own request limit (never to be relayed as the caller's 429).
+    Throttled,
+    /// 5xx from the endpoint.
+    Server(u16),
+    /// Any other error text from Redis (a script error, OOM, …).
+    Redis(String),
+    /// A reply that is not what the protocol promises.
+    Malformed(String),
+}
+
+/// `["EVALSHA", sha, numkeys, keys…, args…]` for `variant`.
+pub fn evalsha_body(variant: Variant, keys: &[String], args: &[String]) -> String {
+    body("EVALSHA", variant.sha(), keys, args)
+}
+
+/// `["EVAL", script, numkeys, keys…, args…]` for `variant`.
+pub fn eval_body(variant: Variant, keys: &[String], args: &[String]) -> String {
+    body("EVAL", variant.text(), keys, args)
+}
+
+fn body(command: &str, script: &str, keys: &[String], args: &[String]) -> String {
+    let size = script.len() + 32 + keys.iter().chain(args).map(|s| s.len() + 3).sum::<usize>();
+    let mut out = String::with_capacity(size);
+    out.push('[');
+    push_json_string(&mut out, command);
+    out.push(',');
+    push_json_string(&mut out, script);
+    out.push_str(",\"");
+    out.push_str(&keys.len().to_string());
+    out.push('"');
+    for item in keys.iter().chain(args) {
+        out.push(',');
+        push_json_string(&mut out, item);
+    }
+    out.push(']');
+    out
+}
+
+fn push_json_string(out: &mut String, s: &str) {
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+}
+
+#[derive(Deserialize)]
+struct Envelope {
+    #[serde(default)]
+    result: Option<serde_json::Value>,
+    #[serde(default)]
+    error: Option<String>,
+}
+
+/// Classifies an HTTP reply to a script call; `Ok` is the script's integer array.
+pub fn parse_script_reply(status: u16, body: &str) -> Result<Vec<i64>, RestError> {
+    match status {
+        401 | 403 => return Err(RestError::Unauthorized),
+        429 => return Err(RestError::Throttled),
+        500..=599 => return Err(RestError::Server(status)),
+        _ => {}
+    }
+    let envelope: Envelope = serde_json::from_str(body)
+        .map_err(|e| RestError::Malformed(format!("HTTP {status}: not a JSON object ({e})")))?;
+    if let Some(error) = envelope.error {
+        return Err(classify_error(error));
+    }
+    if status != 200 {
+        return Err(RestError::Malformed(format!("HTTP {status} without an error")));
+    }
+    let items = match envelope.result {
+        Some(serde_json::Value::Array(items)) => items,
+        other => return Err(RestError::Malformed(format!("result is not an array: {other:?}"))),
+    };
+    items
+        .iter()
+        .map(|v| v.as_i64().ok_or_else(|| RestError::Malformed(format!("result item is not an integer: {v}"))))
+        .collect()
+}
+
+fn classify_error(error: String) -> RestError {
+    if error.starts_with("NOSCRIPT") {
+        RestError::NoScript
+    } else if error.starts_with("WRONGPASS") || error.starts_with("NOAUTH") {
+        RestError::Unauthorized
+    } else if error.contains("shebang") || error.contains("near '#'") {
+        // Redis 7: "ERR Unexpected flag in script shebang: …"; Redis < 7 cannot parse "#!" at all.
+        RestError::ShebangRejected
+    } else {
+        RestError::Redis(error)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::script::{TOKEN_BUCKET_FLAGGED_SHA, TOKEN_BUCKET_PLAIN_SHA};
+
+    #[test]
+    fn evalsha_body_is_a_json_array_of_strings() {
+        let body = evalsha_body(Variant::Flagged, &["rate:a:/x".into()], &["".into(), "5".into(), "0.08333333333333333".into()]);
+        assert_eq!(body, format!(r#"["EVALSHA","{TOKEN_BUCKET_FLAGGED_SHA}","1","rate:a:/x","","5","0.08333333333333333"]"#));
+        let parsed: Vec<String> = serde_json::from_str(&body).unwrap();
+        assert_eq!(parsed.len(), 7);
+        assert!(evalsha_body(Variant::Plain, &[], &[]).contains(TOKEN_BUCKET_PLAIN_SHA));
+    }
+
+    #[test]
+    fn eval_body_escapes_the_script_and_keys() {
+        let body = eval_body(Variant::Flagged, &["rate:\"q\"\\\u{1}:/".into()], &[]);
+        let parsed: Vec<String> = serde_json::from_str(&body).unwrap();
+        assert_eq!(parsed[0], "EVAL");
+        assert_eq!(parsed[1], Variant::Flagged.text());
+        assert_eq!(parsed[2], "1");
+        assert_eq!(parsed[3], "rate:\"q\"\\\u{1}:/");
+    }
+
+    #[test]
+    fn results_and_errors_are_classified() {
+        assert_eq!(parse_script_reply(200, r#"{"result":[1,0,4,0,12000]}"#), Ok(vec![1, 0, 4, 0, 12000]));
+        assert_eq!(
+            parse_script_reply(400, r#"{"error":"NOSCRIPT No matching script. Please use EVAL."}"#),
+            Err(RestError::NoScript)
+        );
+        assert_eq!(
+            parse_script_reply(400, r#"{"error":"ERR Unexpected flag in script shebang: allow-key-locking"}"#),
+            Err(RestError::ShebangRejected)
+        );
+        assert_eq!(parse_script_reply(401, r#"{"error":"Unauthorized"}"#), Err(RestError::Unauthorized));
+        assert_eq!(parse_script_reply(400, r#"{"error":"WRONGPASS invalid password"}"#), Err(RestError::Unauthorized));
+        assert_eq!(parse_script_reply(429, "slow down"), Err(RestError::Throttled));
+        assert_eq!(parse_script_reply(502, "<html>bad gateway</html>"), Err(RestError::Server(502)));
+        assert_eq!(
+            parse_script_reply(400, r#"{"error":"ERR user_script:3: boom"}"#),
+            Err(RestError::Redis("ERR user_script:3: boom".into()))
+        );
+    }
+
+    #[test]
+    fn malformed_replies_are_errors_not_panics() {
+        for (status, body) in [
+            (200, ""),
+            (200, "not json"),
+            (200, "[1,2]"),
+            (200, r#"{"result":"OK"}"#),
+            (200, r#"{"result":[1,"x"]}"#),
+            (200, r#"{"result":[1.5]}"#),
+            (200, r#"{}"#),
+            (400, r#"{"result":[1]}"#),
+            (200, r#"{"result":[1],"error":7}"#),
+        ] {
+            assert!(matches!(parse_script_reply(status, body), Err(RestError::Malformed(_))), "{status} {body}");
+        }
+    }
+}
