@@ -38,7 +38,7 @@ pub use identity::{identify, Caller, IdentityError, DEFAULT_IPV6_PREFIX};
 pub use key::bucket_key;
 pub use limit::Limit;
 pub use limiter::{outcome, Check, Failure, HttpReply, Limiter, Outcome, Transport, TransportError};
-pub use path::{normalize, normalize_with};
+pub use path::{normalize, normalize_with, path_and_query};
 pub use rate::Refill;
 pub use script::{Variant, TOKEN_BUCKET_FLAGGED, TOKEN_BUCKET_FLAGGED_SHA, TOKEN_BUCKET_PLAIN, TOKEN_BUCKET_PLAIN_SHA};
 pub use upstash::{eval_body, evalsha_body, parse_script_reply, RestError};

@@ -49,6 +49,17 @@ pub fn normalize_with(target: &str, fold_case: bool) -> String {
     out
 }
 
+/// The path-and-query part of an absolute URL (`https://host/a?b` → `/a?b`), without any
+/// fragment; `/` when the URL has no path.
+pub fn path_and_query(url: &str) -> &str {
+    let after_scheme = url.find("://").map_or(url, |i| &url[i + 3..]);
+    let without_fragment = after_scheme.split('#').next().unwrap_or("");
+    match without_fragment.find(['/', '?']) {
+        Some(i) if without_fragment.as_bytes()[i] == b'/' => &without_fragment[i..],
+        _ => "/",
+    }
+}
+
 fn percent_decode(input: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(input.len());
     let mut i = 0;
@@ -95,6 +106,14 @@ mod tests {
         ] {
             assert_eq!(normalize(spelling), "/a/x", "{spelling}");
         }
+    }
+
+    #[test]
+    fn path_and_query_of_a_url() {
+        assert_eq!(path_and_query("https://api.example.com/a/b?x=1#f"), "/a/b?x=1");
+        assert_eq!(path_and_query("http://127.0.0.1:8787"), "/");
+        assert_eq!(path_and_query("http://127.0.0.1:8787?x"), "/");
+        assert_eq!(path_and_query("http://h//a"), "//a");
     }
 
     #[test]

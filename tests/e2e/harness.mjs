@@ -1,0 +1,202 @@
+// Test harness: a real Redis, the local Upstash REST endpoint, a recording origin and the built
+// Worker in Miniflare, all on 127.0.0.1. Every process is started per test file and stopped after.
+import { spawn, spawnSync } from "node:child_process";
+import { createServer } from "node:http";
+import net from "node:net";
+import path from "node:path";
+import { fileURLToPath } from "node:url";
+import { Miniflare } from "miniflare";
+
+export const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../..");
+export const TOKEN = "local-test-token";
+const WORKER_DIR = path.join(ROOT, "build/worker");
+const REST_BIN = process.env.UPSTASH_LOCAL_BIN ?? path.join(ROOT, "target/release/upstash-local");
+
+export async function freePort() {
+  return new Promise((resolve, reject) => {
+    const srv = net.createServer();
+    srv.unref();
+    srv.on("error", reject);
+    srv.listen(0, "127.0.0.1", () => {
+      const { port } = srv.address();
+      srv.close(() => resolve(port));
+    });
+  });
+}
+
+async function waitForPort(port, what, child, ms = 10_000) {
+  const deadline = Date.now() + ms;
+  while (Date.now() < deadline) {
+    if (child && child.exitCode !== null) throw new Error(`${what} exited with code ${child.exitCode}`);
+    const ok = await new Promise((resolve) => {
+      const s = net.connect(port, "127.0.0.1");
+      s.once("connect", () => { s.destroy(); resolve(true); });
+      s.once("error", () => resolve(false));
+    });
+    if (ok) return;
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  throw new Error(`${what} did not listen on 127.0.0.1:${port} within ${ms} ms`);
+}
+
+function logOf(child) {
+  let out = "";
+  child.stdout?.on("data", (d) => { out += d; });
+  child.stderr?.on("data", (d) => { out += d; });
+  return () => out;
+}
+
+/** A real redis-server on a free port (no persistence). Fails loudly when it is not installed. */
+export async function startRedis(port) {
+  const which = spawnSync("redis-server", ["--version"]);
+  if (which.error) throw new Error("redis-server is not installed: run scripts/setup (apt-get install redis-server)");
+  port ??= await freePort();
+  const child = spawn("redis-server", ["--port", String(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"], { stdio: "pipe" });
+  const log = logOf(child);
+  try {
+    await waitForPort(port, "redis-server", child);
+  } catch (e) {
+    throw new Error(`${e.message}\n${log()}`);
+  }
+  return {
+    port,
+    child,
+    async stop() {
+      if (child.exitCode !== null) return;
+      child.kill("SIGKILL");
+      await new Promise((r) => child.once("exit", r));
+    },
+  };
+}
+
+/** The local Upstash-compatible REST endpoint in front of `redisPort`. */
+export async function startRest(redisPort, { faults = true } = {}) {
+  const port = await freePort();
+  const args = ["--listen", `127.0.0.1:${port}`, "--redis", `redis://127.0.0.1:${redisPort}`, "--token", TOKEN];
+  if (faults) args.push("--faults");
+  const child = spawn(REST_BIN, args, { stdio: "pipe" });
+  const log = logOf(child);
+  child.on("error", (e) => { throw new Error(`cannot start ${REST_BIN}: ${e.message} (run scripts/test, which builds it)`); });
+  try {
+    await waitForPort(port, "upstash-local", child);
+  } catch (e) {
+    throw new Error(`${e.message}\n${log()}`);
+  }
+  const url = `http://127.0.0.1:${port}`;
+  const post = async (pathname, body) => {
+    const res = await fetch(url + pathname, {
+      method: "POST",
+      headers: { authorization: `Bearer ${TOKEN}` },
+      body: JSON.stringify(body),
+    });
+    return res.json();
+  };
+  return {
+    url,
+    port,
+    log,
+    /** Runs one Redis command through the endpoint; throws on a Redis error. */
+    async redis(...command) {
+      const reply = await post("/", command);
+      if (reply.error) throw new Error(`redis ${command[0]}: ${reply.error}`);
+      return reply.result;
+    },
+    faults: (f) => post("/__faults", f),
+    stats: async () => (await fetch(`${url}/__stats`)).json(),
+    async stop() {
+      child.kill("SIGKILL");
+      await new Promise((r) => child.once("exit", r));
+    },
+  };
+}
+
+/** An origin that answers 200 with what it received, and records every request. */
+export async function startOrigin() {
+  const requests = [];
+  const server = createServer((req, res) => {
+    let body = "";
+    req.on("data", (d) => { body += d; });
+    req.on("end", () => {
+      const seen = { method: req.method, url: req.url, headers: req.headers, body };
+      requests.push(seen);
+      res.writeHead(200, { "content-type": "application/json", "x-origin": "demo" });
+      res.end(JSON.stringify(seen));
+    });
+  });
+  await new Promise((r) => server.listen(0, "127.0.0.1", r));
+  const { port } = server.address();
+  return {
+    url: `http://127.0.0.1:${port}`,
+    requests,
+    stop: () => new Promise((r) => server.close(r)),
+  };
+}
+
+/** A TCP server that accepts connections and never answers: a hung Redis REST endpoint. */
+export async function startBlackHole() {
+  const sockets = new Set();
+  const server = net.createServer((s) => { sockets.add(s); s.on("close", () => sockets.delete(s)); s.on("error", () => {}); });
+  await new Promise((r) => server.listen(0, "127.0.0.1", r));
+  return {
+    url: `http://127.0.0.1:${server.address().port}`,
+    stop: () => new Promise((r) => { for (const s of sockets) s.destroy(); server.close(r); }),
+  };
+}
+
+/** The built Worker (build/worker) in Miniflare with `vars` as its environment. */
+export async function startGateway(vars) {
+  const mf = new Miniflare({
+    modules: true,
+    scriptPath: path.join(WORKER_DIR, "shim.mjs"),
+    modulesRoot: WORKER_DIR,
+    modulesRules: [
+      { type: "ESModule", include: ["**/*.js", "**/*.mjs"] },
+      { type: "CompiledWasm", include: ["**/*.wasm"] },
+    ],
+    compatibilityDate: "2025-09-01",
+    bindings: vars,
+  });
+  await mf.ready;
+  return {
+    mf,
+    /** Sends a request through the gateway as client `ip` (CF-Connecting-IP). */
+    async fetch(pathname, { ip = "203.0.113.7", headers = {}, ...init } = {}) {
+      const res = await mf.dispatchFetch(`http://gateway.test${pathname}`, {
+        ...init,
+        headers: { "cf-connecting-ip": ip, ...headers },
+      });
+      const text = await res.text();
+      return { status: res.status, headers: res.headers, text, json: () => JSON.parse(text) };
+    },
+    stop: () => mf.dispose(),
+  };
+}
+
+/** Standard stack: Redis + REST endpoint + origin; `gateway(vars)` starts a Worker on it. */
+export async function startStack() {
+  const redis = await startRedis();
+  const rest = await startRest(redis.port);
+  const origin = await startOrigin();
+  const gateways = [];
+  return {
+    redis,
+    rest,
+    origin,
+    async gateway(vars = {}) {
+      const gw = await startGateway({
+        UPSTASH_REDIS_REST_URL: rest.url,
+        UPSTASH_REDIS_REST_TOKEN: TOKEN,
+        ORIGIN_URL: origin.url,
+        ...vars,
+      });
+      gateways.push(gw);
+      return gw;
+    },
+    async stop() {
+      for (const gw of gateways) await gw.stop();
+      await origin.stop();
+      await rest.stop();
+      await redis.stop();
+    },
+  };
+}
