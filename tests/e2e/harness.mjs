@@ -62,7 +62,7 @@ export async function startRedis(port) {
     port,
     child,
     async stop() {
-      if (child.exitCode !== null) return;
+      if (child.exitCode !== null || child.signalCode !== null) return;
       child.kill("SIGKILL");
       await new Promise((r) => child.once("exit", r));
     },
@@ -104,6 +104,7 @@ export async function startRest(redisPort, { faults = true } = {}) {
     faults: (f) => post("/__faults", f),
     stats: async () => (await fetch(`${url}/__stats`)).json(),
     async stop() {
+      if (child.exitCode !== null || child.signalCode !== null) return;
       child.kill("SIGKILL");
       await new Promise((r) => child.once("exit", r));
     },
@@ -128,7 +129,7 @@ export async function startOrigin() {
   return {
     url: `http://127.0.0.1:${port}`,
     requests,
-    stop: () => new Promise((r) => server.close(r)),
+    stop: () => new Promise((r) => { server.closeAllConnections(); server.close(r); }),
   };
 }
 
@@ -196,7 +197,8 @@ export async function startStack() {
       for (const gw of gateways) await gw.stop();
       await origin.stop();
       await rest.stop();
-      await redis.stop();
+      await this.redis.stop(); // a test may have replaced it
+
     },
   };
 }

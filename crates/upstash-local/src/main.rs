@@ -200,7 +200,7 @@ impl Server {
         match path.trim_end_matches('/') {
             "" => match self.run(&parsed).await {
                 Ok(result) => reply(StatusCode::OK, json!({ "result": result })),
-                Err(message) => error(StatusCode::BAD_REQUEST, message),
+                Err((status, message)) => error(status, message),
             },
             "/pipeline" | "/multi-exec" => {
                 let Some(commands) = parsed.as_array() else {
@@ -213,7 +213,7 @@ impl Server {
                     for command in commands {
                         results.push(match self.run(command).await {
                             Ok(result) => json!({ "result": result }),
-                            Err(message) => json!({ "error": message }),
+                            Err((_, message)) => json!({ "error": message }),
                         });
                     }
                     reply(StatusCode::OK, Value::Array(results))
@@ -223,10 +223,12 @@ impl Server {
         }
     }
 
-    async fn run(&self, command: &Value) -> Result<Value, String> {
-        let cmd = self.build(command)?;
+    /// Runs one command; an error carries the HTTP status Upstash would use (400 for a
+    /// Redis error, 500 when Redis cannot be reached).
+    async fn run(&self, command: &Value) -> Result<Value, (StatusCode, String)> {
+        let cmd = self.build(command).map_err(|m| (StatusCode::BAD_REQUEST, m))?;
         let mut conn = self.redis.clone();
-        cmd.query_async::<redis::Value>(&mut conn).await.map(to_json).map_err(|e| self.redis_error(e))
+        cmd.query_async::<redis::Value>(&mut conn).await.map(to_json).map_err(redis_error)
     }
 
     async fn multi_exec(&self, commands: &[Value]) -> Response<Full<Bytes>> {
@@ -243,7 +245,10 @@ impl Server {
         let mut conn = self.redis.clone();
         match pipe.query_async::<Vec<redis::Value>>(&mut conn).await {
             Ok(values) => reply(StatusCode::OK, Value::Array(values.into_iter().map(|v| json!({ "result": to_json(v) })).collect())),
-            Err(e) => error(StatusCode::BAD_REQUEST, self.redis_error(e)),
+            Err(e) => {
+                let (status, message) = redis_error(e);
+                error(status, message)
+            }
         }
     }
 
@@ -298,15 +303,6 @@ impl Server {
         scripts.get(&sent.to_ascii_lowercase()).cloned().unwrap_or_else(|| sent.to_string())
     }
 
-    /// Redis's error text as Upstash relays it ("NOSCRIPT No matching script…").
-    fn redis_error(&self, e: redis::RedisError) -> String {
-        match (e.code(), e.detail()) {
-            (Some(code), Some(detail)) => format!("{code} {detail}"),
-            (Some(code), None) => code.to_string(),
-            _ => format!("ERR {e}"),
-        }
-    }
-
     fn stats(&self) -> Response<Full<Bytes>> {
         let commands = self.commands.lock().unwrap_or_else(|p| p.into_inner()).clone();
         reply(StatusCode::OK, json!({ "calls": self.calls.load(Ordering::Relaxed), "commands": commands }))
@@ -343,6 +339,19 @@ impl Server {
         }
         faults.body.map(|b| Response::new(Full::new(Bytes::from(b))))
     }
+}
+
+/// Redis's error text as Upstash relays it ("NOSCRIPT No matching script…"), with its status.
+fn redis_error(e: redis::RedisError) -> (StatusCode, String) {
+    if e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal() || e.is_timeout() {
+        return (StatusCode::INTERNAL_SERVER_ERROR, format!("ERR Redis is unreachable: {e}"));
+    }
+    let message = match (e.code(), e.detail()) {
+        (Some(code), Some(detail)) => format!("{code} {detail}"),
+        (Some(code), None) => code.to_string(),
+        _ => format!("ERR {e}"),
+    };
+    (StatusCode::BAD_REQUEST, message)
 }
 
 fn to_json(value: redis::Value) -> Value {

@@ -1,0 +1,184 @@
+//! The limiter (EVALSHA recovery, shebang fallback, deny cache, fail modes)
+//! against a real Redis, through a transport that speaks the REST protocol's
+//! JSON straight to Redis, as vanilla Redis 7 would answer it.
+
+mod common;
+
+use std::cell::{Cell, RefCell};
+
+use common::{block_on, Redis};
+use edge_ratelimit::{
+    bucket_key, outcome, Caller, Check, Clock, Decision, FailMode, Failure, HttpReply, Limit, Limiter, Outcome, Refill,
+    RestError, Transport, TransportError, Variant,
+};
+
+/// POST body → Redis command → Upstash-shaped reply. Records the command names.
+struct Direct {
+    redis: Redis,
+    con: RefCell<redis::Connection>,
+    sent: RefCell<Vec<String>>,
+}
+
+impl Direct {
+    /// A transport to a Redis of its own.
+    fn new() -> Direct {
+        let redis = Redis::start();
+        let con = RefCell::new(redis.connection());
+        Direct { redis, con, sent: RefCell::new(Vec::new()) }
+    }
+
+    fn take_sent(&self) -> Vec<String> {
+        std::mem::take(&mut self.sent.borrow_mut())
+    }
+}
+
+impl Transport for Direct {
+    async fn post(&self, body: String) -> Result<HttpReply, TransportError> {
+        let args: Vec<String> = serde_json::from_str(&body).expect("the body is a JSON array of strings");
+        self.sent.borrow_mut().push(args[0].clone());
+        let mut cmd = redis::cmd(&args[0]);
+        for a in &args[1..] {
+            cmd.arg(a);
+        }
+        let reply = match cmd.query::<Vec<i64>>(&mut self.con.borrow_mut()) {
+            Ok(values) => HttpReply { status: 200, body: serde_json::json!({ "result": values }).to_string() },
+            Err(e) => {
+                let text = format!("{} {}", e.code().unwrap_or("ERR"), e.detail().unwrap_or_default());
+                HttpReply { status: 400, body: serde_json::json!({ "error": text }).to_string() }
+            }
+        };
+        Ok(reply)
+    }
+}
+
+/// A transport that always fails in one way, counting calls.
+struct Failing {
+    result: Result<HttpReply, TransportError>,
+    calls: Cell<usize>,
+}
+
+impl Transport for Failing {
+    async fn post(&self, _body: String) -> Result<HttpReply, TransportError> {
+        self.calls.set(self.calls.get() + 1);
+        self.result.clone()
+    }
+}
+
+fn limit(capacity: u32, refill: &str) -> Limit {
+    Limit::new(capacity, Refill::parse(refill).unwrap(), 60).unwrap()
+}
+
+fn key(name: &str) -> String {
+    bucket_key(&Caller::User(format!("{name}-{}", std::process::id())), "/t")
+}
+
+fn decide(limiter: &Limiter, t: &impl Transport, checks: &[Check<'_>], now_ms: f64) -> Result<Decision, Failure> {
+    block_on(limiter.decide(t, checks, Clock::Worker, now_ms))
+}
+
+#[test]
+fn against_vanilla_redis_the_isolate_falls_back_to_the_plain_script_once() {
+    let t = Direct::new();
+    let limiter = Limiter::default();
+    let l = limit(5, "5/min");
+    let checks = [Check { key: key("fallback"), policy: "default", limit: &l, cost: 1 }];
+    let now = 1_800_000_000_000.0;
+    assert!(decide(&limiter, &t, &checks, now).unwrap().allowed);
+    // EVALSHA of the flagged script (unknown), EVAL of it (flag rejected), EVAL of the plain one.
+    assert_eq!(t.take_sent(), ["EVALSHA", "EVAL", "EVAL"]);
+    assert_eq!(limiter.variant(), Variant::Plain);
+    assert!(decide(&limiter, &t, &checks, now).unwrap().allowed);
+    assert_eq!(t.take_sent(), ["EVALSHA"], "one round trip once the script is cached");
+}
+
+#[test]
+fn after_script_flush_one_eval_reloads_the_script() {
+    let t = Direct::new();
+    let limiter = Limiter::default();
+    let l = limit(5, "5/min");
+    let checks = [Check { key: key("flush"), policy: "default", limit: &l, cost: 1 }];
+    decide(&limiter, &t, &checks, 1e12).unwrap();
+    t.take_sent();
+    redis::cmd("SCRIPT").arg("FLUSH").query::<()>(&mut t.redis.connection()).unwrap();
+    let d = decide(&limiter, &t, &checks, 1e12).unwrap();
+    assert!(d.allowed);
+    assert_eq!(d.limits[0].remaining, 3, "the bucket survived the flush; only the script was reloaded");
+    assert_eq!(t.take_sent(), ["EVALSHA", "EVAL"]);
+}
+
+#[test]
+fn a_known_empty_caller_costs_no_round_trip_until_its_refill() {
+    let t = Direct::new();
+    let limiter = Limiter::default();
+    let l = limit(2, "1/s");
+    let checks = [Check { key: key("denycache"), policy: "default", limit: &l, cost: 1 }];
+    let now = 1_800_000_000_000.0;
+    assert!(decide(&limiter, &t, &checks, now).unwrap().allowed);
+    assert!(decide(&limiter, &t, &checks, now).unwrap().allowed);
+    let denied = decide(&limiter, &t, &checks, now).unwrap();
+    assert!(!denied.allowed);
+    assert_eq!(denied.limits[0].retry_ms, 1000);
+    t.take_sent();
+
+    let cached = decide(&limiter, &t, &checks, now + 400.0).unwrap();
+    assert!(!cached.allowed);
+    assert_eq!(cached.limits[0].retry_ms, 600);
+    assert_eq!(cached.retry_after_s(), 1);
+    assert!(t.take_sent().is_empty(), "a cached denial makes no call");
+    assert_eq!(limiter.cached_denials(), 1);
+
+    // At the refill time the cache steps aside and Redis decides again.
+    assert!(decide(&limiter, &t, &checks, now + 1000.0).unwrap().allowed);
+    assert_eq!(t.take_sent(), ["EVALSHA"]);
+}
+
+#[test]
+fn a_cached_denial_for_a_large_cost_does_not_block_a_smaller_one() {
+    let t = Direct::new();
+    let limiter = Limiter::default();
+    let l = limit(5, "1/s");
+    let now = 1_800_000_000_000.0;
+    let k = key("costcache");
+    let big = [Check { key: k.clone(), policy: "default", limit: &l, cost: 5 }];
+    let small = [Check { key: k, policy: "default", limit: &l, cost: 1 }];
+    assert!(decide(&limiter, &t, &big, now).unwrap().allowed);
+    assert!(!decide(&limiter, &t, &big, now + 1500.0).unwrap().allowed);
+    t.take_sent();
+    assert!(decide(&limiter, &t, &small, now + 1500.0).unwrap().allowed, "1.5 tokens pay for a cost of 1");
+    assert_eq!(t.take_sent(), ["EVALSHA"]);
+}
+
+#[test]
+fn failures_are_classified_and_follow_the_fail_mode() {
+    let l = limit(5, "5/min");
+    let checks = [Check { key: key("fail"), policy: "default", limit: &l, cost: 1 }];
+    let reply = |status: u16, body: &str| Ok(HttpReply { status, body: body.into() });
+    let cases = [
+        (Err(TransportError::Timeout), Failure::Timeout, "timeout"),
+        (Err(TransportError::Unreachable), Failure::Unreachable, "unreachable"),
+        (reply(401, r#"{"error":"Unauthorized"}"#), Failure::Rest(RestError::Unauthorized), "unauthorized"),
+        (reply(429, "{}"), Failure::Rest(RestError::Throttled), "throttled"),
+        (reply(503, "down"), Failure::Rest(RestError::Server(503)), "server-error"),
+        (reply(200, "{"), Failure::Rest(RestError::Malformed(String::new())), "malformed-reply"),
+        (reply(200, r#"{"result":[1,0]}"#), Failure::Rest(RestError::Malformed(String::new())), "malformed-reply"),
+    ];
+    for (result, expected, reason) in cases {
+        let t = Failing { result, calls: Cell::new(0) };
+        let failure = decide(&Limiter::default(), &t, &checks, 0.0).unwrap_err();
+        assert_eq!(std::mem::discriminant(&failure), std::mem::discriminant(&expected), "{failure:?}");
+        assert_eq!(failure.reason(), reason);
+        assert_eq!(t.calls.get(), 1, "a failure is not retried past the deadline");
+        assert!(matches!(outcome(Err(failure.clone()), FailMode::Open), Outcome::FailedOpen(_)));
+        assert!(matches!(outcome(Err(failure), FailMode::Closed), Outcome::FailedClosed(_)));
+    }
+}
+
+#[test]
+fn a_script_error_is_not_retried_forever() {
+    let t = Failing { result: Ok(HttpReply { status: 400, body: r#"{"error":"NOSCRIPT No matching script"}"#.into() }), calls: Cell::new(0) };
+    let l = limit(5, "5/min");
+    let checks = [Check { key: key("noscript"), policy: "default", limit: &l, cost: 1 }];
+    let failure = decide(&Limiter::default(), &t, &checks, 0.0).unwrap_err();
+    assert_eq!(failure, Failure::Rest(RestError::NoScript));
+    assert!(t.calls.get() <= 3, "{} calls", t.calls.get());
+}
