@@ -1,0 +1,8 @@
+// A small demo origin for the local stack: answers every request with what it saw, as JSON.
+import { createServer } from "node:http";
+
+const port = Number(process.env.PORT ?? 8081);
+createServer((req, res) => {
+  res.writeHead(200, { "content-type": "application/json" });
+  res.end(JSON.stringify({ origin: "demo", method: req.method, url: req.url, at: new Date().toISOString() }) + "\n");
+}).listen(port, "127.0.0.1", () => console.log(`demo origin on http://127.0.0.1:${port}`));
