@@ -11,8 +11,8 @@ fn main() {
     fs::write(Path::new(&out_dir).join("token_bucket.plain.lua"), &plain).expect("OUT_DIR is writable");
     let code = format!(
         "pub const TOKEN_BUCKET_FLAGGED_SHA: &str = \"{}\";\npub const TOKEN_BUCKET_PLAIN_SHA: &str = \"{}\";\n",
-        sha1_smol::Sha1::from(flagged.as_bytes()).digest().to_string(),
-        sha1_smol::Sha1::from(plain.as_bytes()).digest().to_string(),
+        sha1_smol::Sha1::from(flagged.as_bytes()).digest(),
+        sha1_smol::Sha1::from(plain.as_bytes()).digest(),
     );
     fs::write(Path::new(&out_dir).join("script_shas.rs"), code).expect("OUT_DIR is writable");
     println!("cargo:rerun-if-changed=lua/token_bucket.lua");

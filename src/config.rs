@@ -108,7 +108,10 @@ impl Config {
             Some(v) => {
                 let url = parse_url(&v).map_err(|m| err("ORIGIN_URL", m))?;
                 if url.contains(['?', '#']) {
-                    return Err(err("ORIGIN_URL", "must not have a query or fragment: the request's own are kept".into()));
+                    return Err(err(
+                        "ORIGIN_URL",
+                        "must not have a query or fragment: the request's own are kept".into(),
+                    ));
                 }
                 Some(url)
             }
@@ -124,7 +127,12 @@ impl Config {
             None => DEFAULT_REDIS_TIMEOUT_MS,
             Some(v) => match parse_whole(&v) {
                 Ok(ms) if (1..=u64::from(MAX_REDIS_TIMEOUT_MS)).contains(&ms) => ms as u32,
-                Ok(_) => return Err(err("REDIS_TIMEOUT_MS", format!("must be from 1 to {MAX_REDIS_TIMEOUT_MS} milliseconds, got {v}"))),
+                Ok(_) => {
+                    return Err(err(
+                        "REDIS_TIMEOUT_MS",
+                        format!("must be from 1 to {MAX_REDIS_TIMEOUT_MS} milliseconds, got {v}"),
+                    ))
+                }
                 Err(m) => return Err(err("REDIS_TIMEOUT_MS", m)),
             },
         };
@@ -132,7 +140,9 @@ impl Config {
         let clock = match optional(&var, "RATE_LIMIT_CLOCK").as_deref().map(str::to_ascii_lowercase).as_deref() {
             None | Some("redis") => Clock::Redis,
             Some("worker") => Clock::Worker,
-            Some(other) => return Err(err("RATE_LIMIT_CLOCK", format!("must be \"redis\" or \"worker\", got {other:?}"))),
+            Some(other) => {
+                return Err(err("RATE_LIMIT_CLOCK", format!("must be \"redis\" or \"worker\", got {other:?}")))
+            }
         };
 
         Ok(Config { redis_url, redis_token, limit, user_id_header, origin, fail_mode, redis_timeout_ms, clock })

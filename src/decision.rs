@@ -34,7 +34,8 @@ pub struct Decision {
 impl Decision {
     /// Decodes the script's integer reply for `limits` (policy names alongside).
     pub fn from_script(reply: &[i64], limits: &[(&'static str, &Limit)]) -> Result<Decision, RestError> {
-        let malformed = || RestError::Malformed(format!("script returned {} integers for {} limits", reply.len(), limits.len()));
+        let malformed =
+            || RestError::Malformed(format!("script returned {} integers for {} limits", reply.len(), limits.len()));
         if reply.len() != 2 + 3 * limits.len() {
             return Err(malformed());
         }
@@ -126,7 +127,10 @@ mod tests {
         assert!(d.allowed);
         assert_eq!(
             rate_limit_headers(&d),
-            vec![("RateLimit-Policy", "\"default\";q=5;w=60".to_string()), ("RateLimit", "\"default\";r=4;t=12".to_string())]
+            vec![
+                ("RateLimit-Policy", "\"default\";q=5;w=60".to_string()),
+                ("RateLimit", "\"default\";r=4;t=12".to_string())
+            ]
         );
     }
 
@@ -144,7 +148,8 @@ mod tests {
     #[test]
     fn several_limits_report_the_one_that_denied() {
         let (a, b) = (limit(), Limit::new(100, Refill::parse("100/h").unwrap(), 60).unwrap());
-        let d = Decision::from_script(&[0, 2, 3, 0, 24_000, 0, 30_000, 3_600_000], &[("user", &a), ("api", &b)]).unwrap();
+        let d =
+            Decision::from_script(&[0, 2, 3, 0, 24_000, 0, 30_000, 3_600_000], &[("user", &a), ("api", &b)]).unwrap();
         let h = rate_limit_headers(&d);
         assert_eq!(h[0].1, "\"user\";q=5;w=60, \"api\";q=100;w=3600");
         assert_eq!(h[1].1, "\"api\";r=0;t=3600");
@@ -156,14 +161,25 @@ mod tests {
     #[test]
     fn inconsistent_script_replies_are_malformed() {
         let l = limit();
-        for reply in [&[][..], &[1, 0, 4, 0][..], &[2, 0, 4, 0, 0][..], &[1, 1, 4, 0, 0][..], &[0, 0, 4, 0, 0][..], &[0, 2, 4, 0, 0][..]] {
-            assert!(matches!(Decision::from_script(reply, &[("default", &l)]), Err(RestError::Malformed(_))), "{reply:?}");
+        for reply in [
+            &[][..],
+            &[1, 0, 4, 0][..],
+            &[2, 0, 4, 0, 0][..],
+            &[1, 1, 4, 0, 0][..],
+            &[0, 0, 4, 0, 0][..],
+            &[0, 2, 4, 0, 0][..],
+        ] {
+            assert!(
+                matches!(Decision::from_script(reply, &[("default", &l)]), Err(RestError::Malformed(_))),
+                "{reply:?}"
+            );
         }
     }
 
     #[test]
     fn problem_body_is_rfc9457() {
-        let v: serde_json::Value = serde_json::from_str(&problem_json("rate-limited", "Too Many Requests", 429, "x")).unwrap();
+        let v: serde_json::Value =
+            serde_json::from_str(&problem_json("rate-limited", "Too Many Requests", 429, "x")).unwrap();
         assert_eq!(v["status"], 429);
         assert_eq!(v["title"], "Too Many Requests");
         assert_eq!(v["type"], "urn:edge-ratelimit:problem:rate-limited");

@@ -5,8 +5,8 @@
 //! Upstash REST API), then forwarded to the origin or answered 429.
 //!
 //! Module map (dependencies point down; only `edge` names `worker`, a clock or the network):
-//! - `edge`      — the Worker: `Env` → [`Config`], request facts, the REST transport,
-//!                 forwarding, and the one place outcomes become HTTP responses (wasm32 only).
+//! - `edge`      — the Worker: `Env` → [`Config`], request facts, the REST transport, forwarding,
+//!   and the one place outcomes become HTTP responses (wasm32 only).
 //! - `limiter`   — one isolate's limiter: EVALSHA/EVAL recovery, deny cache, fail mode.
 //! - `upstash`   — the REST protocol: bodies in, classified replies out.
 //! - `decision`  — decisions and how they are rendered (RateLimit headers, problem bodies).

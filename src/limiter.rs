@@ -117,7 +117,13 @@ impl Default for Limiter {
 impl Limiter {
     /// Decides `checks` all-or-nothing. `now_ms` is the Worker's clock: it
     /// drives the deny cache, and the buckets too in [`Clock::Worker`] mode.
-    pub async fn decide<T: Transport>(&self, transport: &T, checks: &[Check<'_>], clock: Clock, now_ms: f64) -> Result<Decision, Failure> {
+    pub async fn decide<T: Transport>(
+        &self,
+        transport: &T,
+        checks: &[Check<'_>],
+        clock: Clock,
+        now_ms: f64,
+    ) -> Result<Decision, Failure> {
         if let Some(denied) = self.cached_denial(checks, now_ms) {
             return Ok(denied);
         }

@@ -101,8 +101,22 @@ mod tests {
     #[test]
     fn every_spelling_of_one_path_is_one_path() {
         for spelling in [
-            "/a/x", "/a/x/", "//a//x", "/a/./x", "/a/%78", "/a/b/../x", "/a/x?q=1", "/a/x#frag", "/a/x/?",
-            "/%61/x", "/a\\x", "/a/%2e/x", "/a/b/%2E%2E/x", "a/x", "/a/x/.", "/a/c/d/../../x",
+            "/a/x",
+            "/a/x/",
+            "//a//x",
+            "/a/./x",
+            "/a/%78",
+            "/a/b/../x",
+            "/a/x?q=1",
+            "/a/x#frag",
+            "/a/x/?",
+            "/%61/x",
+            "/a\\x",
+            "/a/%2e/x",
+            "/a/b/%2E%2E/x",
+            "a/x",
+            "/a/x/.",
+            "/a/c/d/../../x",
         ] {
             assert_eq!(normalize(spelling), "/a/x", "{spelling}");
         }

@@ -84,7 +84,25 @@ mod tests {
 
     #[test]
     fn rejects_what_is_not_a_positive_finite_rate() {
-        for bad in ["", "5", "5/", "/s", "5/week", "-1/s", "0/s", "0.0/min", "NaN/s", "inf/s", "1e400/s", "1e3/s", "./s", "1.2.3/s", "five/min", "9999999999/s", "1/3650d"] {
+        for bad in [
+            "",
+            "5",
+            "5/",
+            "/s",
+            "5/week",
+            "-1/s",
+            "0/s",
+            "0.0/min",
+            "NaN/s",
+            "inf/s",
+            "1e400/s",
+            "1e3/s",
+            "./s",
+            "1.2.3/s",
+            "five/min",
+            "9999999999/s",
+            "1/3650d",
+        ] {
             assert!(Refill::parse(bad).is_err(), "{bad:?} was accepted");
         }
     }

@@ -124,8 +124,15 @@ mod tests {
 
     #[test]
     fn evalsha_body_is_a_json_array_of_strings() {
-        let body = evalsha_body(Variant::Flagged, &["rate:a:/x".into()], &["".into(), "5".into(), "0.08333333333333333".into()]);
-        assert_eq!(body, format!(r#"["EVALSHA","{TOKEN_BUCKET_FLAGGED_SHA}","1","rate:a:/x","","5","0.08333333333333333"]"#));
+        let body = evalsha_body(
+            Variant::Flagged,
+            &["rate:a:/x".into()],
+            &["".into(), "5".into(), "0.08333333333333333".into()],
+        );
+        assert_eq!(
+            body,
+            format!(r#"["EVALSHA","{TOKEN_BUCKET_FLAGGED_SHA}","1","rate:a:/x","","5","0.08333333333333333"]"#)
+        );
         let parsed: Vec<String> = serde_json::from_str(&body).unwrap();
         assert_eq!(parsed.len(), 7);
         assert!(evalsha_body(Variant::Plain, &[], &[]).contains(TOKEN_BUCKET_PLAIN_SHA));

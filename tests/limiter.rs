@@ -175,7 +175,10 @@ fn failures_are_classified_and_follow_the_fail_mode() {
 
 #[test]
 fn a_script_error_is_not_retried_forever() {
-    let t = Failing { result: Ok(HttpReply { status: 400, body: r#"{"error":"NOSCRIPT No matching script"}"#.into() }), calls: Cell::new(0) };
+    let t = Failing {
+        result: Ok(HttpReply { status: 400, body: r#"{"error":"NOSCRIPT No matching script"}"#.into() }),
+        calls: Cell::new(0),
+    };
     let l = limit(5, "5/min");
     let checks = [Check { key: key("noscript"), policy: "default", limit: &l, cost: 1 }];
     let failure = decide(&Limiter::default(), &t, &checks, 0.0).unwrap_err();

@@ -39,7 +39,12 @@ fn vanilla_redis_rejects_the_upstash_flag_as_the_client_expects() {
     assert!(text.contains("shebang"), "{text}");
     // The flagged digest is the SHA1 of the text as sent (what Upstash and upstash-local answer).
     // Redis's own SHA1 (redis.sha1hex) of the text as sent.
-    let sha: String = redis::cmd("EVAL").arg("return redis.sha1hex(ARGV[1])").arg(0).arg(TOKEN_BUCKET_FLAGGED).query(&mut con).unwrap();
+    let sha: String = redis::cmd("EVAL")
+        .arg("return redis.sha1hex(ARGV[1])")
+        .arg(0)
+        .arg(TOKEN_BUCKET_FLAGGED)
+        .query(&mut con)
+        .unwrap();
     assert_eq!(sha, TOKEN_BUCKET_FLAGGED_SHA);
 }
 
@@ -154,7 +159,8 @@ fn redis_time_mode_admits_capacity_then_denies() {
     let spec = Spec { capacity: 3.0, rate: 5.0 / 60.0, cost: 1.0 };
     let allowed: Vec<i64> = (0..5).map(|_| run(&mut con, &keys, &[(spec, 60)], None)[0]).collect();
     assert_eq!(allowed, vec![1, 1, 1, 0, 0]);
-    let last: f64 = redis::cmd("HGET").arg(&keys[0]).arg("lastRefill").query::<String>(&mut con).unwrap().parse().unwrap();
+    let last: f64 =
+        redis::cmd("HGET").arg(&keys[0]).arg("lastRefill").query::<String>(&mut con).unwrap().parse().unwrap();
     let (sec, _): (u64, u64) = redis::cmd("TIME").query(&mut con).unwrap();
     assert!((last - sec as f64).abs() < 5.0, "lastRefill {last} comes from Redis TIME {sec}");
 }
@@ -178,7 +184,14 @@ fn unreadable_state_is_treated_as_empty_not_full() {
     let redis = Redis::start();
     let mut con = redis.connection();
     let keys = fresh_keys("corrupt", 1);
-    redis::cmd("HSET").arg(&keys[0]).arg("tokens").arg("lots").arg("lastRefill").arg("1").query::<i64>(&mut con).unwrap();
+    redis::cmd("HSET")
+        .arg(&keys[0])
+        .arg("tokens")
+        .arg("lots")
+        .arg("lastRefill")
+        .arg("1")
+        .query::<i64>(&mut con)
+        .unwrap();
     let spec = Spec { capacity: 5.0, rate: 1.0, cost: 1.0 };
     assert_eq!(run(&mut con, &keys, &[(spec, 60)], Some(2_000))[..2], [0, 1]);
 }

@@ -32,13 +32,14 @@ async fn fetch(req: web_sys::Request, env: Env, _ctx: Context) -> worker::Result
 }
 
 async fn handle(req: web_sys::Request, env: &Env) -> web_sys::Response {
-    let config = match CONFIG.with(|c| c.get_or_init(|| Config::from_env(|name| env::var(env, name)).map(Rc::new)).clone()) {
-        Ok(config) => config,
-        Err(e) => {
-            worker::console_error!("edge-ratelimit is misconfigured: {e}");
-            return respond::misconfigured(&e);
-        }
-    };
+    let config =
+        match CONFIG.with(|c| c.get_or_init(|| Config::from_env(|name| env::var(env, name)).map(Rc::new)).clone()) {
+            Ok(config) => config,
+            Err(e) => {
+                worker::console_error!("edge-ratelimit is misconfigured: {e}");
+                return respond::misconfigured(&e);
+            }
+        };
 
     let url = req.url();
     let target = path_and_query(&url);

@@ -70,7 +70,12 @@ fn bare(status: u16) -> web_sys::Response {
 
 /// Sends the request on (to `ORIGIN_URL`, or to its own URL) and adds `extra`
 /// headers to the origin's response; its body streams through untouched.
-async fn forward(req: web_sys::Request, config: &Config, target: &str, extra: &[(&'static str, String)]) -> web_sys::Response {
+async fn forward(
+    req: web_sys::Request,
+    config: &Config,
+    target: &str,
+    extra: &[(&'static str, String)],
+) -> web_sys::Response {
     let scope: web_sys::WorkerGlobalScope = js_sys::global().unchecked_into();
     let sent = match &config.origin {
         None => Ok(scope.fetch_with_request(&req)),

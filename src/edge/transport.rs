@@ -19,7 +19,11 @@ pub struct Rest<'a> {
 
 impl<'a> Rest<'a> {
     pub fn new(config: &'a Config, now_ms: f64) -> Self {
-        Rest { url: &config.redis_url, token: &config.redis_token, deadline_ms: now_ms + f64::from(config.redis_timeout_ms) }
+        Rest {
+            url: &config.redis_url,
+            token: &config.redis_token,
+            deadline_ms: now_ms + f64::from(config.redis_timeout_ms),
+        }
     }
 
     async fn send(&self, body: String, signal: &web_sys::AbortSignal) -> Result<HttpReply, JsValue> {
@@ -32,7 +36,8 @@ impl<'a> Rest<'a> {
         init.set_body(&JsValue::from_str(&body));
         init.set_signal(Some(signal));
         let scope: web_sys::WorkerGlobalScope = js_sys::global().unchecked_into();
-        let response: web_sys::Response = JsFuture::from(scope.fetch_with_str_and_init(self.url, &init)).await?.dyn_into()?;
+        let response: web_sys::Response =
+            JsFuture::from(scope.fetch_with_str_and_init(self.url, &init)).await?.dyn_into()?;
         let status = response.status();
         let text = JsFuture::from(response.text()?).await?;
         Ok(HttpReply { status, body: text.as_string().unwrap_or_default() })

@@ -32,7 +32,9 @@ impl Redis {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .unwrap_or_else(|e| panic!("cannot start redis-server ({e}): these tests need a real Redis; run scripts/setup"));
+            .unwrap_or_else(|e| {
+                panic!("cannot start redis-server ({e}): these tests need a real Redis; run scripts/setup")
+            });
         let redis = Redis { port, child };
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {

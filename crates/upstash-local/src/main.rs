@@ -119,7 +119,8 @@ async fn serve(args: Args) -> Result<(), String> {
     let redis = ConnectionManager::new_with_config(client, config)
         .await
         .map_err(|e| format!("cannot connect to Redis at {}: {e}", args.redis))?;
-    let listener = TcpListener::bind(args.listen).await.map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
+    let listener =
+        TcpListener::bind(args.listen).await.map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
     let server = Arc::new(Server {
         token: args.token,
         redis,
@@ -244,7 +245,10 @@ impl Server {
         }
         let mut conn = self.redis.clone();
         match pipe.query_async::<Vec<redis::Value>>(&mut conn).await {
-            Ok(values) => reply(StatusCode::OK, Value::Array(values.into_iter().map(|v| json!({ "result": to_json(v) })).collect())),
+            Ok(values) => reply(
+                StatusCode::OK,
+                Value::Array(values.into_iter().map(|v| json!({ "result": to_json(v) })).collect()),
+            ),
             Err(e) => {
                 let (status, message) = redis_error(e);
                 error(status, message)
@@ -362,7 +366,9 @@ fn to_json(value: redis::Value) -> Value {
         R::BulkString(bytes) => Value::String(String::from_utf8_lossy(&bytes).into_owned()),
         R::SimpleString(s) => Value::String(s),
         R::Okay => Value::String("OK".into()),
-        R::Array(items) | R::Set(items) | R::Push { data: items, .. } => Value::Array(items.into_iter().map(to_json).collect()),
+        R::Array(items) | R::Set(items) | R::Push { data: items, .. } => {
+            Value::Array(items.into_iter().map(to_json).collect())
+        }
         R::Map(pairs) => Value::Array(pairs.into_iter().flat_map(|(k, v)| [to_json(k), to_json(v)]).collect()),
         R::Double(d) => json!(d),
         R::Boolean(b) => json!(b),
