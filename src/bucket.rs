@@ -1,7 +1,8 @@
-//! A reference token bucket in Rust: the same arithmetic, in the same order,
-//! as `lua/token_bucket.lua`, so a test can demand bit-for-bit agreement on
-//! random request sequences. The Worker never runs it; Redis is the only
-//! source of truth.
+//! The token bucket in Rust: the same arithmetic, in the same order, as
+//! `lua/token_bucket.lua`, so a test can demand bit-for-bit agreement on
+//! random request sequences. Redis is the only source of truth; the Worker
+//! runs this only as the per-isolate bucket that bounds fail-open traffic
+//! while Redis cannot decide.
 
 /// One bucket's stored state (the hash fields `tokens` and `lastRefill`).
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -49,7 +50,7 @@ impl Reply {
 /// Runs one all-or-nothing call at `now` (epoch seconds) against `states`
 /// (`None` = no such key), updating them as the script would.
 pub fn call(states: &mut [Option<State>], specs: &[Spec], now: f64) -> Reply {
-    assert_eq!(states.len(), specs.len(), "one spec per bucket");
+    debug_assert_eq!(states.len(), specs.len(), "one spec per bucket");
     let mut levels = Vec::with_capacity(specs.len());
     let mut denied_by = 0;
     for (i, (state, spec)) in states.iter().zip(specs).enumerate() {

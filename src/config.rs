@@ -4,6 +4,7 @@
 
 use std::fmt;
 
+use crate::identity::DEFAULT_IPV6_PREFIX;
 use crate::limit::Limit;
 use crate::rate::Refill;
 
@@ -38,6 +39,10 @@ pub struct Config {
     pub fail_mode: FailMode,
     pub redis_timeout_ms: u32,
     pub clock: Clock,
+    /// Fold ASCII letters in paths to lower case before keying (for case-insensitive origins).
+    pub path_case_insensitive: bool,
+    /// IPv6 callers are grouped by this prefix length (one /64 is usually one site).
+    pub ipv6_prefix: u8,
 }
 
 /// A configuration error: the variable at fault and what is wrong with it.
@@ -145,7 +150,36 @@ impl Config {
             }
         };
 
-        Ok(Config { redis_url, redis_token, limit, user_id_header, origin, fail_mode, redis_timeout_ms, clock })
+        let path_case_insensitive =
+            match optional(&var, "PATH_CASE_INSENSITIVE").as_deref().map(str::to_ascii_lowercase).as_deref() {
+                None | Some("false") => false,
+                Some("true") => true,
+                Some(other) => {
+                    return Err(err("PATH_CASE_INSENSITIVE", format!("must be \"true\" or \"false\", got {other:?}")))
+                }
+            };
+
+        let ipv6_prefix = match optional(&var, "IPV6_PREFIX") {
+            None => DEFAULT_IPV6_PREFIX,
+            Some(v) => match parse_whole(&v) {
+                Ok(p) if (1..=128).contains(&p) => p as u8,
+                Ok(_) => return Err(err("IPV6_PREFIX", format!("must be a prefix length from 1 to 128, got {v}"))),
+                Err(m) => return Err(err("IPV6_PREFIX", m)),
+            },
+        };
+
+        Ok(Config {
+            redis_url,
+            redis_token,
+            limit,
+            user_id_header,
+            origin,
+            fail_mode,
+            redis_timeout_ms,
+            clock,
+            path_case_insensitive,
+            ipv6_prefix,
+        })
     }
 }
 
@@ -229,6 +263,8 @@ mod tests {
         assert_eq!(c.fail_mode, FailMode::Open);
         assert_eq!(c.redis_timeout_ms, 500);
         assert_eq!(c.clock, Clock::Redis);
+        assert!(!c.path_case_insensitive);
+        assert_eq!(c.ipv6_prefix, 64);
     }
 
     #[test]
@@ -243,8 +279,12 @@ mod tests {
             ("FAIL_MODE", "closed"),
             ("REDIS_TIMEOUT_MS", "250"),
             ("RATE_LIMIT_CLOCK", "worker"),
+            ("PATH_CASE_INSENSITIVE", "TRUE"),
+            ("IPV6_PREFIX", "48"),
         ])
         .unwrap();
+        assert!(c.path_case_insensitive);
+        assert_eq!(c.ipv6_prefix, 48);
         assert_eq!(c.redis_url, "http://127.0.0.1:8079");
         assert_eq!(c.limit.capacity(), 100);
         assert_eq!(c.limit.refill().tokens_per_second(), 10.0);
@@ -305,6 +345,10 @@ mod tests {
             ("REDIS_TIMEOUT_MS", "30001", "must be from 1 to 30000"),
             ("REDIS_TIMEOUT_MS", "fast", "must be a whole number"),
             ("RATE_LIMIT_CLOCK", "local", "must be \"redis\" or \"worker\""),
+            ("PATH_CASE_INSENSITIVE", "yes", "must be \"true\" or \"false\""),
+            ("IPV6_PREFIX", "0", "prefix length from 1 to 128"),
+            ("IPV6_PREFIX", "129", "prefix length from 1 to 128"),
+            ("IPV6_PREFIX", "/64", "must be a whole number"),
         ];
         for (variable, value, expected) in cases {
             let e = rejected(&[(variable, value)]);

@@ -13,7 +13,8 @@
 //! - `config`, `limit`, `rate` — validated configuration.
 //! - `identity`, `path`, `key` — who is calling, on which canonical path, in which bucket.
 //! - `script`    — the Lua script and its build-time SHA1s.
-//! - `bucket`    — a reference token bucket the Lua script must agree with (tests only).
+//! - `bucket`    — the token bucket in Rust: the reference the Lua script must agree with, and
+//!   the local bucket that bounds fail-open traffic.
 
 mod config;
 mod decision;
@@ -26,7 +27,6 @@ mod rate;
 mod script;
 mod upstash;
 
-#[doc(hidden)]
 pub mod bucket;
 
 #[cfg(target_arch = "wasm32")]
@@ -37,7 +37,9 @@ pub use decision::{problem_json, rate_limit_headers, Decision, LimitStatus};
 pub use identity::{identify, Caller, IdentityError, DEFAULT_IPV6_PREFIX};
 pub use key::bucket_key;
 pub use limit::Limit;
-pub use limiter::{outcome, Check, Failure, HttpReply, Limiter, Outcome, Transport, TransportError};
+pub use limiter::{
+    Check, Failure, HttpReply, Limiter, Outcome, Transport, TransportError, DENY_CACHE_ENTRIES, LOCAL_BUCKETS,
+};
 pub use path::{normalize, normalize_with, path_and_query};
 pub use rate::Refill;
 pub use script::{Variant, TOKEN_BUCKET_FLAGGED, TOKEN_BUCKET_FLAGGED_SHA, TOKEN_BUCKET_PLAIN, TOKEN_BUCKET_PLAIN_SHA};

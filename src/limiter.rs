@@ -1,12 +1,15 @@
 //! The limiter: one isolate's view of the shared buckets. It asks Redis (one
 //! EVALSHA for every limit of a request), remembers denials so that a caller
-//! known to be empty costs no round trip, recovers from `NOSCRIPT` and from
+//! known to be empty costs no round trip, recovers from `NOSCRIPT` with one
+//! EVAL per isolate however many requests hit it at once, falls back from
 //! servers that reject the script's shebang, and turns failures into the
-//! configured fail mode. Time and the network come in from the edge.
+//! configured fail mode — fail-open still bounded by a local bucket per key.
+//! Time and the network come in from the edge.
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 
+use crate::bucket::{self, Spec, State};
 use crate::config::{Clock, FailMode};
 use crate::decision::{Decision, LimitStatus};
 use crate::limit::Limit;
@@ -33,6 +36,8 @@ pub enum TransportError {
 #[allow(async_fn_in_trait)] // the Worker is single-threaded: no Send bound wanted
 pub trait Transport {
     async fn post(&self, body: String) -> Result<HttpReply, TransportError>;
+    /// Waits about `ms` milliseconds; `Err(Timeout)` once the deadline has passed.
+    async fn pause(&self, ms: u32) -> Result<(), TransportError>;
 }
 
 /// One limit that applies to a request.
@@ -50,6 +55,15 @@ pub enum Failure {
     Timeout,
     Unreachable,
     Rest(RestError),
+}
+
+impl From<TransportError> for Failure {
+    fn from(e: TransportError) -> Self {
+        match e {
+            TransportError::Timeout => Failure::Timeout,
+            TransportError::Unreachable => Failure::Unreachable,
+        }
+    }
 }
 
 impl Failure {
@@ -72,20 +86,12 @@ impl Failure {
 pub enum Outcome {
     Allowed(Decision),
     Denied(Decision),
-    /// Redis failed and the fail mode is open: forward, marked as not rate-limited.
+    /// Redis failed and the fail mode is open: forward, marked as not rate-limited by Redis.
     FailedOpen(Failure),
+    /// Redis failed, the fail mode is open, and this isolate's local bucket is empty: 429.
+    DeniedLocally(Decision, Failure),
     /// Redis failed and the fail mode is closed: 503.
     FailedClosed(Failure),
-}
-
-/// Applies the fail mode to a decision attempt.
-pub fn outcome(result: Result<Decision, Failure>, mode: FailMode) -> Outcome {
-    match (result, mode) {
-        (Ok(d), _) if d.allowed => Outcome::Allowed(d),
-        (Ok(d), _) => Outcome::Denied(d),
-        (Err(f), FailMode::Open) => Outcome::FailedOpen(f),
-        (Err(f), FailMode::Closed) => Outcome::FailedClosed(f),
-    }
 }
 
 /// How many denials an isolate remembers; beyond it, expired entries are dropped, and if none
@@ -100,17 +106,50 @@ struct Denial {
     cost: u32,
 }
 
+/// How many keys an isolate keeps a local (fail-open) bucket for; beyond it the
+/// map starts over, which can hand each key one more local capacity during an outage.
+pub const LOCAL_BUCKETS: usize = 10_000;
+
+/// How often a request that met `NOSCRIPT` looks whether another request's EVAL is done.
+const LOAD_POLL_MS: u32 = 2;
+
 /// Per-isolate limiter state. Nothing here is authoritative: the deny cache
-/// only ever says no, and only until Redis said the bucket refills.
+/// only ever says no, and only until Redis said the bucket refills; the local
+/// buckets only decide while Redis cannot.
 #[derive(Debug)]
 pub struct Limiter {
     variant: Cell<Variant>,
+    /// A request of this isolate is sending the script (EVAL) right now.
+    loading: Cell<bool>,
     denials: RefCell<HashMap<String, Denial>>,
+    local: RefCell<HashMap<String, State>>,
 }
 
 impl Default for Limiter {
     fn default() -> Self {
-        Limiter { variant: Cell::new(Variant::Flagged), denials: RefCell::new(HashMap::new()) }
+        Limiter {
+            variant: Cell::new(Variant::Flagged),
+            loading: Cell::new(false),
+            denials: RefCell::new(HashMap::new()),
+            local: RefCell::new(HashMap::new()),
+        }
+    }
+}
+
+/// Marks the isolate as loading the script until dropped, also when the
+/// request is cancelled at its deadline.
+struct Loading<'a>(&'a Cell<bool>);
+
+impl<'a> Loading<'a> {
+    fn start(flag: &'a Cell<bool>) -> Loading<'a> {
+        flag.set(true);
+        Loading(flag)
+    }
+}
+
+impl Drop for Loading<'_> {
+    fn drop(&mut self) {
+        self.0.set(false);
     }
 }
 
@@ -142,10 +181,24 @@ impl Limiter {
 
         let mut variant = self.variant.get();
         let mut reply = self.call(transport, evalsha_body(variant, &keys, &args)).await;
-        // At most: NOSCRIPT → EVAL → shebang rejected → EVAL of the plain variant.
-        for _ in 0..2 {
+        // Bounded: NOSCRIPT → (wait for another request's EVAL | EVAL) → shebang rejected → plain EVAL.
+        let mut loaded_once = false;
+        for _ in 0..4 {
             let body = match &reply {
-                Err(Failure::Rest(RestError::NoScript)) => eval_body(variant, &keys, &args),
+                Err(Failure::Rest(RestError::NoScript)) if self.loading.get() => {
+                    // Another request of this isolate is loading the script: wait for it rather than
+                    // send one more EVAL (the storm @upstash/ratelimit has after a flush).
+                    while self.loading.get() {
+                        transport.pause(LOAD_POLL_MS).await.map_err(Failure::from)?;
+                    }
+                    variant = self.variant.get();
+                    reply = self.call(transport, evalsha_body(variant, &keys, &args)).await;
+                    continue;
+                }
+                Err(Failure::Rest(RestError::NoScript)) if !loaded_once => {
+                    loaded_once = true;
+                    eval_body(variant, &keys, &args)
+                }
                 Err(Failure::Rest(RestError::ShebangRejected)) if variant == Variant::Flagged => {
                     variant = Variant::Plain;
                     self.variant.set(variant);
@@ -153,6 +206,7 @@ impl Limiter {
                 }
                 _ => break,
             };
+            let _loading = Loading::start(&self.loading);
             reply = self.call(transport, body).await;
         }
         let limits: Vec<(&'static str, &Limit)> = checks.iter().map(|c| (c.policy, c.limit)).collect();
@@ -169,11 +223,56 @@ impl Limiter {
     }
 
     async fn call<T: Transport>(&self, transport: &T, body: String) -> Result<Vec<i64>, Failure> {
-        let reply = transport.post(body).await.map_err(|e| match e {
-            TransportError::Timeout => Failure::Timeout,
-            TransportError::Unreachable => Failure::Unreachable,
-        })?;
+        let reply = transport.post(body).await.map_err(Failure::from)?;
         parse_script_reply(reply.status, &reply.body).map_err(Failure::Rest)
+    }
+
+    /// What the gateway does with a decision attempt under `mode`. When Redis
+    /// failed and the mode is open, this isolate's local bucket for each key
+    /// (same capacity and refill, the Worker's clock) still bounds the traffic:
+    /// an outage must not mean unlimited requests.
+    pub fn outcome(
+        &self,
+        result: Result<Decision, Failure>,
+        mode: FailMode,
+        checks: &[Check<'_>],
+        now_ms: f64,
+    ) -> Outcome {
+        let failure = match result {
+            Ok(d) if d.allowed => return Outcome::Allowed(d),
+            Ok(d) => return Outcome::Denied(d),
+            Err(f) => f,
+        };
+        if mode == FailMode::Closed {
+            return Outcome::FailedClosed(failure);
+        }
+        let mut local = self.local.borrow_mut();
+        if local.len() + checks.len() > LOCAL_BUCKETS {
+            local.clear();
+        }
+        let mut states: Vec<Option<State>> = checks.iter().map(|c| local.get(&c.key).copied()).collect();
+        let specs: Vec<Spec> = checks
+            .iter()
+            .map(|c| Spec {
+                capacity: f64::from(c.limit.capacity()),
+                rate: c.limit.refill().tokens_per_second(),
+                cost: f64::from(c.cost),
+            })
+            .collect();
+        let reply = bucket::call(&mut states, &specs, now_ms / 1000.0);
+        for (c, state) in checks.iter().zip(states) {
+            if let Some(state) = state {
+                local.insert(c.key.clone(), state);
+            }
+        }
+        if reply.allowed {
+            return Outcome::FailedOpen(failure);
+        }
+        let limits: Vec<(&'static str, &Limit)> = checks.iter().map(|c| (c.policy, c.limit)).collect();
+        match Decision::from_script(&reply.to_flat(), &limits) {
+            Ok(decision) => Outcome::DeniedLocally(decision, failure),
+            Err(_) => Outcome::FailedOpen(failure),
+        }
     }
 
     fn cached_denial(&self, checks: &[Check<'_>], now_ms: f64) -> Option<Decision> {

@@ -8,7 +8,7 @@ use std::cell::{Cell, RefCell};
 
 use common::{block_on, Redis};
 use edge_ratelimit::{
-    bucket_key, outcome, Caller, Check, Clock, Decision, FailMode, Failure, HttpReply, Limit, Limiter, Outcome, Refill,
+    bucket_key, Caller, Check, Clock, Decision, FailMode, Failure, HttpReply, Limit, Limiter, Outcome, Refill,
     RestError, Transport, TransportError, Variant,
 };
 
@@ -33,6 +33,10 @@ impl Direct {
 }
 
 impl Transport for Direct {
+    async fn pause(&self, _ms: u32) -> Result<(), TransportError> {
+        Ok(())
+    }
+
     async fn post(&self, body: String) -> Result<HttpReply, TransportError> {
         let args: Vec<String> = serde_json::from_str(&body).expect("the body is a JSON array of strings");
         self.sent.borrow_mut().push(args[0].clone());
@@ -58,6 +62,10 @@ struct Failing {
 }
 
 impl Transport for Failing {
+    async fn pause(&self, _ms: u32) -> Result<(), TransportError> {
+        Ok(())
+    }
+
     async fn post(&self, _body: String) -> Result<HttpReply, TransportError> {
         self.calls.set(self.calls.get() + 1);
         self.result.clone()
@@ -168,8 +176,9 @@ fn failures_are_classified_and_follow_the_fail_mode() {
         assert_eq!(std::mem::discriminant(&failure), std::mem::discriminant(&expected), "{failure:?}");
         assert_eq!(failure.reason(), reason);
         assert_eq!(t.calls.get(), 1, "a failure is not retried past the deadline");
-        assert!(matches!(outcome(Err(failure.clone()), FailMode::Open), Outcome::FailedOpen(_)));
-        assert!(matches!(outcome(Err(failure), FailMode::Closed), Outcome::FailedClosed(_)));
+        let limiter = Limiter::default();
+        assert!(matches!(limiter.outcome(Err(failure.clone()), FailMode::Open, &checks, 0.0), Outcome::FailedOpen(_)));
+        assert!(matches!(limiter.outcome(Err(failure), FailMode::Closed, &checks, 0.0), Outcome::FailedClosed(_)));
     }
 }
 
@@ -184,4 +193,103 @@ fn a_script_error_is_not_retried_forever() {
     let failure = decide(&Limiter::default(), &t, &checks, 0.0).unwrap_err();
     assert_eq!(failure, Failure::Rest(RestError::NoScript));
     assert!(t.calls.get() <= 3, "{} calls", t.calls.get());
+}
+
+/// Ready on the second poll: lets the test executor interleave requests the way I/O would.
+struct YieldOnce(bool);
+
+impl std::future::Future for YieldOnce {
+    type Output = ();
+    fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
+        if self.0 {
+            std::task::Poll::Ready(())
+        } else {
+            self.0 = true;
+            cx.waker().wake_by_ref();
+            std::task::Poll::Pending
+        }
+    }
+}
+
+/// A script cache that starts empty (as after SCRIPT FLUSH); every call takes one scheduling turn.
+struct Flushed {
+    loaded: Cell<bool>,
+    evals: Cell<usize>,
+    evalshas: Cell<usize>,
+}
+
+impl Transport for Flushed {
+    async fn pause(&self, _ms: u32) -> Result<(), TransportError> {
+        YieldOnce(false).await;
+        Ok(())
+    }
+
+    async fn post(&self, body: String) -> Result<HttpReply, TransportError> {
+        YieldOnce(false).await;
+        let ok = HttpReply { status: 200, body: r#"{"result":[1,0,4,0,12000]}"#.into() };
+        if body.starts_with(r#"["EVAL","#) {
+            self.evals.set(self.evals.get() + 1);
+            self.loaded.set(true);
+            return Ok(ok);
+        }
+        self.evalshas.set(self.evalshas.get() + 1);
+        if self.loaded.get() {
+            Ok(ok)
+        } else {
+            Ok(HttpReply { status: 400, body: r#"{"error":"NOSCRIPT No matching script. Please use EVAL."}"#.into() })
+        }
+    }
+}
+
+/// Polls every future in turn until all are done (a single-threaded event loop in miniature).
+fn run_all<F: std::future::Future>(futures: Vec<F>) -> Vec<F::Output> {
+    let mut futures: Vec<_> = futures.into_iter().map(Box::pin).collect();
+    let mut out: Vec<Option<F::Output>> = futures.iter().map(|_| None).collect();
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    for _ in 0..10_000 {
+        for (f, slot) in futures.iter_mut().zip(out.iter_mut()) {
+            if slot.is_none() {
+                if let std::task::Poll::Ready(v) = f.as_mut().poll(&mut cx) {
+                    *slot = Some(v);
+                }
+            }
+        }
+        if out.iter().all(Option::is_some) {
+            return out.into_iter().map(Option::unwrap).collect();
+        }
+    }
+    panic!("futures did not finish");
+}
+
+#[test]
+fn a_burst_after_a_flush_sends_one_eval_per_isolate() {
+    let t = Flushed { loaded: Cell::new(false), evals: Cell::new(0), evalshas: Cell::new(0) };
+    let limiter = Limiter::default();
+    let l = limit(5, "5/min");
+    let checks: Vec<[Check<'_>; 1]> =
+        (0..200).map(|i| [Check { key: key(&format!("storm{i}")), policy: "default", limit: &l, cost: 1 }]).collect();
+    let results = run_all(checks.iter().map(|c| limiter.decide(&t, c, Clock::Redis, 0.0)).collect());
+    assert!(results.iter().all(|r| r.as_ref().is_ok_and(|d| d.allowed)));
+    assert_eq!(t.evals.get(), 1, "one EVAL for 200 concurrent requests");
+    assert_eq!(t.evalshas.get(), 200 + 199, "everyone else retried EVALSHA once the script was loaded");
+}
+
+#[test]
+fn fail_open_is_still_bounded_by_a_local_bucket_per_key() {
+    let limiter = Limiter::default();
+    let l = limit(3, "1/s");
+    let checks = [Check { key: key("outage"), policy: "default", limit: &l, cost: 1 }];
+    let other = [Check { key: key("outage-other"), policy: "default", limit: &l, cost: 1 }];
+    let down = || Err(Failure::Timeout);
+    let now = 1_800_000_000_000.0;
+    for _ in 0..3 {
+        assert!(matches!(limiter.outcome(down(), FailMode::Open, &checks, now), Outcome::FailedOpen(Failure::Timeout)));
+    }
+    match limiter.outcome(down(), FailMode::Open, &checks, now) {
+        Outcome::DeniedLocally(d, Failure::Timeout) => assert_eq!(d.retry_after_s(), 1),
+        other => panic!("expected a local denial, got {other:?}"),
+    }
+    assert!(matches!(limiter.outcome(down(), FailMode::Open, &other, now), Outcome::FailedOpen(_)), "per key");
+    assert!(matches!(limiter.outcome(down(), FailMode::Open, &checks, now + 1000.0), Outcome::FailedOpen(_)));
+    assert!(matches!(limiter.outcome(down(), FailMode::Closed, &checks, now), Outcome::FailedClosed(_)));
 }

@@ -13,10 +13,10 @@ use worker::worker_sys::web_sys;
 use worker::{event, Context, Env};
 
 use crate::config::{Config, ConfigError};
-use crate::identity::{identify, DEFAULT_IPV6_PREFIX};
+use crate::identity::identify;
 use crate::key::bucket_key;
-use crate::limiter::{outcome, Check, Limiter};
-use crate::path::{normalize, path_and_query};
+use crate::limiter::{Check, Limiter};
+use crate::path::{normalize_with, path_and_query};
 
 /// The default (zero-config) policy's name in `RateLimit-Policy`.
 const DEFAULT_POLICY: &str = "default";
@@ -46,11 +46,11 @@ async fn handle(req: web_sys::Request, env: &Env) -> web_sys::Response {
     let headers = req.headers();
     let user_id = config.user_id_header.as_deref().and_then(|h| headers.get(h).ok().flatten());
     let client_ip = headers.get("cf-connecting-ip").ok().flatten();
-    let caller = match identify(user_id.as_deref(), client_ip.as_deref(), DEFAULT_IPV6_PREFIX) {
+    let caller = match identify(user_id.as_deref(), client_ip.as_deref(), config.ipv6_prefix) {
         Ok(caller) => caller,
         Err(e) => return respond::unidentified(e),
     };
-    let key = bucket_key(&caller, &normalize(target));
+    let key = bucket_key(&caller, &normalize_with(target, config.path_case_insensitive));
     let checks = [Check { key, policy: DEFAULT_POLICY, limit: &config.limit, cost: 1 }];
 
     let now = js_sys::Date::now();
@@ -60,5 +60,6 @@ async fn handle(req: web_sys::Request, env: &Env) -> web_sys::Response {
     if let Err(failure) = &result {
         worker::console_warn!("rate limiter degraded ({}): {failure:?}", failure.reason());
     }
-    respond::outcome(outcome(result, config.fail_mode), req, &config, target).await
+    let outcome = limiter.outcome(result, config.fail_mode, &checks, now);
+    respond::outcome(outcome, req, &config, target).await
 }

@@ -17,6 +17,12 @@ pub async fn outcome(outcome: Outcome, req: web_sys::Request, config: &Config, t
             let detail = format!("Rate limit \"{limit}\" exceeded; retry in {} s.", decision.retry_after_s());
             problem(429, "rate-limited", "Too Many Requests", &detail, &rate_limit_headers(&decision))
         }
+        Outcome::DeniedLocally(decision, failure) => {
+            let detail = format!("Rate limit exceeded; retry in {} s.", decision.retry_after_s());
+            let mut headers = rate_limit_headers(&decision);
+            headers.push(("X-RateLimit-Status", format!("degraded; reason={}", failure.reason())));
+            problem(429, "rate-limited", "Too Many Requests", &detail, &headers)
+        }
         Outcome::FailedOpen(failure) => {
             let status = format!("degraded; reason={}", failure.reason());
             forward(req, config, target, &[("X-RateLimit-Status", status)]).await

@@ -45,6 +45,15 @@ impl<'a> Rest<'a> {
 }
 
 impl Transport for Rest<'_> {
+    async fn pause(&self, ms: u32) -> Result<(), TransportError> {
+        let left = self.deadline_ms - js_sys::Date::now();
+        if left <= 0.0 {
+            return Err(TransportError::Timeout);
+        }
+        Delay::from(Duration::from_millis(left.min(f64::from(ms)).ceil() as u64)).await;
+        Ok(())
+    }
+
     async fn post(&self, body: String) -> Result<HttpReply, TransportError> {
         let left = self.deadline_ms - js_sys::Date::now();
         if left <= 0.0 {
