@@ -8,15 +8,18 @@
 --                    and `lastRefill` (epoch seconds, may be fractional)
 -- ARGV[1]            clock: "" = Redis TIME (default); otherwise the caller's
 --                    epoch time in whole milliseconds (worker-clock mode)
--- ARGV[2 + 4(i-1)]   capacity of bucket i (tokens, > 0)
--- ARGV[3 + 4(i-1)]   refill rate of bucket i (tokens per second, > 0)
--- ARGV[4 + 4(i-1)]   TTL of bucket i in whole seconds (>= time to refill fully)
--- ARGV[5 + 4(i-1)]   cost of this request against bucket i (tokens, > 0)
+-- ARGV[2 + 5(i-1)]   capacity of bucket i (tokens, > 0)
+-- ARGV[3 + 5(i-1)]   refill rate of bucket i (tokens per second, > 0)
+-- ARGV[4 + 5(i-1)]   TTL of bucket i in whole seconds (>= time to refill fully)
+-- ARGV[5 + 5(i-1)]   cost of this request against bucket i (tokens, > 0)
+-- ARGV[6 + 5(i-1)]   "1" if bucket i is in shadow mode: it never denies, and it is debited
+--                    only when it can pay; "0" otherwise
 --
 -- Returns integers only (Redis truncates Lua numbers):
---   { allowed (1|0), denied_by (index of the first bucket short of tokens, 0 when allowed),
+--   { allowed (1|0), denied_by (index of the first enforcing bucket short of tokens, 0 when allowed),
 --     then for each bucket i: remaining (whole tokens left after this call),
---                             retry_ms (until bucket i could pay this cost; 0 if it can now),
+--                             retry_ms (until bucket i could pay this cost; 0 if it can now,
+--                                       so a shadow bucket "would have denied" when > 0),
 --                             reset_ms (until bucket i is full again) }
 -- A denied call writes nothing: the refill is a pure function of the stored state.
 
@@ -33,7 +36,7 @@ local level, stamp = {}, {}
 local denied_by = 0
 
 for i = 1, n do
-  local a = 2 + (i - 1) * 4
+  local a = 2 + (i - 1) * 5
   local capacity, rate, cost = tonumber(ARGV[a]), tonumber(ARGV[a + 1]), tonumber(ARGV[a + 3])
   local h = redis.call("HMGET", KEYS[i], "tokens", "lastRefill")
   local tokens, last = tonumber(h[1]), tonumber(h[2])
@@ -47,18 +50,18 @@ for i = 1, n do
     tokens = math.min(capacity, tokens + (t - last) * rate)
   end
   level[i], stamp[i] = tokens, t
-  if denied_by == 0 and tokens < cost then denied_by = i end
+  if denied_by == 0 and tokens < cost and ARGV[a + 4] ~= "1" then denied_by = i end
 end
 
 local out = { denied_by == 0 and 1 or 0, denied_by }
 for i = 1, n do
-  local a = 2 + (i - 1) * 4
+  local a = 2 + (i - 1) * 5
   local capacity, rate, ttl, cost =
     tonumber(ARGV[a]), tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3])
   local tokens = level[i]
   local retry = 0
   if tokens < cost then retry = math.ceil((cost - tokens) / rate * 1000) end
-  if denied_by == 0 then
+  if denied_by == 0 and tokens >= cost then
     tokens = tokens - cost
     redis.call("HSET", KEYS[i], "tokens", string.format("%.17g", tokens),
       "lastRefill", string.format("%.17g", stamp[i]))

@@ -17,6 +17,8 @@ pub struct Spec {
     pub capacity: f64,
     pub rate: f64,
     pub cost: f64,
+    /// A shadow bucket never denies; it is debited only when it can pay.
+    pub shadow: bool,
 }
 
 /// What the script returns for one bucket.
@@ -63,14 +65,14 @@ pub fn call(states: &mut [Option<State>], specs: &[Spec], now: f64) -> Reply {
             }
         };
         levels.push((tokens, t));
-        if denied_by == 0 && tokens < spec.cost {
+        if denied_by == 0 && tokens < spec.cost && !spec.shadow {
             denied_by = i + 1;
         }
     }
     let mut buckets = Vec::with_capacity(specs.len());
     for ((state, spec), (mut tokens, t)) in states.iter_mut().zip(specs).zip(levels) {
         let retry = if tokens < spec.cost { ((spec.cost - tokens) / spec.rate * 1000.0).ceil() } else { 0.0 };
-        if denied_by == 0 {
+        if denied_by == 0 && tokens >= spec.cost {
             tokens -= spec.cost;
             *state = Some(State { tokens, last_refill: t });
         }
@@ -87,7 +89,7 @@ pub fn call(states: &mut [Option<State>], specs: &[Spec], now: f64) -> Reply {
 mod tests {
     use super::*;
 
-    const FIVE_PER_MIN: Spec = Spec { capacity: 5.0, rate: 5.0 / 60.0, cost: 1.0 };
+    const FIVE_PER_MIN: Spec = Spec { capacity: 5.0, rate: 5.0 / 60.0, cost: 1.0, shadow: false };
 
     #[test]
     fn a_fresh_bucket_admits_capacity_then_denies() {
@@ -126,7 +128,7 @@ mod tests {
 
     #[test]
     fn all_or_nothing_across_buckets() {
-        let tight = Spec { capacity: 1.0, rate: 1.0, cost: 1.0 };
+        let tight = Spec { capacity: 1.0, rate: 1.0, cost: 1.0, shadow: false };
         let mut s = [None, Some(State { tokens: 0.0, last_refill: 10.0 })];
         let r = call(&mut s, &[FIVE_PER_MIN, tight], 10.0);
         assert_eq!((r.allowed, r.denied_by), (false, 2));
@@ -142,6 +144,17 @@ mod tests {
         assert!(!r.allowed);
         assert_eq!(s[0].unwrap().tokens, 3.0);
         assert_eq!(r.buckets[0].retry_ms, 12_000);
+    }
+
+    #[test]
+    fn a_shadow_bucket_never_denies_and_pays_only_when_it_can() {
+        let shadow = Spec { capacity: 1.0, rate: 1.0, cost: 1.0, shadow: true };
+        let mut s = [Some(State { tokens: 0.0, last_refill: 0.0 }), None];
+        let r = call(&mut s, &[shadow, FIVE_PER_MIN], 0.0);
+        assert_eq!((r.allowed, r.denied_by), (true, 0));
+        assert_eq!(r.buckets[0].retry_ms, 1000, "it would have denied");
+        assert_eq!(s[0].unwrap().tokens, 0.0, "not debited below zero");
+        assert_eq!(s[1].unwrap().tokens, 4.0);
     }
 
     #[test]

@@ -5,7 +5,9 @@
 use std::fmt;
 
 use crate::identity::DEFAULT_IPV6_PREFIX;
+use crate::jwt::{JwtConfig, JwtSettings};
 use crate::limit::Limit;
+use crate::policy::Policy;
 use crate::rate::Refill;
 
 /// What to do when Redis cannot decide in time.
@@ -27,7 +29,7 @@ pub enum Clock {
     Worker,
 }
 
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Debug, PartialEq)]
 pub struct Config {
     pub redis_url: String,
     pub redis_token: String,
@@ -43,6 +45,9 @@ pub struct Config {
     pub path_case_insensitive: bool,
     /// IPv6 callers are grouped by this prefix length (one /64 is usually one site).
     pub ipv6_prefix: u8,
+    pub jwt: JwtConfig,
+    /// Rules from `RATE_LIMIT_POLICY`; `None`: one bucket per caller and path with [`Config::limit`].
+    pub policy: Option<Policy>,
 }
 
 /// A configuration error: the variable at fault and what is wrong with it.
@@ -168,7 +173,39 @@ impl Config {
             },
         };
 
+        let jwt = JwtConfig::new(JwtSettings {
+            mode: optional(&var, "JWT_MODE").as_deref(),
+            secret: var("JWT_SECRET").as_deref().filter(|s| !s.is_empty()),
+            jwks: optional(&var, "JWT_JWKS").as_deref(),
+            issuer: optional(&var, "JWT_ISSUER"),
+            audience: optional(&var, "JWT_AUDIENCE"),
+            leeway_s: match optional(&var, "JWT_LEEWAY_SECONDS") {
+                None => 30,
+                Some(v) => parse_whole(&v).map_err(|m| err("JWT_LEEWAY_SECONDS", m))?,
+            },
+            subject_claim: optional(&var, "JWT_SUBJECT_CLAIM").unwrap_or_else(|| "sub".into()),
+            tier_claim: optional(&var, "JWT_TIER_CLAIM").unwrap_or_else(|| "tier".into()),
+            require_exp: match optional(&var, "JWT_REQUIRE_EXP").as_deref().map(str::to_ascii_lowercase).as_deref() {
+                None | Some("true") => true,
+                Some("false") => false,
+                Some(other) => {
+                    return Err(err("JWT_REQUIRE_EXP", format!("must be \"true\" or \"false\", got {other:?}")))
+                }
+            },
+        })
+        .map_err(|(variable, message)| err(variable, message))?;
+
+        let policy = match optional(&var, "RATE_LIMIT_POLICY") {
+            None => None,
+            Some(doc) => Some(
+                Policy::parse(&doc, limit.ttl_seconds(), path_case_insensitive)
+                    .map_err(|m| err("RATE_LIMIT_POLICY", m))?,
+            ),
+        };
+
         Ok(Config {
+            jwt,
+            policy,
             redis_url,
             redis_token,
             limit,
@@ -353,6 +390,30 @@ mod tests {
         for (variable, value, expected) in cases {
             let e = rejected(&[(variable, value)]);
             assert_eq!(&e.variable, variable, "{variable}={value:?} blamed {e}");
+            assert!(e.message.contains(expected), "{variable}={value:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn jwt_and_policy_variables_are_read_and_checked() {
+        let c = config(&[("JWT_SECRET", "0123456789abcdef0123456789abcdef"), ("JWT_ISSUER", "https://auth")]).unwrap();
+        assert_eq!(c.jwt.mode, crate::JwtMode::Optional);
+        assert_eq!(c.jwt.issuer.as_deref(), Some("https://auth"));
+        assert_eq!(c.policy, None);
+        let doc = r#"{"rules":[{"name":"r","route":"/*","limits":[{"name":"l","capacity":2,"refill":"1/s"}]}]}"#;
+        let c = config(&[("RATE_LIMIT_POLICY", doc)]).unwrap();
+        assert_eq!(c.policy.unwrap().rules[0].limits[0].base.limit.capacity(), 2);
+        for (variable, value, expected) in [
+            ("JWT_SECRET", "short", "at least 32 bytes"),
+            ("JWT_MODE", "required", "needs JWT_SECRET or JWT_JWKS"),
+            ("JWT_JWKS", "[]", "not a JWKS document"),
+            ("JWT_LEEWAY_SECONDS", "301", "from 0 to 300"),
+            ("JWT_LEEWAY_SECONDS", "-1", "must be a whole number"),
+            ("JWT_REQUIRE_EXP", "no", "must be \"true\" or \"false\""),
+            ("RATE_LIMIT_POLICY", "{}", "missing field `rules`"),
+        ] {
+            let e = rejected(&[(variable, value)]);
+            assert_eq!(e.variable, variable, "{e}");
             assert!(e.message.contains(expected), "{variable}={value:?}: {e}");
         }
     }

@@ -11,8 +11,10 @@ use crate::upstash::RestError;
 /// One limit's state after a decision.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LimitStatus {
-    /// Policy name, a `[a-z0-9_-]` identifier.
-    pub policy: &'static str,
+    /// Policy name, a `[A-Za-z0-9_.-]` identifier.
+    pub policy: String,
+    /// A shadow limit: reported in logs and `X-RateLimit-Status`, never in the RateLimit fields.
+    pub shadow: bool,
     pub capacity: u32,
     /// Seconds for an empty bucket to become full.
     pub window_s: u64,
@@ -32,8 +34,8 @@ pub struct Decision {
 }
 
 impl Decision {
-    /// Decodes the script's integer reply for `limits` (policy names alongside).
-    pub fn from_script(reply: &[i64], limits: &[(&'static str, &Limit)]) -> Result<Decision, RestError> {
+    /// Decodes the script's integer reply for `limits` (policy name, limit, shadow).
+    pub fn from_script(reply: &[i64], limits: &[(&str, &Limit, bool)]) -> Result<Decision, RestError> {
         let malformed =
             || RestError::Malformed(format!("script returned {} integers for {} limits", reply.len(), limits.len()));
         if reply.len() != 2 + 3 * limits.len() {
@@ -52,8 +54,9 @@ impl Decision {
         let limits = limits
             .iter()
             .zip(reply[2..].chunks_exact(3))
-            .map(|((policy, limit), v)| LimitStatus {
-                policy,
+            .map(|((policy, limit, shadow), v)| LimitStatus {
+                policy: policy.to_string(),
+                shadow: *shadow,
                 capacity: limit.capacity(),
                 window_s: limit.window_seconds(),
                 remaining: v[0].max(0) as u64,
@@ -64,13 +67,18 @@ impl Decision {
         Ok(Decision { allowed, denied_by, limits })
     }
 
-    /// The limit the `RateLimit` field reports: the one that denied, else the one with the
-    /// fewest tokens left.
+    /// The limit the `RateLimit` field reports: the one that denied, else the enforcing one with
+    /// the fewest tokens left.
     pub fn most_restrictive(&self) -> Option<&LimitStatus> {
         match self.denied_by {
             Some(i) => self.limits.get(i),
-            None => self.limits.iter().min_by_key(|l| l.remaining),
+            None => self.limits.iter().filter(|l| !l.shadow).min_by_key(|l| l.remaining),
         }
+    }
+
+    /// The first shadow limit that would have denied this request.
+    pub fn shadow_denial(&self) -> Option<&LimitStatus> {
+        self.limits.iter().find(|l| l.shadow && l.retry_ms > 0)
     }
 
     /// Whole seconds for `Retry-After` (≥ 1) when denied.
@@ -83,18 +91,24 @@ impl Decision {
 /// The `RateLimit-Policy` and `RateLimit` field values (and `Retry-After` when denied).
 pub fn rate_limit_headers(decision: &Decision) -> Vec<(&'static str, String)> {
     let mut policy = String::new();
-    for (i, l) in decision.limits.iter().enumerate() {
-        if i > 0 {
+    for l in decision.limits.iter().filter(|l| !l.shadow) {
+        if !policy.is_empty() {
             policy.push_str(", ");
         }
         let _ = write!(policy, "\"{}\";q={};w={}", l.policy, l.capacity, l.window_s);
     }
-    let mut headers = vec![("RateLimit-Policy", policy)];
-    if let Some(l) = decision.most_restrictive() {
+    let mut headers = Vec::with_capacity(4);
+    if !policy.is_empty() {
+        headers.push(("RateLimit-Policy", policy));
+    }
+    if let Some(l) = decision.most_restrictive().filter(|l| !l.shadow) {
         headers.push(("RateLimit", format!("\"{}\";r={};t={}", l.policy, l.remaining, l.reset_ms.div_ceil(1000))));
     }
     if !decision.allowed {
         headers.push(("Retry-After", decision.retry_after_s().to_string()));
+    }
+    if let Some(l) = decision.shadow_denial() {
+        headers.push(("X-RateLimit-Status", format!("shadow; limit=\"{}\"", l.policy)));
     }
     headers
 }
@@ -123,7 +137,7 @@ mod tests {
     #[test]
     fn allowed_decision_renders_policy_and_remaining() {
         let l = limit();
-        let d = Decision::from_script(&[1, 0, 4, 0, 12_000], &[("default", &l)]).unwrap();
+        let d = Decision::from_script(&[1, 0, 4, 0, 12_000], &[("default", &l, false)]).unwrap();
         assert!(d.allowed);
         assert_eq!(
             rate_limit_headers(&d),
@@ -137,25 +151,43 @@ mod tests {
     #[test]
     fn denied_decision_adds_retry_after_in_whole_seconds_at_least_one() {
         let l = limit();
-        let d = Decision::from_script(&[0, 1, 0, 11_001, 59_000], &[("default", &l)]).unwrap();
+        let d = Decision::from_script(&[0, 1, 0, 11_001, 59_000], &[("default", &l, false)]).unwrap();
         let h = rate_limit_headers(&d);
         assert_eq!(h[1], ("RateLimit", "\"default\";r=0;t=59".to_string()));
         assert_eq!(h[2], ("Retry-After", "12".to_string()));
-        let d = Decision::from_script(&[0, 1, 0, 1, 1], &[("default", &l)]).unwrap();
+        let d = Decision::from_script(&[0, 1, 0, 1, 1], &[("default", &l, false)]).unwrap();
         assert_eq!(d.retry_after_s(), 1);
     }
 
     #[test]
     fn several_limits_report_the_one_that_denied() {
         let (a, b) = (limit(), Limit::new(100, Refill::parse("100/h").unwrap(), 60).unwrap());
-        let d =
-            Decision::from_script(&[0, 2, 3, 0, 24_000, 0, 30_000, 3_600_000], &[("user", &a), ("api", &b)]).unwrap();
+        let d = Decision::from_script(
+            &[0, 2, 3, 0, 24_000, 0, 30_000, 3_600_000],
+            &[("user", &a, false), ("api", &b, false)],
+        )
+        .unwrap();
         let h = rate_limit_headers(&d);
         assert_eq!(h[0].1, "\"user\";q=5;w=60, \"api\";q=100;w=3600");
         assert_eq!(h[1].1, "\"api\";r=0;t=3600");
         assert_eq!(h[2].1, "30");
-        let d = Decision::from_script(&[1, 0, 3, 0, 24_000, 50, 0, 1000], &[("user", &a), ("api", &b)]).unwrap();
+        let d = Decision::from_script(&[1, 0, 3, 0, 24_000, 50, 0, 1000], &[("user", &a, false), ("api", &b, false)])
+            .unwrap();
         assert_eq!(rate_limit_headers(&d)[1].1, "\"user\";r=3;t=24");
+    }
+
+    #[test]
+    fn shadow_limits_are_not_advertised_but_marked_when_they_would_deny() {
+        let (a, b) = (limit(), limit());
+        let d = Decision::from_script(
+            &[1, 0, 0, 12_000, 60_000, 3, 0, 24_000],
+            &[("trial", &a, true), ("user", &b, false)],
+        )
+        .unwrap();
+        let h = rate_limit_headers(&d);
+        assert_eq!(h[0].1, "\"user\";q=5;w=60");
+        assert_eq!(h[1].1, "\"user\";r=3;t=24");
+        assert_eq!(h[2], ("X-RateLimit-Status", "shadow; limit=\"trial\"".to_string()));
     }
 
     #[test]
@@ -170,7 +202,7 @@ mod tests {
             &[0, 2, 4, 0, 0][..],
         ] {
             assert!(
-                matches!(Decision::from_script(reply, &[("default", &l)]), Err(RestError::Malformed(_))),
+                matches!(Decision::from_script(reply, &[("default", &l, false)]), Err(RestError::Malformed(_))),
                 "{reply:?}"
             );
         }

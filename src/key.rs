@@ -34,6 +34,13 @@ pub fn bucket_key(caller: &Caller, path: &str) -> String {
     key
 }
 
+/// The caller part of a key (`alice`, `@ip/203.0.113.7`, `@sha256/…`).
+pub fn subject_key(caller: &Caller) -> String {
+    let mut s = String::new();
+    push_caller(&mut s, caller);
+    s
+}
+
 fn push_caller(key: &mut String, caller: &Caller) {
     match caller {
         Caller::User(id) if id.len() > MAX_ID_BYTES => push_digest(key, id.as_bytes()),
@@ -46,7 +53,7 @@ fn push_caller(key: &mut String, caller: &Caller) {
     }
 }
 
-fn push_escaped(key: &mut String, id: &str) {
+pub(crate) fn push_escaped(key: &mut String, id: &str) {
     for (i, &b) in id.as_bytes().iter().enumerate() {
         let unsafe_byte = b <= b' ' || b >= 0x7f || b":%*?[]\\".contains(&b) || (i == 0 && b == b'@');
         if unsafe_byte {

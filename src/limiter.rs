@@ -44,9 +44,12 @@ pub trait Transport {
 #[derive(Clone, Debug)]
 pub struct Check<'a> {
     pub key: String,
-    pub policy: &'static str,
+    /// The limit's name in `RateLimit-Policy`.
+    pub policy: &'a str,
     pub limit: &'a Limit,
     pub cost: u32,
+    /// Reported but never denying.
+    pub shadow: bool,
 }
 
 /// Why no decision came from Redis.
@@ -167,7 +170,7 @@ impl Limiter {
             return Ok(denied);
         }
         let keys: Vec<String> = checks.iter().map(|c| c.key.clone()).collect();
-        let mut args = Vec::with_capacity(1 + 4 * checks.len());
+        let mut args = Vec::with_capacity(1 + 5 * checks.len());
         args.push(match clock {
             Clock::Redis => String::new(),
             Clock::Worker => format!("{}", now_ms.floor()),
@@ -177,6 +180,7 @@ impl Limiter {
             args.push(c.limit.refill().tokens_per_second().to_string());
             args.push(c.limit.ttl_seconds().to_string());
             args.push(c.cost.to_string());
+            args.push(if c.shadow { "1" } else { "0" }.to_string());
         }
 
         let mut variant = self.variant.get();
@@ -209,7 +213,7 @@ impl Limiter {
             let _loading = Loading::start(&self.loading);
             reply = self.call(transport, body).await;
         }
-        let limits: Vec<(&'static str, &Limit)> = checks.iter().map(|c| (c.policy, c.limit)).collect();
+        let limits: Vec<(&str, &Limit, bool)> = checks.iter().map(|c| (c.policy, c.limit, c.shadow)).collect();
         let decision = Decision::from_script(&reply?, &limits).map_err(Failure::Rest)?;
         if let Some(i) = decision.denied_by {
             self.remember_denial(&checks[i], &decision.limits[i], now_ms);
@@ -257,6 +261,7 @@ impl Limiter {
                 capacity: f64::from(c.limit.capacity()),
                 rate: c.limit.refill().tokens_per_second(),
                 cost: f64::from(c.cost),
+                shadow: c.shadow,
             })
             .collect();
         let reply = bucket::call(&mut states, &specs, now_ms / 1000.0);
@@ -268,7 +273,7 @@ impl Limiter {
         if reply.allowed {
             return Outcome::FailedOpen(failure);
         }
-        let limits: Vec<(&'static str, &Limit)> = checks.iter().map(|c| (c.policy, c.limit)).collect();
+        let limits: Vec<(&str, &Limit, bool)> = checks.iter().map(|c| (c.policy, c.limit, c.shadow)).collect();
         match Decision::from_script(&reply.to_flat(), &limits) {
             Ok(decision) => Outcome::DeniedLocally(decision, failure),
             Err(_) => Outcome::FailedOpen(failure),
@@ -294,7 +299,8 @@ impl Limiter {
                     (u64::from(c.limit.capacity()), 0, 0) // not asked: Redis was not called
                 };
                 LimitStatus {
-                    policy: c.policy,
+                    policy: c.policy.to_string(),
+                    shadow: c.shadow,
                     capacity: c.limit.capacity(),
                     window_s: c.limit.window_seconds(),
                     remaining,

@@ -14,6 +14,7 @@ fn run(con: &mut redis::Connection, keys: &[String], specs: &[(Spec, u64)], now_
     cmd.arg(now_ms.map_or(String::new(), |ms| ms.to_string()));
     for (spec, ttl) in specs {
         cmd.arg(spec.capacity.to_string()).arg(spec.rate.to_string()).arg(ttl).arg(spec.cost.to_string());
+        cmd.arg(if spec.shadow { "1" } else { "0" });
     }
     cmd.query(con).expect("script runs")
 }
@@ -60,7 +61,7 @@ fn lua_agrees_with_the_rust_reference_on_random_sequences() {
         for _ in 0..n {
             let capacity = 1.0 + rng.below(20) as f64;
             let rate = [5.0 / 60.0, 10.0, 0.5, 1.0 / 3.0, 1000.0 / 7.0][rng.below(5) as usize];
-            specs.push(Spec { capacity, rate, cost: 1.0 });
+            specs.push(Spec { capacity, rate, cost: 1.0, shadow: rng.below(4) == 0 });
         }
         let mut states: Vec<Option<State>> = vec![None; n];
         let mut now_ms: u64 = 1_700_000_000_000 + rng.below(1_000_000);
@@ -101,7 +102,7 @@ fn fractional_tokens_accumulate() {
     let redis = Redis::start();
     let mut con = redis.connection();
     let keys = fresh_keys("fraction", 1);
-    let spec = Spec { capacity: 1.0, rate: 0.5, cost: 1.0 };
+    let spec = Spec { capacity: 1.0, rate: 0.5, cost: 1.0, shadow: false };
     assert_eq!(run(&mut con, &keys, &[(spec, 60)], Some(10_000)), vec![1, 0, 0, 0, 2000]);
     // 0.9 s later: 0.45 tokens, denied; retry in 1.1 s.
     assert_eq!(run(&mut con, &keys, &[(spec, 60)], Some(10_900)), vec![0, 1, 0, 1100, 1100]);
@@ -116,7 +117,7 @@ fn allowed_calls_set_the_ttl_and_denied_calls_leave_it() {
     let redis = Redis::start();
     let mut con = redis.connection();
     let keys = fresh_keys("ttl", 1);
-    let spec = Spec { capacity: 1.0, rate: 1.0 / 60.0, cost: 1.0 };
+    let spec = Spec { capacity: 1.0, rate: 1.0 / 60.0, cost: 1.0, shadow: false };
     run(&mut con, &keys, &[(spec, 90)], None);
     let ttl: i64 = redis::cmd("TTL").arg(&keys[0]).query(&mut con).unwrap();
     assert!((89..=90).contains(&ttl), "TTL {ttl}");
@@ -131,7 +132,7 @@ fn cost_larger_than_what_is_left_is_denied_without_debit() {
     let redis = Redis::start();
     let mut con = redis.connection();
     let keys = fresh_keys("cost", 1);
-    let five = Spec { capacity: 5.0, rate: 1.0, cost: 3.0 };
+    let five = Spec { capacity: 5.0, rate: 1.0, cost: 3.0, shadow: false };
     assert_eq!(run(&mut con, &keys, &[(five, 60)], Some(1_000)), vec![1, 0, 2, 0, 3000]);
     assert_eq!(run(&mut con, &keys, &[(five, 60)], Some(1_000)), vec![0, 1, 2, 1000, 3000]);
     let tokens: String = redis::cmd("HGET").arg(&keys[0]).arg("tokens").query(&mut con).unwrap();
@@ -143,8 +144,8 @@ fn several_buckets_are_all_or_nothing() {
     let redis = Redis::start();
     let mut con = redis.connection();
     let keys = fresh_keys("multi", 2);
-    let roomy = Spec { capacity: 10.0, rate: 1.0, cost: 1.0 };
-    let tight = Spec { capacity: 1.0, rate: 1.0, cost: 1.0 };
+    let roomy = Spec { capacity: 10.0, rate: 1.0, cost: 1.0, shadow: false };
+    let tight = Spec { capacity: 1.0, rate: 1.0, cost: 1.0, shadow: false };
     assert_eq!(run(&mut con, &keys, &[(roomy, 60), (tight, 60)], Some(5_000))[..2], [1, 0]);
     assert_eq!(run(&mut con, &keys, &[(roomy, 60), (tight, 60)], Some(5_000))[..2], [0, 2]);
     let tokens: String = redis::cmd("HGET").arg(&keys[0]).arg("tokens").query(&mut con).unwrap();
@@ -156,7 +157,7 @@ fn redis_time_mode_admits_capacity_then_denies() {
     let redis = Redis::start();
     let mut con = redis.connection();
     let keys = fresh_keys("time", 1);
-    let spec = Spec { capacity: 3.0, rate: 5.0 / 60.0, cost: 1.0 };
+    let spec = Spec { capacity: 3.0, rate: 5.0 / 60.0, cost: 1.0, shadow: false };
     let allowed: Vec<i64> = (0..5).map(|_| run(&mut con, &keys, &[(spec, 60)], None)[0]).collect();
     assert_eq!(allowed, vec![1, 1, 1, 0, 0]);
     let last: f64 =
@@ -170,13 +171,30 @@ fn worker_clock_behind_the_stored_time_mints_nothing() {
     let redis = Redis::start();
     let mut con = redis.connection();
     let keys = fresh_keys("skew", 1);
-    let spec = Spec { capacity: 2.0, rate: 1.0, cost: 1.0 };
+    let spec = Spec { capacity: 2.0, rate: 1.0, cost: 1.0, shadow: false };
     let t = 1_800_000_000_000u64;
     run(&mut con, &keys, &[(spec, 60)], Some(t + 30_000)); // an instance 30 s ahead
     run(&mut con, &keys, &[(spec, 60)], Some(t + 30_000));
     // An instance 30 s behind sees an empty bucket, not 30 s of refill.
     assert_eq!(run(&mut con, &keys, &[(spec, 60)], Some(t))[..2], [0, 1]);
     assert_eq!(run(&mut con, &keys, &[(spec, 60)], Some(t + 31_000))[..2], [1, 0]);
+}
+
+#[test]
+fn shadow_buckets_report_but_never_deny() {
+    let redis = Redis::start();
+    let mut con = redis.connection();
+    let keys = fresh_keys("shadow", 2);
+    let shadow = Spec { capacity: 1.0, rate: 1.0, cost: 1.0, shadow: true };
+    let enforced = Spec { capacity: 10.0, rate: 1.0, cost: 1.0, shadow: false };
+    assert_eq!(run(&mut con, &keys, &[(shadow, 60), (enforced, 60)], Some(1_000)), vec![1, 0, 0, 0, 1000, 9, 0, 1000]);
+    // The shadow bucket is empty: it would deny (retry > 0) but the call is allowed and it is not overdrawn.
+    assert_eq!(
+        run(&mut con, &keys, &[(shadow, 60), (enforced, 60)], Some(1_000)),
+        vec![1, 0, 0, 1000, 1000, 8, 0, 2000]
+    );
+    let tokens: String = redis::cmd("HGET").arg(&keys[0]).arg("tokens").query(&mut con).unwrap();
+    assert_eq!(tokens, "0");
 }
 
 #[test]
@@ -192,6 +210,6 @@ fn unreadable_state_is_treated_as_empty_not_full() {
         .arg("1")
         .query::<i64>(&mut con)
         .unwrap();
-    let spec = Spec { capacity: 5.0, rate: 1.0, cost: 1.0 };
+    let spec = Spec { capacity: 5.0, rate: 1.0, cost: 1.0, shadow: false };
     assert_eq!(run(&mut con, &keys, &[(spec, 60)], Some(2_000))[..2], [0, 1]);
 }

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use edge_ratelimit::Config;
 use libfuzzer_sys::fuzz_target;
 
-const NAMES: [&str; 13] = [
+const NAMES: [&str; 19] = [
     "UPSTASH_REDIS_REST_URL",
     "UPSTASH_REDIS_REST_TOKEN",
     "RATE_LIMIT_CAPACITY",
@@ -20,6 +20,12 @@ const NAMES: [&str; 13] = [
     "RATE_LIMIT_CLOCK",
     "PATH_CASE_INSENSITIVE",
     "IPV6_PREFIX",
+    "JWT_MODE",
+    "JWT_SECRET",
+    "JWT_JWKS",
+    "JWT_LEEWAY_SECONDS",
+    "JWT_REQUIRE_EXP",
+    "RATE_LIMIT_POLICY",
     "UNRELATED",
 ];
 

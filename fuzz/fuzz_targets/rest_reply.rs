@@ -14,7 +14,7 @@ fuzz_target!(|data: &[u8]| {
     let Ok(values) = parse_script_reply(status, &body) else { return };
     let limit = Limit::new(5, Refill::parse("5/min").expect("valid"), 60).expect("valid");
     for n in 1..=2 {
-        let limits: Vec<(&'static str, &Limit)> = (0..n).map(|_| ("default", &limit)).collect();
+        let limits: Vec<(&str, &Limit, bool)> = (0..n).map(|_| ("default", &limit, false)).collect();
         if let Ok(d) = Decision::from_script(&values, &limits) {
             assert_eq!(d.limits.len(), n);
             assert_eq!(d.allowed, d.denied_by.is_none());

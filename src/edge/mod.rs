@@ -13,13 +13,9 @@ use worker::worker_sys::web_sys;
 use worker::{event, Context, Env};
 
 use crate::config::{Config, ConfigError};
-use crate::identity::identify;
-use crate::key::bucket_key;
-use crate::limiter::{Check, Limiter};
-use crate::path::{normalize_with, path_and_query};
-
-/// The default (zero-config) policy's name in `RateLimit-Policy`.
-const DEFAULT_POLICY: &str = "default";
+use crate::gateway::{plan, Plan, RequestFacts};
+use crate::limiter::Limiter;
+use crate::path::path_and_query;
 
 thread_local! {
     static CONFIG: OnceCell<Result<Rc<Config>, ConfigError>> = const { OnceCell::new() };
@@ -44,21 +40,27 @@ async fn handle(req: web_sys::Request, env: &Env) -> web_sys::Response {
     let url = req.url();
     let target = path_and_query(&url);
     let headers = req.headers();
-    let user_id = config.user_id_header.as_deref().and_then(|h| headers.get(h).ok().flatten());
-    let client_ip = headers.get("cf-connecting-ip").ok().flatten();
-    let caller = match identify(user_id.as_deref(), client_ip.as_deref(), config.ipv6_prefix) {
-        Ok(caller) => caller,
-        Err(e) => return respond::unidentified(e),
-    };
-    let key = bucket_key(&caller, &normalize_with(target, config.path_case_insensitive));
-    let checks = [Check { key, policy: DEFAULT_POLICY, limit: &config.limit, cost: 1 }];
-
+    let header = |name: &str| headers.get(name).ok().flatten();
+    let method = req.method();
     let now = js_sys::Date::now();
+    let checks = match plan(&config, &RequestFacts { method: &method, target, header: &header, now_ms: now }) {
+        Plan::Limit(checks) => checks,
+        Plan::Unlimited => return respond::forward(req, &config, target, &[]).await,
+        Plan::Unauthorized(e) => return respond::unauthorized(e),
+        Plan::Unidentified(e) => return respond::unidentified(e),
+        Plan::Forbidden => return respond::forbidden(),
+    };
+
     let transport = transport::Rest::new(&config, now);
     let limiter = LIMITER.with(Rc::clone);
     let result = limiter.decide(&transport, &checks, config.clock, now).await;
-    if let Err(failure) = &result {
-        worker::console_warn!("rate limiter degraded ({}): {failure:?}", failure.reason());
+    match &result {
+        Err(failure) => worker::console_warn!("rate limiter degraded ({}): {failure:?}", failure.reason()),
+        Ok(d) => {
+            if let Some(l) = d.shadow_denial() {
+                worker::console_log!("shadow limit {:?} would have denied {}", l.policy, checks[0].key);
+            }
+        }
     }
     let outcome = limiter.outcome(result, config.fail_mode, &checks, now);
     respond::outcome(outcome, req, &config, target).await

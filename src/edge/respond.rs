@@ -7,13 +7,14 @@ use worker::worker_sys::web_sys;
 use crate::config::{Config, ConfigError};
 use crate::decision::{problem_json, rate_limit_headers};
 use crate::identity::IdentityError;
+use crate::jwt::JwtError;
 use crate::limiter::Outcome;
 
 pub async fn outcome(outcome: Outcome, req: web_sys::Request, config: &Config, target: &str) -> web_sys::Response {
     match outcome {
         Outcome::Allowed(decision) => forward(req, config, target, &rate_limit_headers(&decision)).await,
         Outcome::Denied(decision) => {
-            let limit = decision.most_restrictive().map_or("default", |l| l.policy);
+            let limit = decision.most_restrictive().map_or("default", |l| l.policy.as_str());
             let detail = format!("Rate limit \"{limit}\" exceeded; retry in {} s.", decision.retry_after_s());
             problem(429, "rate-limited", "Too Many Requests", &detail, &rate_limit_headers(&decision))
         }
@@ -40,6 +41,20 @@ pub async fn outcome(outcome: Outcome, req: web_sys::Request, config: &Config, t
 pub fn misconfigured(e: &ConfigError) -> web_sys::Response {
     let detail = format!("The gateway is misconfigured: {e}");
     problem(500, "misconfigured", "Gateway Misconfigured", &detail, &[])
+}
+
+pub fn unauthorized(e: JwtError) -> web_sys::Response {
+    let challenge = match e {
+        // RFC 6750: no error code when the request carried no token at all.
+        JwtError::Missing => "Bearer".to_string(),
+        _ => format!("Bearer error=\"invalid_token\", error_description=\"{}\"", e.reason()),
+    };
+    let detail = format!("Unauthorized: {}.", e.reason());
+    problem(401, "invalid-token", "Unauthorized", &detail, &[("WWW-Authenticate", challenge)])
+}
+
+pub fn forbidden() -> web_sys::Response {
+    problem(403, "denied", "Forbidden", "This caller or network is on the gateway's deny list.", &[])
 }
 
 pub fn unidentified(e: IdentityError) -> web_sys::Response {
@@ -76,7 +91,7 @@ fn bare(status: u16) -> web_sys::Response {
 
 /// Sends the request on (to `ORIGIN_URL`, or to its own URL) and adds `extra`
 /// headers to the origin's response; its body streams through untouched.
-async fn forward(
+pub async fn forward(
     req: web_sys::Request,
     config: &Config,
     target: &str,

@@ -1,0 +1,321 @@
+//! Verified JWT callers (`Authorization: Bearer <token>`), with `jwt-compact`.
+//!
+//! The algorithm is pinned by the key, never taken from the token: an HMAC
+//! secret (`JWT_SECRET`) verifies HS256 only; each key of a JWKS (`JWT_JWKS`)
+//! verifies only its own algorithm (RS256, ES256 or EdDSA) and is chosen by
+//! `kid`. `alg: none`, a token whose `alg` differs from its key's, an unknown
+//! `kid`, and headers that carry or point at keys (`jwk`, `jku`, `x5u`, `x5c`)
+//! are all rejected. `exp` is required unless configured otherwise, `nbf` is
+//! honoured, issuer and audience are checked when configured. The current time
+//! is passed in: jwt-compact's clock feature panics in workerd.
+
+use std::fmt;
+
+use jwt_compact::alg::{Ed25519, Es256, Hs256, Hs256Key, Rsa, RsaPublicKey};
+use jwt_compact::jwk::JsonWebKey;
+use jwt_compact::{Algorithm, AlgorithmExt, Claims, UntrustedToken, ValidationError};
+use serde::Deserialize;
+use serde_json::{Map, Value};
+
+/// When a token is needed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum JwtMode {
+    Off,
+    /// A valid token names the caller; without one, the user-id header or the IP does. A token
+    /// that is present but invalid is refused.
+    Optional,
+    /// No valid token → 401.
+    Required,
+}
+
+enum Key {
+    Hs256(Hs256Key),
+    Rs256(Box<RsaPublicKey>),
+    Es256(<Es256 as Algorithm>::VerifyingKey),
+    EdDsa(<Ed25519 as Algorithm>::VerifyingKey),
+}
+
+impl Key {
+    fn alg(&self) -> &'static str {
+        match self {
+            Key::Hs256(_) => "HS256",
+            Key::Rs256(_) => "RS256",
+            Key::Es256(_) => "ES256",
+            Key::EdDsa(_) => "EdDSA",
+        }
+    }
+}
+
+impl fmt::Debug for Key {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Key({})", self.alg()) // never the key material
+    }
+}
+
+#[derive(Debug)]
+pub struct JwtConfig {
+    pub mode: JwtMode,
+    secret: Option<Key>,
+    keys: Vec<(String, Key)>,
+    pub issuer: Option<String>,
+    pub audience: Option<String>,
+    pub leeway_s: i64,
+    pub subject_claim: String,
+    pub tier_claim: String,
+    pub require_exp: bool,
+}
+
+impl PartialEq for JwtConfig {
+    fn eq(&self, other: &Self) -> bool {
+        // Compared in tests only by what is observable; key material is not compared.
+        self.mode == other.mode && self.issuer == other.issuer && self.audience == other.audience
+    }
+}
+
+/// A caller proven by a token.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Verified {
+    pub subject: String,
+    pub tier: Option<String>,
+}
+
+/// Why a token was refused; the text goes to the client (it reveals nothing secret).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum JwtError {
+    Missing,
+    Malformed,
+    AlgorithmNotAccepted,
+    UnknownKey,
+    EmbeddedKey,
+    BadSignature,
+    Expired,
+    NotYetValid,
+    MissingExpiry,
+    WrongIssuer,
+    WrongAudience,
+    MissingSubject,
+}
+
+impl JwtError {
+    pub fn reason(self) -> &'static str {
+        match self {
+            JwtError::Missing => "a bearer token is required",
+            JwtError::Malformed => "the token is malformed",
+            JwtError::AlgorithmNotAccepted => "the token's algorithm is not accepted for its key",
+            JwtError::UnknownKey => "the token's key id (kid) is unknown",
+            JwtError::EmbeddedKey => {
+                "tokens that carry or point at their own key (jwk, jku, x5u, x5c) are not accepted"
+            }
+            JwtError::BadSignature => "the token's signature is invalid",
+            JwtError::Expired => "the token has expired",
+            JwtError::NotYetValid => "the token is not valid yet (nbf)",
+            JwtError::MissingExpiry => "the token has no expiry (exp)",
+            JwtError::WrongIssuer => "the token's issuer is not accepted",
+            JwtError::WrongAudience => "the token's audience is not accepted",
+            JwtError::MissingSubject => "the token has no subject",
+        }
+    }
+}
+
+#[derive(Clone, Deserialize)]
+struct ExtraHeader {
+    #[serde(default)]
+    jwk: Option<Value>,
+    #[serde(default)]
+    x5c: Option<Value>,
+}
+
+#[derive(Deserialize)]
+struct Jwks<'a> {
+    #[serde(borrow)]
+    keys: Vec<JwkEntry<'a>>,
+}
+
+#[derive(Deserialize)]
+struct JwkEntry<'a> {
+    kid: Option<String>,
+    alg: Option<String>,
+    #[serde(rename = "use")]
+    usage: Option<String>,
+    #[serde(flatten, borrow)]
+    key: JsonWebKey<'a>,
+}
+
+/// Settings as read from the environment (see [`JwtConfig::new`]).
+pub struct JwtSettings<'a> {
+    pub mode: Option<&'a str>,
+    pub secret: Option<&'a str>,
+    pub jwks: Option<&'a str>,
+    pub issuer: Option<String>,
+    pub audience: Option<String>,
+    pub leeway_s: u64,
+    pub subject_claim: String,
+    pub tier_claim: String,
+    pub require_exp: bool,
+}
+
+impl JwtConfig {
+    /// Validates the settings; errors name the variable.
+    pub fn new(s: JwtSettings<'_>) -> Result<JwtConfig, (&'static str, String)> {
+        let secret = match s.secret {
+            None => None,
+            Some(secret) if secret.len() < 32 => {
+                return Err(("JWT_SECRET", "must be at least 32 bytes (HS256 needs a 256-bit key)".into()))
+            }
+            Some(secret) => Some(Key::Hs256(Hs256Key::new(secret.as_bytes()))),
+        };
+        let keys = match s.jwks {
+            None => Vec::new(),
+            Some(doc) => parse_jwks(doc).map_err(|m| ("JWT_JWKS", m))?,
+        };
+        let has_keys = secret.is_some() || !keys.is_empty();
+        let mode = match s.mode.map(str::to_ascii_lowercase).as_deref() {
+            None if has_keys => JwtMode::Optional,
+            None | Some("off") => JwtMode::Off,
+            Some("optional") => JwtMode::Optional,
+            Some("required") => JwtMode::Required,
+            Some(other) => {
+                return Err(("JWT_MODE", format!("must be \"off\", \"optional\" or \"required\", got {other:?}")))
+            }
+        };
+        if mode != JwtMode::Off && !has_keys {
+            return Err(("JWT_MODE", "needs JWT_SECRET or JWT_JWKS to verify tokens".into()));
+        }
+        if s.leeway_s > 300 {
+            return Err(("JWT_LEEWAY_SECONDS", format!("must be from 0 to 300, got {}", s.leeway_s)));
+        }
+        for (var, claim) in [("JWT_SUBJECT_CLAIM", &s.subject_claim), ("JWT_TIER_CLAIM", &s.tier_claim)] {
+            if claim.is_empty() || claim.len() > 64 {
+                return Err((var, "must be a claim name of 1 to 64 characters".into()));
+            }
+        }
+        Ok(JwtConfig {
+            mode,
+            secret,
+            keys,
+            issuer: s.issuer,
+            audience: s.audience,
+            leeway_s: s.leeway_s as i64,
+            subject_claim: s.subject_claim,
+            tier_claim: s.tier_claim,
+            require_exp: s.require_exp,
+        })
+    }
+
+    /// Verifies `token` at `now_s` (epoch seconds).
+    pub fn verify(&self, token: &str, now_s: i64) -> Result<Verified, JwtError> {
+        let token = UntrustedToken::<ExtraHeader>::try_from(token).map_err(|_| JwtError::Malformed)?;
+        let header = token.header();
+        if header.key_set_url.is_some()
+            || header.certificate_url.is_some()
+            || header.other_fields.jwk.is_some()
+            || header.other_fields.x5c.is_some()
+        {
+            return Err(JwtError::EmbeddedKey);
+        }
+        let key = match &header.key_id {
+            Some(kid) => self.keys.iter().find(|(k, _)| k == kid).map(|(_, key)| key).ok_or(JwtError::UnknownKey)?,
+            None => match (&self.secret, self.keys.as_slice()) {
+                (Some(secret), _) => secret,
+                (None, [(_, only)]) => only,
+                _ => return Err(JwtError::UnknownKey),
+            },
+        };
+        if token.algorithm() != key.alg() {
+            return Err(JwtError::AlgorithmNotAccepted);
+        }
+        let claims = match key {
+            Key::Hs256(k) => Hs256.validator::<Map<String, Value>>(k).validate(&token),
+            Key::Rs256(k) => Rsa::rs256().validator::<Map<String, Value>>(k).validate(&token),
+            Key::Es256(k) => Es256.validator::<Map<String, Value>>(k).validate(&token),
+            Key::EdDsa(k) => Ed25519.validator::<Map<String, Value>>(k).validate(&token),
+        }
+        .map_err(|e| match e {
+            ValidationError::AlgorithmMismatch { .. } => JwtError::AlgorithmNotAccepted,
+            ValidationError::InvalidSignature
+            | ValidationError::InvalidSignatureLen { .. }
+            | ValidationError::MalformedSignature(_) => JwtError::BadSignature,
+            _ => JwtError::Malformed,
+        })?
+        .into_parts()
+        .1;
+        self.check_claims(&claims, now_s)
+    }
+
+    fn check_claims(&self, claims: &Claims<Map<String, Value>>, now_s: i64) -> Result<Verified, JwtError> {
+        match claims.expiration {
+            Some(exp) if exp.timestamp() + self.leeway_s <= now_s => return Err(JwtError::Expired),
+            None if self.require_exp => return Err(JwtError::MissingExpiry),
+            _ => {}
+        }
+        if claims.not_before.is_some_and(|nbf| nbf.timestamp() - self.leeway_s > now_s) {
+            return Err(JwtError::NotYetValid);
+        }
+        let custom = &claims.custom;
+        if let Some(issuer) = &self.issuer {
+            if custom.get("iss").and_then(Value::as_str) != Some(issuer) {
+                return Err(JwtError::WrongIssuer);
+            }
+        }
+        if let Some(audience) = &self.audience {
+            let ok = match custom.get("aud") {
+                Some(Value::String(a)) => a == audience,
+                Some(Value::Array(list)) => list.iter().any(|a| a.as_str() == Some(audience)),
+                _ => false,
+            };
+            if !ok {
+                return Err(JwtError::WrongAudience);
+            }
+        }
+        let subject = match custom.get(&self.subject_claim) {
+            Some(Value::String(s)) if !s.trim().is_empty() => s.trim().to_string(),
+            Some(Value::Number(n)) => n.to_string(),
+            _ => return Err(JwtError::MissingSubject),
+        };
+        let tier = custom.get(&self.tier_claim).and_then(Value::as_str).map(str::to_string);
+        Ok(Verified { subject, tier })
+    }
+}
+
+fn parse_jwks(doc: &str) -> Result<Vec<(String, Key)>, String> {
+    let jwks: Jwks<'_> =
+        serde_json::from_str(doc).map_err(|e| format!("not a JWKS document ({{\"keys\": [...]}}): {e}"))?;
+    if jwks.keys.is_empty() {
+        return Err("has no keys".into());
+    }
+    let mut out: Vec<(String, Key)> = Vec::new();
+    for (i, entry) in jwks.keys.iter().enumerate() {
+        let kid = entry.kid.clone().ok_or_else(|| format!("key #{} has no kid", i + 1))?;
+        if out.iter().any(|(k, _)| *k == kid) {
+            return Err(format!("kid {kid:?} appears twice"));
+        }
+        if entry.usage.as_deref().is_some_and(|u| u != "sig") {
+            return Err(format!("key {kid:?} is not a signing key (use {:?})", entry.usage));
+        }
+        let key = match &entry.key {
+            JsonWebKey::Rsa { modulus, .. } => {
+                if modulus.len() < 256 {
+                    return Err(format!("key {kid:?}: RSA keys must have at least 2048 bits"));
+                }
+                Key::Rs256(Box::new(RsaPublicKey::try_from(&entry.key).map_err(|e| format!("key {kid:?}: {e}"))?))
+            }
+            JsonWebKey::EllipticCurve { curve, .. } if curve == "P-256" => Key::Es256(
+                <Es256 as Algorithm>::VerifyingKey::try_from(&entry.key).map_err(|e| format!("key {kid:?}: {e}"))?,
+            ),
+            JsonWebKey::KeyPair { curve, .. } if curve == "Ed25519" => Key::EdDsa(
+                <Ed25519 as Algorithm>::VerifyingKey::try_from(&entry.key).map_err(|e| format!("key {kid:?}: {e}"))?,
+            ),
+            JsonWebKey::Symmetric { .. } => {
+                return Err(format!("key {kid:?}: symmetric keys belong in JWT_SECRET, not in a public JWKS"))
+            }
+            _ => return Err(format!("key {kid:?}: only RSA, EC P-256 and OKP Ed25519 keys are supported")),
+        };
+        if let Some(alg) = &entry.alg {
+            if alg != key.alg() {
+                return Err(format!("key {kid:?}: alg {alg:?} does not fit its key type ({})", key.alg()));
+            }
+        }
+        out.push((kid, key));
+    }
+    Ok(out)
+}
