@@ -44,6 +44,30 @@ describe("exactness across instances", () => {
     assert.ok(counts[200] <= allowed, `admitted ${counts[200]} > allowed ${allowed}`);
     assert.ok(counts[200] >= capacity, `admitted ${counts[200]} < capacity ${capacity}: tokens were lost`);
   });
+
+
+  test("the multi-limit call too: two instances, 1,000 concurrent requests, per-user and global limits", async () => {
+    const policy = {
+      rules: [{ name: "race", route: "/multi/*", limits: [
+        { name: "race-user", by: "user", capacity: 30, refill: "5/min" },
+        { name: "race-global", by: "global", capacity: 12, refill: "5/min" },
+      ] }],
+    };
+    // A [vars] table arrives as an object, not a string: the Worker accepts both.
+    const vars = { RATE_LIMIT_POLICY: policy, FAIL_MODE: "closed", REDIS_TIMEOUT_MS: "10000" };
+    const [a, b] = [await stack.gateway(vars), await stack.gateway(vars)];
+    const users = Array.from({ length: 4 }, () => freshUser("multi"));
+    const started = await redisNow();
+    const results = await Promise.all(Array.from({ length: 1000 }, (_, i) => (i % 2 ? a : b).fetch(`/multi/${i}`, as(users[i % 4]))));
+    const ended = await redisNow();
+    const counts = countStatuses(results);
+    const allowed = Math.floor(12 + (ended - started) * (5 / 60));
+    console.log(`MEASURED multi-limit multi-instance: admitted ${counts[200]} of 1000, allowed ${allowed} (global cap 12)`);
+    assert.equal(counts[200] + counts[429], 1000, JSON.stringify(counts));
+    assert.ok(counts[200] <= allowed && counts[200] >= 12, `admitted ${counts[200]}, allowed ${allowed}`);
+    const left = Number(await stack.rest.redis("HGET", "rate:@global:/multi/%2A#race-global", "tokens"));
+    assert.ok(left < 1, `global bucket drained: ${left}`);
+  });
 });
 
 describe("script cache", () => {
