@@ -1,0 +1,172 @@
+// Side-by-side benchmark: this Worker, the published @upstash/ratelimit (the anchor), a Worker that makes
+// one plain REST call then forwards (the limit Worker), a forward-only Worker (the floor) and, for the
+// hot user, a Worker that answers 429 itself — each in its own workerd (Miniflare), against one Redis,
+// one local REST endpoint and one origin, all on 127.0.0.1. Scenarios run interleaved, ROUNDS times,
+// and the medians are reported. Load comes from wrk. Bounded: SECONDS per run (default 5).
+import { execFileSync, spawn } from "node:child_process";
+import { readFileSync, readdirSync, writeFileSync, mkdirSync } from "node:fs";
+import path from "node:path";
+import { Miniflare } from "miniflare";
+import { ROOT, TOKEN, startRedis, startRest, freePort } from "../tests/e2e/harness.mjs";
+
+const SECONDS = Number(process.env.SECONDS_PER_RUN ?? 5);
+const ROUNDS = Number(process.env.ROUNDS ?? 3);
+const CONNECTIONS = Number(process.env.CONNECTIONS ?? 32);
+const OUT = path.join(ROOT, "bench/results");
+mkdirSync(OUT, { recursive: true });
+const TICK_US = 1e6 / Number(execFileSync("getconf", ["CLK_TCK"]).toString().trim());
+const progress = (msg) => process.stderr.write(`\r\x1b[K${msg}`);
+const median = (xs) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
+
+// ---- the stack ----
+const redis = await startRedis();
+const rest = await startRest(redis.port, { faults: true });
+const originPort = await freePort();
+const origin = spawn("node", [path.join(ROOT, "scripts/demo-origin.mjs")], { env: { ...process.env, PORT: String(originPort) }, stdio: "ignore" });
+await new Promise((r) => setTimeout(r, 300));
+const ORIGIN_URL = `http://127.0.0.1:${originPort}`;
+const vars = { UPSTASH_REDIS_REST_URL: rest.url, UPSTASH_REDIS_REST_TOKEN: TOKEN, ORIGIN_URL };
+
+// ---- the workers ----
+const bundle = (name) => {
+  const out = path.join(OUT, `${name}.bundle.js`);
+  execFileSync(path.join(ROOT, "node_modules/.bin/esbuild"), [path.join(ROOT, `bench/workers/${name}.js`), "--bundle",
+    "--format=esm", "--platform=neutral", "--main-fields=module,main", "--conditions=workerd,worker,browser", `--outfile=${out}`, "--log-level=warning"]);
+  return out;
+};
+const workerdPids = () => new Set(readdirSync("/proc").filter((p) => /^\d+$/.test(p)).filter((p) => {
+  try { return readFileSync(`/proc/${p}/comm`, "utf8").trim() === "workerd" && readFileSync(`/proc/${p}/stat`, "utf8").split(") ")[1].split(" ")[1] === String(process.pid); } catch { return false; }
+}));
+const rustOptions = () => ({
+  modules: true,
+  scriptPath: path.join(ROOT, "build/worker/shim.mjs"),
+  modulesRoot: path.join(ROOT, "build/worker"),
+  modulesRules: [{ type: "ESModule", include: ["**/*.js", "**/*.mjs"] }, { type: "CompiledWasm", include: ["**/*.wasm"] }],
+});
+const jsOptions = (file) => ({ modules: true, scriptPath: file });
+async function startWorker(name, options) {
+  const before = workerdPids();
+  const mf = new Miniflare({ ...options, compatibilityDate: "2025-09-01", bindings: vars });
+  const url = (await mf.ready).toString().replace(/\/$/, "");
+  const pid = [...workerdPids()].find((p) => !before.has(p));
+  return { name, mf, url, pid };
+}
+const js = Object.fromEntries(["anchor", "forward", "limit", "deny"].map((n) => [n, bundle(n)]));
+const workers = {
+  "edge-ratelimit": await startWorker("edge-ratelimit", rustOptions()),
+  "@upstash/ratelimit": await startWorker("@upstash/ratelimit", jsOptions(js.anchor)),
+  "limit Worker": await startWorker("limit Worker", jsOptions(js.limit)),
+  "forward-only": await startWorker("forward-only", jsOptions(js.forward)),
+  "answers 429": await startWorker("answers 429", jsOptions(js.deny)),
+};
+
+const cpuTicks = (pid) => {
+  const f = readFileSync(`/proc/${pid}/stat`, "utf8").split(") ")[1].split(" ");
+  return Number(f[11]) + Number(f[12]); // utime + stime of the whole workerd process
+};
+async function redisCommands() {
+  const info = await rest.redis("INFO", "commandstats");
+  let total = 0;
+  for (const m of info.matchAll(/cmdstat_([a-z|]+):calls=(\d+)/g)) if (m[1] !== "info") total += Number(m[2]);
+  return total;
+}
+function wrk(url, scenario) {
+  const script = path.join(OUT, `${scenario}.wrk.lua`);
+  writeFileSync(script, readFileSync(path.join(ROOT, `bench/wrk/${scenario}.lua`), "utf8") + readFileSync(path.join(ROOT, "bench/wrk/report.lua"), "utf8"));
+  const out = execFileSync("wrk", ["-t1", `-c${CONNECTIONS}`, `-d${SECONDS}s`, "--timeout", "5s", "-s", script, url], {
+    env: { ...process.env }, maxBuffer: 1 << 20,
+  }).toString();
+  const line = out.split("\n").find((l) => l.startsWith("RESULT "));
+  return Object.fromEntries(line.slice(7).split(" ").map((kv) => kv.split("=")).map(([k, v]) => [k, Number(v)]));
+}
+async function measure(worker, scenario) {
+  await rest.redis("FLUSHALL");
+  const cpu0 = cpuTicks(worker.pid);
+  const calls0 = (await rest.stats()).calls;
+  const cmds0 = await redisCommands();
+  const r = wrk(worker.url, scenario);
+  const cpu1 = cpuTicks(worker.pid);
+  const calls1 = (await rest.stats()).calls;
+  const cmds1 = await redisCommands();
+  const n = r.requests || 1;
+  return {
+    rps: r.requests / r.seconds,
+    p50: r.p50_us / 1000,
+    p99: r.p99_us / 1000,
+    cpu: ((cpu1 - cpu0) * TICK_US) / n,
+    rest: (calls1 - calls0 - 3) / n, // minus the harness's own FLUSHALL and INFO calls
+    cmds: Math.max(0, cmds1 - cmds0 - 1) / n,
+    errors: r.errors,
+  };
+}
+
+const scenarios = [
+  { id: "many", title: "many users (all allowed)", workers: ["edge-ratelimit", "@upstash/ratelimit", "limit Worker", "forward-only"], base: "limit Worker" },
+  { id: "hot", title: "one hot user (denied)", workers: ["edge-ratelimit", "@upstash/ratelimit", "answers 429"], base: "answers 429" },
+  { id: "mix", title: "mix (half new users, half one hot user)", workers: ["edge-ratelimit", "@upstash/ratelimit", "limit Worker", "forward-only"], base: "limit Worker" },
+  { id: "many", title: "many users, +20 ms REST latency", latency: 20, workers: ["edge-ratelimit", "@upstash/ratelimit", "limit Worker"], base: "limit Worker" },
+];
+
+// Warm every worker (compile, first isolate) before measuring.
+for (const w of Object.values(workers)) for (let i = 0; i < 20; i++) await fetch(w.url + "/warm", { headers: { "x-user-id": `warm-${i}` } }).then((r) => r.text());
+
+const results = [];
+const total = scenarios.reduce((s, sc) => s + sc.workers.length * ROUNDS, 0);
+let done = 0;
+for (const sc of scenarios) {
+  await rest.faults(sc.latency ? { latency_ms: sc.latency } : {});
+  const runs = Object.fromEntries(sc.workers.map((w) => [w, []]));
+  for (let round = 1; round <= ROUNDS; round++) {
+    for (const w of sc.workers) {
+      progress(`[${++done}/${total}] ${sc.title}: ${w}, round ${round}/${ROUNDS} (${SECONDS}s)`);
+      runs[w].push(await measure(workers[w], sc.id));
+    }
+  }
+  const med = Object.fromEntries(Object.entries(runs).map(([w, rs]) => [w, Object.fromEntries(Object.keys(rs[0]).map((k) => [k, median(rs.map((r) => r[k]))]))]));
+  results.push({ ...sc, med });
+}
+await rest.faults({});
+
+// Cold start: the first request of a fresh isolate (compile + instantiate + first decision).
+const cold = {};
+for (const [name, options] of [["edge-ratelimit", rustOptions()], ["@upstash/ratelimit", jsOptions(js.anchor)]]) {
+  const times = [];
+  for (let i = 0; i < 3; i++) {
+    const mf = new Miniflare({ ...options, compatibilityDate: "2025-09-01", bindings: vars });
+    const url = (await mf.ready).toString().replace(/\/$/, "");
+    const t0 = performance.now();
+    await fetch(url + "/cold", { headers: { "x-user-id": `cold-${i}` } }).then((r) => r.text());
+    times.push(performance.now() - t0);
+    await mf.dispose();
+  }
+  cold[name] = median(times);
+}
+progress("");
+
+// ---- report ----
+const fmt = (x, d = 0) => (Number.isFinite(x) ? x.toFixed(d) : "–");
+const lines = [];
+const cpuInfo = readFileSync("/proc/cpuinfo", "utf8").match(/model name\s*:\s*(.*)/)?.[1] ?? "unknown CPU";
+lines.push(`Benchmark of ${new Date().toISOString().slice(0, 10)} on ${cpuInfo}, ${execFileSync("nproc").toString().trim()} cores; Miniflare 4 / workerd, wrk -t1 -c${CONNECTIONS}, ${SECONDS} s per run, median of ${ROUNDS} interleaved rounds.`);
+for (const sc of results) {
+  const anchor = sc.med["@upstash/ratelimit"];
+  const base = sc.med[sc.base];
+  lines.push("", `### ${sc.title}`, "", `| worker | req/s | p50 ms | p99 ms | CPU µs/req | REST calls/req | Redis cmds/req | × anchor req/s | × ${sc.base} req/s |`, "|---|---|---|---|---|---|---|---|---|");
+  for (const w of sc.workers) {
+    const m = sc.med[w];
+    lines.push(`| ${w} | ${fmt(m.rps)} | ${fmt(m.p50, 2)} | ${fmt(m.p99, 2)} | ${fmt(m.cpu)} | ${fmt(m.rest, 2)} | ${fmt(m.cmds, 2)} | ${fmt(m.rps / anchor.rps, 2)} | ${fmt(m.rps / base.rps, 2)} |`);
+  }
+  if (sc.base === "limit Worker") {
+    const added = (w) => sc.med[w].cpu - base.cpu;
+    lines.push("", `CPU added above the limit Worker: edge-ratelimit ${fmt(added("edge-ratelimit"))} µs, @upstash/ratelimit ${fmt(added("@upstash/ratelimit"))} µs (ratio ${fmt(added("edge-ratelimit") / added("@upstash/ratelimit"), 2)}).`);
+  }
+}
+lines.push("", `Cold start (first request of a fresh isolate, median of 3): edge-ratelimit ${fmt(cold["edge-ratelimit"], 1)} ms, @upstash/ratelimit ${fmt(cold["@upstash/ratelimit"], 1)} ms.`);
+const report = lines.join("\n");
+writeFileSync(path.join(OUT, "latest.md"), report + "\n");
+console.log(report);
+
+for (const w of Object.values(workers)) await w.mf.dispose();
+origin.kill();
+await rest.stop();
+await redis.stop();
