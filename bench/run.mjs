@@ -100,12 +100,14 @@ async function measure(worker, scenario) {
   };
 }
 
-const scenarios = [
+const ONLY = process.env.ONLY ? process.env.ONLY.split(",") : null; // e.g. ONLY=many,hot
+const allScenarios = [
   { id: "many", title: "many users (all allowed)", workers: ["edge-ratelimit", "@upstash/ratelimit", "limit Worker", "forward-only"], base: "limit Worker" },
   { id: "hot", title: "one hot user (denied)", workers: ["edge-ratelimit", "@upstash/ratelimit", "answers 429"], base: "answers 429" },
   { id: "mix", title: "mix (half new users, half one hot user)", workers: ["edge-ratelimit", "@upstash/ratelimit", "limit Worker", "forward-only"], base: "limit Worker" },
-  { id: "many", title: "many users, +20 ms REST latency", latency: 20, workers: ["edge-ratelimit", "@upstash/ratelimit", "limit Worker"], base: "limit Worker" },
+  { id: "many", title: "many users, +20 ms REST latency", latency: 20, workers: ["edge-ratelimit", "@upstash/ratelimit", "limit Worker"], base: "limit Worker", tag: "latency" },
 ];
+const scenarios = allScenarios.filter((sc) => !ONLY || ONLY.includes(sc.tag ?? sc.id));
 
 // Warm every worker (compile, first isolate) before measuring.
 for (const w of Object.values(workers)) for (let i = 0; i < 20; i++) await fetch(w.url + "/warm", { headers: { "x-user-id": `warm-${i}` } }).then((r) => r.text());

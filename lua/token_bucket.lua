@@ -32,43 +32,41 @@ else
 end
 
 local n = #KEYS
-local level, stamp = {}, {}
+local level, stamp, cap, rate, ttl, cost = {}, {}, {}, {}, {}, {}
 local denied_by = 0
 
 for i = 1, n do
   local a = 2 + (i - 1) * 5
-  local capacity, rate, cost = tonumber(ARGV[a]), tonumber(ARGV[a + 1]), tonumber(ARGV[a + 3])
+  local c, r, k = tonumber(ARGV[a]), tonumber(ARGV[a + 1]), tonumber(ARGV[a + 3])
+  cap[i], rate[i], ttl[i], cost[i] = c, r, ARGV[a + 2], k
   local h = redis.call("HMGET", KEYS[i], "tokens", "lastRefill")
   local tokens, last = tonumber(h[1]), tonumber(h[2])
   local t = now
   if h[1] == false and h[2] == false then
-    tokens = capacity                          -- a new (or expired) bucket is full
+    tokens = c                                 -- a new (or expired) bucket is full
   elseif tokens == nil or last == nil or tokens ~= tokens or last ~= last then
     tokens = 0                                 -- unreadable state: assume empty, never full
   else
     if t < last then t = last end              -- a bucket's clock never runs backwards
-    tokens = math.min(capacity, tokens + (t - last) * rate)
+    tokens = math.min(c, tokens + (t - last) * r)
   end
   level[i], stamp[i] = tokens, t
-  if denied_by == 0 and tokens < cost and ARGV[a + 4] ~= "1" then denied_by = i end
+  if denied_by == 0 and tokens < k and ARGV[a + 4] ~= "1" then denied_by = i end
 end
 
 local out = { denied_by == 0 and 1 or 0, denied_by }
 for i = 1, n do
-  local a = 2 + (i - 1) * 5
-  local capacity, rate, ttl, cost =
-    tonumber(ARGV[a]), tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3])
-  local tokens = level[i]
+  local tokens, r, k = level[i], rate[i], cost[i]
   local retry = 0
-  if tokens < cost then retry = math.ceil((cost - tokens) / rate * 1000) end
-  if denied_by == 0 and tokens >= cost then
-    tokens = tokens - cost
-    redis.call("HSET", KEYS[i], "tokens", string.format("%.17g", tokens),
-      "lastRefill", string.format("%.17g", stamp[i]))
-    redis.call("EXPIRE", KEYS[i], ttl)
+  if tokens < k then retry = math.ceil((k - tokens) / r * 1000) end
+  if denied_by == 0 and tokens >= k then
+    tokens = tokens - k
+    -- Lua numbers reach Redis in a round-trip-exact form, so tonumber() reads back the same double.
+    redis.call("HSET", KEYS[i], "tokens", tokens, "lastRefill", stamp[i])
+    redis.call("EXPIRE", KEYS[i], ttl[i])
   end
   out[#out + 1] = math.floor(tokens)
   out[#out + 1] = retry
-  out[#out + 1] = math.ceil((capacity - tokens) / rate * 1000)
+  out[#out + 1] = math.ceil((cap[i] - tokens) / r * 1000)
 end
 return out

@@ -33,6 +33,8 @@ pub enum Clock {
 pub struct Config {
     pub redis_url: String,
     pub redis_token: String,
+    /// `Bearer <token>`, built once.
+    pub redis_authorization: String,
     pub limit: Limit,
     /// Lower-case header name carrying a trusted user id; `None` identifies callers by IP only.
     pub user_id_header: Option<String>,
@@ -206,6 +208,7 @@ impl Config {
         Ok(Config {
             jwt,
             policy,
+            redis_authorization: format!("Bearer {redis_token}"),
             redis_url,
             redis_token,
             limit,

@@ -3,55 +3,92 @@
 //! decision to the pure core.
 
 mod env;
+mod glue;
 mod respond;
 mod transport;
 
 use std::cell::OnceCell;
 use std::rc::Rc;
 
+use worker::wasm_bindgen::prelude::*;
 use worker::worker_sys::web_sys;
-use worker::{event, Context, Env};
+use worker::Env;
 
 use crate::config::{Config, ConfigError};
 use crate::gateway::{plan, Plan, RequestFacts};
 use crate::limiter::Limiter;
 use crate::path::path_and_query;
 
+/// What an isolate builds once: the configuration, and the request headers it reads up front.
+struct Isolate {
+    config: Config,
+    /// Lower-case header names, `\n`-joined, for [`glue::request_facts`].
+    header_names: String,
+    names: Vec<String>,
+}
+
+impl Isolate {
+    fn new(config: Config) -> Isolate {
+        let mut names: Vec<String> = config.user_id_header.iter().cloned().collect();
+        names.push("cf-connecting-ip".into());
+        if config.jwt.mode != crate::jwt::JwtMode::Off {
+            names.push("authorization".into());
+        }
+        if config.policy.is_some() {
+            names.push("x-http-method-override".into());
+        }
+        Isolate { header_names: names.join("\n"), names, config }
+    }
+}
+
 thread_local! {
-    static CONFIG: OnceCell<Result<Rc<Config>, ConfigError>> = const { OnceCell::new() };
+    static ISOLATE: OnceCell<Result<Rc<Isolate>, ConfigError>> = const { OnceCell::new() };
     static LIMITER: Rc<Limiter> = Rc::new(Limiter::default());
 }
 
-#[event(fetch)]
-async fn fetch(req: web_sys::Request, env: Env, _ctx: Context) -> worker::Result<web_sys::Response> {
+/// The Worker's fetch handler (js/shim.mjs calls it). It resolves to a Response, or to the promise of
+/// the origin's response, which the runtime then adopts: the forward is never awaited in Rust.
+#[wasm_bindgen(wasm_bindgen = ::worker::wasm_bindgen, wasm_bindgen_futures = ::worker::wasm_bindgen_futures, js_sys = ::worker::js_sys)]
+pub async fn fetch(req: web_sys::Request, env: Env, _ctx: JsValue) -> Result<JsValue, JsValue> {
     Ok(handle(req, &env).await)
 }
 
-async fn handle(req: web_sys::Request, env: &Env) -> web_sys::Response {
-    let config =
-        match CONFIG.with(|c| c.get_or_init(|| Config::from_env(|name| env::var(env, name)).map(Rc::new)).clone()) {
-            Ok(config) => config,
-            Err(e) => {
-                worker::console_error!("edge-ratelimit is misconfigured: {e}");
-                return respond::misconfigured(&e);
-            }
-        };
+async fn handle(req: web_sys::Request, env: &Env) -> JsValue {
+    let isolate = ISOLATE.with(|c| {
+        c.get_or_init(|| Config::from_env(|name| env::var(env, name)).map(|config| Rc::new(Isolate::new(config))))
+            .clone()
+    });
+    let isolate = match isolate {
+        Ok(isolate) => isolate,
+        Err(e) => {
+            worker::console_error!("edge-ratelimit is misconfigured: {e}");
+            return respond::misconfigured(&e).into();
+        }
+    };
+    let config = &isolate.config;
 
-    let url = req.url();
-    let target = path_and_query(&url);
-    let headers = req.headers();
-    let header = |name: &str| headers.get(name).ok().flatten();
-    let method = req.method();
+    // One crossing for the method, the URL and every header the configuration reads.
+    let facts = glue::request_facts(&req, &isolate.header_names);
+    let mut parts = facts.split('\n');
+    let method = parts.next().unwrap_or("GET");
+    let url = parts.next().unwrap_or("/");
+    let known: Vec<(&str, Option<&str>)> =
+        isolate.names.iter().map(|n| (n.as_str(), parts.next().filter(|v| *v != "\0"))).collect();
+    let header = |name: &str| match known.iter().find(|(n, _)| *n == name) {
+        Some((_, value)) => value.map(str::to_string),
+        None => req.headers().get(name).ok().flatten(), // a policy's `header:<name>` limit
+    };
+    let target = path_and_query(url);
     let now = js_sys::Date::now();
-    let checks = match plan(&config, &RequestFacts { method: &method, target, header: &header, now_ms: now }) {
+    let checks = match plan(config, &RequestFacts { method, target, header: &header, now_ms: now }) {
         Plan::Limit(checks) => checks,
-        Plan::Unlimited => return respond::forward(req, &config, target, &[]).await,
-        Plan::Unauthorized(e) => return respond::unauthorized(e),
-        Plan::Unidentified(e) => return respond::unidentified(e),
-        Plan::Forbidden => return respond::forbidden(),
+        Plan::Unlimited => return respond::forward(&req, config, target, &[]),
+        Plan::Unauthorized(e) => return respond::unauthorized(e).into(),
+        Plan::Unidentified(e) => return respond::unidentified(e).into(),
+        Plan::Forbidden => return respond::forbidden().into(),
     };
 
-    let transport = transport::Rest::new(&config, now);
+    let transport = transport::Rest::new(config, now);
     let limiter = LIMITER.with(Rc::clone);
     let result = limiter.decide(&transport, &checks, config.clock, now).await;
     match &result {
@@ -63,5 +100,5 @@ async fn handle(req: web_sys::Request, env: &Env) -> web_sys::Response {
         }
     }
     let outcome = limiter.outcome(result, config.fail_mode, &checks, now);
-    respond::outcome(outcome, req, &config, target).await
+    respond::outcome(outcome, &req, config, target)
 }

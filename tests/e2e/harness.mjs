@@ -188,6 +188,9 @@ export async function startStack() {
         UPSTASH_REDIS_REST_URL: rest.url,
         UPSTASH_REDIS_REST_TOKEN: TOKEN,
         ORIGIN_URL: origin.url,
+        // A generous deadline unless a test is about deadlines: on a busy 2-core machine a 500 ms
+        // one can pass, and the gateway would then (correctly) fail open instead of deciding.
+        REDIS_TIMEOUT_MS: "5000",
         ...vars,
       });
       gateways.push(gw);

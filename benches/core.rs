@@ -1,0 +1,206 @@
+//! Micro-benchmarks of the pure core (divan): per-call time and allocations of what a request does
+//! before and after its one Redis round trip. Run: `cargo bench --bench core` (or `bench/run micro`).
+
+use std::cell::Cell;
+
+use divan::{black_box, AllocProfiler, Bencher};
+use edge_ratelimit::{
+    bucket_key, evalsha_body, identify, normalize, parse_script_reply, plan, rate_limit_headers, Check, Clock, Config,
+    Decision, HttpReply, JwtConfig, JwtSettings, Limit, Limiter, Plan, Policy, Refill, RequestFacts, Transport,
+    TransportError, Variant,
+};
+
+#[global_allocator]
+static ALLOC: AllocProfiler = AllocProfiler::system();
+
+fn main() {
+    divan::main();
+}
+
+const SECRET: &str = "a-benchmark-secret-that-is-at-least-32-bytes";
+
+fn config(extra: &[(&str, &str)]) -> Config {
+    let mut vars: Vec<(String, String)> = vec![
+        ("UPSTASH_REDIS_REST_URL".into(), "http://127.0.0.1:8079".into()),
+        ("UPSTASH_REDIS_REST_TOKEN".into(), "t".into()),
+    ];
+    vars.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+    Config::from_env(|name| vars.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone())).unwrap()
+}
+
+#[divan::bench]
+fn identify_user_header() -> edge_ratelimit::Caller {
+    identify(black_box(Some("alice")), black_box(Some("203.0.113.7")), 64).unwrap()
+}
+
+#[divan::bench]
+fn normalize_path() -> String {
+    normalize(black_box("/api//v1/./users/%61lice/../bob/orders/?page=2"))
+}
+
+#[divan::bench]
+fn build_key() -> String {
+    bucket_key(black_box(&edge_ratelimit::Caller::User("alice".into())), black_box("/api/v1/users/bob/orders"))
+}
+
+#[divan::bench]
+fn rule_matching(bencher: Bencher) {
+    let doc = std::fs::read_to_string("README.md").unwrap();
+    let start = doc.find("```json\n").unwrap() + 8;
+    let end = start + doc[start..].find("```").unwrap();
+    let policy = Policy::parse(&doc[start..end], 60, false).unwrap();
+    let caller = edge_ratelimit::Caller::User("alice".into());
+    bencher.bench_local(|| {
+        let facts = edge_ratelimit::Facts {
+            method: "GET",
+            method_override: None,
+            path: black_box("/users/42/orders"),
+            caller: &caller,
+            client: None,
+            tier: Some("premium"),
+        };
+        policy.applied(&facts, |_| None).len()
+    });
+}
+
+#[divan::bench]
+fn rest_body() -> String {
+    let keys = ["rate:alice:/api/orders".to_string()];
+    let args: Vec<String> = ["", "5", "0.08333333333333333", "60", "1", "0"].iter().map(|s| s.to_string()).collect();
+    evalsha_body(Variant::Flagged, black_box(&keys), black_box(&args))
+}
+
+#[divan::bench]
+fn rest_reply_and_headers(bencher: Bencher) {
+    let limit = Limit::new(5, Refill::parse("5/min").unwrap(), 60).unwrap();
+    bencher.bench_local(|| {
+        let values = parse_script_reply(200, black_box(r#"{"result":[1,0,4,0,12000]}"#)).unwrap();
+        let d = Decision::from_script(&values, &[("default", &limit, false)]).unwrap();
+        rate_limit_headers(&d).len()
+    });
+}
+
+#[divan::bench]
+fn hs256_verify(bencher: Bencher) {
+    let jwt = JwtConfig::new(JwtSettings {
+        mode: Some("required"),
+        secret: Some(SECRET),
+        jwks: None,
+        issuer: None,
+        audience: None,
+        leeway_s: 30,
+        subject_claim: "sub".into(),
+        tier_claim: "tier".into(),
+        require_exp: true,
+    })
+    .unwrap();
+    // {"alg":"HS256"} . {"sub":"alice","tier":"premium","exp":4102444800}
+    let token = hs256_token();
+    bencher.bench_local(|| jwt.verify(black_box(&token), 1_800_000_000).unwrap());
+}
+
+fn hs256_token() -> String {
+    use jwt_compact::alg::{Hs256, Hs256Key};
+    use jwt_compact::{AlgorithmExt, Claims, Header};
+    let claims = serde_json::json!({"sub": "alice", "tier": "premium", "exp": 4_102_444_800u64});
+    let claims = Claims::new(claims.as_object().unwrap().clone());
+    Hs256.token(&Header::empty(), &claims, &Hs256Key::new(SECRET)).unwrap()
+}
+
+#[divan::bench]
+fn rs256_verify(bencher: Bencher) {
+    use jwt_compact::alg::{Rsa, RsaPrivateKey};
+    use jwt_compact::jwk::JsonWebKey;
+    use jwt_compact::{AlgorithmExt, Claims, Header};
+    let jwks = std::fs::read_to_string("tests/keys/jwks.json").unwrap();
+    let jwt = JwtConfig::new(JwtSettings {
+        mode: Some("required"),
+        secret: None,
+        jwks: Some(&jwks),
+        issuer: None,
+        audience: None,
+        leeway_s: 30,
+        subject_claim: "sub".into(),
+        tier_claim: "tier".into(),
+        require_exp: true,
+    })
+    .unwrap();
+    let private = std::fs::read_to_string("tests/keys/rsa-1.private.jwk.json").unwrap();
+    let jwk: JsonWebKey<'_> = serde_json::from_str(&private).unwrap();
+    let key = RsaPrivateKey::try_from(&jwk).unwrap();
+    let claims = serde_json::json!({"sub": "alice", "exp": 4_102_444_800u64});
+    let token = Rsa::rs256()
+        .token(&Header::empty().with_key_id("rsa-1"), &Claims::new(claims.as_object().unwrap().clone()), &key)
+        .unwrap();
+    bencher.bench_local(|| jwt.verify(black_box(&token), 1_800_000_000).unwrap());
+}
+
+/// Answers every call at once with an allowed reply.
+struct Instant(Cell<u32>);
+
+impl Transport for Instant {
+    async fn post(&self, _body: String) -> Result<HttpReply, TransportError> {
+        self.0.set(self.0.get() + 1);
+        Ok(HttpReply { status: 200, body: r#"{"result":[1,0,4,0,12000]}"#.into() })
+    }
+    async fn pause(&self, _ms: u32) -> Result<(), TransportError> {
+        Ok(())
+    }
+}
+
+fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    let mut f = std::pin::pin!(f);
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    match f.as_mut().poll(&mut cx) {
+        std::task::Poll::Ready(v) => v,
+        std::task::Poll::Pending => unreachable!("the transport answers at once"),
+    }
+}
+
+/// Everything the Worker does for an allowed request except the I/O: plan (identity, path, key),
+/// the REST body, the reply, the decision and its headers.
+#[divan::bench]
+fn whole_request_allowed(bencher: Bencher) {
+    let config = config(&[]);
+    let limiter = Limiter::default();
+    let transport = Instant(Cell::new(0));
+    let header = |name: &str| match name {
+        "x-user-id" => Some("alice".to_string()),
+        "cf-connecting-ip" => Some("203.0.113.7".to_string()),
+        _ => None,
+    };
+    bencher.bench_local(|| {
+        let facts =
+            RequestFacts { method: "GET", target: black_box("/api/orders?page=2"), header: &header, now_ms: 1.8e12 };
+        let Plan::Limit(checks) = plan(&config, &facts) else { unreachable!() };
+        let d = block_on(limiter.decide(&transport, &checks, Clock::Redis, 1.8e12)).unwrap();
+        rate_limit_headers(&d).len()
+    });
+}
+
+/// A caller the deny cache knows to be empty: no REST body at all.
+#[divan::bench]
+fn whole_request_cached_denial(bencher: Bencher) {
+    let config = config(&[]);
+    let limiter = Limiter::default();
+    struct Deny;
+    impl Transport for Deny {
+        async fn post(&self, _body: String) -> Result<HttpReply, TransportError> {
+            Ok(HttpReply { status: 200, body: r#"{"result":[0,1,0,11000,60000]}"#.into() })
+        }
+        async fn pause(&self, _ms: u32) -> Result<(), TransportError> {
+            Ok(())
+        }
+    }
+    let header = |name: &str| (name == "x-user-id").then(|| "hot".to_string());
+    let facts = RequestFacts { method: "GET", target: "/api/orders", header: &header, now_ms: 1.8e12 };
+    let Plan::Limit(checks) = plan(&config, &facts) else { unreachable!() };
+    let _: Vec<Check<'_>> = checks.clone();
+    block_on(limiter.decide(&Deny, &checks, Clock::Redis, 1.8e12)).unwrap();
+    bencher.bench_local(|| {
+        let facts = RequestFacts { method: "GET", target: black_box("/api/orders"), header: &header, now_ms: 1.8e12 };
+        let Plan::Limit(checks) = plan(&config, &facts) else { unreachable!() };
+        let d = block_on(limiter.decide(&Deny, &checks, Clock::Redis, 1.8e12)).unwrap();
+        rate_limit_headers(&d).len()
+    });
+}

@@ -1,0 +1,101 @@
+//! A few JavaScript helpers, so that reading a request, calling the REST
+//! endpoint and building a response each cross the wasm ↔ JS boundary once
+//! instead of once per header (the benchmark showed those crossings to be a
+//! large share of the Worker's CPU).
+
+use worker::wasm_bindgen::prelude::*;
+use worker::worker_sys::web_sys;
+
+#[wasm_bindgen(inline_js = r#"
+export function requestFacts(req, names) {
+  const h = req.headers;
+  let out = req.method + "\n" + req.url;
+  if (names !== "") {
+    for (const name of names.split("\n")) {
+      const v = h.get(name);
+      out += v === null ? "\n\u0000" : "\n" + v;
+    }
+  }
+  return out;
+}
+
+function headersOf(flat, base) {
+  const headers = new Headers(base);
+  if (flat !== "") {
+    const parts = flat.split("\n");
+    for (let i = 0; i + 1 < parts.length; i += 2) headers.set(parts[i], parts[i + 1]);
+  }
+  return headers;
+}
+
+export function respond(status, body, flat) {
+  return new Response(body, { status, headers: headersOf(flat) });
+}
+
+export function withHeaders(response, flat) {
+  if (flat === "") return response;
+  // A fetched response's headers are immutable; a new Response over the same body gets a mutable copy.
+  const out = new Response(response.body, response);
+  const parts = flat.split("\n");
+  for (let i = 0; i + 1 < parts.length; i += 2) out.headers.set(parts[i], parts[i + 1]);
+  return out;
+}
+
+export function forward(request, url, flat, unreachable) {
+  return (url === "" ? fetch(request) : fetch(url, request)).then(
+    (response) => withHeaders(response, flat),
+    (e) => {
+      console.error("origin fetch failed:", String(e));
+      const headers = "content-type\napplication/problem+json\ncache-control\nno-store" + (flat === "" ? "" : "\n" + flat);
+      return new Response(unreachable, { status: 502, headers: headersOf(headers) });
+    },
+  );
+}
+
+export async function restPost(url, authorization, body, timeoutMs) {
+  try {
+    const response = await fetch(url, {
+      method: "POST",
+      headers: { authorization, "content-type": "application/json" },
+      body,
+      signal: AbortSignal.timeout(timeoutMs),
+    });
+    return [response.status, await response.text()];
+  } catch (e) {
+    // 0 = the deadline passed, -1 = the endpoint could not be reached.
+    return [e && (e.name === "TimeoutError" || e.name === "AbortError") ? 0 : -1, String(e)];
+  }
+}
+"#)]
+extern "C" {
+    /// `method \n url \n value-of-name-1 \n …` (`\0` for an absent header; names joined by `\n`).
+    #[wasm_bindgen(js_name = requestFacts)]
+    pub fn request_facts(req: &web_sys::Request, names: &str) -> String;
+
+    /// A response with `flat` headers (`name \n value \n …`).
+    pub fn respond(status: u16, body: &str, flat: &str) -> web_sys::Response;
+
+    /// `fetch` of the request itself (`url` empty) or of the request sent to `url`, resolving to the
+    /// origin's response with `flat` headers added (its body streams through untouched), or to a 502
+    /// with the `unreachable` problem body. The Worker returns this promise without awaiting it.
+    pub fn forward(request: &web_sys::Request, url: &str, flat: &str, unreachable: &JsValue) -> js_sys::Promise;
+
+    /// POST `body` to the REST endpoint within `timeout_ms`; resolves to `[status, text]`, where
+    /// status 0 means the deadline passed and -1 that the endpoint could not be reached.
+    #[wasm_bindgen(js_name = restPost)]
+    pub fn rest_post(url: &str, authorization: &str, body: &str, timeout_ms: f64) -> js_sys::Promise;
+}
+
+/// `name \n value \n …` for [`respond`] and [`forward`].
+pub fn flat(headers: &[(&'static str, String)]) -> String {
+    let mut out = String::with_capacity(headers.iter().map(|(n, v)| n.len() + v.len() + 2).sum());
+    for (i, (name, value)) in headers.iter().enumerate() {
+        if i > 0 {
+            out.push('\n');
+        }
+        out.push_str(name);
+        out.push('\n');
+        out.push_str(value);
+    }
+    out
+}
