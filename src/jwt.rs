@@ -9,6 +9,8 @@
 //! honoured, issuer and audience are checked when configured. The current time
 //! is passed in: jwt-compact's clock feature panics in workerd.
 
+use std::cell::RefCell;
+use std::collections::HashMap;
 use std::fmt;
 
 use jwt_compact::alg::{Ed25519, Es256, Hs256, Hs256Key, Rsa, RsaPublicKey};
@@ -57,6 +59,9 @@ pub struct JwtConfig {
     pub mode: JwtMode,
     secret: Option<Key>,
     keys: Vec<(String, Key)>,
+    /// Tokens whose signature this isolate has verified, with their validity window: a client
+    /// sends the same token many times, and an RS256 check costs far more than a lookup.
+    verified: RefCell<HashMap<String, Known>>,
     pub issuer: Option<String>,
     pub audience: Option<String>,
     pub leeway_s: i64,
@@ -71,6 +76,19 @@ impl PartialEq for JwtConfig {
         self.mode == other.mode && self.issuer == other.issuer && self.audience == other.audience
     }
 }
+
+/// A verified token's caller and the times its claims allow (epoch seconds, leeway applied).
+#[derive(Clone, Debug)]
+struct Known {
+    verified: Verified,
+    valid_from: i64,
+    valid_until: i64,
+}
+
+/// How many verified tokens an isolate remembers; beyond it the cache starts over.
+pub const VERIFIED_TOKENS: usize = 10_000;
+/// Longer tokens are verified every time rather than remembered.
+const MAX_CACHED_TOKEN: usize = 4096;
 
 /// A caller proven by a token.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -141,7 +159,8 @@ struct JwkEntry<'a> {
     key: JsonWebKey<'a>,
 }
 
-/// Settings as read from the environment (see [`JwtConfig::new`]).
+/// Settings as read from the environment (see [`JwtConfig::new`]); `Default` gives the documented
+/// defaults with no keys.
 pub struct JwtSettings<'a> {
     pub mode: Option<&'a str>,
     pub secret: Option<&'a str>,
@@ -152,6 +171,22 @@ pub struct JwtSettings<'a> {
     pub subject_claim: String,
     pub tier_claim: String,
     pub require_exp: bool,
+}
+
+impl Default for JwtSettings<'_> {
+    fn default() -> Self {
+        JwtSettings {
+            mode: None,
+            secret: None,
+            jwks: None,
+            issuer: None,
+            audience: None,
+            leeway_s: 30,
+            subject_claim: "sub".into(),
+            tier_claim: "tier".into(),
+            require_exp: true,
+        }
+    }
 }
 
 impl JwtConfig {
@@ -193,6 +228,7 @@ impl JwtConfig {
             mode,
             secret,
             keys,
+            verified: RefCell::new(HashMap::new()),
             issuer: s.issuer,
             audience: s.audience,
             leeway_s: s.leeway_s as i64,
@@ -202,8 +238,33 @@ impl JwtConfig {
         })
     }
 
-    /// Verifies `token` at `now_s` (epoch seconds).
+    /// Verifies `token` at `now_s` (epoch seconds). A token this isolate has verified before is only
+    /// checked against its time claims: the signature covers the exact bytes looked up.
     pub fn verify(&self, token: &str, now_s: i64) -> Result<Verified, JwtError> {
+        if let Some(known) = self.verified.borrow().get(token) {
+            return if now_s >= known.valid_until {
+                Err(JwtError::Expired)
+            } else if now_s < known.valid_from {
+                Err(JwtError::NotYetValid)
+            } else {
+                Ok(known.verified.clone())
+            };
+        }
+        let (verified, valid_from, valid_until) = self.verify_signed(token, now_s)?;
+        if token.len() <= MAX_CACHED_TOKEN {
+            let mut cache = self.verified.borrow_mut();
+            if cache.len() >= VERIFIED_TOKENS {
+                cache.retain(|_, k| k.valid_until > now_s);
+                if cache.len() >= VERIFIED_TOKENS {
+                    cache.clear();
+                }
+            }
+            cache.insert(token.to_string(), Known { verified: verified.clone(), valid_from, valid_until });
+        }
+        Ok(verified)
+    }
+
+    fn verify_signed(&self, token: &str, now_s: i64) -> Result<(Verified, i64, i64), JwtError> {
         let token = UntrustedToken::<ExtraHeader>::try_from(token).map_err(|_| JwtError::Malformed)?;
         let header = token.header();
         if header.key_set_url.is_some()
@@ -242,7 +303,8 @@ impl JwtConfig {
         self.check_claims(&claims, now_s)
     }
 
-    fn check_claims(&self, claims: &Claims<Map<String, Value>>, now_s: i64) -> Result<Verified, JwtError> {
+    /// The caller, and the window (from, until) in which the token's time claims accept it.
+    fn check_claims(&self, claims: &Claims<Map<String, Value>>, now_s: i64) -> Result<(Verified, i64, i64), JwtError> {
         match claims.expiration {
             Some(exp) if exp.timestamp() + self.leeway_s <= now_s => return Err(JwtError::Expired),
             None if self.require_exp => return Err(JwtError::MissingExpiry),
@@ -273,7 +335,9 @@ impl JwtConfig {
             _ => return Err(JwtError::MissingSubject),
         };
         let tier = custom.get(&self.tier_claim).and_then(Value::as_str).map(str::to_string);
-        Ok(Verified { subject, tier })
+        let valid_from = claims.not_before.map_or(i64::MIN, |nbf| nbf.timestamp() - self.leeway_s);
+        let valid_until = claims.expiration.map_or(i64::MAX, |exp| exp.timestamp() + self.leeway_s);
+        Ok((Verified { subject, tier }, valid_from, valid_until))
     }
 }
 

@@ -206,17 +206,7 @@ fn tampering_and_garbage_are_refused() {
 #[test]
 fn configuration_is_validated() {
     let base = |mode: Option<&'static str>, secret: Option<&'static str>, jwks: Option<&'static str>| {
-        JwtConfig::new(JwtSettings {
-            mode,
-            secret,
-            jwks,
-            issuer: None,
-            audience: None,
-            leeway_s: 30,
-            subject_claim: "sub".into(),
-            tier_claim: "tier".into(),
-            require_exp: true,
-        })
+        JwtConfig::new(JwtSettings { mode, secret, jwks, ..JwtSettings::default() })
     };
     assert_eq!(base(None, None, None).unwrap().mode, JwtMode::Off);
     assert_eq!(base(Some("required"), None, None).unwrap_err().0, "JWT_MODE");
@@ -233,4 +223,22 @@ fn configuration_is_validated() {
         assert_eq!(e.0, "JWT_JWKS");
         assert!(e.1.contains(expected), "{jwks}: {}", e.1);
     }
+}
+
+#[test]
+fn a_remembered_token_still_expires_and_matures() {
+    let c = config(None, None, None);
+    let token = rs256("rsa-1", json!({"nbf": NOW + 100, "exp": NOW + 600}));
+    assert_eq!(c.verify(&token, NOW), Err(JwtError::NotYetValid), "not remembered while refused");
+    assert_eq!(c.verify(&token, NOW + 100), alice("premium"));
+    // Remembered now: the same answers as a full check, at every time.
+    assert_eq!(c.verify(&token, NOW + 69), Err(JwtError::NotYetValid));
+    assert_eq!(c.verify(&token, NOW + 70), alice("premium"), "nbf - 30 s leeway");
+    assert_eq!(c.verify(&token, NOW + 629), alice("premium"));
+    assert_eq!(c.verify(&token, NOW + 630), Err(JwtError::Expired), "exp + 30 s leeway");
+    // One changed byte is another token, checked in full.
+    let mut tampered = token.into_bytes();
+    let i = tampered.len() - 3;
+    tampered[i] = if tampered[i] == b'A' { b'B' } else { b'A' };
+    assert_eq!(c.verify(std::str::from_utf8(&tampered).unwrap(), NOW + 200), Err(JwtError::BadSignature));
 }

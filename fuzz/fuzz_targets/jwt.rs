@@ -10,13 +10,7 @@ fuzz_target!(|data: &[u8]| {
     let config = JwtConfig::new(JwtSettings {
         mode: Some("required"),
         secret: Some("fuzzing-secret-that-is-at-least-32-bytes"),
-        jwks: None,
-        issuer: None,
-        audience: None,
-        leeway_s: 30,
-        subject_claim: "sub".into(),
-        tier_claim: "tier".into(),
-        require_exp: true,
+        ..JwtSettings::default()
     })
     .expect("valid settings");
     if let Ok(v) = config.verify(&token, 1_800_000_000) {
