@@ -37,16 +37,16 @@ const bundle = (name) => {
 const workerdPids = () => new Set(readdirSync("/proc").filter((p) => /^\d+$/.test(p)).filter((p) => {
   try { return readFileSync(`/proc/${p}/comm`, "utf8").trim() === "workerd" && readFileSync(`/proc/${p}/stat`, "utf8").split(") ")[1].split(" ")[1] === String(process.pid); } catch { return false; }
 }));
-const rustOptions = () => ({
+const rustOptions = (dir = "build/worker") => ({
   modules: true,
-  scriptPath: path.join(ROOT, "build/worker/shim.mjs"),
-  modulesRoot: path.join(ROOT, "build/worker"),
+  scriptPath: path.join(ROOT, dir, "shim.mjs"),
+  modulesRoot: path.join(ROOT, dir),
   modulesRules: [{ type: "ESModule", include: ["**/*.js", "**/*.mjs"] }, { type: "CompiledWasm", include: ["**/*.wasm"] }],
 });
 const jsOptions = (file) => ({ modules: true, scriptPath: file });
-async function startWorker(name, options) {
+async function startWorker(name, options, extra = {}) {
   const before = workerdPids();
-  const mf = new Miniflare({ ...options, compatibilityDate: "2025-09-01", bindings: vars });
+  const mf = new Miniflare({ ...options, compatibilityDate: "2025-09-01", bindings: { ...vars, ...extra } });
   const url = (await mf.ready).toString().replace(/\/$/, "");
   const pid = [...workerdPids()].find((p) => !before.has(p));
   return { name, mf, url, pid };
@@ -58,6 +58,9 @@ const workers = {
   "limit Worker": await startWorker("limit Worker", jsOptions(js.limit)),
   "forward-only": await startWorker("forward-only", jsOptions(js.forward)),
   "answers 429": await startWorker("answers 429", jsOptions(js.deny)),
+  // The same Rust entry and glue doing only the floor's work (build/floor, feature bench-floor).
+  "wasm limit floor": await startWorker("wasm limit floor", rustOptions("build/floor"), { BENCH_FLOOR: "limit" }),
+  "wasm 429 floor": await startWorker("wasm 429 floor", rustOptions("build/floor"), { BENCH_FLOOR: "deny" }),
 };
 
 const cpuTicks = (pid) => {
@@ -102,8 +105,8 @@ async function measure(worker, scenario) {
 
 const ONLY = process.env.ONLY ? process.env.ONLY.split(",") : null; // e.g. ONLY=many,hot
 const allScenarios = [
-  { id: "many", title: "many users (all allowed)", workers: ["edge-ratelimit", "@upstash/ratelimit", "limit Worker", "forward-only"], base: "limit Worker" },
-  { id: "hot", title: "one hot user (denied)", workers: ["edge-ratelimit", "@upstash/ratelimit", "answers 429"], base: "answers 429" },
+  { id: "many", title: "many users (all allowed)", workers: ["edge-ratelimit", "@upstash/ratelimit", "limit Worker", "wasm limit floor", "forward-only"], base: "limit Worker" },
+  { id: "hot", title: "one hot user (denied)", workers: ["edge-ratelimit", "@upstash/ratelimit", "answers 429", "wasm 429 floor"], base: "answers 429" },
   { id: "mix", title: "mix (half new users, half one hot user)", workers: ["edge-ratelimit", "@upstash/ratelimit", "limit Worker", "forward-only"], base: "limit Worker" },
   { id: "many", title: "many users, +20 ms REST latency", latency: 20, workers: ["edge-ratelimit", "@upstash/ratelimit", "limit Worker"], base: "limit Worker", tag: "latency" },
 ];

@@ -66,6 +66,10 @@ async fn handle(req: web_sys::Request, env: &Env) -> JsValue {
         }
     };
     let config = &isolate.config;
+    #[cfg(feature = "bench-floor")]
+    if let Some(mode) = env::var(env, "BENCH_FLOOR") {
+        return floor(&mode, req, config).await;
+    }
 
     // One crossing for the method, the URL and every header the configuration reads.
     let facts = glue::request_facts(&req, &isolate.header_names);
@@ -101,4 +105,17 @@ async fn handle(req: web_sys::Request, env: &Env) -> JsValue {
     }
     let outcome = limiter.outcome(result, config.fail_mode, &checks, now);
     respond::outcome(outcome, &req, config, target)
+}
+
+/// Benchmark floors (feature `bench-floor`, never in a deployed build): answer 429 at once, or make one
+/// plain REST call and forward, through the same entry and glue as the real Worker.
+#[cfg(feature = "bench-floor")]
+async fn floor(mode: &str, req: web_sys::Request, config: &Config) -> JsValue {
+    if mode == "deny" {
+        return glue::respond(429, "Too Many Requests", "retry-after\n12").into();
+    }
+    let ping = glue::rest_post(&config.redis_url, &config.redis_authorization, "[\"PING\"]", 500.0);
+    let _ = js_sys::futures::JsFuture::from(ping).await;
+    let url = req.url();
+    respond::forward(&req, config, path_and_query(&url), &[])
 }
