@@ -19,8 +19,8 @@ export function requestFacts(req, names) {
   return out;
 }
 
-function headersOf(flat, base) {
-  const headers = new Headers(base);
+function headersOf(flat) {
+  const headers = new Headers();
   if (flat !== "") {
     const parts = flat.split("\n");
     for (let i = 0; i + 1 < parts.length; i += 2) headers.set(parts[i], parts[i + 1]);
