@@ -6,16 +6,16 @@ use std::{env, fs, path::Path};
 
 fn main() {
     let out_dir = env::var("OUT_DIR").expect("cargo sets OUT_DIR");
-    let flagged = fs::read_to_string("lua/token_bucket.lua").expect("lua/token_bucket.lua is readable");
+    let flagged = fs::read_to_string("lua/ratelimit.lua").expect("lua/ratelimit.lua is readable");
     let plain = strip_shebang(&flagged);
-    fs::write(Path::new(&out_dir).join("token_bucket.plain.lua"), &plain).expect("OUT_DIR is writable");
+    fs::write(Path::new(&out_dir).join("ratelimit.plain.lua"), &plain).expect("OUT_DIR is writable");
     let code = format!(
-        "pub const TOKEN_BUCKET_FLAGGED_SHA: &str = \"{}\";\npub const TOKEN_BUCKET_PLAIN_SHA: &str = \"{}\";\n",
+        "pub const SCRIPT_FLAGGED_SHA: &str = \"{}\";\npub const SCRIPT_PLAIN_SHA: &str = \"{}\";\n",
         sha1_smol::Sha1::from(flagged.as_bytes()).digest(),
         sha1_smol::Sha1::from(plain.as_bytes()).digest(),
     );
     fs::write(Path::new(&out_dir).join("script_shas.rs"), code).expect("OUT_DIR is writable");
-    println!("cargo:rerun-if-changed=lua/token_bucket.lua");
+    println!("cargo:rerun-if-changed=lua/ratelimit.lua");
 }
 
 /// The script without its `#!lua ...` first line, so Redis runs it as a plain

@@ -10,7 +10,7 @@ redis-server --port "$port" --bind 127.0.0.1 --save "" --appendonly no >/dev/nul
 pid=$!
 trap 'kill $pid 2>/dev/null || true' EXIT
 for _ in $(seq 50); do redis-cli -p "$port" ping >/dev/null 2>&1 && break; sleep 0.1; done
-ours=$(python3 -c 'import sys; s=open("lua/token_bucket.lua").read(); sys.stdout.write(s[s.index("\n"):])' | redis-cli -p "$port" -x script load)
+ours=$(python3 -c 'import sys; s=open("lua/ratelimit.lua").read(); sys.stdout.write(s[s.index("\n"):])' | redis-cli -p "$port" -x script load)
 anchor=$(node -e '
   const src = require("fs").readFileSync("node_modules/@upstash/ratelimit/dist/index.js", "utf8");
   const m = src.match(/tokenBucketLimitScript = `([\s\S]*?)`;/);

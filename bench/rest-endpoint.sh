@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Throughput of the local Upstash REST endpoint: EVALSHA of lua/token_bucket.lua (flagged, as the Worker
+# Throughput of the local Upstash REST endpoint: EVALSHA of lua/ratelimit.lua (flagged, as the Worker
 # sends it), one new bucket per request, driven by wrk on 127.0.0.1. Bounded: DURATION seconds (default 10).
 # Prints the endpoint's figures beside the same script sent straight to Redis (redis-benchmark) as the ceiling.
 set -euo pipefail
@@ -18,12 +18,12 @@ for _ in $(seq 50); do redis-cli -p "$RP" ping >/dev/null 2>&1 && break; sleep 0
 target/release/upstash-local --listen "127.0.0.1:$HP" --redis "redis://127.0.0.1:$RP" --token "$TOKEN" >/dev/null &
 rest_pid=$!
 for _ in $(seq 50); do (exec 3<>"/dev/tcp/127.0.0.1/$HP") 2>/dev/null && break; sleep 0.1; done
-script=$(python3 -c 'import json; print(json.dumps(["SCRIPT","LOAD",open("lua/token_bucket.lua").read()]))')
+script=$(python3 -c 'import json; print(json.dumps(["SCRIPT","LOAD",open("lua/ratelimit.lua").read()]))')
 SCRIPT_SHA=$(curl -s -H "Authorization: Bearer $TOKEN" -d "$script" "http://127.0.0.1:$HP/" | python3 -c 'import json,sys; print(json.load(sys.stdin)["result"])')
 echo "bench: script $SCRIPT_SHA; wrk -t2 -c$CONNECTIONS -d${DURATION}s on 127.0.0.1 ($(nproc) cores shared by wrk, endpoint and Redis)"
 rest=$(SCRIPT_SHA=$SCRIPT_SHA TOKEN=$TOKEN wrk -t2 -c"$CONNECTIONS" -d"${DURATION}s" -s bench/rest-endpoint.lua "http://127.0.0.1:$HP/" | grep '^RESULT')
 # The plain variant (shebang line emptied), exactly as the Worker sends it to a vanilla Redis.
-plain_sha=$(python3 -c 'import sys; s=open("lua/token_bucket.lua").read(); sys.stdout.write(s[s.index("\n"):])' | redis-cli -p "$RP" -x script load)
+plain_sha=$(python3 -c 'import sys; s=open("lua/ratelimit.lua").read(); sys.stdout.write(s[s.index("\n"):])' | redis-cli -p "$RP" -x script load)
 direct=$(redis-benchmark -p "$RP" -c "$CONNECTIONS" -n 200000 -r 1000000000 -q \
   evalsha "$plain_sha" 1 "rate:direct-__rand_int__:/api" "" 5 0.08333333333333333 60 1 | tr '\r' '\n' | grep -o '[0-9.]* requests per second' | tail -n1)
 echo

@@ -6,8 +6,8 @@ use std::cell::Cell;
 use divan::{black_box, AllocProfiler, Bencher};
 use edge_ratelimit::{
     bucket_key, evalsha_body, identify, normalize, parse_script_reply, plan, rate_limit_headers, Clock, Config,
-    Decision, HttpReply, JwtConfig, JwtSettings, Limit, Limiter, Plan, Policy, Refill, RequestFacts, Transport,
-    TransportError, Variant,
+    Decision, HttpReply, JwtConfig, JwtSettings, Limit, Limited, Limiter, Plan, Policy, Refill, RequestFacts,
+    Transport, TransportError, Variant,
 };
 
 #[global_allocator]
@@ -65,8 +65,9 @@ fn rule_matching(bencher: Bencher) {
 
 #[divan::bench]
 fn rest_body() -> String {
-    let keys = ["rate:alice:/api/orders".to_string()];
-    let args: Vec<String> = ["", "5", "0.08333333333333333", "60", "1", "0"].iter().map(|s| s.to_string()).collect();
+    let keys = ["rate:alice:/api/orders".to_string(), "ratelimit:override:caller:alice".to_string()];
+    let args: Vec<String> =
+        ["", "", "1", "t", "5", "0.08333333333333333", "60", "1", "0", "2"].iter().map(|s| s.to_string()).collect();
     evalsha_body(Variant::Flagged, black_box(&keys), black_box(&args))
 }
 
@@ -74,7 +75,7 @@ fn rest_body() -> String {
 fn rest_reply_and_headers(bencher: Bencher) {
     let limit = Limit::new(5, Refill::parse("5/min").unwrap(), 60).unwrap();
     bencher.bench_local(|| {
-        let values = parse_script_reply(200, black_box(r#"{"result":[1,0,4,0,12000]}"#)).unwrap();
+        let values = parse_script_reply(200, black_box(r#"{"result":[1,0,4,0,12000,5,60]}"#)).unwrap();
         let d = Decision::from_script(&values, &[("default", &limit, false)]).unwrap();
         rate_limit_headers(&d).len()
     });
@@ -142,7 +143,7 @@ struct Instant(Cell<u32>);
 impl Transport for Instant {
     async fn post(&self, _body: String) -> Result<HttpReply, TransportError> {
         self.0.set(self.0.get() + 1);
-        Ok(HttpReply { status: 200, body: r#"{"result":[1,0,4,0,12000]}"#.into() })
+        Ok(HttpReply { status: 200, body: r#"{"result":[1,0,4,0,12000,5,60]}"#.into() })
     }
     async fn pause(&self, _ms: u32) -> Result<(), TransportError> {
         Ok(())
@@ -173,7 +174,7 @@ fn whole_request_allowed(bencher: Bencher) {
     bencher.bench_local(|| {
         let facts =
             RequestFacts { method: "GET", target: black_box("/api/orders?page=2"), header: &header, now_ms: 1.8e12 };
-        let Plan::Limit(checks) = plan(&config, &facts) else { unreachable!() };
+        let Plan::Limit(Limited { checks, .. }) = plan(&config, &facts) else { unreachable!() };
         let d = block_on(limiter.decide(&transport, &checks, Clock::Redis, 1.8e12)).unwrap();
         rate_limit_headers(&d).len()
     });
@@ -187,7 +188,7 @@ fn whole_request_cached_denial(bencher: Bencher) {
     struct Deny;
     impl Transport for Deny {
         async fn post(&self, _body: String) -> Result<HttpReply, TransportError> {
-            Ok(HttpReply { status: 200, body: r#"{"result":[0,1,0,11000,60000]}"#.into() })
+            Ok(HttpReply { status: 200, body: r#"{"result":[0,1,0,11000,60000,5,60]}"#.into() })
         }
         async fn pause(&self, _ms: u32) -> Result<(), TransportError> {
             Ok(())
@@ -195,11 +196,11 @@ fn whole_request_cached_denial(bencher: Bencher) {
     }
     let header = |name: &str| (name == "x-user-id").then(|| "hot".to_string());
     let facts = RequestFacts { method: "GET", target: "/api/orders", header: &header, now_ms: 1.8e12 };
-    let Plan::Limit(checks) = plan(&config, &facts) else { unreachable!() };
+    let Plan::Limit(Limited { checks, .. }) = plan(&config, &facts) else { unreachable!() };
     block_on(limiter.decide(&Deny, &checks, Clock::Redis, 1.8e12)).unwrap();
     bencher.bench_local(|| {
         let facts = RequestFacts { method: "GET", target: black_box("/api/orders"), header: &header, now_ms: 1.8e12 };
-        let Plan::Limit(checks) = plan(&config, &facts) else { unreachable!() };
+        let Plan::Limit(Limited { checks, .. }) = plan(&config, &facts) else { unreachable!() };
         let d = block_on(limiter.decide(&Deny, &checks, Clock::Redis, 1.8e12)).unwrap();
         rate_limit_headers(&d).len()
     });

@@ -1,39 +1,46 @@
-//! The token bucket in Rust: the same arithmetic, in the same order, as
-//! `lua/token_bucket.lua`, so a test can demand bit-for-bit agreement on
-//! random request sequences. Redis is the only source of truth; the Worker
-//! runs this only as the per-isolate bucket that bounds fail-open traffic
-//! while Redis cannot decide.
+//! The limits in Rust: the same arithmetic, in the same order, as
+//! `lua/ratelimit.lua` (token bucket and sliding-window counter), so a test
+//! can demand bit-for-bit agreement on random request sequences. Redis is the
+//! only source of truth; the Worker runs this only as the per-isolate bucket
+//! that bounds fail-open traffic while Redis cannot decide.
 
-/// One bucket's stored state (the hash fields `tokens` and `lastRefill`).
+use crate::limit::Algorithm;
+
+/// One limit's stored state (the hash fields).
 #[derive(Clone, Copy, Debug, PartialEq)]
-pub struct State {
-    pub tokens: f64,
-    pub last_refill: f64,
+pub enum State {
+    /// `tokens`, `lastRefill` (epoch seconds).
+    Bucket { tokens: f64, last_refill: f64 },
+    /// `start` of the current window (epoch seconds), its `count`, and the `previous` window's count.
+    Window { start: f64, count: f64, previous: f64 },
 }
 
-/// One bucket's parameters for one call (ARGV of the script).
+/// One limit's parameters for one call (ARGV of the script, overrides applied).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Spec {
+    pub algorithm: Algorithm,
     pub capacity: f64,
     pub rate: f64,
     pub cost: f64,
-    /// A shadow bucket never denies; it is debited only when it can pay.
+    /// A shadow limit never denies; it is debited only when it can pay.
     pub shadow: bool,
 }
 
-/// What the script returns for one bucket.
+/// What the script returns for one limit.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct BucketReply {
     pub remaining: i64,
     pub retry_ms: i64,
     pub reset_ms: i64,
+    pub capacity: i64,
+    pub window_s: i64,
 }
 
 /// What the script returns for one call.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Reply {
     pub allowed: bool,
-    /// 1-based index of the first bucket short of tokens; 0 when allowed.
+    /// 1-based index of the first limit short of tokens; 0 when allowed.
     pub denied_by: usize,
     pub buckets: Vec<BucketReply>,
 }
@@ -43,53 +50,138 @@ impl Reply {
     pub fn to_flat(&self) -> Vec<i64> {
         let mut out = vec![i64::from(self.allowed), self.denied_by as i64];
         for b in &self.buckets {
-            out.extend([b.remaining, b.retry_ms, b.reset_ms]);
+            out.extend([b.remaining, b.retry_ms, b.reset_ms, b.capacity, b.window_s]);
         }
         out
     }
 }
 
-/// Runs one all-or-nothing call at `now` (epoch seconds) against `states`
-/// (`None` = no such key), updating them as the script would.
-pub fn call(states: &mut [Option<State>], specs: &[Spec], now: f64) -> Reply {
-    debug_assert_eq!(states.len(), specs.len(), "one spec per bucket");
-    let mut levels = Vec::with_capacity(specs.len());
-    let mut denied_by = 0;
-    for (i, (state, spec)) in states.iter().zip(specs).enumerate() {
-        let (tokens, t) = match state {
-            None => (spec.capacity, now),
-            Some(s) if s.tokens.is_nan() || s.last_refill.is_nan() => (0.0, now),
-            Some(s) => {
-                let t = if now < s.last_refill { s.last_refill } else { now };
-                (spec.capacity.min(s.tokens + (t - s.last_refill) * spec.rate), t)
-            }
-        };
-        levels.push((tokens, t));
-        if denied_by == 0 && tokens < spec.cost && !spec.shadow {
-            denied_by = i + 1;
+/// A limit's level before this call: tokens available, its clock, and for a window its
+/// (start, count, previous, length) after rolling over.
+struct Level {
+    tokens: f64,
+    t: f64,
+    window: Option<(f64, f64, f64, f64)>,
+}
+
+fn level(state: &Option<State>, spec: &Spec, now: f64) -> Level {
+    let (c, r) = (spec.capacity, spec.rate);
+    match spec.algorithm {
+        Algorithm::SlidingWindow => {
+            let w = c / r;
+            let mut t = now;
+            let (start, count, previous) = match *state {
+                Some(State::Window { start, count, previous })
+                    if !(start.is_nan() || count.is_nan() || previous.is_nan()) =>
+                {
+                    if t < start {
+                        t = start;
+                    }
+                    let moved = ((t - start) / w).floor();
+                    if moved >= 2.0 {
+                        (start + moved * w, 0.0, 0.0)
+                    } else if moved == 1.0 {
+                        (start + w, 0.0, count)
+                    } else {
+                        (start, count, previous)
+                    }
+                }
+                None => (now, 0.0, 0.0),
+                Some(_) => (now, c, 0.0), // unreadable (or another algorithm's) state: full for a window
+            };
+            let tokens = c - (previous * (1.0 - (t - start) / w) + count);
+            Level { tokens, t, window: Some((start, count, previous, w)) }
         }
+        Algorithm::TokenBucket => match *state {
+            None => Level { tokens: c, t: now, window: None },
+            Some(State::Bucket { tokens, last_refill }) if !(tokens.is_nan() || last_refill.is_nan()) => {
+                let t = if now < last_refill { last_refill } else { now };
+                Level { tokens: c.min(tokens + (t - last_refill) * r), t, window: None }
+            }
+            Some(_) => Level { tokens: 0.0, t: now, window: None },
+        },
     }
+}
+
+/// Runs one all-or-nothing call at `now` (epoch seconds) against `states`
+/// (`None` = no such key), updating them as the script would. `peek` reports without consuming.
+pub fn call_with(states: &mut [Option<State>], specs: &[Spec], now: f64, peek: bool) -> Reply {
+    debug_assert_eq!(states.len(), specs.len(), "one spec per limit");
+    let levels: Vec<Level> = states.iter().zip(specs).map(|(s, spec)| level(s, spec, now)).collect();
+    let denied_by =
+        levels.iter().zip(specs).position(|(l, spec)| l.tokens < spec.cost && !spec.shadow).map_or(0, |i| i + 1);
     let mut buckets = Vec::with_capacity(specs.len());
-    for ((state, spec), (mut tokens, t)) in states.iter_mut().zip(specs).zip(levels) {
-        let retry = if tokens < spec.cost { ((spec.cost - tokens) / spec.rate * 1000.0).ceil() } else { 0.0 };
-        if denied_by == 0 && tokens >= spec.cost {
-            tokens -= spec.cost;
-            *state = Some(State { tokens, last_refill: t });
+    for ((state, spec), l) in states.iter_mut().zip(specs).zip(levels) {
+        let (c, r, k) = (spec.capacity, spec.rate, spec.cost);
+        let mut tokens = l.tokens;
+        let consume = denied_by == 0 && tokens >= k && !peek;
+        let (mut retry, mut reset) = (0.0, 0.0);
+        match l.window {
+            Some((start, mut count, previous, w)) => {
+                let into = l.t - start;
+                if tokens < k {
+                    let need = k - tokens;
+                    retry = if previous > 0.0 && into + need * w / previous <= w {
+                        need * w / previous
+                    } else if count + k <= c {
+                        w - into
+                    } else if count > 0.0 {
+                        w - into + (count + k - c) * w / count
+                    } else {
+                        2.0 * w - into
+                    };
+                }
+                if consume {
+                    tokens -= k;
+                    count += k;
+                    *state = Some(State::Window { start, count, previous });
+                }
+                if count > 0.0 {
+                    reset = 2.0 * w - into;
+                } else if previous > 0.0 {
+                    reset = w - into;
+                }
+            }
+            None => {
+                if tokens < k {
+                    retry = (k - tokens) / r;
+                }
+                if consume {
+                    tokens -= k;
+                    *state = Some(State::Bucket { tokens, last_refill: l.t });
+                }
+                reset = (c - tokens) / r;
+            }
         }
         buckets.push(BucketReply {
             remaining: tokens.floor() as i64,
-            retry_ms: retry as i64,
-            reset_ms: ((spec.capacity - tokens) / spec.rate * 1000.0).ceil() as i64,
+            retry_ms: (retry * 1000.0).ceil() as i64,
+            reset_ms: (reset * 1000.0).ceil() as i64,
+            capacity: c as i64,
+            window_s: (c / r).ceil() as i64,
         });
     }
     Reply { allowed: denied_by == 0, denied_by, buckets }
+}
+
+/// [`call_with`] that consumes.
+pub fn call(states: &mut [Option<State>], specs: &[Spec], now: f64) -> Reply {
+    call_with(states, specs, now, false)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    const FIVE_PER_MIN: Spec = Spec { capacity: 5.0, rate: 5.0 / 60.0, cost: 1.0, shadow: false };
+    fn tokens(s: &Option<State>) -> f64 {
+        match s {
+            Some(State::Bucket { tokens, .. }) => *tokens,
+            other => panic!("not a bucket: {other:?}"),
+        }
+    }
+
+    const FIVE_PER_MIN: Spec =
+        Spec { algorithm: Algorithm::TokenBucket, capacity: 5.0, rate: 5.0 / 60.0, cost: 1.0, shadow: false };
 
     #[test]
     fn a_fresh_bucket_admits_capacity_then_denies() {
@@ -102,64 +194,120 @@ mod tests {
         let r = call(&mut s, &[FIVE_PER_MIN], 1000.0);
         assert!(!r.allowed);
         assert_eq!(r.denied_by, 1);
-        assert_eq!(r.buckets[0], BucketReply { remaining: 0, retry_ms: 12_000, reset_ms: 60_000 });
+        assert_eq!(
+            r.buckets[0],
+            BucketReply { remaining: 0, retry_ms: 12_000, reset_ms: 60_000, capacity: 5, window_s: 60 }
+        );
     }
 
     #[test]
     fn tokens_refill_fractionally_and_cap_at_capacity() {
-        let mut s = [Some(State { tokens: 0.0, last_refill: 100.0 })];
+        let mut s = [Some(State::Bucket { tokens: 0.0, last_refill: 100.0 })];
         let r = call(&mut s, &[FIVE_PER_MIN], 106.0); // half a token
         assert!(!r.allowed);
         assert_eq!(r.buckets[0].retry_ms, 6_000);
         let r = call(&mut s, &[FIVE_PER_MIN], 112.0);
         assert!(r.allowed);
-        assert_eq!(s[0].unwrap().tokens, 0.0);
+        assert_eq!(tokens(&s[0]), 0.0);
         let r = call(&mut s, &[FIVE_PER_MIN], 10_000.0);
         assert_eq!(r.buckets[0].remaining, 4);
     }
 
     #[test]
     fn time_never_runs_backwards() {
-        let mut s = [Some(State { tokens: 1.0, last_refill: 500.0 })];
+        let mut s = [Some(State::Bucket { tokens: 1.0, last_refill: 500.0 })];
         let r = call(&mut s, &[FIVE_PER_MIN], 470.0); // a clock 30 s behind
         assert!(r.allowed);
-        assert_eq!(s[0].unwrap(), State { tokens: 0.0, last_refill: 500.0 });
+        assert_eq!(s[0].unwrap(), State::Bucket { tokens: 0.0, last_refill: 500.0 });
     }
 
     #[test]
     fn all_or_nothing_across_buckets() {
-        let tight = Spec { capacity: 1.0, rate: 1.0, cost: 1.0, shadow: false };
-        let mut s = [None, Some(State { tokens: 0.0, last_refill: 10.0 })];
+        let tight = Spec { capacity: 1.0, rate: 1.0, ..FIVE_PER_MIN };
+        let mut s = [None, Some(State::Bucket { tokens: 0.0, last_refill: 10.0 })];
         let r = call(&mut s, &[FIVE_PER_MIN, tight], 10.0);
         assert_eq!((r.allowed, r.denied_by), (false, 2));
         assert_eq!(s[0], None, "a denied call debits nothing");
-        assert_eq!(r.to_flat(), vec![0, 2, 5, 0, 0, 0, 1000, 1000]);
+        assert_eq!(r.to_flat(), vec![0, 2, 5, 0, 0, 5, 60, 0, 1000, 1000, 1, 1]);
     }
 
     #[test]
     fn cost_above_what_is_left_is_denied_without_debit() {
-        let mut s = [Some(State { tokens: 3.0, last_refill: 0.0 })];
+        let mut s = [Some(State::Bucket { tokens: 3.0, last_refill: 0.0 })];
         let big = Spec { cost: 4.0, ..FIVE_PER_MIN };
         let r = call(&mut s, &[big], 0.0);
         assert!(!r.allowed);
-        assert_eq!(s[0].unwrap().tokens, 3.0);
+        assert_eq!(tokens(&s[0]), 3.0);
         assert_eq!(r.buckets[0].retry_ms, 12_000);
     }
 
     #[test]
     fn a_shadow_bucket_never_denies_and_pays_only_when_it_can() {
-        let shadow = Spec { capacity: 1.0, rate: 1.0, cost: 1.0, shadow: true };
-        let mut s = [Some(State { tokens: 0.0, last_refill: 0.0 }), None];
+        let shadow = Spec { capacity: 1.0, rate: 1.0, shadow: true, ..FIVE_PER_MIN };
+        let mut s = [Some(State::Bucket { tokens: 0.0, last_refill: 0.0 }), None];
         let r = call(&mut s, &[shadow, FIVE_PER_MIN], 0.0);
         assert_eq!((r.allowed, r.denied_by), (true, 0));
         assert_eq!(r.buckets[0].retry_ms, 1000, "it would have denied");
-        assert_eq!(s[0].unwrap().tokens, 0.0, "not debited below zero");
-        assert_eq!(s[1].unwrap().tokens, 4.0);
+        assert_eq!(tokens(&s[0]), 0.0, "not debited below zero");
+        assert_eq!(tokens(&s[1]), 4.0);
     }
 
     #[test]
     fn unreadable_state_counts_as_empty() {
-        let mut s = [Some(State { tokens: f64::NAN, last_refill: 0.0 })];
+        let mut s = [Some(State::Bucket { tokens: f64::NAN, last_refill: 0.0 })];
         assert!(!call(&mut s, &[FIVE_PER_MIN], 0.0).allowed);
+    }
+
+    const TEN_PER_MIN_WINDOW: Spec =
+        Spec { algorithm: Algorithm::SlidingWindow, capacity: 10.0, rate: 10.0 / 60.0, cost: 1.0, shadow: false };
+
+    fn admitted(s: &mut [Option<State>; 1], spec: Spec, at: f64, tries: u32) -> u32 {
+        (0..tries).filter(|_| call(s, &[spec], at).allowed).count() as u32
+    }
+
+    #[test]
+    fn a_window_admits_capacity_then_weighs_the_previous_window() {
+        let mut s = [None];
+        assert_eq!(admitted(&mut s, TEN_PER_MIN_WINDOW, 1000.0, 15), 10);
+        let r = call(&mut s, &[TEN_PER_MIN_WINDOW], 1000.0);
+        // Not before the next window, and then only once the 10 weigh at most 9: 60 s + 6 s.
+        assert_eq!((r.allowed, r.buckets[0].retry_ms, r.buckets[0].reset_ms), (false, 66_000, 120_000));
+        // A quarter into the next window, the previous 10 weigh 7.5: two more fit, not three.
+        assert_eq!(admitted(&mut s, TEN_PER_MIN_WINDOW, 1075.0, 5), 2);
+        // Two windows later everything has slid out.
+        assert_eq!(admitted(&mut s, TEN_PER_MIN_WINDOW, 1200.0, 15), 10);
+    }
+
+    #[test]
+    fn a_burst_straddling_a_window_edge_never_admits_twice_the_limit() {
+        for edge_offset in [0.001, 0.5, 3.0] {
+            let mut s = [None];
+            assert!(call(&mut s, &[TEN_PER_MIN_WINDOW], 1000.0).allowed); // opens the window at 1000
+            let before = admitted(&mut s, TEN_PER_MIN_WINDOW, 1060.0 - edge_offset, 20);
+            let after = admitted(&mut s, TEN_PER_MIN_WINDOW, 1060.0 + edge_offset, 20);
+            assert_eq!(before, 9);
+            // Just after the edge the previous window (10) still weighs almost fully.
+            let allowed_after = (10.0 * edge_offset / 60.0_f64).floor() as u32;
+            assert_eq!(after, allowed_after, "offset {edge_offset}");
+            assert!(1 + before + after < 20);
+        }
+    }
+
+    #[test]
+    fn a_window_peek_reports_without_consuming() {
+        let mut s = [None];
+        let r = call_with(&mut s, &[TEN_PER_MIN_WINDOW], 1000.0, true);
+        assert_eq!((r.allowed, r.buckets[0].remaining), (true, 10));
+        assert_eq!(s[0], None);
+    }
+
+    #[test]
+    fn a_window_retry_is_when_the_request_fits_again() {
+        let mut s = [None];
+        assert_eq!(admitted(&mut s, TEN_PER_MIN_WINDOW, 1000.0, 10), 10);
+        let r = call(&mut s, &[TEN_PER_MIN_WINDOW], 1030.0);
+        let at = 1030.0 + r.buckets[0].retry_ms as f64 / 1000.0;
+        assert!(!call(&mut s, &[TEN_PER_MIN_WINDOW], at - 0.01).allowed);
+        assert!(call(&mut s, &[TEN_PER_MIN_WINDOW], at).allowed);
     }
 }

@@ -6,7 +6,10 @@ use std::fmt;
 
 use crate::identity::DEFAULT_IPV6_PREFIX;
 use crate::jwt::{JwtConfig, JwtSettings};
-use crate::limit::Limit;
+use sha2::{Digest, Sha256};
+
+use crate::limit::{Algorithm, Limit};
+use crate::limiter::DEFAULT_DENY_CACHE_MAX_MS;
 use crate::policy::Policy;
 use crate::rate::Refill;
 
@@ -50,6 +53,14 @@ pub struct Config {
     pub jwt: JwtConfig,
     /// Rules from `RATE_LIMIT_POLICY`; `None`: one bucket per caller and path with [`Config::limit`].
     pub policy: Option<Policy>,
+    /// SHA-256 of `ADMIN_TOKEN`; `None`: the admin API is off (its paths answer 404) and no metrics are kept.
+    pub admin_token_sha256: Option<[u8; 32]>,
+    /// Where the admin API lives: starts and ends with `/`.
+    pub admin_prefix: String,
+    /// How often an isolate reports its metrics to Redis (0: after every request).
+    pub metrics_flush_ms: u32,
+    /// How long a cached denial stands at most before Redis is asked again.
+    pub deny_cache_max_ms: u32,
 }
 
 /// A configuration error: the variable at fault and what is wrong with it.
@@ -73,6 +84,9 @@ pub const DEFAULT_TTL_SECONDS: u64 = 60;
 pub const DEFAULT_USER_ID_HEADER: &str = "x-user-id";
 pub const DEFAULT_REDIS_TIMEOUT_MS: u32 = 500;
 pub const MAX_REDIS_TIMEOUT_MS: u32 = 30_000;
+pub const DEFAULT_ADMIN_PREFIX: &str = "/__ratelimit/";
+pub const MIN_ADMIN_TOKEN_BYTES: usize = 16;
+pub const DEFAULT_METRICS_FLUSH_MS: u32 = 10_000;
 
 impl Config {
     /// Builds the configuration from a variable lookup (`None` = not set).
@@ -102,6 +116,12 @@ impl Config {
             let variable = if m.contains("capacity") { "RATE_LIMIT_CAPACITY" } else { "RATE_LIMIT_TTL_SECONDS" };
             err(variable, m)
         })?;
+        let limit = match optional(&var, "RATE_LIMIT_ALGORITHM") {
+            None => limit,
+            Some(a) => limit.with_algorithm(Algorithm::parse(&a.to_ascii_lowercase()).ok_or_else(|| {
+                err("RATE_LIMIT_ALGORITHM", format!("must be \"token-bucket\" or \"sliding-window\", got {a:?}"))
+            })?),
+        };
 
         let user_id_header = match var("USER_ID_HEADER") {
             None => Some(DEFAULT_USER_ID_HEADER.to_string()),
@@ -205,7 +225,48 @@ impl Config {
             ),
         };
 
+        // A secret: messages never repeat it, and only its digest is kept.
+        let admin_token_sha256 = match var("ADMIN_TOKEN").map(|t| t.trim().to_string()).filter(|t| !t.is_empty()) {
+            None => None,
+            Some(t) if t.len() < MIN_ADMIN_TOKEN_BYTES || t.bytes().any(|b| !(0x21..0x7f).contains(&b)) => {
+                return Err(err(
+                    "ADMIN_TOKEN",
+                    format!("must be at least {MIN_ADMIN_TOKEN_BYTES} printable ASCII characters without spaces"),
+                ))
+            }
+            Some(t) => Some(Sha256::digest(t.as_bytes()).into()),
+        };
+        let admin_prefix = optional(&var, "ADMIN_PREFIX").unwrap_or_else(|| DEFAULT_ADMIN_PREFIX.into());
+        let prefix_ok = admin_prefix.len() >= 3
+            && admin_prefix.starts_with('/')
+            && admin_prefix.ends_with('/')
+            && admin_prefix.bytes().all(|b| b.is_ascii_alphanumeric() || b"/_-.~".contains(&b))
+            && !admin_prefix.contains("//")
+            && !admin_prefix.split('/').any(|s| s == "." || s == "..");
+        if !prefix_ok {
+            return Err(err(
+                "ADMIN_PREFIX",
+                format!("must be a path like \"/__ratelimit/\" (starts and ends with /, letters, digits, _-.~), got {admin_prefix:?}"),
+            ));
+        }
+        let whole_ms = |name: &'static str, default: u32, max: u32| -> Result<u32, ConfigError> {
+            match optional(&var, name) {
+                None => Ok(default),
+                Some(v) => match parse_whole(&v) {
+                    Ok(ms) if ms <= u64::from(max) => Ok(ms as u32),
+                    Ok(_) => Err(err(name, format!("must be from 0 to {max} milliseconds, got {v}"))),
+                    Err(m) => Err(err(name, m)),
+                },
+            }
+        };
+        let metrics_flush_ms = whole_ms("METRICS_FLUSH_MS", DEFAULT_METRICS_FLUSH_MS, 3_600_000)?;
+        let deny_cache_max_ms = whole_ms("DENY_CACHE_MAX_MS", DEFAULT_DENY_CACHE_MAX_MS, 86_400_000)?;
+
         Ok(Config {
+            admin_token_sha256,
+            admin_prefix,
+            metrics_flush_ms,
+            deny_cache_max_ms,
             jwt,
             policy,
             redis_authorization: format!("Bearer {redis_token}"),

@@ -38,7 +38,7 @@ impl Decision {
     pub fn from_script(reply: &[i64], limits: &[(&str, &Limit, bool)]) -> Result<Decision, RestError> {
         let malformed =
             || RestError::Malformed(format!("script returned {} integers for {} limits", reply.len(), limits.len()));
-        if reply.len() != 2 + 3 * limits.len() {
+        if reply.len() != 2 + 5 * limits.len() {
             return Err(malformed());
         }
         let allowed = match reply[0] {
@@ -53,12 +53,13 @@ impl Decision {
         };
         let limits = limits
             .iter()
-            .zip(reply[2..].chunks_exact(3))
-            .map(|((policy, limit, shadow), v)| LimitStatus {
+            .zip(reply[2..].chunks_exact(5))
+            .map(|((policy, _limit, shadow), v)| LimitStatus {
                 policy: policy.to_string(),
                 shadow: *shadow,
-                capacity: limit.capacity(),
-                window_s: limit.window_seconds(),
+                // What the script had in effect: an override may have replaced the policy's numbers.
+                capacity: v[3].clamp(1, i64::from(u32::MAX)) as u32,
+                window_s: v[4].max(1) as u64,
                 remaining: v[0].max(0) as u64,
                 retry_ms: v[1].max(0) as u64,
                 reset_ms: v[2].max(0) as u64,
@@ -137,7 +138,7 @@ mod tests {
     #[test]
     fn allowed_decision_renders_policy_and_remaining() {
         let l = limit();
-        let d = Decision::from_script(&[1, 0, 4, 0, 12_000], &[("default", &l, false)]).unwrap();
+        let d = Decision::from_script(&[1, 0, 4, 0, 12_000, 5, 60], &[("default", &l, false)]).unwrap();
         assert!(d.allowed);
         assert_eq!(
             rate_limit_headers(&d),
@@ -151,11 +152,11 @@ mod tests {
     #[test]
     fn denied_decision_adds_retry_after_in_whole_seconds_at_least_one() {
         let l = limit();
-        let d = Decision::from_script(&[0, 1, 0, 11_001, 59_000], &[("default", &l, false)]).unwrap();
+        let d = Decision::from_script(&[0, 1, 0, 11_001, 59_000, 5, 60], &[("default", &l, false)]).unwrap();
         let h = rate_limit_headers(&d);
         assert_eq!(h[1], ("RateLimit", "\"default\";r=0;t=59".to_string()));
         assert_eq!(h[2], ("Retry-After", "12".to_string()));
-        let d = Decision::from_script(&[0, 1, 0, 1, 1], &[("default", &l, false)]).unwrap();
+        let d = Decision::from_script(&[0, 1, 0, 1, 1, 5, 60], &[("default", &l, false)]).unwrap();
         assert_eq!(d.retry_after_s(), 1);
     }
 
@@ -163,7 +164,7 @@ mod tests {
     fn several_limits_report_the_one_that_denied() {
         let (a, b) = (limit(), Limit::new(100, Refill::parse("100/h").unwrap(), 60).unwrap());
         let d = Decision::from_script(
-            &[0, 2, 3, 0, 24_000, 0, 30_000, 3_600_000],
+            &[0, 2, 3, 0, 24_000, 5, 60, 0, 30_000, 3_600_000, 100, 3600],
             &[("user", &a, false), ("api", &b, false)],
         )
         .unwrap();
@@ -171,8 +172,11 @@ mod tests {
         assert_eq!(h[0].1, "\"user\";q=5;w=60, \"api\";q=100;w=3600");
         assert_eq!(h[1].1, "\"api\";r=0;t=3600");
         assert_eq!(h[2].1, "30");
-        let d = Decision::from_script(&[1, 0, 3, 0, 24_000, 50, 0, 1000], &[("user", &a, false), ("api", &b, false)])
-            .unwrap();
+        let d = Decision::from_script(
+            &[1, 0, 3, 0, 24_000, 5, 60, 50, 0, 1000, 100, 3600],
+            &[("user", &a, false), ("api", &b, false)],
+        )
+        .unwrap();
         assert_eq!(rate_limit_headers(&d)[1].1, "\"user\";r=3;t=24");
     }
 
@@ -180,7 +184,7 @@ mod tests {
     fn shadow_limits_are_not_advertised_but_marked_when_they_would_deny() {
         let (a, b) = (limit(), limit());
         let d = Decision::from_script(
-            &[1, 0, 0, 12_000, 60_000, 3, 0, 24_000],
+            &[1, 0, 0, 12_000, 60_000, 5, 60, 3, 0, 24_000, 5, 60],
             &[("trial", &a, true), ("user", &b, false)],
         )
         .unwrap();
@@ -191,15 +195,22 @@ mod tests {
     }
 
     #[test]
+    fn an_override_shows_in_the_policy_field() {
+        let l = limit();
+        let d = Decision::from_script(&[1, 0, 99, 0, 600, 100, 60], &[("default", &l, false)]).unwrap();
+        assert_eq!(rate_limit_headers(&d)[0].1, "\"default\";q=100;w=60");
+    }
+
+    #[test]
     fn inconsistent_script_replies_are_malformed() {
         let l = limit();
         for reply in [
             &[][..],
-            &[1, 0, 4, 0][..],
-            &[2, 0, 4, 0, 0][..],
-            &[1, 1, 4, 0, 0][..],
-            &[0, 0, 4, 0, 0][..],
-            &[0, 2, 4, 0, 0][..],
+            &[1, 0, 4, 0, 0][..],
+            &[2, 0, 4, 0, 0, 5, 60][..],
+            &[1, 1, 4, 0, 0, 5, 60][..],
+            &[0, 0, 4, 0, 0, 5, 60][..],
+            &[0, 2, 4, 0, 0, 5, 60][..],
         ] {
             assert!(
                 matches!(Decision::from_script(reply, &[("default", &l, false)]), Err(RestError::Malformed(_))),

@@ -1,5 +1,5 @@
-//! One token bucket's policy: capacity, refill rate and TTL. Invalid policy
-//! cannot be built.
+//! One limit's policy: algorithm, capacity, refill rate and TTL. Invalid
+//! policy cannot be built.
 
 use std::num::NonZeroU32;
 
@@ -10,11 +10,50 @@ pub const MAX_CAPACITY: u32 = 1_000_000_000;
 /// The longest TTL accepted (a year).
 pub const MAX_TTL_SECONDS: u64 = 365 * 86_400;
 
+/// How a limit counts.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Algorithm {
+    /// A bucket of `capacity` tokens refilled continuously at the refill rate: bursts up to the
+    /// capacity, then the refill rate.
+    #[default]
+    TokenBucket,
+    /// A sliding-window counter: at most about `capacity` requests in any window of
+    /// `capacity / refill` seconds (the previous window's count weighted by its overlap).
+    SlidingWindow,
+}
+
+impl Algorithm {
+    /// The name in policy documents and the admin API.
+    pub fn name(self) -> &'static str {
+        match self {
+            Algorithm::TokenBucket => "token-bucket",
+            Algorithm::SlidingWindow => "sliding-window",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Algorithm> {
+        match text {
+            "token-bucket" => Some(Algorithm::TokenBucket),
+            "sliding-window" => Some(Algorithm::SlidingWindow),
+            _ => None,
+        }
+    }
+
+    /// The script's code for it.
+    pub fn code(self) -> &'static str {
+        match self {
+            Algorithm::TokenBucket => "t",
+            Algorithm::SlidingWindow => "w",
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq)]
 pub struct Limit {
     capacity: NonZeroU32,
     refill: Refill,
     ttl_seconds: u64,
+    algorithm: Algorithm,
 }
 
 impl Limit {
@@ -30,7 +69,21 @@ impl Limit {
             return Err(format!("the TTL must be from 1 to {MAX_TTL_SECONDS} seconds"));
         }
         let window = refill.seconds_for(f64::from(capacity.get()));
-        Ok(Limit { capacity, refill, ttl_seconds: ttl_seconds.max(window) })
+        Ok(Limit { capacity, refill, ttl_seconds: ttl_seconds.max(window), algorithm: Algorithm::TokenBucket })
+    }
+
+    /// The same numbers counted by `algorithm`. A sliding window's TTL covers two windows (the
+    /// previous window still weighs on the current one).
+    pub fn with_algorithm(mut self, algorithm: Algorithm) -> Limit {
+        if algorithm == Algorithm::SlidingWindow {
+            self.ttl_seconds = self.ttl_seconds.max(2 * self.window_seconds());
+        }
+        self.algorithm = algorithm;
+        self
+    }
+
+    pub fn algorithm(&self) -> Algorithm {
+        self.algorithm
     }
 
     pub fn capacity(&self) -> u32 {
@@ -46,7 +99,8 @@ impl Limit {
         self.ttl_seconds
     }
 
-    /// Whole seconds for an empty bucket to become full (the `w` of `RateLimit-Policy`).
+    /// Whole seconds for an empty bucket to become full, or a sliding window's length (the `w` of
+    /// `RateLimit-Policy`).
     pub fn window_seconds(&self) -> u64 {
         self.refill.seconds_for(f64::from(self.capacity.get()))
     }
@@ -70,6 +124,14 @@ mod tests {
         assert_eq!(fast.ttl_seconds(), 60);
         let long = Limit::new(5, refill("10/s"), 3600).unwrap();
         assert_eq!(long.ttl_seconds(), 3600);
+    }
+
+    #[test]
+    fn a_sliding_window_keeps_two_windows() {
+        let w = Limit::new(5, refill("5/min"), 60).unwrap().with_algorithm(Algorithm::SlidingWindow);
+        assert_eq!((w.window_seconds(), w.ttl_seconds(), w.algorithm()), (60, 120, Algorithm::SlidingWindow));
+        assert_eq!(Algorithm::parse(w.algorithm().name()), Some(Algorithm::SlidingWindow));
+        assert_eq!(Algorithm::parse("fixed-window"), None);
     }
 
     #[test]

@@ -38,6 +38,11 @@ pub trait Transport {
     async fn post(&self, body: String) -> Result<HttpReply, TransportError>;
     /// Waits about `ms` milliseconds; `Err(Timeout)` once the deadline has passed.
     async fn pause(&self, ms: u32) -> Result<(), TransportError>;
+    /// POST a JSON array of commands to the endpoint's `/pipeline` (the admin API and metrics; never
+    /// on a decision's path).
+    async fn pipeline(&self, _body: String) -> Result<HttpReply, TransportError> {
+        Err(TransportError::Unreachable)
+    }
 }
 
 /// One limit that applies to a request.
@@ -50,6 +55,11 @@ pub struct Check<'a> {
     pub cost: u32,
     /// Reported but never denying.
     pub shadow: bool,
+    /// The rule the limit belongs to (for metrics).
+    pub rule: &'a str,
+    /// Override keys that may replace the limit's capacity and refill, most specific first
+    /// (see [`crate::overrides`]); the script reads them in the same call.
+    pub overrides: Vec<String>,
 }
 
 /// Why no decision came from Redis.
@@ -103,10 +113,15 @@ pub const DENY_CACHE_ENTRIES: usize = 10_000;
 
 #[derive(Clone, Copy, Debug)]
 struct Denial {
-    /// Until then (Worker ms) this bucket cannot pay `cost`.
+    /// Until then (Worker ms) this denial stands: the earlier of when the bucket can pay `cost`
+    /// and the deny cache's maximum age.
     until_ms: f64,
+    retry_at_ms: f64,
     full_at_ms: f64,
     cost: u32,
+    /// What Redis said was in effect (overrides applied).
+    capacity: u32,
+    window_s: u64,
 }
 
 /// How many keys an isolate keeps a local (fail-open) bucket for; beyond it the
@@ -125,18 +140,59 @@ pub struct Limiter {
     /// A request of this isolate is sending the script (EVAL) right now.
     loading: Cell<bool>,
     denials: RefCell<HashMap<String, Denial>>,
+    /// How long (ms) a denial is believed without asking Redis, at most.
+    deny_cache_max_ms: f64,
     local: RefCell<HashMap<String, State>>,
+    /// Counts since the last [`Limiter::take_counts`]: NOSCRIPT replies that led to an EVAL, and
+    /// requests answered from the deny cache.
+    noscript: Cell<u64>,
+    deny_cache_hits: Cell<u64>,
 }
 
 impl Default for Limiter {
     fn default() -> Self {
-        Limiter {
-            variant: Cell::new(Variant::Flagged),
-            loading: Cell::new(false),
-            denials: RefCell::new(HashMap::new()),
-            local: RefCell::new(HashMap::new()),
-        }
+        Limiter::new(DEFAULT_DENY_CACHE_MAX_MS)
     }
+}
+
+/// How long a cached denial stands by default: an admin reset or a raised override reaches every
+/// isolate within it, and a caller hammering an empty bucket costs at most one call per second.
+pub const DEFAULT_DENY_CACHE_MAX_MS: u32 = 1_000;
+
+/// The script's KEYS and ARGV for `checks` (see the header of `lua/ratelimit.lua`).
+pub fn script_call(checks: &[Check<'_>], clock: Clock, now_ms: f64, peek: bool) -> (Vec<String>, Vec<String>) {
+    let mut keys: Vec<String> = checks.iter().map(|c| c.key.clone()).collect();
+    let mut args = Vec::with_capacity(3 + 7 * checks.len());
+    args.push(match clock {
+        Clock::Redis => String::new(),
+        Clock::Worker => format!("{}", now_ms.floor()),
+    });
+    args.push(if peek { "1" } else { "" }.to_string());
+    args.push(checks.len().to_string());
+    for c in checks {
+        args.push(c.limit.algorithm().code().to_string());
+        args.push(c.limit.capacity().to_string());
+        args.push(c.limit.refill().tokens_per_second().to_string());
+        args.push(c.limit.ttl_seconds().to_string());
+        args.push(c.cost.to_string());
+        args.push(if c.shadow { "1" } else { "0" }.to_string());
+        let mut indexes = String::new();
+        for o in &c.overrides {
+            let at = match keys[checks.len()..].iter().position(|k| k == o) {
+                Some(j) => checks.len() + j + 1,
+                None => {
+                    keys.push(o.clone());
+                    keys.len()
+                }
+            };
+            if !indexes.is_empty() {
+                indexes.push(' ');
+            }
+            indexes.push_str(&at.to_string());
+        }
+        args.push(indexes);
+    }
+    (keys, args)
 }
 
 /// Marks the isolate as loading the script until dropped, also when the
@@ -157,6 +213,36 @@ impl Drop for Loading<'_> {
 }
 
 impl Limiter {
+    /// A limiter whose cached denials stand at most `deny_cache_max_ms`.
+    pub fn new(deny_cache_max_ms: u32) -> Limiter {
+        Limiter {
+            variant: Cell::new(Variant::Flagged),
+            loading: Cell::new(false),
+            denials: RefCell::new(HashMap::new()),
+            deny_cache_max_ms: f64::from(deny_cache_max_ms),
+            local: RefCell::new(HashMap::new()),
+            noscript: Cell::new(0),
+            deny_cache_hits: Cell::new(0),
+        }
+    }
+
+    /// Forgets the cached denials of `keys` (after an admin reset), or all of them (`None`, after an
+    /// override changed).
+    pub fn forget(&self, keys: Option<&[String]>) {
+        let mut denials = self.denials.borrow_mut();
+        match keys {
+            Some(keys) => keys.iter().for_each(|k| {
+                denials.remove(k);
+            }),
+            None => denials.clear(),
+        }
+    }
+
+    /// (NOSCRIPT fallbacks, deny-cache hits) since the last call.
+    pub fn take_counts(&self) -> (u64, u64) {
+        (self.noscript.replace(0), self.deny_cache_hits.replace(0))
+    }
+
     /// Decides `checks` all-or-nothing. `now_ms` is the Worker's clock: it
     /// drives the deny cache, and the buckets too in [`Clock::Worker`] mode.
     pub async fn decide<T: Transport>(
@@ -167,22 +253,37 @@ impl Limiter {
         now_ms: f64,
     ) -> Result<Decision, Failure> {
         if let Some(denied) = self.cached_denial(checks, now_ms) {
+            self.deny_cache_hits.set(self.deny_cache_hits.get() + 1);
             return Ok(denied);
         }
-        let keys: Vec<String> = checks.iter().map(|c| c.key.clone()).collect();
-        let mut args = Vec::with_capacity(1 + 5 * checks.len());
-        args.push(match clock {
-            Clock::Redis => String::new(),
-            Clock::Worker => format!("{}", now_ms.floor()),
-        });
-        for c in checks {
-            args.push(c.limit.capacity().to_string());
-            args.push(c.limit.refill().tokens_per_second().to_string());
-            args.push(c.limit.ttl_seconds().to_string());
-            args.push(c.cost.to_string());
-            args.push(if c.shadow { "1" } else { "0" }.to_string());
+        let decision = self.run(transport, checks, clock, now_ms, false).await?;
+        if let Some(i) = decision.denied_by {
+            self.remember_denial(&checks[i], &decision.limits[i], now_ms);
         }
+        Ok(decision)
+    }
 
+    /// Every limit of `checks` as it stands, consuming nothing (the admin API's peek). The
+    /// decision says whether the request would be allowed now.
+    pub async fn peek<T: Transport>(
+        &self,
+        transport: &T,
+        checks: &[Check<'_>],
+        clock: Clock,
+        now_ms: f64,
+    ) -> Result<Decision, Failure> {
+        self.run(transport, checks, clock, now_ms, true).await
+    }
+
+    async fn run<T: Transport>(
+        &self,
+        transport: &T,
+        checks: &[Check<'_>],
+        clock: Clock,
+        now_ms: f64,
+        peek: bool,
+    ) -> Result<Decision, Failure> {
+        let (keys, args) = script_call(checks, clock, now_ms, peek);
         let mut variant = self.variant.get();
         let mut reply = self.call(transport, evalsha_body(variant, &keys, &args)).await;
         // Bounded: NOSCRIPT → (wait for another request's EVAL | EVAL) → shebang rejected → plain EVAL.
@@ -201,6 +302,7 @@ impl Limiter {
                 }
                 Err(Failure::Rest(RestError::NoScript)) if !loaded_once => {
                     loaded_once = true;
+                    self.noscript.set(self.noscript.get() + 1);
                     eval_body(variant, &keys, &args)
                 }
                 Err(Failure::Rest(RestError::ShebangRejected)) if variant == Variant::Flagged => {
@@ -214,11 +316,7 @@ impl Limiter {
             reply = self.call(transport, body).await;
         }
         let limits: Vec<(&str, &Limit, bool)> = checks.iter().map(|c| (c.policy, c.limit, c.shadow)).collect();
-        let decision = Decision::from_script(&reply?, &limits).map_err(Failure::Rest)?;
-        if let Some(i) = decision.denied_by {
-            self.remember_denial(&checks[i], &decision.limits[i], now_ms);
-        }
-        Ok(decision)
+        Decision::from_script(&reply?, &limits).map_err(Failure::Rest)
     }
 
     /// The script variant this isolate sends (it falls back to plain once for its lifetime).
@@ -258,6 +356,7 @@ impl Limiter {
         let specs: Vec<Spec> = checks
             .iter()
             .map(|c| Spec {
+                algorithm: c.limit.algorithm(),
                 capacity: f64::from(c.limit.capacity()),
                 rate: c.limit.refill().tokens_per_second(),
                 cost: f64::from(c.cost),
@@ -294,15 +393,24 @@ impl Limiter {
             .enumerate()
             .map(|(j, c)| {
                 let (remaining, retry_ms, reset_ms) = if j == i {
-                    (0, (denial.until_ms - now_ms).ceil() as u64, (denial.full_at_ms - now_ms).max(0.0).ceil() as u64)
+                    (
+                        0,
+                        (denial.retry_at_ms - now_ms).ceil() as u64,
+                        (denial.full_at_ms - now_ms).max(0.0).ceil() as u64,
+                    )
                 } else {
                     (u64::from(c.limit.capacity()), 0, 0) // not asked: Redis was not called
+                };
+                let (capacity, window_s) = if j == i {
+                    (denial.capacity, denial.window_s)
+                } else {
+                    (c.limit.capacity(), c.limit.window_seconds())
                 };
                 LimitStatus {
                     policy: c.policy.to_string(),
                     shadow: c.shadow,
-                    capacity: c.limit.capacity(),
-                    window_s: c.limit.window_seconds(),
+                    capacity,
+                    window_s,
                     remaining,
                     retry_ms,
                     reset_ms,
@@ -321,9 +429,12 @@ impl Limiter {
             }
         }
         let denial = Denial {
-            until_ms: now_ms + status.retry_ms as f64,
+            until_ms: now_ms + (status.retry_ms as f64).min(self.deny_cache_max_ms),
+            retry_at_ms: now_ms + status.retry_ms as f64,
             full_at_ms: now_ms + status.reset_ms as f64,
             cost: check.cost,
+            capacity: status.capacity,
+            window_s: status.window_s,
         };
         denials.insert(check.key.clone(), denial);
     }

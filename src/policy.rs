@@ -11,7 +11,7 @@ use serde::Deserialize;
 
 use crate::identity::Caller;
 use crate::key::{push_escaped, subject_key};
-use crate::limit::Limit;
+use crate::limit::{Algorithm, Limit};
 use crate::path::normalize_with;
 use crate::rate::Refill;
 
@@ -90,6 +90,8 @@ pub struct Policy {
     pub deny: Lists,
     /// Tier of callers whose token names none.
     pub default_tier: Option<String>,
+    /// The declared tiers.
+    pub tiers: Vec<String>,
 }
 
 /// One limit that applies to a request, ready to become a [`crate::Check`].
@@ -97,6 +99,11 @@ pub struct Policy {
 pub struct Applied<'a> {
     pub key: String,
     pub name: &'a str,
+    /// The rule's name and route template.
+    pub rule: &'a str,
+    pub route: &'a str,
+    /// Counted per caller (`by: "user"`): a caller's override applies to it.
+    pub per_caller: bool,
     pub limit: &'a Limit,
     pub cost: u32,
     pub shadow: bool,
@@ -141,10 +148,79 @@ impl Policy {
                 push_route(&mut key, &rule.route);
                 key.push('#');
                 key.push_str(&l.name);
-                out.push(Applied { key, name: &l.name, limit: &tiered.limit, cost: tiered.cost, shadow: l.shadow });
+                out.push(Applied {
+                    key,
+                    name: &l.name,
+                    rule: &rule.name,
+                    route: &rule.route,
+                    per_caller: l.by == CountBy::User,
+                    limit: &tiered.limit,
+                    cost: tiered.cost,
+                    shadow: l.shadow,
+                });
             }
         }
         out
+    }
+}
+
+/// A limit's numbers as the admin API shows them.
+pub fn limit_json(limit: &Limit, cost: u32) -> serde_json::Value {
+    serde_json::json!({
+        "algorithm": limit.algorithm().name(),
+        "capacity": limit.capacity(),
+        "refill_per_second": limit.refill().tokens_per_second(),
+        "window_seconds": limit.window_seconds(),
+        "ttl_seconds": limit.ttl_seconds(),
+        "cost": cost,
+    })
+}
+
+impl Policy {
+    /// The policy in effect, every default filled in (the admin API's `GET policy`).
+    pub fn to_json(&self) -> serde_json::Value {
+        let by = |b: &CountBy| match b {
+            CountBy::User => "user".to_string(),
+            CountBy::Ip => "ip".to_string(),
+            CountBy::Header(h) => format!("header:{h}"),
+            CountBy::Global => "global".to_string(),
+        };
+        let lists = |l: &Lists| {
+            let mut users: Vec<&String> = l.users.iter().collect();
+            users.sort();
+            let ips: Vec<String> = l.nets.iter().map(|(ip, p)| format!("{ip}/{p}")).collect();
+            serde_json::json!({ "users": users, "ips": ips })
+        };
+        let rules: Vec<serde_json::Value> = self
+            .rules
+            .iter()
+            .map(|r| {
+                let limits: Vec<serde_json::Value> = r
+                    .limits
+                    .iter()
+                    .map(|l| {
+                        let mut v = limit_json(&l.base.limit, l.base.cost);
+                        let mut tiers: Vec<(&String, &Tiered)> = l.tiers.iter().collect();
+                        tiers.sort_by(|a, b| a.0.cmp(b.0));
+                        let tiers: serde_json::Map<String, serde_json::Value> =
+                            tiers.into_iter().map(|(t, n)| (t.clone(), limit_json(&n.limit, n.cost))).collect();
+                        v["name"] = l.name.clone().into();
+                        v["by"] = by(&l.by).into();
+                        v["shadow"] = l.shadow.into();
+                        v["tiers"] = tiers.into();
+                        v
+                    })
+                    .collect();
+                serde_json::json!({ "name": r.name, "methods": r.methods, "route": r.route, "limits": limits })
+            })
+            .collect();
+        serde_json::json!({
+            "tiers": self.tiers,
+            "default_tier": self.default_tier,
+            "allow": lists(&self.allow),
+            "deny": lists(&self.deny),
+            "rules": rules,
+        })
     }
 }
 
@@ -242,6 +318,8 @@ struct RawRule {
     route: String,
     #[serde(default)]
     shadow: bool,
+    #[serde(default)]
+    algorithm: Option<String>,
     limits: Vec<RawLimit>,
 }
 
@@ -259,6 +337,8 @@ struct RawLimit {
     ttl_seconds: Option<serde_json::Number>,
     #[serde(default)]
     shadow: bool,
+    #[serde(default)]
+    algorithm: Option<String>,
     #[serde(default)]
     tiers: HashMap<String, RawTier>,
 }
@@ -338,6 +418,10 @@ impl Policy {
             if r.limits.len() > MAX_LIMITS_PER_RULE {
                 return Err(format!("{at}: `limits` has more than {MAX_LIMITS_PER_RULE} limits"));
             }
+            let rule_algorithm = match &r.algorithm {
+                None => Algorithm::TokenBucket,
+                Some(a) => algorithm(a).map_err(|m| format!("{at}: `algorithm` {m}"))?,
+            };
             let mut limits = Vec::new();
             for l in r.limits {
                 let at = format!("{at}, limit {:?}", l.name);
@@ -368,7 +452,12 @@ impl Policy {
                         whole(n, 1, crate::limit::MAX_TTL_SECONDS).map_err(|m| format!("{at}: `ttl_seconds` {m}"))?
                     }
                 };
-                let base = tiered(&l.capacity, &l.refill, l.cost.as_ref(), ttl).map_err(|m| format!("{at}: {m}"))?;
+                let algo = match &l.algorithm {
+                    None => rule_algorithm,
+                    Some(a) => algorithm(a).map_err(|m| format!("{at}: `algorithm` {m}"))?,
+                };
+                let base =
+                    tiered(&l.capacity, &l.refill, l.cost.as_ref(), ttl, algo).map_err(|m| format!("{at}: {m}"))?;
                 let mut by_tier = HashMap::new();
                 for (tier, t) in &l.tiers {
                     if !tiers.contains(tier.as_str()) {
@@ -378,7 +467,7 @@ impl Policy {
                     let refill = t.refill.as_deref().unwrap_or(&l.refill);
                     let cost = t.cost.as_ref().or(l.cost.as_ref());
                     let numbers =
-                        tiered(capacity, refill, cost, ttl).map_err(|m| format!("{at}, tier {tier:?}: {m}"))?;
+                        tiered(capacity, refill, cost, ttl, algo).map_err(|m| format!("{at}, tier {tier:?}: {m}"))?;
                     by_tier.insert(tier.clone(), numbers);
                 }
                 limits.push(LimitRule {
@@ -393,7 +482,7 @@ impl Policy {
         }
         let allow = lists(raw.allow, "allow")?;
         let deny = lists(raw.deny, "deny")?;
-        Ok(Policy { rules, allow, deny, default_tier: raw.default_tier })
+        Ok(Policy { rules, allow, deny, default_tier: raw.default_tier, tiers: raw.tiers })
     }
 }
 
@@ -402,6 +491,7 @@ fn tiered(
     refill: &str,
     cost: Option<&serde_json::Number>,
     ttl: u64,
+    algorithm: Algorithm,
 ) -> Result<Tiered, String> {
     let capacity = whole(capacity, 1, u64::from(crate::limit::MAX_CAPACITY)).map_err(|m| format!("`capacity` {m}"))?;
     let refill = Refill::parse(refill).map_err(|m| format!("`refill` {m}"))?;
@@ -409,7 +499,8 @@ fn tiered(
         None => 1,
         Some(c) => whole(c, 1, capacity).map_err(|m| format!("`cost` {m} (the capacity is {capacity})"))?,
     };
-    let limit = Limit::new(capacity as u32, refill, ttl).map_err(|m| format!("`capacity` {m}"))?;
+    let limit =
+        Limit::new(capacity as u32, refill, ttl).map_err(|m| format!("`capacity` {m}"))?.with_algorithm(algorithm);
     Ok(Tiered { limit, cost: cost as u32 })
 }
 
@@ -418,6 +509,10 @@ fn whole(n: &serde_json::Number, min: u64, max: u64) -> Result<u64, String> {
         Some(v) if (min..=max).contains(&v) => Ok(v),
         _ => Err(format!("must be a whole number from {min} to {max}, got {n}")),
     }
+}
+
+fn algorithm(text: &str) -> Result<Algorithm, String> {
+    Algorithm::parse(text).ok_or_else(|| format!("must be \"token-bucket\" or \"sliding-window\", got {text:?}"))
 }
 
 fn check_name(name: &str) -> Result<(), String> {

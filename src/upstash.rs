@@ -120,7 +120,7 @@ fn classify_error(error: String) -> RestError {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::script::{TOKEN_BUCKET_FLAGGED_SHA, TOKEN_BUCKET_PLAIN_SHA};
+    use crate::script::{SCRIPT_FLAGGED_SHA, SCRIPT_PLAIN_SHA};
 
     #[test]
     fn evalsha_body_is_a_json_array_of_strings() {
@@ -129,13 +129,10 @@ mod tests {
             &["rate:a:/x".into()],
             &["".into(), "5".into(), "0.08333333333333333".into()],
         );
-        assert_eq!(
-            body,
-            format!(r#"["EVALSHA","{TOKEN_BUCKET_FLAGGED_SHA}","1","rate:a:/x","","5","0.08333333333333333"]"#)
-        );
+        assert_eq!(body, format!(r#"["EVALSHA","{SCRIPT_FLAGGED_SHA}","1","rate:a:/x","","5","0.08333333333333333"]"#));
         let parsed: Vec<String> = serde_json::from_str(&body).unwrap();
         assert_eq!(parsed.len(), 7);
-        assert!(evalsha_body(Variant::Plain, &[], &[]).contains(TOKEN_BUCKET_PLAIN_SHA));
+        assert!(evalsha_body(Variant::Plain, &[], &[]).contains(SCRIPT_PLAIN_SHA));
     }
 
     #[test]

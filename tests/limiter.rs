@@ -76,6 +76,11 @@ fn limit(capacity: u32, refill: &str) -> Limit {
     Limit::new(capacity, Refill::parse(refill).unwrap(), 60).unwrap()
 }
 
+/// One default-policy limit on `key`, without overrides.
+fn check(key: String, limit: &Limit, cost: u32) -> Check<'_> {
+    Check { key, policy: "default", limit, cost, shadow: false, rule: "default", overrides: vec![] }
+}
+
 fn key(name: &str) -> String {
     bucket_key(&Caller::User(format!("{name}-{}", std::process::id())), "/t")
 }
@@ -89,7 +94,7 @@ fn against_vanilla_redis_the_isolate_falls_back_to_the_plain_script_once() {
     let t = Direct::new();
     let limiter = Limiter::default();
     let l = limit(5, "5/min");
-    let checks = [Check { key: key("fallback"), policy: "default", limit: &l, cost: 1, shadow: false }];
+    let checks = [check(key("fallback"), &l, 1)];
     let now = 1_800_000_000_000.0;
     assert!(decide(&limiter, &t, &checks, now).unwrap().allowed);
     // EVALSHA of the flagged script (unknown), EVAL of it (flag rejected), EVAL of the plain one.
@@ -104,7 +109,7 @@ fn after_script_flush_one_eval_reloads_the_script() {
     let t = Direct::new();
     let limiter = Limiter::default();
     let l = limit(5, "5/min");
-    let checks = [Check { key: key("flush"), policy: "default", limit: &l, cost: 1, shadow: false }];
+    let checks = [check(key("flush"), &l, 1)];
     decide(&limiter, &t, &checks, 1e12).unwrap();
     t.take_sent();
     redis::cmd("SCRIPT").arg("FLUSH").query::<()>(&mut t.redis.connection()).unwrap();
@@ -119,7 +124,7 @@ fn a_known_empty_caller_costs_no_round_trip_until_its_refill() {
     let t = Direct::new();
     let limiter = Limiter::default();
     let l = limit(2, "1/s");
-    let checks = [Check { key: key("denycache"), policy: "default", limit: &l, cost: 1, shadow: false }];
+    let checks = [check(key("denycache"), &l, 1)];
     let now = 1_800_000_000_000.0;
     assert!(decide(&limiter, &t, &checks, now).unwrap().allowed);
     assert!(decide(&limiter, &t, &checks, now).unwrap().allowed);
@@ -147,8 +152,8 @@ fn a_cached_denial_for_a_large_cost_does_not_block_a_smaller_one() {
     let l = limit(5, "1/s");
     let now = 1_800_000_000_000.0;
     let k = key("costcache");
-    let big = [Check { key: k.clone(), policy: "default", limit: &l, cost: 5, shadow: false }];
-    let small = [Check { key: k, policy: "default", limit: &l, cost: 1, shadow: false }];
+    let big = [check(k.clone(), &l, 5)];
+    let small = [check(k, &l, 1)];
     assert!(decide(&limiter, &t, &big, now).unwrap().allowed);
     assert!(!decide(&limiter, &t, &big, now + 1500.0).unwrap().allowed);
     t.take_sent();
@@ -159,7 +164,7 @@ fn a_cached_denial_for_a_large_cost_does_not_block_a_smaller_one() {
 #[test]
 fn failures_are_classified_and_follow_the_fail_mode() {
     let l = limit(5, "5/min");
-    let checks = [Check { key: key("fail"), policy: "default", limit: &l, cost: 1, shadow: false }];
+    let checks = [check(key("fail"), &l, 1)];
     let reply = |status: u16, body: &str| Ok(HttpReply { status, body: body.into() });
     let cases = [
         (Err(TransportError::Timeout), Failure::Timeout, "timeout"),
@@ -189,7 +194,7 @@ fn a_script_error_is_not_retried_forever() {
         calls: Cell::new(0),
     };
     let l = limit(5, "5/min");
-    let checks = [Check { key: key("noscript"), policy: "default", limit: &l, cost: 1, shadow: false }];
+    let checks = [check(key("noscript"), &l, 1)];
     let failure = decide(&Limiter::default(), &t, &checks, 0.0).unwrap_err();
     assert_eq!(failure, Failure::Rest(RestError::NoScript));
     assert!(t.calls.get() <= 3, "{} calls", t.calls.get());
@@ -226,7 +231,7 @@ impl Transport for Flushed {
 
     async fn post(&self, body: String) -> Result<HttpReply, TransportError> {
         YieldOnce(false).await;
-        let ok = HttpReply { status: 200, body: r#"{"result":[1,0,4,0,12000]}"#.into() };
+        let ok = HttpReply { status: 200, body: r#"{"result":[1,0,4,0,12000,5,60]}"#.into() };
         if body.starts_with(r#"["EVAL","#) {
             self.evals.set(self.evals.get() + 1);
             self.loaded.set(true);
@@ -266,9 +271,7 @@ fn a_burst_after_a_flush_sends_one_eval_per_isolate() {
     let t = Flushed { loaded: Cell::new(false), evals: Cell::new(0), evalshas: Cell::new(0) };
     let limiter = Limiter::default();
     let l = limit(5, "5/min");
-    let checks: Vec<[Check<'_>; 1]> = (0..200)
-        .map(|i| [Check { key: key(&format!("storm{i}")), policy: "default", limit: &l, cost: 1, shadow: false }])
-        .collect();
+    let checks: Vec<[Check<'_>; 1]> = (0..200).map(|i| [check(key(&format!("storm{i}")), &l, 1)]).collect();
     let results = run_all(checks.iter().map(|c| limiter.decide(&t, c, Clock::Redis, 0.0)).collect());
     assert!(results.iter().all(|r| r.as_ref().is_ok_and(|d| d.allowed)));
     assert_eq!(t.evals.get(), 1, "one EVAL for 200 concurrent requests");
@@ -279,8 +282,8 @@ fn a_burst_after_a_flush_sends_one_eval_per_isolate() {
 fn fail_open_is_still_bounded_by_a_local_bucket_per_key() {
     let limiter = Limiter::default();
     let l = limit(3, "1/s");
-    let checks = [Check { key: key("outage"), policy: "default", limit: &l, cost: 1, shadow: false }];
-    let other = [Check { key: key("outage-other"), policy: "default", limit: &l, cost: 1, shadow: false }];
+    let checks = [check(key("outage"), &l, 1)];
+    let other = [check(key("outage-other"), &l, 1)];
     let down = || Err(Failure::Timeout);
     let now = 1_800_000_000_000.0;
     for _ in 0..3 {

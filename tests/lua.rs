@@ -5,19 +5,43 @@ mod common;
 
 use common::{Redis, Rng};
 use edge_ratelimit::bucket::{self, Spec, State};
-use edge_ratelimit::{TOKEN_BUCKET_FLAGGED, TOKEN_BUCKET_FLAGGED_SHA, TOKEN_BUCKET_PLAIN, TOKEN_BUCKET_PLAIN_SHA};
+use edge_ratelimit::Algorithm;
+use edge_ratelimit::{SCRIPT_FLAGGED, SCRIPT_FLAGGED_SHA, SCRIPT_PLAIN, SCRIPT_PLAIN_SHA};
 
 /// Calls the plain script (vanilla Redis rejects the Upstash flag) in worker-clock mode at `now_ms`.
 fn run(con: &mut redis::Connection, keys: &[String], specs: &[(Spec, u64)], now_ms: Option<u64>) -> Vec<i64> {
+    let none = vec![String::new(); specs.len()];
+    run_with(con, keys, specs, now_ms, false, &[], &none)
+}
+
+/// As [`run`], with `peek`, override keys after the limits' keys, and each limit's override indexes.
+fn run_with(
+    con: &mut redis::Connection,
+    keys: &[String],
+    specs: &[(Spec, u64)],
+    now_ms: Option<u64>,
+    peek: bool,
+    override_keys: &[String],
+    override_indexes: &[String],
+) -> Vec<i64> {
     let mut cmd = redis::cmd("EVAL");
-    cmd.arg(TOKEN_BUCKET_PLAIN).arg(keys.len()).arg(keys);
+    cmd.arg(SCRIPT_PLAIN).arg(keys.len() + override_keys.len()).arg(keys).arg(override_keys);
     cmd.arg(now_ms.map_or(String::new(), |ms| ms.to_string()));
-    for (spec, ttl) in specs {
-        cmd.arg(spec.capacity.to_string()).arg(spec.rate.to_string()).arg(ttl).arg(spec.cost.to_string());
-        cmd.arg(if spec.shadow { "1" } else { "0" });
+    cmd.arg(if peek { "1" } else { "" }).arg(specs.len());
+    for ((spec, ttl), indexes) in specs.iter().zip(override_indexes) {
+        let algorithm = if spec.algorithm == Algorithm::SlidingWindow { "w" } else { "t" };
+        cmd.arg(algorithm)
+            .arg(spec.capacity.to_string())
+            .arg(spec.rate.to_string())
+            .arg(ttl)
+            .arg(spec.cost.to_string());
+        cmd.arg(if spec.shadow { "1" } else { "0" }).arg(indexes);
     }
     cmd.query(con).expect("script runs")
 }
+
+const TB: Algorithm = Algorithm::TokenBucket;
+const SW: Algorithm = Algorithm::SlidingWindow;
 
 fn fresh_keys(prefix: &str, n: usize) -> Vec<String> {
     (0..n).map(|i| format!("rate:{prefix}-{}-{i}:/t", std::process::id())).collect()
@@ -27,26 +51,22 @@ fn fresh_keys(prefix: &str, n: usize) -> Vec<String> {
 fn embedded_sha_of_the_plain_script_equals_script_load() {
     let redis = Redis::start();
     let mut con = redis.connection();
-    let sha: String = redis::cmd("SCRIPT").arg("LOAD").arg(TOKEN_BUCKET_PLAIN).query(&mut con).unwrap();
-    assert_eq!(sha, TOKEN_BUCKET_PLAIN_SHA);
+    let sha: String = redis::cmd("SCRIPT").arg("LOAD").arg(SCRIPT_PLAIN).query(&mut con).unwrap();
+    assert_eq!(sha, SCRIPT_PLAIN_SHA);
 }
 
 #[test]
 fn vanilla_redis_rejects_the_upstash_flag_as_the_client_expects() {
     let redis = Redis::start();
     let mut con = redis.connection();
-    let err = redis::cmd("SCRIPT").arg("LOAD").arg(TOKEN_BUCKET_FLAGGED).query::<String>(&mut con).unwrap_err();
+    let err = redis::cmd("SCRIPT").arg("LOAD").arg(SCRIPT_FLAGGED).query::<String>(&mut con).unwrap_err();
     let text = format!("{:?} {:?}", err.code(), err.detail());
     assert!(text.contains("shebang"), "{text}");
     // The flagged digest is the SHA1 of the text as sent (what Upstash and upstash-local answer).
     // Redis's own SHA1 (redis.sha1hex) of the text as sent.
-    let sha: String = redis::cmd("EVAL")
-        .arg("return redis.sha1hex(ARGV[1])")
-        .arg(0)
-        .arg(TOKEN_BUCKET_FLAGGED)
-        .query(&mut con)
-        .unwrap();
-    assert_eq!(sha, TOKEN_BUCKET_FLAGGED_SHA);
+    let sha: String =
+        redis::cmd("EVAL").arg("return redis.sha1hex(ARGV[1])").arg(0).arg(SCRIPT_FLAGGED).query(&mut con).unwrap();
+    assert_eq!(sha, SCRIPT_FLAGGED_SHA);
 }
 
 #[test]
@@ -61,7 +81,8 @@ fn lua_agrees_with_the_rust_reference_on_random_sequences() {
         for _ in 0..n {
             let capacity = 1.0 + rng.below(20) as f64;
             let rate = [5.0 / 60.0, 10.0, 0.5, 1.0 / 3.0, 1000.0 / 7.0][rng.below(5) as usize];
-            specs.push(Spec { capacity, rate, cost: 1.0, shadow: rng.below(4) == 0 });
+            let algorithm = if rng.below(2) == 0 { TB } else { SW };
+            specs.push(Spec { algorithm, capacity, rate, cost: 1.0, shadow: rng.below(4) == 0 });
         }
         let mut states: Vec<Option<State>> = vec![None; n];
         let mut now_ms: u64 = 1_700_000_000_000 + rng.below(1_000_000);
@@ -82,16 +103,21 @@ fn lua_agrees_with_the_rust_reference_on_random_sequences() {
             let got = run(&mut con, &keys, &call, Some(now_ms));
             assert_eq!(got, expected, "seed {seed}, step {step}");
             for (key, state) in keys.iter().zip(&states) {
-                let stored: (Option<String>, Option<String>) =
-                    redis::cmd("HMGET").arg(key).arg("tokens").arg("lastRefill").query(&mut con).unwrap();
-                match state {
-                    None => assert_eq!(stored, (None, None)),
-                    Some(s) => {
-                        let tokens: f64 = stored.0.unwrap().parse().unwrap();
-                        let last: f64 = stored.1.unwrap().parse().unwrap();
-                        assert_eq!((tokens, last), (s.tokens, s.last_refill), "seed {seed}, step {step}: stored state");
+                let fields: Vec<Option<String>> = redis::cmd("HMGET")
+                    .arg(key)
+                    .arg(&["tokens", "lastRefill", "start", "count", "previous"])
+                    .query(&mut con)
+                    .unwrap();
+                let num = |i: usize| fields[i].as_deref().map(|v| v.parse::<f64>().unwrap());
+                let stored = match (num(0), num(1), num(2), num(3), num(4)) {
+                    (Some(tokens), Some(last_refill), None, None, None) => Some(State::Bucket { tokens, last_refill }),
+                    (None, None, Some(start), Some(count), Some(previous)) => {
+                        Some(State::Window { start, count, previous })
                     }
-                }
+                    (None, None, None, None, None) => None,
+                    other => panic!("seed {seed}, step {step}: unexpected fields {other:?}"),
+                };
+                assert_eq!(stored, *state, "seed {seed}, step {step}: stored state");
             }
         }
     }
@@ -102,12 +128,12 @@ fn fractional_tokens_accumulate() {
     let redis = Redis::start();
     let mut con = redis.connection();
     let keys = fresh_keys("fraction", 1);
-    let spec = Spec { capacity: 1.0, rate: 0.5, cost: 1.0, shadow: false };
-    assert_eq!(run(&mut con, &keys, &[(spec, 60)], Some(10_000)), vec![1, 0, 0, 0, 2000]);
+    let spec = Spec { algorithm: TB, capacity: 1.0, rate: 0.5, cost: 1.0, shadow: false };
+    assert_eq!(run(&mut con, &keys, &[(spec, 60)], Some(10_000)), vec![1, 0, 0, 0, 2000, 1, 2]);
     // 0.9 s later: 0.45 tokens, denied; retry in 1.1 s.
-    assert_eq!(run(&mut con, &keys, &[(spec, 60)], Some(10_900)), vec![0, 1, 0, 1100, 1100]);
+    assert_eq!(run(&mut con, &keys, &[(spec, 60)], Some(10_900)), vec![0, 1, 0, 1100, 1100, 1, 2]);
     // 1.1 s after that the bucket holds exactly 1.0 (a denied call wrote nothing).
-    assert_eq!(run(&mut con, &keys, &[(spec, 60)], Some(12_000)), vec![1, 0, 0, 0, 2000]);
+    assert_eq!(run(&mut con, &keys, &[(spec, 60)], Some(12_000)), vec![1, 0, 0, 0, 2000, 1, 2]);
     let tokens: String = redis::cmd("HGET").arg(&keys[0]).arg("tokens").query(&mut con).unwrap();
     assert_eq!(tokens, "0");
 }
@@ -117,7 +143,7 @@ fn allowed_calls_set_the_ttl_and_denied_calls_leave_it() {
     let redis = Redis::start();
     let mut con = redis.connection();
     let keys = fresh_keys("ttl", 1);
-    let spec = Spec { capacity: 1.0, rate: 1.0 / 60.0, cost: 1.0, shadow: false };
+    let spec = Spec { algorithm: TB, capacity: 1.0, rate: 1.0 / 60.0, cost: 1.0, shadow: false };
     run(&mut con, &keys, &[(spec, 90)], None);
     let ttl: i64 = redis::cmd("TTL").arg(&keys[0]).query(&mut con).unwrap();
     assert!((89..=90).contains(&ttl), "TTL {ttl}");
@@ -132,9 +158,9 @@ fn cost_larger_than_what_is_left_is_denied_without_debit() {
     let redis = Redis::start();
     let mut con = redis.connection();
     let keys = fresh_keys("cost", 1);
-    let five = Spec { capacity: 5.0, rate: 1.0, cost: 3.0, shadow: false };
-    assert_eq!(run(&mut con, &keys, &[(five, 60)], Some(1_000)), vec![1, 0, 2, 0, 3000]);
-    assert_eq!(run(&mut con, &keys, &[(five, 60)], Some(1_000)), vec![0, 1, 2, 1000, 3000]);
+    let five = Spec { algorithm: TB, capacity: 5.0, rate: 1.0, cost: 3.0, shadow: false };
+    assert_eq!(run(&mut con, &keys, &[(five, 60)], Some(1_000)), vec![1, 0, 2, 0, 3000, 5, 5]);
+    assert_eq!(run(&mut con, &keys, &[(five, 60)], Some(1_000)), vec![0, 1, 2, 1000, 3000, 5, 5]);
     let tokens: String = redis::cmd("HGET").arg(&keys[0]).arg("tokens").query(&mut con).unwrap();
     assert_eq!(tokens, "2", "nothing debited");
 }
@@ -144,8 +170,8 @@ fn several_buckets_are_all_or_nothing() {
     let redis = Redis::start();
     let mut con = redis.connection();
     let keys = fresh_keys("multi", 2);
-    let roomy = Spec { capacity: 10.0, rate: 1.0, cost: 1.0, shadow: false };
-    let tight = Spec { capacity: 1.0, rate: 1.0, cost: 1.0, shadow: false };
+    let roomy = Spec { algorithm: TB, capacity: 10.0, rate: 1.0, cost: 1.0, shadow: false };
+    let tight = Spec { algorithm: TB, capacity: 1.0, rate: 1.0, cost: 1.0, shadow: false };
     assert_eq!(run(&mut con, &keys, &[(roomy, 60), (tight, 60)], Some(5_000))[..2], [1, 0]);
     assert_eq!(run(&mut con, &keys, &[(roomy, 60), (tight, 60)], Some(5_000))[..2], [0, 2]);
     let tokens: String = redis::cmd("HGET").arg(&keys[0]).arg("tokens").query(&mut con).unwrap();
@@ -157,7 +183,7 @@ fn redis_time_mode_admits_capacity_then_denies() {
     let redis = Redis::start();
     let mut con = redis.connection();
     let keys = fresh_keys("time", 1);
-    let spec = Spec { capacity: 3.0, rate: 5.0 / 60.0, cost: 1.0, shadow: false };
+    let spec = Spec { algorithm: TB, capacity: 3.0, rate: 5.0 / 60.0, cost: 1.0, shadow: false };
     let allowed: Vec<i64> = (0..5).map(|_| run(&mut con, &keys, &[(spec, 60)], None)[0]).collect();
     assert_eq!(allowed, vec![1, 1, 1, 0, 0]);
     let last: f64 =
@@ -171,7 +197,7 @@ fn worker_clock_behind_the_stored_time_mints_nothing() {
     let redis = Redis::start();
     let mut con = redis.connection();
     let keys = fresh_keys("skew", 1);
-    let spec = Spec { capacity: 2.0, rate: 1.0, cost: 1.0, shadow: false };
+    let spec = Spec { algorithm: TB, capacity: 2.0, rate: 1.0, cost: 1.0, shadow: false };
     let t = 1_800_000_000_000u64;
     run(&mut con, &keys, &[(spec, 60)], Some(t + 30_000)); // an instance 30 s ahead
     run(&mut con, &keys, &[(spec, 60)], Some(t + 30_000));
@@ -185,13 +211,16 @@ fn shadow_buckets_report_but_never_deny() {
     let redis = Redis::start();
     let mut con = redis.connection();
     let keys = fresh_keys("shadow", 2);
-    let shadow = Spec { capacity: 1.0, rate: 1.0, cost: 1.0, shadow: true };
-    let enforced = Spec { capacity: 10.0, rate: 1.0, cost: 1.0, shadow: false };
-    assert_eq!(run(&mut con, &keys, &[(shadow, 60), (enforced, 60)], Some(1_000)), vec![1, 0, 0, 0, 1000, 9, 0, 1000]);
+    let shadow = Spec { algorithm: TB, capacity: 1.0, rate: 1.0, cost: 1.0, shadow: true };
+    let enforced = Spec { algorithm: TB, capacity: 10.0, rate: 1.0, cost: 1.0, shadow: false };
+    assert_eq!(
+        run(&mut con, &keys, &[(shadow, 60), (enforced, 60)], Some(1_000)),
+        vec![1, 0, 0, 0, 1000, 1, 1, 9, 0, 1000, 10, 10]
+    );
     // The shadow bucket is empty: it would deny (retry > 0) but the call is allowed and it is not overdrawn.
     assert_eq!(
         run(&mut con, &keys, &[(shadow, 60), (enforced, 60)], Some(1_000)),
-        vec![1, 0, 0, 1000, 1000, 8, 0, 2000]
+        vec![1, 0, 0, 1000, 1000, 1, 1, 8, 0, 2000, 10, 10]
     );
     let tokens: String = redis::cmd("HGET").arg(&keys[0]).arg("tokens").query(&mut con).unwrap();
     assert_eq!(tokens, "0");
@@ -210,6 +239,83 @@ fn unreadable_state_is_treated_as_empty_not_full() {
         .arg("1")
         .query::<i64>(&mut con)
         .unwrap();
-    let spec = Spec { capacity: 5.0, rate: 1.0, cost: 1.0, shadow: false };
+    let spec = Spec { algorithm: TB, capacity: 5.0, rate: 1.0, cost: 1.0, shadow: false };
     assert_eq!(run(&mut con, &keys, &[(spec, 60)], Some(2_000))[..2], [0, 1]);
+}
+
+#[test]
+fn a_burst_straddling_a_window_edge_never_admits_twice_the_limit() {
+    let redis = Redis::start();
+    let mut con = redis.connection();
+    let keys = fresh_keys("edge", 1);
+    let spec = Spec { algorithm: SW, capacity: 10.0, rate: 10.0 / 60.0, cost: 1.0, shadow: false };
+    let t = 1_800_000_000_000u64;
+    let mut admitted =
+        |at: u64, n: usize| (0..n).filter(|_| run(&mut con, &keys, &[(spec, 120)], Some(at))[0] == 1).count();
+    assert_eq!(admitted(t, 1), 1); // opens the window at t
+    let before = admitted(t + 59_990, 30); // the last 10 ms of the window
+    let after = admitted(t + 60_010, 30); // the first 10 ms of the next
+    assert_eq!((before, after), (9, 0), "a fixed window would admit 9 + 10");
+    // Over the whole next window the previous one fades out: at most the limit again, never 2x.
+    let later: usize = (1..=6).map(|i| admitted(t + 60_000 + i * 10_000, 30)).sum();
+    assert!(later <= 10, "admitted {later} in the next window");
+    assert!(1 + before + after < 20);
+}
+
+#[test]
+fn the_window_ttl_covers_two_windows() {
+    let redis = Redis::start();
+    let mut con = redis.connection();
+    let keys = fresh_keys("wttl", 1);
+    let spec = Spec { algorithm: SW, capacity: 5.0, rate: 5.0 / 60.0, cost: 1.0, shadow: false };
+    run(&mut con, &keys, &[(spec, 60)], None); // a TTL argument below two windows is raised
+    let ttl: i64 = redis::cmd("TTL").arg(&keys[0]).query(&mut con).unwrap();
+    assert!((119..=120).contains(&ttl), "TTL {ttl}");
+}
+
+#[test]
+fn an_override_replaces_capacity_and_rate_in_the_same_call() {
+    let redis = Redis::start();
+    let mut con = redis.connection();
+    let keys = fresh_keys("override", 2);
+    let overrides =
+        vec![format!("ratelimit:override:caller:{}", std::process::id()), "ratelimit:override:tier:free".into()];
+    let spec = Spec { algorithm: TB, capacity: 2.0, rate: 2.0 / 60.0, cost: 1.0, shadow: false };
+    let window = Spec { algorithm: SW, ..spec };
+    let specs = [(spec, 60), (window, 120)];
+    // Limit 1 may take the caller's override, then the tier's; limit 2 only the tier's.
+    let indexes = ["3 4".to_string(), "4".to_string()];
+    let call =
+        |con: &mut redis::Connection, now: u64| run_with(con, &keys, &specs, Some(now), false, &overrides, &indexes);
+    let t = 1_800_000_000_000u64;
+    assert_eq!(call(&mut con, t), vec![1, 0, 1, 0, 30_000, 2, 60, 1, 0, 120_000, 2, 60]);
+    redis::cmd("SET").arg(&overrides[1]).arg(format!("100 {}", 100.0 / 60.0)).query::<()>(&mut con).unwrap();
+    let r = call(&mut con, t);
+    assert_eq!((r[2], r[4], r[5], r[6]), (0, 60_000, 100, 60), "limit 1 runs on the tier override");
+    assert_eq!((r[7], r[10], r[11]), (98, 100, 60), "limit 2 too");
+    redis::cmd("SET").arg(&overrides[0]).arg("1 1").query::<()>(&mut con).unwrap();
+    let r = call(&mut con, t);
+    assert_eq!((r[0], r[1], r[5], r[6]), (0, 1, 1, 1), "the caller's override wins and denies");
+    // Garbage in an override key is ignored, not obeyed.
+    redis::cmd("SET").arg(&overrides[0]).arg("lots please").query::<()>(&mut con).unwrap();
+    assert_eq!(call(&mut con, t)[5], 100);
+}
+
+#[test]
+fn peek_reports_without_consuming_or_writing() {
+    let redis = Redis::start();
+    let mut con = redis.connection();
+    let keys = fresh_keys("peek", 2);
+    let specs = [
+        (Spec { algorithm: TB, capacity: 3.0, rate: 1.0, cost: 1.0, shadow: false }, 60),
+        (Spec { algorithm: SW, capacity: 3.0, rate: 1.0, cost: 1.0, shadow: false }, 60),
+    ];
+    let none = vec![String::new(); 2];
+    let peek = |con: &mut redis::Connection| run_with(con, &keys, &specs, Some(5_000), true, &[], &none);
+    assert_eq!(peek(&mut con), vec![1, 0, 3, 0, 0, 3, 3, 3, 0, 0, 3, 3]);
+    let exists: i64 = redis::cmd("EXISTS").arg(&keys).query(&mut con).unwrap();
+    assert_eq!(exists, 0, "a peek writes nothing");
+    run(&mut con, &keys, &specs, Some(5_000));
+    assert_eq!(peek(&mut con)[2..4], [2, 0]);
+    assert_eq!(peek(&mut con)[7..9], [2, 0], "still 2: peeking consumed nothing");
 }

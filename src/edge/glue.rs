@@ -52,6 +52,10 @@ export function forward(request, url, flat, unreachable) {
   );
 }
 
+export function waitUntil(ctx, promise) {
+  if (ctx && typeof ctx.waitUntil === "function") ctx.waitUntil(promise);
+}
+
 export async function restPost(url, authorization, body, timeoutMs) {
   try {
     const response = await fetch(url, {
@@ -84,6 +88,10 @@ extern "C" {
     /// status 0 means the deadline passed and -1 that the endpoint could not be reached.
     #[wasm_bindgen(js_name = restPost)]
     pub fn rest_post(url: &str, authorization: &str, body: &str, timeout_ms: f64) -> js_sys::Promise;
+
+    /// `ctx.waitUntil(promise)`: the runtime keeps the isolate alive until it settles.
+    #[wasm_bindgen(js_name = waitUntil)]
+    pub fn wait_until(ctx: &JsValue, promise: &js_sys::Promise);
 }
 
 /// `name \n value \n …` for [`respond`] and [`forward`].

@@ -7,16 +7,18 @@ mod glue;
 mod respond;
 mod transport;
 
-use std::cell::OnceCell;
+use std::cell::{OnceCell, RefCell};
 use std::rc::Rc;
 
 use worker::wasm_bindgen::prelude::*;
 use worker::worker_sys::web_sys;
 use worker::Env;
 
+use crate::admin::{self, AdminRequest, MAX_BODY_BYTES};
 use crate::config::{Config, ConfigError};
 use crate::gateway::{plan, Plan, RequestFacts};
 use crate::limiter::Limiter;
+use crate::metrics::Metrics;
 use crate::path::path_and_query;
 
 /// What an isolate builds once: the configuration, and the request headers it reads up front.
@@ -25,6 +27,9 @@ struct Isolate {
     /// Lower-case header names, `\n`-joined, for [`glue::request_facts`].
     header_names: String,
     names: Vec<String>,
+    limiter: Limiter,
+    /// Counts not yet reported to Redis (kept only when the admin API is on).
+    metrics: RefCell<Metrics>,
 }
 
 impl Isolate {
@@ -37,23 +42,28 @@ impl Isolate {
         if config.policy.is_some() {
             names.push("x-http-method-override".into());
         }
-        Isolate { header_names: names.join("\n"), names, config }
+        Isolate {
+            header_names: names.join("\n"),
+            names,
+            limiter: Limiter::new(config.deny_cache_max_ms),
+            metrics: RefCell::new(Metrics::default()),
+            config,
+        }
     }
 }
 
 thread_local! {
     static ISOLATE: OnceCell<Result<Rc<Isolate>, ConfigError>> = const { OnceCell::new() };
-    static LIMITER: Rc<Limiter> = Rc::new(Limiter::default());
 }
 
 /// The Worker's fetch handler (js/shim.mjs calls it). It resolves to a Response, or to the promise of
 /// the origin's response, which the runtime then adopts: the forward is never awaited in Rust.
 #[wasm_bindgen(wasm_bindgen = ::worker::wasm_bindgen, wasm_bindgen_futures = ::worker::wasm_bindgen_futures, js_sys = ::worker::js_sys)]
-pub async fn fetch(req: web_sys::Request, env: Env, _ctx: JsValue) -> Result<JsValue, JsValue> {
-    Ok(handle(req, &env).await)
+pub async fn fetch(req: web_sys::Request, env: Env, ctx: JsValue) -> Result<JsValue, JsValue> {
+    Ok(handle(req, &env, &ctx).await)
 }
 
-async fn handle(req: web_sys::Request, env: &Env) -> JsValue {
+async fn handle(req: web_sys::Request, env: &Env, ctx: &JsValue) -> JsValue {
     let isolate = ISOLATE.with(|c| {
         c.get_or_init(|| Config::from_env(|name| env::var(env, name)).map(|config| Rc::new(Isolate::new(config))))
             .clone()
@@ -84,17 +94,24 @@ async fn handle(req: web_sys::Request, env: &Env) -> JsValue {
     };
     let target = path_and_query(url);
     let now = js_sys::Date::now();
-    let checks = match plan(config, &RequestFacts { method, target, header: &header, now_ms: now }) {
-        Plan::Limit(checks) => checks,
+    if let Some(spelled) = admin::admin_target(config, target) {
+        return match spelled {
+            Some((rest, query)) => admin(&isolate, &req, method, rest, query, now).await,
+            None => respond::not_found().into(),
+        };
+    }
+    let limited = match plan(config, &RequestFacts { method, target, header: &header, now_ms: now }) {
+        Plan::Limit(limited) => limited,
         Plan::Unlimited => return respond::forward(&req, config, target, &[]),
         Plan::Unauthorized(e) => return respond::unauthorized(e).into(),
         Plan::Unidentified(e) => return respond::unidentified(e).into(),
         Plan::Forbidden => return respond::forbidden().into(),
     };
 
+    let checks = &limited.checks;
     let transport = transport::Rest::new(config, now);
-    let limiter = LIMITER.with(Rc::clone);
-    let result = limiter.decide(&transport, &checks, config.clock, now).await;
+    let limiter = &isolate.limiter;
+    let result = limiter.decide(&transport, checks, config.clock, now).await;
     match &result {
         Err(failure) => worker::console_warn!("rate limiter degraded ({}): {failure:?}", failure.reason()),
         Ok(d) => {
@@ -103,8 +120,63 @@ async fn handle(req: web_sys::Request, env: &Env) -> JsValue {
             }
         }
     }
-    let outcome = limiter.outcome(result, config.fail_mode, &checks, now);
+    let outcome = limiter.outcome(result, config.fail_mode, checks, now);
+    if config.admin_token_sha256.is_some() {
+        let mut metrics = isolate.metrics.borrow_mut();
+        metrics.record(&outcome, checks, limited.tier.as_deref(), &limited.subject);
+        let done = js_sys::Date::now();
+        metrics.decision.observe(done - now);
+        for rtt in transport.round_trips() {
+            metrics.redis.observe(rtt);
+        }
+        metrics.add_limiter_counts(limiter.take_counts());
+        if let Some(report) = metrics.report(done, config.metrics_flush_ms) {
+            drop(metrics);
+            glue::wait_until(ctx, &send_report(Rc::clone(&isolate), report, done));
+        }
+    }
     respond::outcome(outcome, &req, config, target)
+}
+
+/// Sends an isolate's metrics to Redis after the response (`ctx.waitUntil`); a report that does not
+/// arrive is put back and goes with the next one.
+fn send_report(isolate: Rc<Isolate>, report: crate::metrics::Report, now: f64) -> js_sys::Promise {
+    worker::wasm_bindgen_futures::future_to_promise(async move {
+        let transport = transport::Rest::new(&isolate.config, now);
+        let sent = match crate::limiter::Transport::pipeline(&transport, report.body).await {
+            Ok(reply) => reply.status == 200 && !reply.body.contains("\"error\""),
+            Err(_) => false,
+        };
+        if !sent {
+            worker::console_warn!("metrics report did not reach Redis; it goes with the next one");
+            isolate.metrics.borrow_mut().restore(report.counts);
+        }
+        Ok(JsValue::UNDEFINED)
+    })
+}
+
+/// The admin API: reads what it needs of the request (the body only for writes, at most
+/// [`MAX_BODY_BYTES`]) and hands it to the pure handler.
+async fn admin(isolate: &Isolate, req: &web_sys::Request, method: &str, rest: &str, query: &str, now: f64) -> JsValue {
+    let config = &isolate.config;
+    let headers = req.headers();
+    let authorization = headers.get("authorization").ok().flatten();
+    let mut body = String::new();
+    if matches!(method, "PUT" | "POST" | "PATCH") {
+        let declared = headers.get("content-length").ok().flatten().and_then(|v| v.trim().parse::<usize>().ok());
+        if declared.is_some_and(|n| n > MAX_BODY_BYTES) {
+            body = " ".repeat(MAX_BODY_BYTES + 1); // answered 413 below, without reading it
+        } else if let Ok(text) = req.text() {
+            body = js_sys::futures::JsFuture::from(text).await.ok().and_then(|v| v.as_string()).unwrap_or_default();
+        }
+    }
+    let transport = transport::Rest::new(config, now);
+    let request = AdminRequest { method, rest, query, authorization: authorization.as_deref(), body: &body };
+    let response = admin::handle(config, &isolate.limiter, &transport, &request, now).await;
+    let mut headers = vec![("content-type", response.content_type.to_string())];
+    headers.extend(response.headers);
+    let body = if method == "HEAD" { "" } else { response.body.as_str() };
+    glue::respond(response.status, body, &glue::flat(&headers)).into()
 }
 
 /// Benchmark floors (feature `bench-floor`, never in a deployed build): answer 429 at once, or make one

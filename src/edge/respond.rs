@@ -55,6 +55,11 @@ pub fn unauthorized(e: JwtError) -> web_sys::Response {
     problem(401, "invalid-token", "Unauthorized", &detail, &[("WWW-Authenticate", challenge)])
 }
 
+/// An admin path while the admin API is off, or another spelling of one: never forwarded.
+pub fn not_found() -> web_sys::Response {
+    problem(404, "not-found", "Not Found", "No such resource.", &[])
+}
+
 pub fn forbidden() -> web_sys::Response {
     problem(403, "denied", "Forbidden", "This caller or network is on the gateway's deny list.", &[])
 }

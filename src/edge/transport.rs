@@ -1,6 +1,7 @@
 //! The REST transport: `fetch` to the Upstash endpoint, bounded by the decision's deadline.
 
 use js_sys::futures::JsFuture;
+use std::cell::RefCell;
 use std::time::Duration;
 use worker::wasm_bindgen::JsCast;
 use worker::Delay;
@@ -14,6 +15,8 @@ pub struct Rest<'a> {
     authorization: &'a str,
     /// Worker-clock time (ms) by which the whole decision must be made.
     deadline_ms: f64,
+    /// Round-trip times (ms) of the calls made, for the metrics.
+    round_trips: RefCell<Vec<f64>>,
 }
 
 impl<'a> Rest<'a> {
@@ -22,6 +25,32 @@ impl<'a> Rest<'a> {
             url: &config.redis_url,
             authorization: &config.redis_authorization,
             deadline_ms: now_ms + f64::from(config.redis_timeout_ms),
+            round_trips: RefCell::new(Vec::new()),
+        }
+    }
+
+    pub fn round_trips(&self) -> Vec<f64> {
+        self.round_trips.take()
+    }
+
+    async fn send(&self, url: &str, body: &str) -> Result<HttpReply, TransportError> {
+        let start = js_sys::Date::now();
+        let left = self.deadline_ms - start;
+        if left < 1.0 {
+            return Err(TransportError::Timeout);
+        }
+        // AbortSignal.timeout in JS bounds the call: no timer or abort controller crosses into Rust.
+        let reply = JsFuture::from(glue::rest_post(url, self.authorization, body, left.ceil()))
+            .await
+            .map_err(|_| TransportError::Unreachable)?;
+        self.round_trips.borrow_mut().push(js_sys::Date::now() - start);
+        let reply: js_sys::Array = reply.dyn_into().map_err(|_| TransportError::Unreachable)?;
+        match reply.get(0).as_f64().unwrap_or(-1.0) {
+            0.0 => Err(TransportError::Timeout),
+            status if (100.0..600.0).contains(&status) => {
+                Ok(HttpReply { status: status as u16, body: reply.get(1).as_string().unwrap_or_default() })
+            }
+            _ => Err(TransportError::Unreachable),
         }
     }
 }
@@ -37,21 +66,10 @@ impl Transport for Rest<'_> {
     }
 
     async fn post(&self, body: String) -> Result<HttpReply, TransportError> {
-        let left = self.deadline_ms - js_sys::Date::now();
-        if left < 1.0 {
-            return Err(TransportError::Timeout);
-        }
-        // AbortSignal.timeout in JS bounds the call: no timer or abort controller crosses into Rust.
-        let reply = JsFuture::from(glue::rest_post(self.url, self.authorization, &body, left.ceil()))
-            .await
-            .map_err(|_| TransportError::Unreachable)?;
-        let reply: js_sys::Array = reply.dyn_into().map_err(|_| TransportError::Unreachable)?;
-        match reply.get(0).as_f64().unwrap_or(-1.0) {
-            0.0 => Err(TransportError::Timeout),
-            status if (100.0..600.0).contains(&status) => {
-                Ok(HttpReply { status: status as u16, body: reply.get(1).as_string().unwrap_or_default() })
-            }
-            _ => Err(TransportError::Unreachable),
-        }
+        self.send(self.url, &body).await
+    }
+
+    async fn pipeline(&self, body: String) -> Result<HttpReply, TransportError> {
+        self.send(&format!("{}/pipeline", self.url), &body).await
     }
 }

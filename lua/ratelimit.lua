@@ -1,0 +1,153 @@
+#!lua flags=allow-key-locking
+-- Rate limits, checked and consumed all-or-nothing in one atomic call: token
+-- buckets and sliding-window counters side by side, with live overrides read
+-- in the same call.
+--
+-- Every key the script touches is in KEYS, so Upstash's allow-key-locking
+-- (above) locks only these keys, and a cluster could route the call.
+--
+-- KEYS[1..n]         limit i's state, a hash: token bucket `tokens`, `lastRefill` (epoch s);
+--                    sliding window `start` (epoch s), `count`, `previous`
+-- KEYS[n+1..]        override keys (strings "<capacity> <rate>"), read with one MGET
+-- ARGV[1]            clock: "" = Redis TIME (default); otherwise the caller's epoch ms (worker-clock mode)
+-- ARGV[2]            "1" = peek: report every limit without consuming or writing anything
+-- ARGV[3]            n, the number of limits
+-- limit i's 7 arguments, from a = 4 + 7(i-1):
+--   ARGV[a]          algorithm: "t" token bucket, "w" sliding-window counter
+--   ARGV[a+1]        capacity (tokens; for a window, requests per window), > 0
+--   ARGV[a+2]        rate (tokens per second, > 0); a window lasts capacity / rate seconds
+--   ARGV[a+3]        TTL in whole seconds (>= the time to refill fully; 2 windows for a window)
+--   ARGV[a+4]        cost of this request (tokens, > 0)
+--   ARGV[a+5]        "1" if limit i is in shadow mode: it never denies, and it is debited only when it can pay
+--   ARGV[a+6]        override KEYS indexes, most specific first, space-separated ("" = none): the first
+--                    override key that exists replaces capacity and rate (the TTL grows to match)
+--
+-- Returns integers only (Redis truncates Lua numbers):
+--   { allowed (1|0), denied_by (index of the first enforcing limit short of tokens, 0 when allowed),
+--     then for each limit i: remaining (whole tokens left after this call),
+--                            retry_ms (until limit i could pay this cost; 0 if it can now,
+--                                      so a shadow limit "would have denied" when > 0),
+--                            reset_ms (until limit i is full again),
+--                            capacity and window_s (ceil(capacity / rate)) in effect, overrides applied }
+-- A denied call writes nothing: refill and window roll-over are pure functions of the stored state.
+
+local now
+if ARGV[1] == "" then
+  local t = redis.call("TIME")
+  now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+else
+  now = tonumber(ARGV[1]) / 1000
+end
+local peek = ARGV[2] == "1"
+local n = tonumber(ARGV[3])
+
+local overrides = {}
+if #KEYS > n then
+  local names = {}
+  for j = n + 1, #KEYS do names[#names + 1] = KEYS[j] end
+  local values = redis.call("MGET", unpack(names))
+  for j = 1, #names do overrides[n + j] = values[j] end
+end
+
+local algo, level, stamp, cap, rate, ttl, cost, win = {}, {}, {}, {}, {}, {}, {}, {}
+local denied_by = 0
+
+for i = 1, n do
+  local a = 4 + (i - 1) * 7
+  local c, r, ttl_i, k = tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3]), tonumber(ARGV[a + 4])
+  for j in string.gmatch(ARGV[a + 6], "%d+") do
+    local v = overrides[tonumber(j)]
+    if v then
+      local oc, orate = string.match(v, "^(%S+) (%S+)$")
+      oc, orate = tonumber(oc), tonumber(orate)
+      if oc and orate and oc > 0 and orate > 0 then
+        c, r = oc, orate
+        break
+      end
+    end
+  end
+  algo[i], cap[i], rate[i], cost[i] = ARGV[a], c, r, k
+  local tokens, t = 0, now
+  if ARGV[a] == "w" then
+    -- Sliding-window counter: the previous window's count, weighted by how much of it still
+    -- overlaps the sliding window, plus this window's count.
+    local w = c / r
+    local h = redis.call("HMGET", KEYS[i], "start", "count", "previous")
+    local start, cur, prev = tonumber(h[1]), tonumber(h[2]), tonumber(h[3])
+    if h[1] == false and h[2] == false and h[3] == false then
+      start, cur, prev = now, 0, 0             -- a new (or expired) window is empty
+    elseif start == nil or cur == nil or prev == nil or start ~= start or cur ~= cur or prev ~= prev then
+      start, cur, prev = now, c, 0             -- unreadable state: assume full for a window
+    else
+      if t < start then t = start end          -- a window's clock never runs backwards
+      local moved = math.floor((t - start) / w)
+      if moved >= 2 then
+        start, cur, prev = start + moved * w, 0, 0
+      elseif moved == 1 then
+        start, cur, prev = start + w, 0, cur
+      end
+    end
+    win[i] = { start, cur, prev, w }
+    tokens = c - (prev * (1 - (t - start) / w) + cur)
+    ttl_i = math.max(ttl_i, math.ceil(2 * w))
+  else
+    local h = redis.call("HMGET", KEYS[i], "tokens", "lastRefill")
+    local last = tonumber(h[2])
+    tokens = tonumber(h[1])
+    if h[1] == false and h[2] == false then
+      tokens = c                               -- a new (or expired) bucket is full
+    elseif tokens == nil or last == nil or tokens ~= tokens or last ~= last then
+      tokens = 0                               -- unreadable state: assume empty, never full
+    else
+      if t < last then t = last end            -- a bucket's clock never runs backwards
+      tokens = math.min(c, tokens + (t - last) * r)
+    end
+    ttl_i = math.max(ttl_i, math.ceil(c / r))
+  end
+  level[i], stamp[i], ttl[i] = tokens, t, ttl_i
+  if denied_by == 0 and tokens < k and ARGV[a + 5] ~= "1" then denied_by = i end
+end
+
+local out = { denied_by == 0 and 1 or 0, denied_by }
+for i = 1, n do
+  local tokens, c, r, k, t = level[i], cap[i], rate[i], cost[i], stamp[i]
+  local consume = denied_by == 0 and tokens >= k and not peek
+  local retry, reset = 0, 0
+  if algo[i] == "w" then
+    local start, cur, prev, w = win[i][1], win[i][2], win[i][3], win[i][4]
+    local into = t - start
+    if tokens < k then
+      local need = k - tokens
+      if prev > 0 and into + need * w / prev <= w then
+        retry = need * w / prev                -- the previous window slides out in time
+      elseif cur + k <= c then
+        retry = w - into                       -- this window's count becomes the (fading) previous one
+      elseif cur > 0 then
+        retry = w - into + (cur + k - c) * w / cur
+      else
+        retry = 2 * w - into                   -- the cost exceeds the capacity: not within two windows
+      end
+    end
+    if consume then
+      tokens, cur = tokens - k, cur + k
+      redis.call("HSET", KEYS[i], "start", start, "count", cur, "previous", prev)
+      redis.call("EXPIRE", KEYS[i], ttl[i])
+    end
+    if cur > 0 then reset = 2 * w - into elseif prev > 0 then reset = w - into end
+  else
+    if tokens < k then retry = (k - tokens) / r end
+    if consume then
+      tokens = tokens - k
+      -- Lua numbers reach Redis in a round-trip-exact form, so tonumber() reads back the same double.
+      redis.call("HSET", KEYS[i], "tokens", tokens, "lastRefill", t)
+      redis.call("EXPIRE", KEYS[i], ttl[i])
+    end
+    reset = (c - tokens) / r
+  end
+  out[#out + 1] = math.floor(tokens)
+  out[#out + 1] = math.ceil(retry * 1000)
+  out[#out + 1] = math.ceil(reset * 1000)
+  out[#out + 1] = c
+  out[#out + 1] = math.ceil(c / r)
+end
+return out

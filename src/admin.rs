@@ -1,0 +1,588 @@
+//! The admin API, under a configurable prefix (default `/__ratelimit/`):
+//! the effective policy, peek and reset of a caller's buckets, live
+//! overrides, Prometheus metrics, the status page and its data, and the
+//! OpenAPI document that describes all of it (`assets/openapi.json`).
+//!
+//! Off unless `ADMIN_TOKEN` is set (every admin path then answers 404, and
+//! none reaches the origin); every operation but the status page's empty
+//! shell needs `Authorization: Bearer <ADMIN_TOKEN>`, compared in constant
+//! time. Redis is reached through the same [`Transport`] as decisions, so
+//! the whole API runs natively in tests. Bucket keys are only ever named
+//! exactly (never `KEYS`/`SCAN` with user input).
+
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+
+use crate::config::{Clock, Config, FailMode};
+use crate::decision::problem_json;
+use crate::gateway::{limits_for, Limited, Target};
+use crate::identity::{identify, Caller};
+use crate::limiter::{Limiter, Transport, TransportError};
+use crate::metrics::{Totals, DENIED_KEY, METRICS_KEY};
+use crate::overrides::{self, Invalid, Override, Scope, INDEX_KEY};
+use crate::path::normalize_with;
+use crate::policy::limit_json;
+
+/// The status page: a shell without data that asks for the token and polls `status.json`.
+pub const STATUS_PAGE: &str = include_str!("../assets/status.html");
+/// The OpenAPI 3.1 document of this API.
+pub const OPENAPI: &str = include_str!("../assets/openapi.json");
+/// The largest request body accepted.
+pub const MAX_BODY_BYTES: usize = 16 * 1024;
+/// The status page's Content-Security-Policy: its own inline script and style, `fetch` to itself.
+pub const STATUS_CSP: &str = "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; \
+     connect-src 'self'; img-src data:; base-uri 'none'; form-action 'self'; frame-ancestors 'none'";
+
+/// An admin request, as the edge read it.
+pub struct AdminRequest<'a> {
+    pub method: &'a str,
+    /// The path after the prefix, as sent (still percent-encoded).
+    pub rest: &'a str,
+    /// The query string without `?`.
+    pub query: &'a str,
+    pub authorization: Option<&'a str>,
+    pub body: &'a str,
+}
+
+#[derive(Debug, PartialEq)]
+pub struct AdminResponse {
+    pub status: u16,
+    pub content_type: &'static str,
+    pub body: String,
+    pub headers: Vec<(&'static str, String)>,
+}
+
+/// Where `target` (path and query as sent) falls in the admin namespace: `Some(rest, query)` for a
+/// path under the prefix as spelled, `Some(None)` for another spelling of it (answered 404, never
+/// forwarded), `None` for every other path.
+pub fn admin_target<'t>(config: &Config, target: &'t str) -> Option<Option<(&'t str, &'t str)>> {
+    let (path, query) = target.split_once('?').unwrap_or((target, ""));
+    let prefix = config.admin_prefix.as_str();
+    if let Some(rest) = path.strip_prefix(prefix) {
+        return Some(Some((rest, query)));
+    }
+    if path == &prefix[..prefix.len() - 1] {
+        return Some(Some(("", query)));
+    }
+    // Another spelling (`/%5F_ratelimit/…`, `//__ratelimit/…`, `\__ratelimit`): reserved all the same.
+    let canonical = normalize_with(path, false) + "/";
+    canonical.starts_with(prefix).then_some(None)
+}
+
+/// `Authorization: Bearer <token>` against the configured token's digest, in constant time (the
+/// digests have a fixed length whatever the token's).
+pub fn authorized(expected: &[u8; 32], authorization: Option<&str>) -> bool {
+    let Some(h) = authorization.map(str::trim) else { return false };
+    let Some(token) = h.get(..7).filter(|p| p.eq_ignore_ascii_case("bearer ")).map(|_| h[7..].trim()) else {
+        return false;
+    };
+    let got: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+    got.iter().zip(expected).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
+}
+
+fn respond(status: u16, content_type: &'static str, body: String) -> AdminResponse {
+    AdminResponse { status, content_type, body, headers: vec![("cache-control", "no-store".into())] }
+}
+
+fn ok(body: Value) -> AdminResponse {
+    respond(200, "application/json", body.to_string())
+}
+
+fn problem(status: u16, kind: &str, title: &str, detail: &str) -> AdminResponse {
+    respond(status, "application/problem+json", problem_json(kind, title, status, detail))
+}
+
+fn bad_request(field: &str, detail: &str) -> AdminResponse {
+    let mut body: Value =
+        serde_json::from_str(&problem_json("bad-request", "Bad Request", 400, detail)).unwrap_or_default();
+    body["field"] = field.into();
+    respond(400, "application/problem+json", body.to_string())
+}
+
+fn invalid(e: Invalid) -> AdminResponse {
+    bad_request(e.field, &e.message)
+}
+
+fn not_found() -> AdminResponse {
+    problem(404, "not-found", "Not Found", "no such admin resource")
+}
+
+fn method_not_allowed(allow: &'static str) -> AdminResponse {
+    let mut r = problem(405, "method-not-allowed", "Method Not Allowed", &format!("this resource allows {allow}"));
+    r.headers.push(("allow", allow.into()));
+    r
+}
+
+fn unavailable(detail: &str) -> AdminResponse {
+    let mut r = problem(503, "redis-unavailable", "Service Unavailable", detail);
+    r.headers.push(("retry-after", "1".into()));
+    r
+}
+
+/// Answers an admin request. `now_ms` is the Worker's clock.
+pub async fn handle<T: Transport>(
+    config: &Config,
+    limiter: &Limiter,
+    transport: &T,
+    req: &AdminRequest<'_>,
+    now_ms: f64,
+) -> AdminResponse {
+    let Some(token) = &config.admin_token_sha256 else { return not_found() };
+    let segments: Vec<&str> = req.rest.split('/').collect();
+    let get = req.method.eq_ignore_ascii_case("GET") || req.method.eq_ignore_ascii_case("HEAD");
+    if segments == ["status"] {
+        if !get {
+            return method_not_allowed("GET");
+        }
+        let mut r = respond(200, "text/html; charset=utf-8", STATUS_PAGE.to_string());
+        r.headers.extend([
+            ("content-security-policy", STATUS_CSP.to_string()),
+            ("x-content-type-options", "nosniff".into()),
+            ("referrer-policy", "no-referrer".into()),
+        ]);
+        return r;
+    }
+    if !authorized(token, req.authorization) {
+        let mut r =
+            problem(401, "unauthorized", "Unauthorized", "the admin API needs Authorization: Bearer <ADMIN_TOKEN>");
+        r.headers.push(("www-authenticate", "Bearer realm=\"edge-ratelimit admin\"".into()));
+        return r;
+    }
+    if req.body.len() > MAX_BODY_BYTES {
+        return problem(413, "payload-too-large", "Payload Too Large", "admin request bodies are at most 16 KiB");
+    }
+    let method = req.method.to_ascii_uppercase();
+    let method = if method == "HEAD" { "GET".to_string() } else { method };
+    match (segments.as_slice(), method.as_str()) {
+        (["openapi.json"], "GET") => respond(200, "application/json", OPENAPI.to_string()),
+        (["openapi.json"], _) => method_not_allowed("GET"),
+        (["policy"], "GET") => ok(effective_policy(config)),
+        (["policy"], _) => method_not_allowed("GET"),
+        (["metrics"], "GET") => match redis(transport, vec![cmd(&["HGETALL", METRICS_KEY])]).await {
+            Ok(replies) => respond(
+                200,
+                "text/plain; version=0.0.4; charset=utf-8",
+                Totals::from_fields(&strings(&replies[0])).prometheus(),
+            ),
+            Err(r) => r,
+        },
+        (["metrics"], _) => method_not_allowed("GET"),
+        (["status.json"], "GET") => status_json(config, transport, now_ms).await,
+        (["status.json"], _) => method_not_allowed("GET"),
+        (["buckets"], "GET") => peek(config, limiter, transport, req.query, now_ms).await,
+        (["buckets"], "DELETE") => reset(config, limiter, transport, req.query).await,
+        (["buckets"], _) => method_not_allowed("GET, DELETE"),
+        (["overrides"], "GET") => match list_overrides(transport, now_ms).await {
+            Ok(list) => ok(json!({ "overrides": list })),
+            Err(r) => r,
+        },
+        (["overrides"], _) => method_not_allowed("GET"),
+        (["overrides", scope, name @ ..], m) if !name.is_empty() => {
+            let Some(scope) = Scope::parse(scope) else {
+                return bad_request("scope", &format!("{scope:?} is not a scope: use user, ip, tier or route"));
+            };
+            let name = match decode(&name.join("/"), false) {
+                Some(n) if scope == Scope::Route => format!("/{n}"),
+                Some(n) => n,
+                None => return bad_request("name", "the name is not valid percent-encoded UTF-8"),
+            };
+            match m {
+                "GET" => get_override(config, transport, scope, &name, now_ms).await,
+                "PUT" => put_override(config, limiter, transport, scope, &name, req.body, now_ms).await,
+                "DELETE" => delete_override(config, limiter, transport, scope, &name).await,
+                _ => method_not_allowed("GET, PUT, DELETE"),
+            }
+        }
+        _ => not_found(),
+    }
+}
+
+fn effective_policy(config: &Config) -> Value {
+    let policy = match &config.policy {
+        Some(p) => p.to_json(),
+        None => {
+            let mut limit = limit_json(&config.limit, 1);
+            limit["name"] = "default".into();
+            limit["by"] = "user".into();
+            limit["shadow"] = false.into();
+            limit["tiers"] = json!({});
+            json!({ "tiers": [], "default_tier": null, "allow": {"users": [], "ips": []}, "deny": {"users": [], "ips": []},
+                    "rules": [{ "name": "default", "methods": null, "route": "*", "limits": [limit] }] })
+        }
+    };
+    json!({
+        "mode": if config.policy.is_some() { "policy" } else { "default" },
+        "fail_mode": if config.fail_mode == FailMode::Open { "open" } else { "closed" },
+        "clock": if config.clock == Clock::Redis { "redis" } else { "worker" },
+        "redis_timeout_ms": config.redis_timeout_ms,
+        "deny_cache_max_ms": config.deny_cache_max_ms,
+        "metrics_flush_ms": config.metrics_flush_ms,
+        "policy": policy,
+    })
+}
+
+// ---- Redis ----
+
+fn cmd(parts: &[&str]) -> Vec<String> {
+    parts.iter().map(|s| s.to_string()).collect()
+}
+
+/// Runs `commands` as one pipeline; every command must succeed.
+async fn redis<T: Transport>(transport: &T, commands: Vec<Vec<String>>) -> Result<Vec<Value>, AdminResponse> {
+    let body = serde_json::to_string(&commands).unwrap_or_default();
+    let reply = match transport.pipeline(body).await {
+        Ok(r) => r,
+        Err(TransportError::Timeout) => return Err(unavailable("Redis did not answer within REDIS_TIMEOUT_MS")),
+        Err(TransportError::Unreachable) => return Err(unavailable("the Redis REST endpoint cannot be reached")),
+    };
+    if reply.status == 401 || reply.status == 403 {
+        return Err(unavailable("the Redis REST endpoint rejected UPSTASH_REDIS_REST_TOKEN"));
+    }
+    if reply.status != 200 {
+        return Err(unavailable(&format!("the Redis REST endpoint answered HTTP {}", reply.status)));
+    }
+    let items: Vec<Value> = match serde_json::from_str::<Value>(&reply.body) {
+        Ok(Value::Array(items)) if items.len() == commands.len() => items,
+        _ => return Err(unavailable("the Redis REST endpoint sent a malformed pipeline reply")),
+    };
+    let mut out = Vec::with_capacity(items.len());
+    for mut item in items {
+        if item.get("error").is_some() {
+            return Err(unavailable("Redis answered an admin command with an error"));
+        }
+        out.push(item.get_mut("result").map(Value::take).unwrap_or(Value::Null));
+    }
+    Ok(out)
+}
+
+fn strings(v: &Value) -> Vec<String> {
+    v.as_array()
+        .map(|a| a.iter().map(|x| x.as_str().map_or_else(|| x.to_string(), str::to_string)).collect())
+        .unwrap_or_default()
+}
+
+fn integer(v: &Value) -> i64 {
+    v.as_i64().or_else(|| v.as_str().and_then(|s| s.parse().ok())).unwrap_or(0)
+}
+
+// ---- buckets ----
+
+/// The query of a peek or reset: a caller, a path, a method, a tier.
+struct BucketQuery {
+    caller: Caller,
+    path: String,
+    method: String,
+    tier: Option<String>,
+}
+
+fn query_pairs(query: &str, allowed: &[&'static str]) -> Result<Vec<(&'static str, String)>, AdminResponse> {
+    let mut out: Vec<(&'static str, String)> = Vec::new();
+    for part in query.split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = part.split_once('=').unwrap_or((part, ""));
+        let k = decode(k, true).unwrap_or_default();
+        let Some(&name) = allowed.iter().find(|a| **a == k) else {
+            let field: &'static str = "query";
+            return Err(bad_request(field, &format!("unknown query parameter {k:?}; expected {}", allowed.join(", "))));
+        };
+        let Some(v) = decode(v, true) else { return Err(bad_request(name, "not valid percent-encoded UTF-8")) };
+        if out.iter().any(|(n, _)| *n == name) {
+            return Err(bad_request(name, "given twice"));
+        }
+        out.push((name, v));
+    }
+    Ok(out)
+}
+
+fn bucket_query(config: &Config, pairs: &[(&'static str, String)]) -> Result<BucketQuery, AdminResponse> {
+    let get = |n: &str| pairs.iter().find(|(k, _)| *k == n).map(|(_, v)| v.as_str());
+    let caller = match (get("user"), get("ip")) {
+        (Some(u), None) if !u.is_empty() && !u.chars().any(char::is_control) => Caller::User(u.to_string()),
+        (Some(_), None) => return Err(bad_request("user", "a user id is non-empty, without control characters")),
+        (None, Some(ip)) => identify(None, Some(ip), config.ipv6_prefix)
+            .map_err(|_| bad_request("ip", &format!("{ip:?} is not an IP address")))?,
+        (Some(_), Some(_)) => return Err(bad_request("user", "give either user or ip, not both")),
+        (None, None) => return Err(bad_request("user", "give the caller: user=<id> or ip=<address>")),
+    };
+    let path = match get("path") {
+        Some(p) if p.starts_with('/') => normalize_with(p, config.path_case_insensitive),
+        Some(_) => return Err(bad_request("path", "the path starts with /")),
+        None => return Err(bad_request("path", "give the request path: path=/api/…")),
+    };
+    let method = get("method").unwrap_or("GET").to_ascii_uppercase();
+    if method.is_empty() || !method.bytes().all(|b| b.is_ascii_uppercase()) {
+        return Err(bad_request("method", "a method is letters only, like GET"));
+    }
+    let tier = match get("tier") {
+        None => None,
+        Some(t) => {
+            let known = config.policy.as_ref().is_some_and(|p| p.tiers.iter().any(|x| x == t));
+            if !known {
+                return Err(bad_request("tier", &format!("{t:?} is not a tier of the policy")));
+            }
+            Some(t.to_string())
+        }
+    };
+    Ok(BucketQuery { caller, path, method, tier })
+}
+
+fn limits_of<'c>(config: &'c Config, q: &BucketQuery) -> Option<Limited<'c>> {
+    let client = matches!(q.caller, Caller::Ip { .. }).then_some(&q.caller);
+    let on = Target { method: &q.method, method_override: None, path: &q.path };
+    limits_for(config, &q.caller, client, q.tier.clone(), &on, &|_| None)
+}
+
+async fn peek<T: Transport>(
+    config: &Config,
+    limiter: &Limiter,
+    transport: &T,
+    query: &str,
+    now_ms: f64,
+) -> AdminResponse {
+    let q = match query_pairs(query, &["user", "ip", "path", "method", "tier"]).and_then(|p| bucket_query(config, &p)) {
+        Ok(q) => q,
+        Err(r) => return r,
+    };
+    let caller = crate::key::subject_key(&q.caller);
+    let Some(limited) = limits_of(config, &q) else {
+        return ok(json!({ "caller": caller, "path": q.path, "allowed_now": true, "limits": [] }));
+    };
+    let decision = match limiter.peek(transport, &limited.checks, config.clock, now_ms).await {
+        Ok(d) => d,
+        Err(f) => return unavailable(&format!("Redis could not be asked ({})", f.reason())),
+    };
+    let limits: Vec<Value> = limited
+        .checks
+        .iter()
+        .zip(&decision.limits)
+        .map(|(c, l)| {
+            json!({
+                "key": c.key, "rule": c.rule, "limit": c.policy, "algorithm": c.limit.algorithm().name(),
+                "shadow": c.shadow, "capacity": l.capacity, "window_seconds": l.window_s, "remaining": l.remaining,
+                "retry_after_ms": l.retry_ms, "reset_ms": l.reset_ms,
+            })
+        })
+        .collect();
+    ok(json!({ "caller": caller, "path": q.path, "allowed_now": decision.allowed, "limits": limits }))
+}
+
+async fn reset<T: Transport>(config: &Config, limiter: &Limiter, transport: &T, query: &str) -> AdminResponse {
+    let pairs = match query_pairs(query, &["user", "ip", "path", "method", "tier", "key"]) {
+        Ok(p) => p,
+        Err(r) => return r,
+    };
+    let keys: Vec<String> = match pairs.iter().find(|(k, _)| *k == "key") {
+        Some((_, key)) => {
+            if pairs.len() > 1 {
+                return bad_request("key", "give either key or a caller and path, not both");
+            }
+            if !key.starts_with("rate:") || key.len() > 4096 || key.chars().any(char::is_control) {
+                return bad_request("key", "a bucket key starts with rate: (an exact key, never a pattern)");
+            }
+            vec![key.clone()]
+        }
+        None => match bucket_query(config, &pairs) {
+            Ok(q) => limits_of(config, &q).map(|l| l.checks.into_iter().map(|c| c.key).collect()).unwrap_or_default(),
+            Err(r) => return r,
+        },
+    };
+    if keys.is_empty() {
+        return ok(json!({ "deleted": 0, "keys": [] }));
+    }
+    let mut del = vec!["DEL".to_string()];
+    del.extend(keys.iter().cloned());
+    match redis(transport, vec![del]).await {
+        Ok(replies) => {
+            limiter.forget(Some(&keys));
+            ok(json!({ "deleted": integer(&replies[0]), "keys": keys }))
+        }
+        Err(r) => r,
+    }
+}
+
+// ---- overrides ----
+
+async fn list_overrides<T: Transport>(transport: &T, now_ms: f64) -> Result<Vec<Override>, AdminResponse> {
+    let replies = redis(transport, vec![cmd(&["HGETALL", INDEX_KEY])]).await?;
+    Ok(live_overrides(&strings(&replies[0]), now_ms))
+}
+
+fn live_overrides(flat: &[String], now_ms: f64) -> Vec<Override> {
+    let mut list: Vec<Override> = flat
+        .chunks_exact(2)
+        .filter_map(|kv| serde_json::from_str::<Override>(&kv[1]).ok())
+        .filter(|o| o.live(now_ms))
+        .collect();
+    list.sort_by(|a, b| (&a.scope, &a.name).cmp(&(&b.scope, &b.name)));
+    list
+}
+
+fn target(config: &Config, scope: Scope, name: &str) -> Result<String, AdminResponse> {
+    overrides::target_key(scope, name, config.policy.as_ref(), config.path_case_insensitive, config.ipv6_prefix)
+        .map(|(key, _)| key)
+        .map_err(invalid)
+}
+
+async fn get_override<T: Transport>(
+    config: &Config,
+    transport: &T,
+    scope: Scope,
+    name: &str,
+    now_ms: f64,
+) -> AdminResponse {
+    let key = match target(config, scope, name) {
+        Ok(k) => k,
+        Err(r) => return r,
+    };
+    match redis(transport, vec![cmd(&["HGET", INDEX_KEY, &key]), cmd(&["EXISTS", &key])]).await {
+        Ok(replies) => match replies[0].as_str().and_then(|s| serde_json::from_str::<Override>(s).ok()) {
+            Some(o) if integer(&replies[1]) == 1 && o.live(now_ms) => ok(serde_json::to_value(o).unwrap_or_default()),
+            _ => not_found(),
+        },
+        Err(r) => r,
+    }
+}
+
+async fn put_override<T: Transport>(
+    config: &Config,
+    limiter: &Limiter,
+    transport: &T,
+    scope: Scope,
+    name: &str,
+    body: &str,
+    now_ms: f64,
+) -> AdminResponse {
+    let new = match overrides::parse(
+        scope,
+        name,
+        body,
+        config.policy.as_ref(),
+        config.path_case_insensitive,
+        config.ipv6_prefix,
+        now_ms,
+    ) {
+        Ok(o) => o,
+        Err(e) => return invalid(e),
+    };
+    let record = serde_json::to_string(&new.record).unwrap_or_default();
+    let mut set = cmd(&["SET", &new.key, &new.value]);
+    if let Some(ms) = new.ttl_ms {
+        set.extend(["PX".to_string(), ms.to_string()]);
+    }
+    match redis(transport, vec![set, cmd(&["HSET", INDEX_KEY, &new.key, &record])]).await {
+        Ok(_) => {
+            limiter.forget(None);
+            ok(serde_json::to_value(new.record).unwrap_or_default())
+        }
+        Err(r) => r,
+    }
+}
+
+async fn delete_override<T: Transport>(
+    config: &Config,
+    limiter: &Limiter,
+    transport: &T,
+    scope: Scope,
+    name: &str,
+) -> AdminResponse {
+    let key = match target(config, scope, name) {
+        Ok(k) => k,
+        Err(r) => return r,
+    };
+    match redis(transport, vec![cmd(&["DEL", &key]), cmd(&["HDEL", INDEX_KEY, &key])]).await {
+        Ok(replies) if integer(&replies[0]) + integer(&replies[1]) > 0 => {
+            limiter.forget(None);
+            ok(json!({ "deleted": true }))
+        }
+        Ok(_) => not_found(),
+        Err(r) => r,
+    }
+}
+
+// ---- status ----
+
+async fn status_json<T: Transport>(config: &Config, transport: &T, now_ms: f64) -> AdminResponse {
+    let commands = vec![
+        cmd(&["HGETALL", METRICS_KEY]),
+        cmd(&["ZREVRANGE", DENIED_KEY, "0", "9", "WITHSCORES"]),
+        cmd(&["HGETALL", INDEX_KEY]),
+    ];
+    let replies = match redis(transport, commands).await {
+        Ok(r) => r,
+        Err(r) => return r,
+    };
+    let totals = Totals::from_fields(&strings(&replies[0]));
+    let rules: Vec<Value> = totals
+        .requests
+        .iter()
+        .map(|((rule, tier), c)| {
+            json!({ "rule": rule, "tier": tier, "allowed": c[0], "denied": c[1], "shadow_denied": c[2],
+                    "failed_open": c[3], "failed_closed": c[4] })
+        })
+        .collect();
+    let top: Vec<Value> = strings(&replies[1])
+        .chunks_exact(2)
+        .map(|p| json!({ "caller": p[0], "denied": p[1].parse::<f64>().unwrap_or(0.0) as u64 }))
+        .collect();
+    let latency = |h: &crate::metrics::Histogram| json!({ "count": h.count, "p50": h.quantile(0.5), "p95": h.quantile(0.95), "p99": h.quantile(0.99) });
+    ok(json!({
+        "generated_ms": now_ms as u64,
+        "flush_interval_ms": config.metrics_flush_ms,
+        "rules": rules,
+        "latency": { "decision_ms": latency(&totals.decision), "redis_ms": latency(&totals.redis) },
+        "top_denied": top,
+        "overrides": live_overrides(&strings(&replies[2]), now_ms),
+        "noscript": totals.noscript,
+        "deny_cache_hits": totals.deny_cache_hits,
+    }))
+}
+
+/// Percent-decoding of a path segment or (with `plus_as_space`) a query component; `None` when the
+/// result is not UTF-8.
+fn decode(s: &str, plus_as_space: bool) -> Option<String> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = |c: u8| (c as char).to_digit(16);
+        match b[i] {
+            b'%' if i + 2 < b.len() => match (hex(b[i + 1]), hex(b[i + 2])) {
+                (Some(h), Some(l)) => {
+                    out.push((h * 16 + l) as u8);
+                    i += 3;
+                    continue;
+                }
+                _ => out.push(b'%'),
+            },
+            b'+' if plus_as_space => out.push(b' '),
+            c => out.push(c),
+        }
+        i += 1;
+    }
+    String::from_utf8(out).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decoding_is_strict_about_utf8_and_lenient_about_stray_percent() {
+        assert_eq!(decode("a%2Fb%20c", false).as_deref(), Some("a/b c"));
+        assert_eq!(decode("a+b", true).as_deref(), Some("a b"));
+        assert_eq!(decode("a+b", false).as_deref(), Some("a+b"));
+        assert_eq!(decode("100%", false).as_deref(), Some("100%"));
+        assert_eq!(decode("%zz", false).as_deref(), Some("%zz"));
+        assert_eq!(decode("%ff", false), None);
+    }
+
+    #[test]
+    fn the_token_is_checked_exactly() {
+        let digest: [u8; 32] = Sha256::digest(b"0123456789abcdef").into();
+        assert!(authorized(&digest, Some("Bearer 0123456789abcdef")));
+        assert!(authorized(&digest, Some("bearer   0123456789abcdef ")));
+        assert!(!authorized(&digest, Some("Bearer 0123456789abcde")));
+        assert!(!authorized(&digest, Some("0123456789abcdef")));
+        assert!(!authorized(&digest, Some("Basic 0123456789abcdef")));
+        assert!(!authorized(&digest, None));
+    }
+}

@@ -1,0 +1,311 @@
+//! Live limit overrides: a different capacity and refill for one caller, one
+//! tier or one route, set through the admin API and kept in Redis, so that a
+//! change takes effect on the next request everywhere. The decision script
+//! reads them in the same call (no extra round trip): each check names the
+//! override keys that may apply to it, most specific first (caller, route,
+//! tier), and the first that exists wins.
+//!
+//! Redis layout (fixed prefixes; the variable part is escaped like bucket keys):
+//! - `ratelimit:override:<scope>:<name>`: the string `"<capacity> <tokens per second>"`,
+//!   with the override's expiry as the key's own TTL;
+//! - `ratelimit:overrides`: a hash from those keys to the override as JSON, for listing.
+
+use serde::{Deserialize, Serialize};
+
+use crate::identity::{identify, Caller};
+use crate::key::{push_escaped, subject_key};
+use crate::limit::MAX_CAPACITY;
+use crate::path::normalize_with;
+use crate::policy::Policy;
+use crate::rate::Refill;
+
+/// The hash that lists every override.
+pub const INDEX_KEY: &str = "ratelimit:overrides";
+const KEY_PREFIX: &str = "ratelimit:override:";
+/// The longest expiry accepted (a year).
+pub const MAX_EXPIRES_IN_S: u64 = 365 * 86_400;
+
+/// Who an override is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Scope {
+    /// A caller identified by user id (verified token subject or trusted header).
+    User,
+    /// A caller identified by client IP (IPv6 grouped by the configured prefix).
+    Ip,
+    /// Every caller of a tier.
+    Tier,
+    /// A route: a policy rule's route template, or (without a policy) a canonical path.
+    Route,
+}
+
+impl Scope {
+    pub fn parse(text: &str) -> Option<Scope> {
+        match text {
+            "user" => Some(Scope::User),
+            "ip" => Some(Scope::Ip),
+            "tier" => Some(Scope::Tier),
+            "route" => Some(Scope::Route),
+            _ => None,
+        }
+    }
+}
+
+/// The override key of a caller's limits (`subject` as in bucket keys: `alice`, `@ip/…`).
+pub fn caller_key(subject: &str) -> String {
+    format!("{KEY_PREFIX}caller:{subject}")
+}
+
+pub fn tier_key(tier: &str) -> String {
+    let mut k = format!("{KEY_PREFIX}tier:");
+    push_escaped(&mut k, tier);
+    k
+}
+
+/// `route` is a route template or canonical path (printable ASCII; `*` written `%2A`).
+pub fn route_key(route: &str) -> String {
+    let mut k = String::with_capacity(KEY_PREFIX.len() + 6 + route.len());
+    k.push_str(KEY_PREFIX);
+    k.push_str("route:");
+    for c in route.chars() {
+        if c == '*' {
+            k.push_str("%2A");
+        } else {
+            k.push(c);
+        }
+    }
+    k
+}
+
+/// An override as stored in the index and returned by the admin API.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Override {
+    pub scope: String,
+    pub name: String,
+    pub capacity: u32,
+    pub refill: String,
+    /// Epoch ms, or `None` for no expiry.
+    pub expires_at_ms: Option<u64>,
+    pub created_at_ms: u64,
+}
+
+impl Override {
+    /// Still in force at `now_ms`?
+    pub fn live(&self, now_ms: f64) -> bool {
+        self.expires_at_ms.is_none_or(|t| (t as f64) > now_ms)
+    }
+}
+
+/// What the admin API accepts as an override's body.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBody {
+    capacity: serde_json::Value,
+    refill: serde_json::Value,
+    #[serde(default)]
+    expires_in_s: Option<serde_json::Value>,
+}
+
+/// A bad request, with the field it is about.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Invalid {
+    pub field: &'static str,
+    pub message: String,
+}
+
+fn invalid(field: &'static str, message: impl Into<String>) -> Invalid {
+    Invalid { field, message: message.into() }
+}
+
+/// A validated override, ready to be written.
+#[derive(Clone, Debug, PartialEq)]
+pub struct NewOverride {
+    /// The Redis key the script reads.
+    pub key: String,
+    /// `"<capacity> <rate>"`.
+    pub value: String,
+    pub ttl_ms: Option<u64>,
+    pub record: Override,
+}
+
+/// Where an override for (`scope`, `name`) lives, checked against the configuration: a tier must be
+/// one the policy declares, a route one of its rules' routes (or, without a policy, a path).
+pub fn target_key(
+    scope: Scope,
+    name: &str,
+    policy: Option<&Policy>,
+    fold_case: bool,
+    ipv6_prefix: u8,
+) -> Result<(String, String), Invalid> {
+    if name.is_empty() || name.len() > 1024 {
+        return Err(invalid("name", "the name must be 1 to 1024 bytes"));
+    }
+    match scope {
+        Scope::User => {
+            if name.chars().any(char::is_control) {
+                return Err(invalid("name", "a user id has no control characters"));
+            }
+            Ok((caller_key(&subject_key(&Caller::User(name.to_string()))), name.to_string()))
+        }
+        Scope::Ip => {
+            let caller = identify(None, Some(name), ipv6_prefix)
+                .map_err(|_| invalid("name", format!("{name:?} is not an IP address")))?;
+            let canonical = match &caller {
+                Caller::Ip { addr, .. } => addr.to_string(),
+                Caller::User(_) => unreachable!("identify without a user id gives an IP"),
+            };
+            Ok((caller_key(&subject_key(&caller)), canonical))
+        }
+        Scope::Tier => {
+            let declared = policy.is_some_and(|p| p.tiers.iter().any(|t| t == name));
+            if !declared {
+                let known = policy.map(|p| p.tiers.join(", ")).unwrap_or_default();
+                return Err(invalid("name", format!("{name:?} is not a tier of the policy (tiers: {known})")));
+            }
+            Ok((tier_key(name), name.to_string()))
+        }
+        Scope::Route => {
+            let route =
+                match policy {
+                    Some(p) => p.rules.iter().find(|r| r.route == name).map(|r| r.route.clone()).ok_or_else(|| {
+                        invalid("name", format!("{name:?} is not the route of any rule of the policy"))
+                    })?,
+                    None => {
+                        if !name.starts_with('/') {
+                            return Err(invalid("name", "a route starts with /"));
+                        }
+                        normalize_with(name, fold_case)
+                    }
+                };
+            Ok((route_key(&route), route))
+        }
+    }
+}
+
+/// Parses and validates an override's JSON body for (`scope`, `name`) at `now_ms`.
+pub fn parse(
+    scope: Scope,
+    name: &str,
+    body: &str,
+    policy: Option<&Policy>,
+    fold_case: bool,
+    ipv6_prefix: u8,
+    now_ms: f64,
+) -> Result<NewOverride, Invalid> {
+    let (key, name) = target_key(scope, name, policy, fold_case, ipv6_prefix)?;
+    let raw: RawBody = serde_json::from_str(body).map_err(|e| {
+        let text = e.to_string();
+        // serde names the field in backquotes: "missing field `capacity`", "unknown field `colour`, expected …".
+        let named = text.split('`').nth(1).unwrap_or("");
+        let field = ["capacity", "refill", "expires_in_s"].into_iter().find(|f| *f == named);
+        let field = match field {
+            Some(f) if text.starts_with("missing field") => f,
+            _ if text.starts_with("unknown field") => "body",
+            _ => "body",
+        };
+        invalid(field, format!("not a valid override: {text}"))
+    })?;
+    let capacity = raw
+        .capacity
+        .as_u64()
+        .filter(|c| (1..=u64::from(MAX_CAPACITY)).contains(c))
+        .ok_or_else(|| invalid("capacity", format!("must be a whole number from 1 to {MAX_CAPACITY}")))?;
+    let refill_text = raw.refill.as_str().ok_or_else(|| invalid("refill", "must be a string like \"100/min\""))?;
+    let refill = Refill::parse(refill_text).map_err(|m| invalid("refill", m))?;
+    let ttl_ms = match raw.expires_in_s {
+        None | Some(serde_json::Value::Null) => None,
+        Some(v) => Some(
+            v.as_u64().filter(|s| (1..=MAX_EXPIRES_IN_S).contains(s)).ok_or_else(|| {
+                invalid("expires_in_s", format!("must be a whole number from 1 to {MAX_EXPIRES_IN_S}"))
+            })? * 1000,
+        ),
+    };
+    let now = now_ms.max(0.0) as u64;
+    let record = Override {
+        scope: match scope {
+            Scope::User => "user",
+            Scope::Ip => "ip",
+            Scope::Tier => "tier",
+            Scope::Route => "route",
+        }
+        .to_string(),
+        name,
+        capacity: capacity as u32,
+        refill: refill_text.trim().to_string(),
+        expires_at_ms: ttl_ms.map(|t| now + t),
+        created_at_ms: now,
+    };
+    Ok(NewOverride { key, value: format!("{} {}", capacity, refill.tokens_per_second()), ttl_ms, record })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy() -> Policy {
+        Policy::parse(
+            r#"{"tiers":["free","pro"],"rules":[{"name":"orders","route":"/api/orders/*",
+                "limits":[{"name":"o","capacity":5,"refill":"5/min"}]}]}"#,
+            60,
+            false,
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn keys_are_escaped_and_scoped() {
+        assert_eq!(caller_key("alice"), "ratelimit:override:caller:alice");
+        assert_eq!(tier_key("a:b"), "ratelimit:override:tier:a%3Ab");
+        assert_eq!(route_key("/api/*"), "ratelimit:override:route:/api/%2A");
+        let (k, _) = target_key(Scope::User, "x:y", None, false, 64).unwrap();
+        assert_eq!(k, "ratelimit:override:caller:x%3Ay");
+        let (k, name) = target_key(Scope::Ip, "203.0.113.7", None, false, 64).unwrap();
+        assert_eq!((k.as_str(), name.as_str()), ("ratelimit:override:caller:@ip/203.0.113.7", "203.0.113.7"));
+        // A user id cannot pose as an IP subject: `@` is escaped.
+        let (k, _) = target_key(Scope::User, "@ip/203.0.113.7", None, false, 64).unwrap();
+        assert_ne!(k, "ratelimit:override:caller:@ip/203.0.113.7");
+    }
+
+    #[test]
+    fn a_valid_body_becomes_a_value_and_a_record() {
+        let o = parse(
+            Scope::User,
+            "alice",
+            r#"{"capacity":100,"refill":"100/min","expires_in_s":60}"#,
+            None,
+            false,
+            64,
+            1000.0,
+        )
+        .unwrap();
+        assert_eq!(o.value, format!("100 {}", 100.0 / 60.0));
+        assert_eq!(o.ttl_ms, Some(60_000));
+        assert_eq!(o.record.expires_at_ms, Some(61_000));
+        assert!(o.record.live(60_999.0) && !o.record.live(61_000.0));
+        let o =
+            parse(Scope::Route, "/API/x/../orders", r#"{"capacity":1,"refill":"1/s"}"#, None, true, 64, 0.0).unwrap();
+        assert_eq!(o.key, "ratelimit:override:route:/api/orders");
+    }
+
+    #[test]
+    fn bad_input_names_the_field() {
+        let p = policy();
+        let field =
+            |scope, name: &str, body: &str| parse(scope, name, body, Some(&p), false, 64, 0.0).unwrap_err().field;
+        let ok = r#"{"capacity":10,"refill":"10/min"}"#;
+        assert_eq!(field(Scope::Tier, "gold", ok), "name");
+        assert_eq!(field(Scope::Route, "/api/other", ok), "name");
+        assert_eq!(field(Scope::Ip, "not-an-ip", ok), "name");
+        assert_eq!(field(Scope::User, "", ok), "name");
+        assert_eq!(field(Scope::User, "a", r#"{"capacity":0,"refill":"1/s"}"#), "capacity");
+        assert_eq!(field(Scope::User, "a", r#"{"capacity":1.5,"refill":"1/s"}"#), "capacity");
+        assert_eq!(field(Scope::User, "a", r#"{"capacity":"10","refill":"1/s"}"#), "capacity");
+        assert_eq!(field(Scope::User, "a", r#"{"capacity":10,"refill":"fast"}"#), "refill");
+        assert_eq!(field(Scope::User, "a", r#"{"capacity":10,"refill":"1/s","expires_in_s":0}"#), "expires_in_s");
+        assert_eq!(field(Scope::User, "a", r#"{"capacity":10,"refill":"1/s","colour":1}"#), "body");
+        assert_eq!(field(Scope::User, "a", r#"{"refill":"1/s"}"#), "capacity");
+        assert_eq!(field(Scope::User, "a", "not json"), "body");
+        assert!(parse(Scope::Tier, "pro", ok, Some(&p), false, 64, 0.0).is_ok());
+        assert!(parse(Scope::Route, "/api/orders/*", ok, Some(&p), false, 64, 0.0).is_ok());
+    }
+}
