@@ -54,6 +54,8 @@ async function startWorker(name, options, extra = {}) {
 const js = Object.fromEntries(["anchor", "forward", "limit", "deny"].map((n) => [n, bundle(n)]));
 const workers = {
   "edge-ratelimit": await startWorker("edge-ratelimit", rustOptions()),
+  // The same Worker with the admin API on: metrics counted per request, reported every 10 s (waitUntil).
+  "edge-ratelimit + metrics": await startWorker("edge-ratelimit + metrics", rustOptions(), { ADMIN_TOKEN: "bench-admin-token-0123456789" }),
   "@upstash/ratelimit": await startWorker("@upstash/ratelimit", jsOptions(js.anchor)),
   "limit Worker": await startWorker("limit Worker", jsOptions(js.limit)),
   "forward-only": await startWorker("forward-only", jsOptions(js.forward)),
@@ -105,8 +107,8 @@ async function measure(worker, scenario) {
 
 const ONLY = process.env.ONLY ? process.env.ONLY.split(",") : null; // e.g. ONLY=many,hot
 const allScenarios = [
-  { id: "many", title: "many users (all allowed)", workers: ["edge-ratelimit", "@upstash/ratelimit", "limit Worker", "wasm limit floor", "forward-only"], base: "limit Worker" },
-  { id: "hot", title: "one hot user (denied)", workers: ["edge-ratelimit", "@upstash/ratelimit", "answers 429", "wasm 429 floor"], base: "answers 429" },
+  { id: "many", title: "many users (all allowed)", workers: ["edge-ratelimit", "edge-ratelimit + metrics", "@upstash/ratelimit", "limit Worker", "wasm limit floor", "forward-only"], base: "limit Worker" },
+  { id: "hot", title: "one hot user (denied)", workers: ["edge-ratelimit", "edge-ratelimit + metrics", "@upstash/ratelimit", "answers 429", "wasm 429 floor"], base: "answers 429" },
   { id: "mix", title: "mix (half new users, half one hot user)", workers: ["edge-ratelimit", "@upstash/ratelimit", "limit Worker", "forward-only"], base: "limit Worker" },
   { id: "many", title: "many users, +20 ms REST latency", latency: 20, workers: ["edge-ratelimit", "@upstash/ratelimit", "limit Worker"], base: "limit Worker", tag: "latency" },
 ];

@@ -134,7 +134,11 @@ pub fn limits_for<'c>(
 ) -> Option<Limited<'c>> {
     let subject = subject_key(caller);
     let Some(policy) = &config.policy else {
-        let mut overrides = vec![overrides::caller_key(&subject), overrides::route_key(on.path)];
+        let mut overrides = vec![overrides::caller_key(&subject)];
+        // A path too long for its own bucket key (hashed there) has no route override either.
+        if on.path.len() <= crate::key::MAX_PATH_BYTES {
+            overrides.push(overrides::route_key(on.path));
+        }
         overrides.extend(tier.as_deref().map(overrides::tier_key));
         let check = Check {
             key: bucket_key(caller, on.path),

@@ -257,8 +257,17 @@ impl Limiter {
             return Ok(denied);
         }
         let decision = self.run(transport, checks, clock, now_ms, false).await?;
-        if let Some(i) = decision.denied_by {
-            self.remember_denial(&checks[i], &decision.limits[i], now_ms);
+        match decision.denied_by {
+            Some(i) => self.remember_denial(&checks[i], &decision.limits[i], now_ms),
+            None => {
+                // Allowed: whatever this isolate believed about these keys (say, before an admin reset) is gone.
+                let mut denials = self.denials.borrow_mut();
+                if !denials.is_empty() {
+                    checks.iter().for_each(|c| {
+                        denials.remove(&c.key);
+                    });
+                }
+            }
         }
         Ok(decision)
     }
@@ -380,13 +389,24 @@ impl Limiter {
     }
 
     fn cached_denial(&self, checks: &[Check<'_>], now_ms: f64) -> Option<Decision> {
-        let denials = self.denials.borrow();
+        let mut denials = self.denials.borrow_mut();
         if denials.is_empty() {
             return None;
         }
+        let max_age = self.deny_cache_max_ms;
         let (i, denial) = checks.iter().enumerate().find_map(|(i, c)| {
-            let d = denials.get(&c.key)?;
-            (now_ms < d.until_ms && c.cost >= d.cost).then_some((i, *d))
+            let d = denials.get_mut(&c.key)?;
+            if c.cost < d.cost || now_ms >= d.retry_at_ms {
+                return None;
+            }
+            if now_ms >= d.until_ms {
+                // Redis said "empty until retry_at", but the denial is older than its maximum age: this
+                // request asks Redis again, and the others keep the denial meanwhile (one re-check per
+                // key, not a stampede of every request in flight).
+                d.until_ms = now_ms + max_age;
+                return None;
+            }
+            Some((i, *d))
         })?;
         let limits = checks
             .iter()

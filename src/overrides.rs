@@ -174,7 +174,11 @@ pub fn target_key(
                         if !name.starts_with('/') {
                             return Err(invalid("name", "a route starts with /"));
                         }
-                        normalize_with(name, fold_case)
+                        let path = normalize_with(name, fold_case);
+                        if path.len() > crate::key::MAX_PATH_BYTES {
+                            return Err(invalid("name", "the path is too long to have its own bucket"));
+                        }
+                        path
                     }
                 };
             Ok((route_key(&route), route))

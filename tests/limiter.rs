@@ -146,6 +146,28 @@ fn a_known_empty_caller_costs_no_round_trip_until_its_refill() {
 }
 
 #[test]
+fn past_its_maximum_age_one_request_rechecks_while_the_others_stay_denied() {
+    let t = Direct::new();
+    let limiter = Limiter::new(1000);
+    let l = limit(1, "1/min"); // empty for 60 s after one request
+    let checks = [check(key("maxage"), &l, 1)];
+    let now = 1_800_000_000_000.0;
+    assert!(decide(&limiter, &t, &checks, now).unwrap().allowed);
+    assert!(!decide(&limiter, &t, &checks, now).unwrap().allowed);
+    t.take_sent();
+    assert!(!decide(&limiter, &t, &checks, now + 999.0).unwrap().allowed);
+    assert!(t.take_sent().is_empty(), "within the maximum age: no call");
+    assert!(!decide(&limiter, &t, &checks, now + 1000.0).unwrap().allowed);
+    assert_eq!(t.take_sent(), ["EVALSHA"], "one re-check");
+    assert!(!decide(&limiter, &t, &checks, now + 1001.0).unwrap().allowed);
+    assert!(t.take_sent().is_empty(), "the others keep the denial");
+    // An admin reset elsewhere: the next re-check finds a full bucket, and the denial is dropped.
+    redis::cmd("DEL").arg(&checks[0].key).query::<i64>(&mut t.con.borrow_mut()).unwrap();
+    assert!(decide(&limiter, &t, &checks, now + 2000.0).unwrap().allowed);
+    assert_eq!(limiter.cached_denials(), 0);
+}
+
+#[test]
 fn a_cached_denial_for_a_large_cost_does_not_block_a_smaller_one() {
     let t = Direct::new();
     let limiter = Limiter::default();
