@@ -10,23 +10,38 @@
 //! the whole API runs natively in tests. Bucket keys are only ever named
 //! exactly (never `KEYS`/`SCAN` with user input).
 
-use serde_json::{json, Value};
+use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use crate::config::{Clock, Config, FailMode};
-use crate::decision::problem_json;
+use crate::decision::{problem as problem_body, problem_json};
 use crate::gateway::{limits_for, Limited, Target};
 use crate::identity::{identify, Caller};
+use crate::json::{self, Obj};
 use crate::limiter::{Limiter, Transport, TransportError};
 use crate::metrics::{Totals, DENIED_KEY, METRICS_KEY};
 use crate::overrides::{self, Invalid, Override, Scope, INDEX_KEY};
 use crate::path::normalize_with;
 use crate::policy::limit_json;
 
-/// The status page: a shell without data that asks for the token and polls `status.json`.
-pub const STATUS_PAGE: &str = include_str!("../assets/status.html");
-/// The OpenAPI 3.1 document of this API.
-pub const OPENAPI: &str = include_str!("../assets/openapi.json");
+/// A static file the edge serves as the body: `assets/status.html` (a shell without data that asks
+/// for the token and polls `status.json`) and `assets/openapi.json` (this API's OpenAPI 3.1
+/// document). They ship beside the wasm as a JS module (scripts/build-worker), not inside it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Asset {
+    StatusPage,
+    OpenApi,
+}
+
+impl Asset {
+    /// Its name in the shim's `assets` object.
+    pub fn name(self) -> &'static str {
+        match self {
+            Asset::StatusPage => "status",
+            Asset::OpenApi => "openapi",
+        }
+    }
+}
 /// The largest request body accepted.
 pub const MAX_BODY_BYTES: usize = 16 * 1024;
 /// The status page's Content-Security-Policy: its own inline script and style, `fetch` to itself.
@@ -50,6 +65,8 @@ pub struct AdminResponse {
     pub content_type: &'static str,
     pub body: String,
     pub headers: Vec<(&'static str, String)>,
+    /// The body is this static file instead.
+    pub asset: Option<Asset>,
 }
 
 /// Where `target` (path and query as sent) falls in the admin namespace: `Some(rest, query)` for a
@@ -81,11 +98,11 @@ pub fn authorized(expected: &[u8; 32], authorization: Option<&str>) -> bool {
 }
 
 fn respond(status: u16, content_type: &'static str, body: String) -> AdminResponse {
-    AdminResponse { status, content_type, body, headers: vec![("cache-control", "no-store".into())] }
+    AdminResponse { status, content_type, body, headers: vec![("cache-control", "no-store".into())], asset: None }
 }
 
-fn ok(body: Value) -> AdminResponse {
-    respond(200, "application/json", body.to_string())
+fn ok(body: String) -> AdminResponse {
+    respond(200, "application/json", body)
 }
 
 fn problem(status: u16, kind: &str, title: &str, detail: &str) -> AdminResponse {
@@ -93,10 +110,8 @@ fn problem(status: u16, kind: &str, title: &str, detail: &str) -> AdminResponse 
 }
 
 fn bad_request(field: &str, detail: &str) -> AdminResponse {
-    let mut body: Value =
-        serde_json::from_str(&problem_json("bad-request", "Bad Request", 400, detail)).unwrap_or_default();
-    body["field"] = field.into();
-    respond(400, "application/problem+json", body.to_string())
+    let body = problem_body("bad-request", "Bad Request", 400, detail).str("field", field).finish();
+    respond(400, "application/problem+json", body)
 }
 
 fn invalid(e: Invalid) -> AdminResponse {
@@ -105,6 +120,10 @@ fn invalid(e: Invalid) -> AdminResponse {
 
 fn not_found() -> AdminResponse {
     problem(404, "not-found", "Not Found", "no such admin resource")
+}
+
+fn no_override() -> AdminResponse {
+    problem(404, "not-found", "Not Found", "there is no such override")
 }
 
 fn method_not_allowed(allow: &'static str) -> AdminResponse {
@@ -119,7 +138,26 @@ fn unavailable(detail: &str) -> AdminResponse {
     r
 }
 
-/// Answers an admin request. `now_ms` is the Worker's clock.
+/// What a request needs after routing: nothing more, one Redis pipeline, or a peek.
+enum Action {
+    Done(AdminResponse),
+    Redis(Vec<Vec<String>>, Then),
+    Peek(BucketQuery),
+}
+
+/// What to make of a pipeline's replies.
+enum Then {
+    Metrics,
+    Status,
+    List,
+    Get,
+    Put(String),
+    Delete,
+    Reset(Vec<String>),
+}
+
+/// Answers an admin request. `now_ms` is the Worker's clock. Routing and answering are plain
+/// functions; the only waits are one Redis pipeline or one peek (this keeps the wasm small).
 pub async fn handle<T: Transport>(
     config: &Config,
     limiter: &Limiter,
@@ -127,98 +165,159 @@ pub async fn handle<T: Transport>(
     req: &AdminRequest<'_>,
     now_ms: f64,
 ) -> AdminResponse {
-    let Some(token) = &config.admin_token_sha256 else { return not_found() };
+    match route(config, req, now_ms) {
+        Action::Done(r) => r,
+        Action::Redis(commands, then) => match redis(transport, commands).await {
+            Ok(replies) => finish(config, limiter, then, &replies, now_ms),
+            Err(r) => r,
+        },
+        Action::Peek(q) => peek(config, limiter, transport, q, now_ms).await,
+    }
+}
+
+fn route(config: &Config, req: &AdminRequest<'_>, now_ms: f64) -> Action {
+    let done = Action::Done;
+    let Some(token) = &config.admin_token_sha256 else { return done(not_found()) };
     let segments: Vec<&str> = req.rest.split('/').collect();
     let get = req.method.eq_ignore_ascii_case("GET") || req.method.eq_ignore_ascii_case("HEAD");
     if segments == ["status"] {
         if !get {
-            return method_not_allowed("GET");
+            return done(method_not_allowed("GET"));
         }
-        let mut r = respond(200, "text/html; charset=utf-8", STATUS_PAGE.to_string());
+        let mut r = respond(200, "text/html; charset=utf-8", String::new());
+        r.asset = Some(Asset::StatusPage);
         r.headers.extend([
             ("content-security-policy", STATUS_CSP.to_string()),
             ("x-content-type-options", "nosniff".into()),
             ("referrer-policy", "no-referrer".into()),
         ]);
-        return r;
+        return done(r);
     }
     if !authorized(token, req.authorization) {
         let mut r =
             problem(401, "unauthorized", "Unauthorized", "the admin API needs Authorization: Bearer <ADMIN_TOKEN>");
         r.headers.push(("www-authenticate", "Bearer realm=\"edge-ratelimit admin\"".into()));
-        return r;
+        return done(r);
     }
     if req.body.len() > MAX_BODY_BYTES {
-        return problem(413, "payload-too-large", "Payload Too Large", "admin request bodies are at most 16 KiB");
+        return done(problem(413, "payload-too-large", "Payload Too Large", "admin request bodies are at most 16 KiB"));
     }
     let method = req.method.to_ascii_uppercase();
     let method = if method == "HEAD" { "GET".to_string() } else { method };
     match (segments.as_slice(), method.as_str()) {
-        (["openapi.json"], "GET") => respond(200, "application/json", OPENAPI.to_string()),
-        (["openapi.json"], _) => method_not_allowed("GET"),
-        (["policy"], "GET") => ok(effective_policy(config)),
-        (["policy"], _) => method_not_allowed("GET"),
-        (["metrics"], "GET") => match redis(transport, vec![cmd(&["HGETALL", METRICS_KEY])]).await {
-            Ok(replies) => respond(
-                200,
-                "text/plain; version=0.0.4; charset=utf-8",
-                Totals::from_fields(&strings(&replies[0])).prometheus(),
-            ),
-            Err(r) => r,
-        },
-        (["metrics"], _) => method_not_allowed("GET"),
-        (["status.json"], "GET") => status_json(config, transport, now_ms).await,
-        (["status.json"], _) => method_not_allowed("GET"),
-        (["buckets"], "GET") => peek(config, limiter, transport, req.query, now_ms).await,
-        (["buckets"], "DELETE") => reset(config, limiter, transport, req.query).await,
-        (["buckets"], _) => method_not_allowed("GET, DELETE"),
-        (["overrides"], "GET") => match list_overrides(transport, now_ms).await {
-            Ok(list) => ok(json!({ "overrides": list })),
-            Err(r) => r,
-        },
-        (["overrides"], _) => method_not_allowed("GET"),
+        (["openapi.json"], "GET") => {
+            done(AdminResponse { asset: Some(Asset::OpenApi), ..respond(200, "application/json", String::new()) })
+        }
+        (["policy"], "GET") => done(ok(effective_policy(config))),
+        (["metrics"], "GET") => Action::Redis(vec![cmd(&["HGETALL", METRICS_KEY])], Then::Metrics),
+        (["status.json"], "GET") => Action::Redis(
+            vec![
+                cmd(&["HGETALL", METRICS_KEY]),
+                cmd(&["ZREVRANGE", DENIED_KEY, "0", "9", "WITHSCORES"]),
+                cmd(&["HGETALL", INDEX_KEY]),
+            ],
+            Then::Status,
+        ),
+        (["openapi.json" | "policy" | "metrics" | "status.json"], _) => done(method_not_allowed("GET")),
+        (["buckets"], "GET") => {
+            let query = query_pairs(req.query, &["user", "ip", "path", "method", "tier"]);
+            match query.and_then(|p| bucket_query(config, &p)) {
+                Ok(q) => Action::Peek(q),
+                Err(r) => done(r),
+            }
+        }
+        (["buckets"], "DELETE") => reset(config, req.query),
+        (["buckets"], _) => done(method_not_allowed("GET, DELETE")),
+        (["overrides"], "GET") => Action::Redis(vec![cmd(&["HGETALL", INDEX_KEY])], Then::List),
+        (["overrides"], _) => done(method_not_allowed("GET")),
         (["overrides", scope, name @ ..], m) if !name.is_empty() => {
             let Some(scope) = Scope::parse(scope) else {
-                return bad_request("scope", &format!("{scope:?} is not a scope: use user, ip, tier or route"));
+                return done(bad_request("scope", &format!("{scope:?} is not a scope: use user, ip, tier or route")));
             };
             let name = match decode(&name.join("/"), false) {
                 Some(n) if scope == Scope::Route => format!("/{n}"),
                 Some(n) => n,
-                None => return bad_request("name", "the name is not valid percent-encoded UTF-8"),
+                None => return done(bad_request("name", "the name is not valid percent-encoded UTF-8")),
             };
             match m {
-                "GET" => get_override(config, transport, scope, &name, now_ms).await,
-                "PUT" => put_override(config, limiter, transport, scope, &name, req.body, now_ms).await,
-                "DELETE" => delete_override(config, limiter, transport, scope, &name).await,
-                _ => method_not_allowed("GET, PUT, DELETE"),
+                "GET" | "DELETE" => {
+                    let key = match target(config, scope, &name) {
+                        Ok(k) => k,
+                        Err(r) => return done(r),
+                    };
+                    if m == "GET" {
+                        Action::Redis(vec![cmd(&["HGET", INDEX_KEY, &key]), cmd(&["EXISTS", &key])], Then::Get)
+                    } else {
+                        Action::Redis(vec![cmd(&["DEL", &key]), cmd(&["HDEL", INDEX_KEY, &key])], Then::Delete)
+                    }
+                }
+                "PUT" => put_override(config, scope, &name, req.body, now_ms),
+                _ => done(method_not_allowed("GET, PUT, DELETE")),
             }
         }
-        _ => not_found(),
+        _ => done(not_found()),
     }
 }
 
-fn effective_policy(config: &Config) -> Value {
+/// The answer from a pipeline's replies (one per command sent).
+fn finish(config: &Config, limiter: &Limiter, then: Then, replies: &[Value], now_ms: f64) -> AdminResponse {
+    match then {
+        Then::Metrics => respond(
+            200,
+            "text/plain; version=0.0.4; charset=utf-8",
+            Totals::from_fields(&strings(&replies[0])).prometheus(),
+        ),
+        Then::Status => status_json(config, replies, now_ms),
+        Then::List => {
+            let list = live_overrides(&strings(&replies[0]), now_ms);
+            ok(Obj::new().raw("overrides", &json::array(list.iter().map(Override::to_json))).finish())
+        }
+        Then::Get => match replies[0].as_str().and_then(Override::from_json) {
+            Some(o) if integer(&replies[1]) == 1 && o.live(now_ms) => ok(o.to_json()),
+            _ => no_override(),
+        },
+        Then::Put(record) => {
+            limiter.forget(None);
+            ok(record)
+        }
+        Then::Delete if integer(&replies[0]) + integer(&replies[1]) > 0 => {
+            limiter.forget(None);
+            ok(r#"{"deleted":true}"#.to_string())
+        }
+        Then::Delete => no_override(),
+        Then::Reset(keys) => {
+            limiter.forget(Some(&keys));
+            ok(Obj::new().int("deleted", integer(&replies[0])).raw("keys", &json::strings(&keys)).finish())
+        }
+    }
+}
+
+fn effective_policy(config: &Config) -> String {
     let policy = match &config.policy {
         Some(p) => p.to_json(),
         None => {
-            let mut limit = limit_json(&config.limit, 1);
-            limit["name"] = "default".into();
-            limit["by"] = "user".into();
-            limit["shadow"] = false.into();
-            limit["tiers"] = json!({});
-            json!({ "tiers": [], "default_tier": null, "allow": {"users": [], "ips": []}, "deny": {"users": [], "ips": []},
-                    "rules": [{ "name": "default", "methods": null, "route": "*", "limits": [limit] }] })
+            let limit = Obj::new().str("name", "default").str("by", "user").bool("shadow", false);
+            let limit = limit_json(limit, &config.limit, 1).raw("tiers", "{}").finish();
+            let rule = Obj::new().str("name", "default").raw("methods", "null").str("route", "*");
+            let lists = r#"{"users":[],"ips":[]}"#;
+            Obj::new()
+                .raw("tiers", "[]")
+                .raw("default_tier", "null")
+                .raw("allow", lists)
+                .raw("deny", lists)
+                .raw("rules", &json::array([rule.raw("limits", &json::array([limit])).finish()]))
+                .finish()
         }
     };
-    json!({
-        "mode": if config.policy.is_some() { "policy" } else { "default" },
-        "fail_mode": if config.fail_mode == FailMode::Open { "open" } else { "closed" },
-        "clock": if config.clock == Clock::Redis { "redis" } else { "worker" },
-        "redis_timeout_ms": config.redis_timeout_ms,
-        "deny_cache_max_ms": config.deny_cache_max_ms,
-        "metrics_flush_ms": config.metrics_flush_ms,
-        "policy": policy,
-    })
+    Obj::new()
+        .str("mode", if config.policy.is_some() { "policy" } else { "default" })
+        .str("fail_mode", if config.fail_mode == FailMode::Open { "open" } else { "closed" })
+        .str("clock", if config.clock == Clock::Redis { "redis" } else { "worker" })
+        .int("redis_timeout_ms", config.redis_timeout_ms)
+        .int("deny_cache_max_ms", config.deny_cache_max_ms)
+        .int("metrics_flush_ms", config.metrics_flush_ms)
+        .raw("policy", &policy)
+        .finish()
 }
 
 // ---- Redis ----
@@ -229,7 +328,7 @@ fn cmd(parts: &[&str]) -> Vec<String> {
 
 /// Runs `commands` as one pipeline; every command must succeed.
 async fn redis<T: Transport>(transport: &T, commands: Vec<Vec<String>>) -> Result<Vec<Value>, AdminResponse> {
-    let body = serde_json::to_string(&commands).unwrap_or_default();
+    let body = json::array(commands.iter().map(|c| json::strings(c)));
     let reply = match transport.pipeline(body).await {
         Ok(r) => r,
         Err(TransportError::Timeout) => return Err(unavailable("Redis did not answer within REDIS_TIMEOUT_MS")),
@@ -335,83 +434,70 @@ async fn peek<T: Transport>(
     config: &Config,
     limiter: &Limiter,
     transport: &T,
-    query: &str,
+    q: BucketQuery,
     now_ms: f64,
 ) -> AdminResponse {
-    let q = match query_pairs(query, &["user", "ip", "path", "method", "tier"]).and_then(|p| bucket_query(config, &p)) {
-        Ok(q) => q,
-        Err(r) => return r,
-    };
     let caller = crate::key::subject_key(&q.caller);
     let Some(limited) = limits_of(config, &q) else {
-        return ok(json!({ "caller": caller, "path": q.path, "allowed_now": true, "limits": [] }));
+        let body = Obj::new().str("caller", &caller).str("path", &q.path).bool("allowed_now", true);
+        return ok(body.raw("limits", "[]").finish());
     };
     let decision = match limiter.peek(transport, &limited.checks, config.clock, now_ms).await {
         Ok(d) => d,
         Err(f) => return unavailable(&format!("Redis could not be asked ({})", f.reason())),
     };
-    let limits: Vec<Value> = limited
-        .checks
-        .iter()
-        .zip(&decision.limits)
-        .map(|(c, l)| {
-            json!({
-                "key": c.key, "rule": c.rule, "limit": c.policy, "algorithm": c.limit.algorithm().name(),
-                "shadow": c.shadow, "capacity": l.capacity, "window_seconds": l.window_s, "remaining": l.remaining,
-                "retry_after_ms": l.retry_ms, "reset_ms": l.reset_ms,
-            })
-        })
-        .collect();
-    ok(json!({ "caller": caller, "path": q.path, "allowed_now": decision.allowed, "limits": limits }))
+    let limits = json::array(limited.checks.iter().zip(&decision.limits).map(|(c, l)| {
+        Obj::new()
+            .str("key", &c.key)
+            .str("rule", c.rule)
+            .str("limit", c.policy)
+            .str("algorithm", c.limit.algorithm().name())
+            .bool("shadow", c.shadow)
+            .int("capacity", l.capacity)
+            .int("window_seconds", l.window_s)
+            .int("remaining", l.remaining)
+            .int("retry_after_ms", l.retry_ms)
+            .int("reset_ms", l.reset_ms)
+            .finish()
+    }));
+    let body = Obj::new().str("caller", &caller).str("path", &q.path).bool("allowed_now", decision.allowed);
+    ok(body.raw("limits", &limits).finish())
 }
 
-async fn reset<T: Transport>(config: &Config, limiter: &Limiter, transport: &T, query: &str) -> AdminResponse {
+fn reset(config: &Config, query: &str) -> Action {
     let pairs = match query_pairs(query, &["user", "ip", "path", "method", "tier", "key"]) {
         Ok(p) => p,
-        Err(r) => return r,
+        Err(r) => return Action::Done(r),
     };
     let keys: Vec<String> = match pairs.iter().find(|(k, _)| *k == "key") {
         Some((_, key)) => {
             if pairs.len() > 1 {
-                return bad_request("key", "give either key or a caller and path, not both");
+                return Action::Done(bad_request("key", "give either key or a caller and path, not both"));
             }
             if !key.starts_with("rate:") || key.len() > 4096 || key.chars().any(char::is_control) {
-                return bad_request("key", "a bucket key starts with rate: (an exact key, never a pattern)");
+                let detail = "a bucket key starts with rate: (an exact key, never a pattern)";
+                return Action::Done(bad_request("key", detail));
             }
             vec![key.clone()]
         }
         None => match bucket_query(config, &pairs) {
             Ok(q) => limits_of(config, &q).map(|l| l.checks.into_iter().map(|c| c.key).collect()).unwrap_or_default(),
-            Err(r) => return r,
+            Err(r) => return Action::Done(r),
         },
     };
     if keys.is_empty() {
-        return ok(json!({ "deleted": 0, "keys": [] }));
+        return Action::Done(ok(r#"{"deleted":0,"keys":[]}"#.to_string()));
     }
     let mut del = vec!["DEL".to_string()];
     del.extend(keys.iter().cloned());
-    match redis(transport, vec![del]).await {
-        Ok(replies) => {
-            limiter.forget(Some(&keys));
-            ok(json!({ "deleted": integer(&replies[0]), "keys": keys }))
-        }
-        Err(r) => r,
-    }
+    Action::Redis(vec![del], Then::Reset(keys))
 }
 
 // ---- overrides ----
 
-async fn list_overrides<T: Transport>(transport: &T, now_ms: f64) -> Result<Vec<Override>, AdminResponse> {
-    let replies = redis(transport, vec![cmd(&["HGETALL", INDEX_KEY])]).await?;
-    Ok(live_overrides(&strings(&replies[0]), now_ms))
-}
-
 fn live_overrides(flat: &[String], now_ms: f64) -> Vec<Override> {
-    let mut list: Vec<Override> = flat
-        .chunks_exact(2)
-        .filter_map(|kv| serde_json::from_str::<Override>(&kv[1]).ok())
-        .filter(|o| o.live(now_ms))
-        .collect();
+    let mut list: Vec<Override> =
+        flat.chunks_exact(2).filter_map(|kv| Override::from_json(&kv[1])).filter(|o| o.live(now_ms)).collect();
     list.sort_by(|a, b| (&a.scope, &a.name).cmp(&(&b.scope, &b.name)));
     list
 }
@@ -422,118 +508,59 @@ fn target(config: &Config, scope: Scope, name: &str) -> Result<String, AdminResp
         .map_err(invalid)
 }
 
-async fn get_override<T: Transport>(
-    config: &Config,
-    transport: &T,
-    scope: Scope,
-    name: &str,
-    now_ms: f64,
-) -> AdminResponse {
-    let key = match target(config, scope, name) {
-        Ok(k) => k,
-        Err(r) => return r,
-    };
-    match redis(transport, vec![cmd(&["HGET", INDEX_KEY, &key]), cmd(&["EXISTS", &key])]).await {
-        Ok(replies) => match replies[0].as_str().and_then(|s| serde_json::from_str::<Override>(s).ok()) {
-            Some(o) if integer(&replies[1]) == 1 && o.live(now_ms) => ok(serde_json::to_value(o).unwrap_or_default()),
-            _ => not_found(),
-        },
-        Err(r) => r,
-    }
-}
-
-async fn put_override<T: Transport>(
-    config: &Config,
-    limiter: &Limiter,
-    transport: &T,
-    scope: Scope,
-    name: &str,
-    body: &str,
-    now_ms: f64,
-) -> AdminResponse {
-    let new = match overrides::parse(
-        scope,
-        name,
-        body,
-        config.policy.as_ref(),
-        config.path_case_insensitive,
-        config.ipv6_prefix,
-        now_ms,
-    ) {
+fn put_override(config: &Config, scope: Scope, name: &str, body: &str, now_ms: f64) -> Action {
+    let (policy, fold, v6) = (config.policy.as_ref(), config.path_case_insensitive, config.ipv6_prefix);
+    let new = match overrides::parse(scope, name, body, policy, fold, v6, now_ms) {
         Ok(o) => o,
-        Err(e) => return invalid(e),
+        Err(e) => return Action::Done(invalid(e)),
     };
-    let record = serde_json::to_string(&new.record).unwrap_or_default();
+    let record = new.record.to_json();
     let mut set = cmd(&["SET", &new.key, &new.value]);
     if let Some(ms) = new.ttl_ms {
         set.extend(["PX".to_string(), ms.to_string()]);
     }
-    match redis(transport, vec![set, cmd(&["HSET", INDEX_KEY, &new.key, &record])]).await {
-        Ok(_) => {
-            limiter.forget(None);
-            ok(serde_json::to_value(new.record).unwrap_or_default())
-        }
-        Err(r) => r,
-    }
-}
-
-async fn delete_override<T: Transport>(
-    config: &Config,
-    limiter: &Limiter,
-    transport: &T,
-    scope: Scope,
-    name: &str,
-) -> AdminResponse {
-    let key = match target(config, scope, name) {
-        Ok(k) => k,
-        Err(r) => return r,
-    };
-    match redis(transport, vec![cmd(&["DEL", &key]), cmd(&["HDEL", INDEX_KEY, &key])]).await {
-        Ok(replies) if integer(&replies[0]) + integer(&replies[1]) > 0 => {
-            limiter.forget(None);
-            ok(json!({ "deleted": true }))
-        }
-        Ok(_) => not_found(),
-        Err(r) => r,
-    }
+    Action::Redis(vec![set, cmd(&["HSET", INDEX_KEY, &new.key, &record])], Then::Put(record))
 }
 
 // ---- status ----
 
-async fn status_json<T: Transport>(config: &Config, transport: &T, now_ms: f64) -> AdminResponse {
-    let commands = vec![
-        cmd(&["HGETALL", METRICS_KEY]),
-        cmd(&["ZREVRANGE", DENIED_KEY, "0", "9", "WITHSCORES"]),
-        cmd(&["HGETALL", INDEX_KEY]),
-    ];
-    let replies = match redis(transport, commands).await {
-        Ok(r) => r,
-        Err(r) => return r,
-    };
+fn status_json(config: &Config, replies: &[Value], now_ms: f64) -> AdminResponse {
     let totals = Totals::from_fields(&strings(&replies[0]));
-    let rules: Vec<Value> = totals
-        .requests
-        .iter()
-        .map(|((rule, tier), c)| {
-            json!({ "rule": rule, "tier": tier, "allowed": c[0], "denied": c[1], "shadow_denied": c[2],
-                    "failed_open": c[3], "failed_closed": c[4] })
-        })
-        .collect();
-    let top: Vec<Value> = strings(&replies[1])
-        .chunks_exact(2)
-        .map(|p| json!({ "caller": p[0], "denied": p[1].parse::<f64>().unwrap_or(0.0) as u64 }))
-        .collect();
-    let latency = |h: &crate::metrics::Histogram| json!({ "count": h.count, "p50": h.quantile(0.5), "p95": h.quantile(0.95), "p99": h.quantile(0.99) });
-    ok(json!({
-        "generated_ms": now_ms as u64,
-        "flush_interval_ms": config.metrics_flush_ms,
-        "rules": rules,
-        "latency": { "decision_ms": latency(&totals.decision), "redis_ms": latency(&totals.redis) },
-        "top_denied": top,
-        "overrides": live_overrides(&strings(&replies[2]), now_ms),
-        "noscript": totals.noscript,
-        "deny_cache_hits": totals.deny_cache_hits,
-    }))
+    let rules = json::array(totals.requests.iter().map(|((rule, tier), c)| {
+        Obj::new()
+            .str("rule", rule)
+            .str("tier", tier)
+            .int("allowed", c[0])
+            .int("denied", c[1])
+            .int("shadow_denied", c[2])
+            .int("failed_open", c[3])
+            .int("failed_closed", c[4])
+            .finish()
+    }));
+    let top =
+        json::array(strings(&replies[1]).chunks_exact(2).map(|p| {
+            Obj::new().str("caller", &p[0]).int("denied", p[1].parse::<f64>().unwrap_or(0.0) as u64).finish()
+        }));
+    let latency = |h: &crate::metrics::Histogram| {
+        Obj::new()
+            .int("count", h.count)
+            .opt_num("p50", h.quantile(0.5))
+            .opt_num("p95", h.quantile(0.95))
+            .opt_num("p99", h.quantile(0.99))
+            .finish()
+    };
+    let latency = Obj::new().raw("decision_ms", &latency(&totals.decision)).raw("redis_ms", &latency(&totals.redis));
+    let overrides = json::array(live_overrides(&strings(&replies[2]), now_ms).iter().map(Override::to_json));
+    ok(Obj::new()
+        .int("generated_ms", now_ms as u64)
+        .int("flush_interval_ms", config.metrics_flush_ms)
+        .raw("rules", &rules)
+        .raw("latency", &latency.finish())
+        .raw("top_denied", &top)
+        .raw("overrides", &overrides)
+        .int("noscript", totals.noscript)
+        .int("deny_cache_hits", totals.deny_cache_hits)
+        .finish())
 }
 
 /// Percent-decoding of a path segment or (with `plus_as_space`) a query component; `None` when the

@@ -5,6 +5,7 @@
 
 use std::fmt::Write;
 
+use crate::json::Obj;
 use crate::limit::Limit;
 use crate::upstash::RestError;
 
@@ -117,13 +118,16 @@ pub fn rate_limit_headers(decision: &Decision) -> Vec<(&'static str, String)> {
 /// An RFC 9457 problem body; its type is `urn:edge-ratelimit:problem:<kind>` (the README lists
 /// the kinds). No internal detail is ever put in `detail`.
 pub fn problem_json(kind: &str, title: &str, status: u16, detail: &str) -> String {
-    serde_json::json!({
-        "type": format!("urn:edge-ratelimit:problem:{kind}"),
-        "title": title,
-        "status": status,
-        "detail": detail,
-    })
-    .to_string()
+    problem(kind, title, status, detail).finish()
+}
+
+/// [`problem_json`] still open for extension members (the admin API adds `field`).
+pub fn problem(kind: &str, title: &str, status: u16, detail: &str) -> Obj {
+    Obj::new()
+        .str("type", &format!("urn:edge-ratelimit:problem:{kind}"))
+        .str("title", title)
+        .int("status", status)
+        .str("detail", detail)
 }
 
 #[cfg(test)]

@@ -27,6 +27,7 @@ mod config;
 mod decision;
 mod gateway;
 mod identity;
+mod json;
 mod jwt;
 mod key;
 mod limit;
@@ -44,9 +45,7 @@ pub mod bucket;
 #[cfg(target_arch = "wasm32")]
 mod edge;
 
-pub use admin::{
-    admin_target, authorized, handle as admin, AdminRequest, AdminResponse, MAX_BODY_BYTES, OPENAPI, STATUS_PAGE,
-};
+pub use admin::{admin_target, authorized, handle as admin, AdminRequest, AdminResponse, Asset, MAX_BODY_BYTES};
 pub use config::{Clock, Config, ConfigError, FailMode};
 pub use decision::{problem_json, rate_limit_headers, Decision, LimitStatus};
 pub use gateway::{limits_for, plan, Limited, Plan, RequestFacts, Target, DEFAULT_POLICY};

@@ -225,7 +225,7 @@ impl Metrics {
             let keep = format!("-{}", DENIED_KEEP + 1);
             commands.push(vec!["ZREMRANGEBYRANK".into(), DENIED_KEY.into(), "0".into(), keep]);
         }
-        serde_json::to_string(&commands).unwrap_or_default()
+        crate::json::array(commands.iter().map(|c| crate::json::strings(c)))
     }
 }
 

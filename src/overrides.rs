@@ -10,7 +10,7 @@
 //!   with the override's expiry as the key's own TTL;
 //! - `ratelimit:overrides`: a hash from those keys to the override as JSON, for listing.
 
-use serde::{Deserialize, Serialize};
+use crate::json::Obj;
 
 use crate::identity::{identify, Caller};
 use crate::key::{push_escaped, subject_key};
@@ -26,8 +26,7 @@ const KEY_PREFIX: &str = "ratelimit:override:";
 pub const MAX_EXPIRES_IN_S: u64 = 365 * 86_400;
 
 /// Who an override is for.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Scope {
     /// A caller identified by user id (verified token subject or trusted header).
     User,
@@ -78,7 +77,7 @@ pub fn route_key(route: &str) -> String {
 }
 
 /// An override as stored in the index and returned by the admin API.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Override {
     pub scope: String,
     pub name: String,
@@ -90,20 +89,38 @@ pub struct Override {
 }
 
 impl Override {
+    /// As JSON (the index's value and the admin API's answer).
+    pub fn to_json(&self) -> String {
+        Obj::new()
+            .str("scope", &self.scope)
+            .str("name", &self.name)
+            .int("capacity", self.capacity)
+            .str("refill", &self.refill)
+            .opt_int("expires_at_ms", self.expires_at_ms)
+            .int("created_at_ms", self.created_at_ms)
+            .finish()
+    }
+
+    /// From [`Override::to_json`]'s form; `None` for anything else.
+    pub fn from_json(text: &str) -> Option<Override> {
+        let v: serde_json::Value = serde_json::from_str(text).ok()?;
+        Some(Override {
+            scope: v["scope"].as_str()?.to_string(),
+            name: v["name"].as_str()?.to_string(),
+            capacity: u32::try_from(v["capacity"].as_u64()?).ok()?,
+            refill: v["refill"].as_str()?.to_string(),
+            expires_at_ms: match &v["expires_at_ms"] {
+                serde_json::Value::Null => None,
+                t => Some(t.as_u64()?),
+            },
+            created_at_ms: v["created_at_ms"].as_u64()?,
+        })
+    }
+
     /// Still in force at `now_ms`?
     pub fn live(&self, now_ms: f64) -> bool {
         self.expires_at_ms.is_none_or(|t| (t as f64) > now_ms)
     }
-}
-
-/// What the admin API accepts as an override's body.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawBody {
-    capacity: serde_json::Value,
-    refill: serde_json::Value,
-    #[serde(default)]
-    expires_in_s: Option<serde_json::Value>,
 }
 
 /// A bad request, with the field it is about.
@@ -197,28 +214,25 @@ pub fn parse(
     now_ms: f64,
 ) -> Result<NewOverride, Invalid> {
     let (key, name) = target_key(scope, name, policy, fold_case, ipv6_prefix)?;
-    let raw: RawBody = serde_json::from_str(body).map_err(|e| {
-        let text = e.to_string();
-        // serde names the field in backquotes: "missing field `capacity`", "unknown field `colour`, expected …".
-        let named = text.split('`').nth(1).unwrap_or("");
-        let field = ["capacity", "refill", "expires_in_s"].into_iter().find(|f| *f == named);
-        let field = match field {
-            Some(f) if text.starts_with("missing field") => f,
-            _ if text.starts_with("unknown field") => "body",
-            _ => "body",
-        };
-        invalid(field, format!("not a valid override: {text}"))
-    })?;
+    let body: serde_json::Value =
+        serde_json::from_str(body).map_err(|e| invalid("body", format!("not a valid override: {e}")))?;
+    let Some(members) = body.as_object() else {
+        return Err(invalid("body", "an override is a JSON object: {\"capacity\": 100, \"refill\": \"100/min\"}"));
+    };
+    if let Some(unknown) = members.keys().find(|k| !["capacity", "refill", "expires_in_s"].contains(&k.as_str())) {
+        return Err(invalid("body", format!("unknown field {unknown:?}; expected capacity, refill, expires_in_s")));
+    }
+    let raw = (&body["capacity"], &body["refill"], &body["expires_in_s"]);
     let capacity = raw
-        .capacity
+        .0
         .as_u64()
         .filter(|c| (1..=u64::from(MAX_CAPACITY)).contains(c))
         .ok_or_else(|| invalid("capacity", format!("must be a whole number from 1 to {MAX_CAPACITY}")))?;
-    let refill_text = raw.refill.as_str().ok_or_else(|| invalid("refill", "must be a string like \"100/min\""))?;
+    let refill_text = raw.1.as_str().ok_or_else(|| invalid("refill", "must be a string like \"100/min\""))?;
     let refill = Refill::parse(refill_text).map_err(|m| invalid("refill", m))?;
-    let ttl_ms = match raw.expires_in_s {
-        None | Some(serde_json::Value::Null) => None,
-        Some(v) => Some(
+    let ttl_ms = match raw.2 {
+        serde_json::Value::Null => None,
+        v => Some(
             v.as_u64().filter(|s| (1..=MAX_EXPIRES_IN_S).contains(s)).ok_or_else(|| {
                 invalid("expires_in_s", format!("must be a whole number from 1 to {MAX_EXPIRES_IN_S}"))
             })? * 1000,

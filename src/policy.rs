@@ -10,6 +10,7 @@ use std::net::IpAddr;
 use serde::Deserialize;
 
 use crate::identity::Caller;
+use crate::json::{self, Obj};
 use crate::key::{push_escaped, subject_key};
 use crate::limit::{Algorithm, Limit};
 use crate::path::normalize_with;
@@ -164,21 +165,19 @@ impl Policy {
     }
 }
 
-/// A limit's numbers as the admin API shows them.
-pub fn limit_json(limit: &Limit, cost: u32) -> serde_json::Value {
-    serde_json::json!({
-        "algorithm": limit.algorithm().name(),
-        "capacity": limit.capacity(),
-        "refill_per_second": limit.refill().tokens_per_second(),
-        "window_seconds": limit.window_seconds(),
-        "ttl_seconds": limit.ttl_seconds(),
-        "cost": cost,
-    })
+/// A limit's numbers as the admin API shows them, as JSON members.
+pub fn limit_json(o: Obj, limit: &Limit, cost: u32) -> Obj {
+    o.str("algorithm", limit.algorithm().name())
+        .int("capacity", limit.capacity())
+        .num("refill_per_second", limit.refill().tokens_per_second())
+        .int("window_seconds", limit.window_seconds())
+        .int("ttl_seconds", limit.ttl_seconds())
+        .int("cost", cost)
 }
 
 impl Policy {
-    /// The policy in effect, every default filled in (the admin API's `GET policy`).
-    pub fn to_json(&self) -> serde_json::Value {
+    /// The policy in effect, every default filled in (the admin API's `GET policy`), as JSON.
+    pub fn to_json(&self) -> String {
         let by = |b: &CountBy| match b {
             CountBy::User => "user".to_string(),
             CountBy::Ip => "ip".to_string(),
@@ -189,38 +188,33 @@ impl Policy {
             let mut users: Vec<&String> = l.users.iter().collect();
             users.sort();
             let ips: Vec<String> = l.nets.iter().map(|(ip, p)| format!("{ip}/{p}")).collect();
-            serde_json::json!({ "users": users, "ips": ips })
+            Obj::new().raw("users", &json::strings(&users)).raw("ips", &json::strings(&ips)).finish()
         };
-        let rules: Vec<serde_json::Value> = self
-            .rules
-            .iter()
-            .map(|r| {
-                let limits: Vec<serde_json::Value> = r
-                    .limits
-                    .iter()
-                    .map(|l| {
-                        let mut v = limit_json(&l.base.limit, l.base.cost);
-                        let mut tiers: Vec<(&String, &Tiered)> = l.tiers.iter().collect();
-                        tiers.sort_by(|a, b| a.0.cmp(b.0));
-                        let tiers: serde_json::Map<String, serde_json::Value> =
-                            tiers.into_iter().map(|(t, n)| (t.clone(), limit_json(&n.limit, n.cost))).collect();
-                        v["name"] = l.name.clone().into();
-                        v["by"] = by(&l.by).into();
-                        v["shadow"] = l.shadow.into();
-                        v["tiers"] = tiers.into();
-                        v
-                    })
-                    .collect();
-                serde_json::json!({ "name": r.name, "methods": r.methods, "route": r.route, "limits": limits })
-            })
-            .collect();
-        serde_json::json!({
-            "tiers": self.tiers,
-            "default_tier": self.default_tier,
-            "allow": lists(&self.allow),
-            "deny": lists(&self.deny),
-            "rules": rules,
-        })
+        let rules = json::array(self.rules.iter().map(|r| {
+            let limits = json::array(r.limits.iter().map(|l| {
+                let mut tiers: Vec<(&String, &Tiered)> = l.tiers.iter().collect();
+                tiers.sort_by(|a, b| a.0.cmp(b.0));
+                let tiers = tiers
+                    .into_iter()
+                    .fold(Obj::new(), |o, (t, n)| o.raw(t, &limit_json(Obj::new(), &n.limit, n.cost).finish()));
+                let o = Obj::new().str("name", &l.name).str("by", &by(&l.by)).bool("shadow", l.shadow);
+                limit_json(o, &l.base.limit, l.base.cost).raw("tiers", &tiers.finish()).finish()
+            }));
+            let methods = r.methods.as_ref().map_or_else(|| "null".to_string(), |m| json::strings(m));
+            Obj::new()
+                .str("name", &r.name)
+                .raw("methods", &methods)
+                .str("route", &r.route)
+                .raw("limits", &limits)
+                .finish()
+        }));
+        Obj::new()
+            .raw("tiers", &json::strings(&self.tiers))
+            .opt_str("default_tier", self.default_tier.as_deref())
+            .raw("allow", &lists(&self.allow))
+            .raw("deny", &lists(&self.deny))
+            .raw("rules", &rules)
+            .finish()
     }
 }
 

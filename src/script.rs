@@ -3,10 +3,12 @@
 
 include!(concat!(env!("OUT_DIR"), "/script_shas.rs"));
 
-/// `lua/ratelimit.lua` as written: its shebang asks Upstash for per-key locking.
-pub const SCRIPT_FLAGGED: &str = include_str!("../lua/ratelimit.lua");
-/// The same script without the shebang, for servers that reject the flag (vanilla Redis 7).
-pub const SCRIPT_PLAIN: &str = include_str!(concat!(env!("OUT_DIR"), "/ratelimit.plain.lua"));
+/// `lua/ratelimit.lua` without its comments (see `build.rs`): its shebang asks Upstash for per-key locking.
+pub const SCRIPT_FLAGGED: &str = include_str!(concat!(env!("OUT_DIR"), "/ratelimit.lua"));
+/// The same script without the shebang, for servers that reject the flag (vanilla Redis 7): the same
+/// bytes from the end of the first line on, so the first line is empty and line numbers stay.
+pub const SCRIPT_PLAIN: &str = SCRIPT_FLAGGED.split_at(SHEBANG.len()).1;
+const SHEBANG: &str = "#!lua flags=allow-key-locking";
 
 /// Which variant of the script an isolate sends.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -5,6 +5,7 @@
 
 use serde::Deserialize;
 
+use crate::json::push_str;
 use crate::script::Variant;
 
 /// Why the REST endpoint did not give us a usable script result.
@@ -40,34 +41,18 @@ fn body(command: &str, script: &str, keys: &[String], args: &[String]) -> String
     let size = script.len() + 32 + keys.iter().chain(args).map(|s| s.len() + 3).sum::<usize>();
     let mut out = String::with_capacity(size);
     out.push('[');
-    push_json_string(&mut out, command);
+    push_str(&mut out, command);
     out.push(',');
-    push_json_string(&mut out, script);
+    push_str(&mut out, script);
     out.push_str(",\"");
     out.push_str(&keys.len().to_string());
     out.push('"');
     for item in keys.iter().chain(args) {
         out.push(',');
-        push_json_string(&mut out, item);
+        push_str(&mut out, item);
     }
     out.push(']');
     out
-}
-
-fn push_json_string(out: &mut String, s: &str) {
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
-            c => out.push(c),
-        }
-    }
-    out.push('"');
 }
 
 #[derive(Deserialize)]

@@ -9,8 +9,8 @@ use std::cell::RefCell;
 
 use common::{block_on, Redis};
 use edge_ratelimit::{
-    admin, admin_target, plan, AdminRequest, AdminResponse, Config, HttpReply, Limited, Limiter, Metrics, Outcome,
-    Plan, RequestFacts, Transport, TransportError,
+    admin, admin_target, plan, AdminRequest, AdminResponse, Asset, Config, HttpReply, Limited, Limiter, Metrics,
+    Outcome, Plan, RequestFacts, Transport, TransportError,
 };
 use serde_json::{json, Value};
 
@@ -168,7 +168,10 @@ fn off_without_a_token_and_closed_without_the_right_one() {
     }
     // The status page's shell has no data and needs no token; its data does.
     let page = g.call("GET", "/__ratelimit/status", None, "");
-    assert_eq!((page.status, page.content_type), (200, "text/html; charset=utf-8"));
+    assert_eq!(
+        (page.status, page.content_type, page.asset),
+        (200, "text/html; charset=utf-8", Some(Asset::StatusPage))
+    );
     assert!(page.headers.iter().any(|(n, v)| *n == "content-security-policy" && v.contains("default-src 'none'")));
     assert_eq!(g.call("GET", "/__ratelimit/status.json", None, "").status, 401);
     assert_eq!(g.call("GET", "/__ratelimit/nothing", Some(TOKEN), "").status, 404);
@@ -405,4 +408,39 @@ fn redis_down_is_a_503_not_a_hang_or_a_500() {
         assert!(r.headers.contains(&("retry-after", "1".into())));
         assert!(r.body.contains("redis-unavailable"));
     }
+}
+
+#[test]
+fn the_openapi_document_describes_every_route_and_nothing_else() {
+    let doc: Value = serde_json::from_str(include_str!("../assets/openapi.json")).expect("valid JSON");
+    assert_eq!(doc["openapi"], "3.1.0");
+    let g = Gateway::new(&[]);
+    let mut documented = Vec::new();
+    for (path, item) in doc["paths"].as_object().expect("paths") {
+        for (method, _) in item.as_object().expect("a path item").iter().filter(|(m, _)| *m != "parameters") {
+            documented.push(format!("{} {path}", method.to_uppercase()));
+            // Every documented operation is routed: whatever it answers, it is not "no such resource".
+            let concrete = path.replace("{scope}", "user").replace("{name}", "someone");
+            let r = g.call(&method.to_uppercase(), &concrete, Some(TOKEN), "{}");
+            assert!(!r.body.contains("no such admin resource"), "{method} {path}: {}", r.body);
+            assert_ne!(r.status, 405, "{method} {path}");
+        }
+    }
+    documented.sort();
+    assert_eq!(
+        documented,
+        [
+            "DELETE /__ratelimit/buckets",
+            "DELETE /__ratelimit/overrides/{scope}/{name}",
+            "GET /__ratelimit/buckets",
+            "GET /__ratelimit/metrics",
+            "GET /__ratelimit/openapi.json",
+            "GET /__ratelimit/overrides",
+            "GET /__ratelimit/overrides/{scope}/{name}",
+            "GET /__ratelimit/policy",
+            "GET /__ratelimit/status",
+            "GET /__ratelimit/status.json",
+            "PUT /__ratelimit/overrides/{scope}/{name}",
+        ]
+    );
 }

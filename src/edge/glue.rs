@@ -32,6 +32,11 @@ export function respond(status, body, flat) {
   return new Response(body, { status, headers: headersOf(flat) });
 }
 
+export function respondAsset(status, assets, name, flat) {
+  const body = assets && typeof assets[name] === "string" ? assets[name] : "";
+  return new Response(body, { status, headers: headersOf(flat) });
+}
+
 export function withHeaders(response, flat) {
   if (flat === "") return response;
   // A fetched response's headers are immutable; a new Response over the same body gets a mutable copy.
@@ -78,6 +83,10 @@ extern "C" {
 
     /// A response with `flat` headers (`name \n value \n …`).
     pub fn respond(status: u16, body: &str, flat: &str) -> web_sys::Response;
+
+    /// A response whose body is `assets[name]` (the shim's static files), with `flat` headers.
+    #[wasm_bindgen(js_name = respondAsset)]
+    pub fn respond_asset(status: u16, assets: &JsValue, name: &str, flat: &str) -> web_sys::Response;
 
     /// `fetch` of the request itself (`url` empty) or of the request sent to `url`, resolving to the
     /// origin's response with `flat` headers added (its body streams through untouched), or to a 502

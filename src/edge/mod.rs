@@ -59,11 +59,11 @@ thread_local! {
 /// The Worker's fetch handler (js/shim.mjs calls it). It resolves to a Response, or to the promise of
 /// the origin's response, which the runtime then adopts: the forward is never awaited in Rust.
 #[wasm_bindgen(wasm_bindgen = ::worker::wasm_bindgen, wasm_bindgen_futures = ::worker::wasm_bindgen_futures, js_sys = ::worker::js_sys)]
-pub async fn fetch(req: web_sys::Request, env: Env, ctx: JsValue) -> Result<JsValue, JsValue> {
-    Ok(handle(req, &env, &ctx).await)
+pub async fn fetch(req: web_sys::Request, env: Env, ctx: JsValue, assets: JsValue) -> Result<JsValue, JsValue> {
+    Ok(handle(req, &env, &ctx, &assets).await)
 }
 
-async fn handle(req: web_sys::Request, env: &Env, ctx: &JsValue) -> JsValue {
+async fn handle(req: web_sys::Request, env: &Env, ctx: &JsValue, assets: &JsValue) -> JsValue {
     let isolate = ISOLATE.with(|c| {
         c.get_or_init(|| Config::from_env(|name| env::var(env, name)).map(|config| Rc::new(Isolate::new(config))))
             .clone()
@@ -96,7 +96,7 @@ async fn handle(req: web_sys::Request, env: &Env, ctx: &JsValue) -> JsValue {
     let now = js_sys::Date::now();
     if let Some(spelled) = admin::admin_target(config, target) {
         return match spelled {
-            Some((rest, query)) => admin(&isolate, &req, method, rest, query, now).await,
+            Some((rest, query)) => admin(&isolate, &req, assets, method, rest, query, now).await,
             None => respond::not_found().into(),
         };
     }
@@ -157,7 +157,15 @@ fn send_report(isolate: Rc<Isolate>, report: crate::metrics::Report, now: f64) -
 
 /// The admin API: reads what it needs of the request (the body only for writes, at most
 /// [`MAX_BODY_BYTES`]) and hands it to the pure handler.
-async fn admin(isolate: &Isolate, req: &web_sys::Request, method: &str, rest: &str, query: &str, now: f64) -> JsValue {
+async fn admin(
+    isolate: &Isolate,
+    req: &web_sys::Request,
+    assets: &JsValue,
+    method: &str,
+    rest: &str,
+    query: &str,
+    now: f64,
+) -> JsValue {
     let config = &isolate.config;
     let headers = req.headers();
     let authorization = headers.get("authorization").ok().flatten();
@@ -175,8 +183,14 @@ async fn admin(isolate: &Isolate, req: &web_sys::Request, method: &str, rest: &s
     let response = admin::handle(config, &isolate.limiter, &transport, &request, now).await;
     let mut headers = vec![("content-type", response.content_type.to_string())];
     headers.extend(response.headers);
-    let body = if method == "HEAD" { "" } else { response.body.as_str() };
-    glue::respond(response.status, body, &glue::flat(&headers)).into()
+    let flat = glue::flat(&headers);
+    match response.asset {
+        Some(asset) if method != "HEAD" => glue::respond_asset(response.status, assets, asset.name(), &flat).into(),
+        _ => {
+            let body = if method == "HEAD" { "" } else { response.body.as_str() };
+            glue::respond(response.status, body, &flat).into()
+        }
+    }
 }
 
 /// Benchmark floors (feature `bench-floor`, never in a deployed build): answer 429 at once, or make one
