@@ -171,9 +171,7 @@ pub fn script_call(checks: &[Check<'_>], clock: Clock, now_ms: f64, peek: bool) 
     args.push(checks.len().to_string());
     for c in checks {
         args.push(c.limit.algorithm().code().to_string());
-        args.push(c.limit.capacity().to_string());
-        args.push(c.limit.refill().tokens_per_second().to_string());
-        args.push(c.limit.ttl_seconds().to_string());
+        args.extend(c.limit.script_args().iter().cloned());
         args.push(c.cost.to_string());
         args.push(if c.shadow { "1" } else { "0" }.to_string());
         let mut indexes = String::new();

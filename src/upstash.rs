@@ -63,6 +63,21 @@ struct Envelope {
     error: Option<String>,
 }
 
+/// The usual reply, `{"result":[1,0,4,0,12000,5,60]}` exactly (no spaces, integers only), read
+/// without building a JSON tree; anything else (`None`) goes through serde_json.
+fn integers_fast(body: &str) -> Option<Vec<i64>> {
+    let list = body.strip_prefix("{\"result\":[")?.strip_suffix("]}")?;
+    let mut out = Vec::with_capacity(16);
+    for item in list.split(',') {
+        let digits = item.strip_prefix('-').unwrap_or(item);
+        if digits.is_empty() || digits.len() > 18 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        out.push(item.parse().ok()?);
+    }
+    Some(out)
+}
+
 /// Classifies an HTTP reply to a script call; `Ok` is the script's integer array.
 pub fn parse_script_reply(status: u16, body: &str) -> Result<Vec<i64>, RestError> {
     match status {
@@ -70,6 +85,11 @@ pub fn parse_script_reply(status: u16, body: &str) -> Result<Vec<i64>, RestError
         429 => return Err(RestError::Throttled),
         500..=599 => return Err(RestError::Server(status)),
         _ => {}
+    }
+    if status == 200 {
+        if let Some(values) = integers_fast(body) {
+            return Ok(values);
+        }
     }
     let envelope: Envelope = serde_json::from_str(body)
         .map_err(|e| RestError::Malformed(format!("HTTP {status}: not a JSON object ({e})")))?;
@@ -105,6 +125,33 @@ fn classify_error(error: String) -> RestError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_fast_path_reads_exactly_what_serde_json_reads() {
+        for body in [
+            r#"{"result":[1,0,4,0,12000,5,60]}"#,
+            r#"{"result":[0,1,-3,9007199254740993,1]}"#,
+            r#"{"result":[]}"#,
+            r#"{"result":[1, 0]}"#,
+            r#"{"result":[1,0.5]}"#,
+            r#"{"result":[1,"2"]}"#,
+            r#"{"result":[1,,2]}"#,
+            r#"{"result":[1e3]}"#,
+            r#"{"result":[-]}"#,
+            r#"{"result":[99999999999999999999]}"#,
+        ] {
+            let fast = integers_fast(body);
+            let slow = serde_json::from_str::<serde_json::Value>(body)
+                .ok()
+                .and_then(|v| v["result"].as_array().cloned())
+                .and_then(|a| a.iter().map(serde_json::Value::as_i64).collect::<Option<Vec<i64>>>());
+            if let Some(f) = &fast {
+                assert_eq!(Some(f), slow.as_ref(), "{body}");
+            }
+            assert_eq!(parse_script_reply(200, body).ok(), slow, "{body}");
+        }
+        assert_eq!(integers_fast(r#"{"result":[1,0,4]}"#), Some(vec![1, 0, 4]));
+    }
     use crate::script::{SCRIPT_FLAGGED_SHA, SCRIPT_PLAIN_SHA};
 
     #[test]
