@@ -57,9 +57,9 @@ for i = 1, n do
   local c, r, ttl_i, k = tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3]), tonumber(ARGV[a + 4])
   for j in string.gmatch(ARGV[a + 6], "%d+") do
     local v = overrides[tonumber(j)]
-    if v then
-      local oc, orate = string.match(v, "^(%S+) (%S+)$")
-      oc, orate = tonumber(oc), tonumber(orate)
+    local sp = v and string.find(v, " ", 1, true)
+    if sp then
+      local oc, orate = tonumber(string.sub(v, 1, sp - 1)), tonumber(string.sub(v, sp + 1))
       if oc and orate and oc > 0 and orate > 0 then
         c, r = oc, orate
         break

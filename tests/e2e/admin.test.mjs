@@ -112,14 +112,24 @@ describe("admin API", () => {
   test("metrics: scraped as Prometheus text, global across isolates, reported off the response path", async () => {
     const a = await stack.gateway({ ADMIN_TOKEN: ADMIN, METRICS_FLUSH_MS: "0" });
     const b = await stack.gateway({ ADMIN_TOKEN: ADMIN, METRICS_FLUSH_MS: "0" });
+    const metricCommands = (c) => (c.HINCRBY ?? 0) + (c.ZINCRBY ?? 0) + (c.ZREMRANGEBYRANK ?? 0);
+    const before = await stats();
     for (const g of [a, b]) for (let i = 0; i < 4; i++) await g.fetch("/m", { headers: { "x-user-id": "max" } });
     const line = 'edge_ratelimit_requests_total{rule="default",tier="none",outcome="denied"} 3';
     let text = "";
+    let polls = 0;
     for (let i = 0; i < 50 && !text.includes(line); i++) {
+      polls++;
       text = (await a.fetch("/__ratelimit/metrics", { headers: auth })).text;
       if (!text.includes(line)) await new Promise((r) => setTimeout(r, 100));
     }
     assert.ok(text.includes(line), text);
+    const after = await stats();
+    const scripts = (c) => (c.EVALSHA ?? 0) + (c.EVAL ?? 0);
+    const reports = after.calls - before.calls - (scripts(after.commands) - scripts(before.commands)) - polls;
+    const perReport = (metricCommands(after.commands) - metricCommands(before.commands)) / reports;
+    console.log(`# MEASURED metrics: ${reports} reports after 8 requests (METRICS_FLUSH_MS=0), ${perReport.toFixed(1)} Redis commands per report, 0 on the decision's call`);
+    assert.ok(reports >= 1 && reports <= 8, `${reports} reports`);
     assert.ok(text.includes('edge_ratelimit_requests_total{rule="default",tier="none",outcome="allowed"} 5\n'), text);
     // 8 decisions of `a` and `b`, plus whatever the policy gateway above has reported (its first
     // request at once, the rest within its 10 s interval).
