@@ -96,7 +96,9 @@ check "sliding window + overrides (unset)" 7 1 1 "${W_OVR[@]}"
 check "3 limits (t, t, t)" 17 1 1 "${M_TTT[@]}"
 check "3 limits (t, w, t)" 17 1 1 "${M_TWT[@]}"
 
-once() { redis-benchmark -p "$port" -c "$CLIENTS" -n "$REQUESTS" -r 1000000000 -q "$@" | tr '\r' '\n' | grep -o '[0-9.]* requests per second' | tail -n1 | cut -d' ' -f1; }
+# Every run starts from an empty keyspace (scripts stay loaded): keys left by earlier runs (200,000 per
+# run, TTL 60 s) would make later rows pay for a growing, rehashing keyspace.
+once() { cli flushall >/dev/null; cli set "$O_SET" "100 1.6666666666666667" >/dev/null; redis-benchmark -p "$port" -c "$CLIENTS" -n "$REQUESTS" -r 1000000000 -q "$@" | tr '\r' '\n' | grep -o '[0-9.]* requests per second' | tail -n1 | cut -d' ' -f1; }
 # The median of ROUNDS runs (default 3): single runs of the same row differ by up to ±15% on 2 cores.
 run() { for _ in $(seq "${ROUNDS:-3}"); do once "$@"; done | sort -g | awk '{v[NR] = $1} END {print v[int((NR + 1) / 2)]}'; }
 a=$(run "${A_TB[@]}")
