@@ -116,6 +116,7 @@ struct Denial {
     /// Until then (Worker ms) this denial stands: the earlier of when the bucket can pay `cost`
     /// and the deny cache's maximum age.
     until_ms: f64,
+    /// When Redis said the bucket can pay `cost` again, and when it is full.
     retry_at_ms: f64,
     full_at_ms: f64,
     cost: u32,
