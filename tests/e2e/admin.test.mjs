@@ -77,7 +77,7 @@ describe("admin API", () => {
     assert.equal(denied.headers.get("ratelimit-policy"), '"api-user";q=2;w=60');
     const after = await stats();
     assert.equal(after.calls - mid.calls, 2, "one REST call for the last allowed request and one for the denial");
-    console.log(`# MEASURED REST calls per request with an override and metrics on: allowed 1, denied 1 (deny cache then 0)`);
+    console.log(`MEASURED REST calls per request with an override and metrics on: allowed 1, denied 1 (deny cache then 0)`);
     const cached = await get("ana");
     assert.equal(cached.status, 429);
     assert.equal((await stats()).calls, after.calls, "a known-empty caller costs no call");
@@ -128,7 +128,7 @@ describe("admin API", () => {
     const scripts = (c) => (c.EVALSHA ?? 0) + (c.EVAL ?? 0);
     const reports = after.calls - before.calls - (scripts(after.commands) - scripts(before.commands)) - polls;
     const perReport = (metricCommands(after.commands) - metricCommands(before.commands)) / reports;
-    console.log(`# MEASURED metrics: ${reports} reports after 8 requests (METRICS_FLUSH_MS=0), ${perReport.toFixed(1)} Redis commands per report, 0 on the decision's call`);
+    console.log(`MEASURED metrics: ${reports} reports after 8 requests (METRICS_FLUSH_MS=0), ${perReport.toFixed(1)} Redis commands per report, 0 on the decision's call`);
     assert.ok(reports >= 1 && reports <= 8, `${reports} reports`);
     assert.ok(text.includes('edge_ratelimit_requests_total{rule="default",tier="none",outcome="allowed"} 5\n'), text);
     // 8 decisions of `a` and `b`, plus whatever the policy gateway above has reported (its first
