@@ -42,6 +42,7 @@ impl Asset {
         }
     }
 }
+
 /// The largest request body accepted.
 pub const MAX_BODY_BYTES: usize = 16 * 1024;
 /// The status page's Content-Security-Policy: its own inline script and style, `fetch` to itself.
@@ -380,8 +381,8 @@ fn query_pairs(query: &str, allowed: &[&'static str]) -> Result<Vec<(&'static st
         let (k, v) = part.split_once('=').unwrap_or((part, ""));
         let k = decode(k, true).unwrap_or_default();
         let Some(&name) = allowed.iter().find(|a| **a == k) else {
-            let field: &'static str = "query";
-            return Err(bad_request(field, &format!("unknown query parameter {k:?}; expected {}", allowed.join(", "))));
+            let detail = format!("unknown query parameter {k:?}; expected {}", allowed.join(", "));
+            return Err(bad_request("query", &detail));
         };
         let Some(v) = decode(v, true) else { return Err(bad_request(name, "not valid percent-encoded UTF-8")) };
         if out.iter().any(|(n, _)| *n == name) {
