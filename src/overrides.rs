@@ -167,11 +167,10 @@ pub fn target_key(
         Scope::Ip => {
             let caller = identify(None, Some(name), ipv6_prefix)
                 .map_err(|_| invalid("name", format!("{name:?} is not an IP address")))?;
-            let canonical = match &caller {
-                Caller::Ip { addr, .. } => addr.to_string(),
-                Caller::User(_) => unreachable!("identify without a user id gives an IP"),
+            let Caller::Ip { addr, .. } = &caller else {
+                return Err(invalid("name", format!("{name:?} is not an IP address")));
             };
-            Ok((caller_key(&subject_key(&caller)), canonical))
+            Ok((caller_key(&subject_key(&caller)), addr.to_string()))
         }
         Scope::Tier => {
             let declared = policy.is_some_and(|p| p.tiers.iter().any(|t| t == name));
