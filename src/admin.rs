@@ -21,7 +21,7 @@ use crate::json::{self, Obj};
 use crate::limiter::{Limiter, Transport, TransportError};
 use crate::metrics::{Totals, DENIED_KEY, METRICS_KEY};
 use crate::overrides::{self, Invalid, Override, Scope, INDEX_KEY};
-use crate::path::normalize_with;
+use crate::path::{normalize_with, percent_decode};
 use crate::policy::limit_json;
 
 /// A static file the edge serves as the body: `assets/status.html` (a shell without data that asks
@@ -567,26 +567,8 @@ fn status_json(config: &Config, replies: &[Value], now_ms: f64) -> AdminResponse
 /// Percent-decoding of a path segment or (with `plus_as_space`) a query component; `None` when the
 /// result is not UTF-8.
 fn decode(s: &str, plus_as_space: bool) -> Option<String> {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        let hex = |c: u8| (c as char).to_digit(16);
-        match b[i] {
-            b'%' if i + 2 < b.len() => match (hex(b[i + 1]), hex(b[i + 2])) {
-                (Some(h), Some(l)) => {
-                    out.push((h * 16 + l) as u8);
-                    i += 3;
-                    continue;
-                }
-                _ => out.push(b'%'),
-            },
-            b'+' if plus_as_space => out.push(b' '),
-            c => out.push(c),
-        }
-        i += 1;
-    }
-    String::from_utf8(out).ok()
+    let bytes = if plus_as_space { s.replace('+', " ") } else { s.to_string() };
+    String::from_utf8(percent_decode(bytes.as_bytes())).ok()
 }
 
 #[cfg(test)]

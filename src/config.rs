@@ -450,12 +450,46 @@ mod tests {
             ("IPV6_PREFIX", "0", "prefix length from 1 to 128"),
             ("IPV6_PREFIX", "129", "prefix length from 1 to 128"),
             ("IPV6_PREFIX", "/64", "must be a whole number"),
+            ("RATE_LIMIT_ALGORITHM", "fixed-window", "must be \"token-bucket\" or \"sliding-window\""),
+            ("ADMIN_TOKEN", "short-token", "at least 16 printable ASCII characters"),
+            ("ADMIN_TOKEN", "sixteen chars and a space", "without spaces"),
+            ("ADMIN_PREFIX", "__ratelimit/", "starts and ends with /"),
+            ("ADMIN_PREFIX", "/__ratelimit", "starts and ends with /"),
+            ("ADMIN_PREFIX", "/a/../b/", "starts and ends with /"),
+            ("ADMIN_PREFIX", "/a?b/", "starts and ends with /"),
+            ("METRICS_FLUSH_MS", "3600001", "must be from 0 to 3600000"),
+            ("METRICS_FLUSH_MS", "soon", "must be a whole number"),
+            ("DENY_CACHE_MAX_MS", "-1", "must be a whole number"),
+            ("DENY_CACHE_MAX_MS", "86400001", "must be from 0 to 86400000"),
         ];
         for (variable, value, expected) in cases {
             let e = rejected(&[(variable, value)]);
             assert_eq!(&e.variable, variable, "{variable}={value:?} blamed {e}");
             assert!(e.message.contains(expected), "{variable}={value:?}: {e}");
         }
+    }
+
+    #[test]
+    fn operations_variables_are_read_and_the_admin_token_is_kept_as_a_digest() {
+        let c = config(&[]).unwrap();
+        assert_eq!((c.admin_token_sha256, c.admin_prefix.as_str()), (None, DEFAULT_ADMIN_PREFIX));
+        assert_eq!((c.metrics_flush_ms, c.deny_cache_max_ms), (DEFAULT_METRICS_FLUSH_MS, DEFAULT_DENY_CACHE_MAX_MS));
+        let token = "an-admin-token-of-32-characters!";
+        let c = config(&[
+            ("ADMIN_TOKEN", token),
+            ("ADMIN_PREFIX", "/ops/limits/"),
+            ("METRICS_FLUSH_MS", "0"),
+            ("DENY_CACHE_MAX_MS", "250"),
+            ("RATE_LIMIT_ALGORITHM", "sliding-window"),
+        ])
+        .unwrap();
+        assert_eq!(c.admin_token_sha256, Some(Sha256::digest(token.as_bytes()).into()));
+        assert_eq!((c.admin_prefix.as_str(), c.metrics_flush_ms, c.deny_cache_max_ms), ("/ops/limits/", 0, 250));
+        assert_eq!(c.limit.algorithm(), Algorithm::SlidingWindow);
+        assert_eq!(c.limit.ttl_seconds(), 120, "a window keeps two windows");
+        assert!(!format!("{c:?}").contains(token), "only the digest is kept");
+        let e = rejected(&[("ADMIN_TOKEN", "short secret")]);
+        assert!(!e.to_string().contains("short secret"), "{e}");
     }
 
     #[test]

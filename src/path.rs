@@ -60,7 +60,8 @@ pub fn path_and_query(url: &str) -> &str {
     }
 }
 
-fn percent_decode(input: &[u8]) -> Vec<u8> {
+/// One round of percent-decoding; a `%` not followed by two hex digits stays as it is.
+pub(crate) fn percent_decode(input: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(input.len());
     let mut i = 0;
     while i < input.len() {
