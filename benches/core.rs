@@ -50,11 +50,12 @@ fn rule_matching(bencher: Bencher) {
     let end = start + doc[start..].find("```").unwrap();
     let policy = Policy::parse(&doc[start..end], 60, false).unwrap();
     let caller = edge_ratelimit::Caller::User("alice".into());
+    let paths = ["/users/42/orders".to_string()];
     bencher.bench_local(|| {
         let facts = edge_ratelimit::Facts {
             method: "GET",
-            method_override: None,
-            path: black_box("/users/42/orders"),
+            method_overrides: &[],
+            paths: black_box(&paths),
             caller: &caller,
             client: None,
             tier: Some("premium"),

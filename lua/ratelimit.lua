@@ -20,7 +20,11 @@
 --   ARGV[a+4]        cost of this request (tokens, > 0)
 --   ARGV[a+5]        "1" if limit i is in shadow mode: it never denies, and it is debited only when it can pay
 --   ARGV[a+6]        override KEYS indexes, most specific first, space-separated ("" = none): the first
---                    override key that exists replaces capacity and rate (the TTL grows to match)
+--                    override key that exists replaces capacity and rate (the TTL grows to match);
+--                    one whose numbers the gateway would refuse (capacity above 1e9, a full refill
+--                    slower than MAX_WINDOW) is ignored
+-- Every TTL is clamped to two MAX_WINDOWs: Lua writes numbers from 1e14 on with an exponent, which
+-- EXPIRE refuses, and a failing call would mean no decision at all.
 --
 -- Returns integers only (Redis truncates Lua numbers):
 --   { allowed (1|0), denied_by (index of the first enforcing limit short of tokens, 0 when allowed),
@@ -38,6 +42,7 @@ if ARGV[1] == "" then
 else
   now = tonumber(ARGV[1]) / 1000
 end
+local MAX_WINDOW = 3153600000                  -- 100 years (src/limit.rs MAX_WINDOW_SECONDS)
 local peek = ARGV[2] == "1"
 local n = tonumber(ARGV[3])
 
@@ -60,7 +65,7 @@ for i = 1, n do
     local sp = v and string.find(v, " ", 1, true)
     if sp then
       local oc, orate = tonumber(string.sub(v, 1, sp - 1)), tonumber(string.sub(v, sp + 1))
-      if oc and orate and oc > 0 and orate > 0 then
+      if oc and orate and oc > 0 and oc <= 1000000000 and orate > 0 and oc / orate <= MAX_WINDOW then
         c, r = oc, orate
         break
       end
@@ -104,6 +109,7 @@ for i = 1, n do
     end
     ttl_i = math.max(ttl_i, math.ceil(c / r))
   end
+  if not (ttl_i <= 2 * MAX_WINDOW) then ttl_i = 2 * MAX_WINDOW end
   level[i], stamp[i], ttl[i] = tokens, t, ttl_i
   if denied_by == 0 and tokens < k and ARGV[a + 5] ~= "1" then denied_by = i end
 end

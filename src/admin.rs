@@ -21,7 +21,7 @@ use crate::json::{self, Obj};
 use crate::limiter::{Limiter, Transport, TransportError};
 use crate::metrics::{Totals, DENIED_KEY, METRICS_KEY};
 use crate::overrides::{self, Invalid, Override, Scope, INDEX_KEY};
-use crate::path::{normalize_with, percent_decode};
+use crate::path::{normalize_with, percent_decode, views};
 use crate::policy::limit_json;
 
 /// A static file the edge serves as the body: `assets/status.html` (a shell without data that asks
@@ -82,9 +82,19 @@ pub fn admin_target<'t>(config: &Config, target: &'t str) -> Option<Option<(&'t 
     if path == &prefix[..prefix.len() - 1] {
         return Some(Some(("", query)));
     }
-    // Another spelling (`/%5F_ratelimit/…`, `//__ratelimit/…`, `\__ratelimit`): reserved all the same.
-    let canonical = normalize_with(path, false) + "/";
-    canonical.starts_with(prefix).then_some(None)
+    // Another spelling (`/%5F_ratelimit/…`, `//__ratelimit/…`, `\__ratelimit`, `/__RateLimit/`,
+    // `/__ratelimit;x/`): reserved all the same, whatever PATH_CASE_INSENSITIVE says (an origin may fold
+    // case on its own).
+    let canonical = normalize_with(path, true) + "/";
+    canonical.starts_with(&prefix.to_ascii_lowercase()).then_some(None)
+}
+
+/// Whether the edge should read this admin request's body: only for a write, and only once the token
+/// is known to be right, so an unauthenticated request never makes the Worker read anything. The edge
+/// reads at most [`MAX_BODY_BYTES`] + 1 bytes and then stops.
+pub fn wants_body(config: &Config, method: &str, authorization: Option<&str>) -> bool {
+    matches!(method.to_ascii_uppercase().as_str(), "PUT" | "POST" | "PATCH")
+        && config.admin_token_sha256.as_ref().is_some_and(|t| authorized(t, authorization))
 }
 
 /// `Authorization: Bearer <token>` against the configured token's digest, in constant time (the
@@ -338,6 +348,9 @@ async fn redis<T: Transport>(transport: &T, commands: Vec<Vec<String>>) -> Resul
     if reply.status == 401 || reply.status == 403 {
         return Err(unavailable("the Redis REST endpoint rejected UPSTASH_REDIS_REST_TOKEN"));
     }
+    if (300..400).contains(&reply.status) {
+        return Err(unavailable("the Redis REST endpoint answered with a redirect, which is never followed"));
+    }
     if reply.status != 200 {
         return Err(unavailable(&format!("the Redis REST endpoint answered HTTP {}", reply.status)));
     }
@@ -370,7 +383,8 @@ fn integer(v: &Value) -> i64 {
 /// The query of a peek or reset: a caller, a path, a method, a tier.
 struct BucketQuery {
     caller: Caller,
-    path: String,
+    /// The views of the path (canonical first), as a request would be matched.
+    paths: Vec<String>,
     method: String,
     tier: Option<String>,
 }
@@ -404,7 +418,7 @@ fn bucket_query(config: &Config, pairs: &[(&'static str, String)]) -> Result<Buc
         (None, None) => return Err(bad_request("user", "give the caller: user=<id> or ip=<address>")),
     };
     let path = match get("path") {
-        Some(p) if p.starts_with('/') => normalize_with(p, config.path_case_insensitive),
+        Some(p) if p.starts_with('/') => views(p, config.path_case_insensitive),
         Some(_) => return Err(bad_request("path", "the path starts with /")),
         None => return Err(bad_request("path", "give the request path: path=/api/…")),
     };
@@ -422,12 +436,12 @@ fn bucket_query(config: &Config, pairs: &[(&'static str, String)]) -> Result<Buc
             Some(t.to_string())
         }
     };
-    Ok(BucketQuery { caller, path, method, tier })
+    Ok(BucketQuery { caller, paths: path, method, tier })
 }
 
 fn limits_of<'c>(config: &'c Config, q: &BucketQuery) -> Option<Limited<'c>> {
     let client = matches!(q.caller, Caller::Ip { .. }).then_some(&q.caller);
-    let on = Target { method: &q.method, method_override: None, path: &q.path };
+    let on = Target { method: &q.method, method_overrides: &[], paths: &q.paths };
     limits_for(config, &q.caller, client, q.tier.clone(), &on, &|_| None)
 }
 
@@ -440,7 +454,7 @@ async fn peek<T: Transport>(
 ) -> AdminResponse {
     let caller = crate::key::subject_key(&q.caller);
     let Some(limited) = limits_of(config, &q) else {
-        let body = Obj::new().str("caller", &caller).str("path", &q.path).bool("allowed_now", true);
+        let body = Obj::new().str("caller", &caller).str("path", &q.paths[0]).bool("allowed_now", true);
         return ok(body.raw("limits", "[]").finish());
     };
     let decision = match limiter.peek(transport, &limited.checks, config.clock, now_ms).await {
@@ -461,7 +475,7 @@ async fn peek<T: Transport>(
             .int("reset_ms", l.reset_ms)
             .finish()
     }));
-    let body = Obj::new().str("caller", &caller).str("path", &q.path).bool("allowed_now", decision.allowed);
+    let body = Obj::new().str("caller", &caller).str("path", &q.paths[0]).bool("allowed_now", decision.allowed);
     ok(body.raw("limits", &limits).finish())
 }
 

@@ -8,7 +8,7 @@ use crate::identity::DEFAULT_IPV6_PREFIX;
 use crate::jwt::{JwtConfig, JwtSettings};
 use sha2::{Digest, Sha256};
 
-use crate::limit::{Algorithm, Limit};
+use crate::limit::{Algorithm, Limit, LimitPart};
 use crate::limiter::DEFAULT_DENY_CACHE_MAX_MS;
 use crate::policy::Policy;
 use crate::rate::Refill;
@@ -35,9 +35,9 @@ pub enum Clock {
 #[derive(Debug, PartialEq)]
 pub struct Config {
     pub redis_url: String,
-    pub redis_token: String,
+    pub redis_token: Secret,
     /// `Bearer <token>`, built once.
-    pub redis_authorization: String,
+    pub redis_authorization: Secret,
     pub limit: Limit,
     /// Lower-case header name carrying a trusted user id; `None` identifies callers by IP only.
     pub user_id_header: Option<String>,
@@ -112,9 +112,13 @@ impl Config {
             Some(v) => parse_whole(&v).map_err(|m| err("RATE_LIMIT_TTL_SECONDS", m))?,
         };
         let capacity = u32::try_from(capacity).unwrap_or(u32::MAX);
-        let limit = Limit::new(capacity, refill, ttl).map_err(|m| {
-            let variable = if m.contains("capacity") { "RATE_LIMIT_CAPACITY" } else { "RATE_LIMIT_TTL_SECONDS" };
-            err(variable, m)
+        let limit = Limit::new(capacity, refill, ttl).map_err(|e| match e.part {
+            LimitPart::Capacity => err("RATE_LIMIT_CAPACITY", e.message),
+            LimitPart::Ttl => err("RATE_LIMIT_TTL_SECONDS", e.message),
+            LimitPart::Refill => err(
+                "RATE_LIMIT_REFILL",
+                e.message.replace("the refill or lower the capacity", "RATE_LIMIT_REFILL or lower RATE_LIMIT_CAPACITY"),
+            ),
         })?;
         let limit = match optional(&var, "RATE_LIMIT_ALGORITHM") {
             None => limit,
@@ -269,9 +273,9 @@ impl Config {
             deny_cache_max_ms,
             jwt,
             policy,
-            redis_authorization: format!("Bearer {redis_token}"),
+            redis_authorization: Secret(format!("Bearer {redis_token}")),
             redis_url,
-            redis_token,
+            redis_token: Secret(redis_token),
             limit,
             user_id_header,
             origin,
@@ -307,20 +311,50 @@ fn parse_whole(text: &str) -> Result<u64, String> {
     }
 }
 
-/// An absolute http(s) URL with a host; returned without a trailing slash.
+/// An absolute http(s) URL with a host and no credentials; returned without a trailing slash.
+///
+/// The messages never repeat the value, not even in part: these variables are secrets (the console's
+/// `rediss://` Redis URL carries the database password), and the message reaches a 500 body and the log.
 fn parse_url(text: &str) -> Result<String, String> {
+    let scheme = text.split_once("://").map(|(s, _)| s.to_ascii_lowercase());
+    if matches!(scheme.as_deref(), Some("redis" | "rediss")) {
+        return Err("is a Redis URL (redis:// or rediss://, which carries the password), not the REST URL: \
+                    use the https:// URL from the REST API section of the Upstash console"
+            .into());
+    }
     let rest = text
         .strip_prefix("https://")
         .or_else(|| text.strip_prefix("http://"))
-        .ok_or_else(|| format!("must be an absolute http:// or https:// URL, got {text:?}"))?;
-    let host = rest.split(['/', '?', '#']).next().unwrap_or("");
-    if host.is_empty() || host.starts_with(':') || host.contains('@') {
-        return Err(format!("has no valid host: {text:?}"));
+        .ok_or("must be an absolute https:// (or http://) URL")?;
+    if let Some(at) = text.bytes().position(|b| b <= b' ' || b == 0x7f) {
+        return Err(format!("contains a space or control character (at character {})", at + 1));
     }
-    if text.bytes().any(|b| b <= b' ' || b == 0x7f) {
-        return Err(format!("contains spaces or control characters: {text:?}"));
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    if authority.contains('@') {
+        return Err("must not carry credentials (user:password@ before the host); \
+                    the REST token goes in UPSTASH_REDIS_REST_TOKEN"
+            .into());
+    }
+    if authority.is_empty() || authority.starts_with(':') {
+        return Err("has no host: expected https://<host>[:port][/path]".into());
     }
     Ok(text.trim_end_matches('/').to_string())
+}
+
+/// A secret value: kept as it is, never shown by `Debug`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(..)")
+    }
 }
 
 /// RFC 9110 `tchar`.
@@ -355,7 +389,7 @@ mod tests {
     fn defaults() {
         let c = config(&[]).unwrap();
         assert_eq!(c.redis_url, "https://eu1-example.upstash.io");
-        assert_eq!(c.redis_token, "s3cret-token");
+        assert_eq!(c.redis_token.expose(), "s3cret-token");
         assert_eq!(c.limit.capacity(), 5);
         assert_eq!(c.limit.refill().tokens_per_second(), 5.0 / 60.0);
         assert_eq!(c.limit.ttl_seconds(), 60);
@@ -422,9 +456,9 @@ mod tests {
     #[test]
     fn each_bad_value_is_rejected_with_its_variable() {
         let cases: &[(&str, &str, &str)] = &[
-            ("UPSTASH_REDIS_REST_URL", "redis://localhost:6379", "absolute http:// or https:// URL"),
-            ("UPSTASH_REDIS_REST_URL", "https://", "no valid host"),
-            ("UPSTASH_REDIS_REST_URL", "https://a b", "spaces"),
+            ("UPSTASH_REDIS_REST_URL", "redis://localhost:6379", "not the REST URL"),
+            ("UPSTASH_REDIS_REST_URL", "https://", "no host"),
+            ("UPSTASH_REDIS_REST_URL", "https://a b", "space or control character"),
             ("UPSTASH_REDIS_REST_TOKEN", "has space", "printable ASCII"),
             ("RATE_LIMIT_CAPACITY", "0", "capacity must be a whole number from 1"),
             ("RATE_LIMIT_CAPACITY", "-1", "must be a whole number"),
@@ -439,7 +473,7 @@ mod tests {
             ("RATE_LIMIT_TTL_SECONDS", "0", "TTL must be from 1"),
             ("RATE_LIMIT_TTL_SECONDS", "60s", "must be a whole number"),
             ("USER_ID_HEADER", "x user", "not a valid HTTP header name"),
-            ("ORIGIN_URL", "ftp://origin", "absolute http:// or https:// URL"),
+            ("ORIGIN_URL", "ftp://origin", "absolute https://"),
             ("ORIGIN_URL", "https://origin/?a=1", "must not have a query"),
             ("FAIL_MODE", "sometimes", "must be \"open\" or \"closed\""),
             ("REDIS_TIMEOUT_MS", "0", "must be from 1 to 30000"),
@@ -514,6 +548,55 @@ mod tests {
             assert_eq!(e.variable, variable, "{e}");
             assert!(e.message.contains(expected), "{variable}={value:?}: {e}");
         }
+    }
+
+    /// Issue 10, item 1: a malformed URL secret (the console's `rediss://` Redis URL carries the
+    /// password) made every request answer 500 with the whole value in the detail and the log.
+    #[test]
+    fn no_url_error_repeats_the_url_or_its_credentials() {
+        let cases: &[(&str, &str, &str)] = &[
+            ("UPSTASH_REDIS_REST_URL", "rediss://default:hunter2-secret@eu1-x.upstash.io:6379", "Redis URL"),
+            ("UPSTASH_REDIS_REST_URL", "redis://default:hunter2-secret@localhost:6379", "Redis URL"),
+            ("UPSTASH_REDIS_REST_URL", "https://user:hunter2-secret@eu1-x.upstash.io", "credentials"),
+            ("UPSTASH_REDIS_REST_URL", "https://hunter2-secret@eu1-x.upstash.io", "credentials"),
+            ("UPSTASH_REDIS_REST_URL", "https://eu1-x.upstash.io/hunter2 secret", "space or control character"),
+            ("UPSTASH_REDIS_REST_URL", "ftp://hunter2-secret.example", "https://"),
+            ("UPSTASH_REDIS_REST_URL", "https:///hunter2-secret", "no host"),
+            ("UPSTASH_REDIS_REST_URL", "hunter2-secret", "https://"),
+            ("ORIGIN_URL", "https://admin:hunter2-secret@origin.example", "credentials"),
+            ("ORIGIN_URL", "https://origin.example/?hunter2-secret", "query"),
+            ("ORIGIN_URL", "https://origin.example/hunter2\tsecret", "space or control character"),
+        ];
+        for (variable, value, expected) in cases {
+            let e = rejected(&[(variable, value)]);
+            assert_eq!(&e.variable, variable, "{value:?} blamed {e}");
+            assert!(e.message.contains(expected), "{value:?}: {e}");
+            let shown = format!("{e} {e:?}");
+            assert!(!shown.contains("hunter2"), "{variable} error repeats a secret: {shown}");
+            assert!(
+                !shown.contains("upstash.io") && !shown.contains("example"),
+                "{variable} error repeats the URL: {shown}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_configuration_never_prints_its_secrets() {
+        let c = config(&[("UPSTASH_REDIS_REST_TOKEN", "token-hunter2-secret")]).unwrap();
+        assert_eq!(c.redis_token.expose(), "token-hunter2-secret");
+        assert!(!format!("{c:?}").contains("hunter2"), "Debug shows the REST token");
+    }
+
+    /// Issue 10, item 6: accepted, then every script call failed (EXPIRE 2.88e+17) and fail-open
+    /// forwarded everything.
+    #[test]
+    fn a_bucket_that_would_take_longer_than_a_hundred_years_to_refill_is_refused_by_name() {
+        let e = rejected(&[("RATE_LIMIT_CAPACITY", "1000000000"), ("RATE_LIMIT_REFILL", "0.0003/d")]);
+        assert_eq!(e.variable, "RATE_LIMIT_REFILL", "{e}");
+        assert!(e.message.contains("100 years") && e.message.contains("RATE_LIMIT_CAPACITY"), "{e}");
+        let doc = r#"{"rules":[{"name":"r","route":"/*","limits":[{"name":"slow","capacity":1000000000,"refill":"0.0003/d"}]}]}"#;
+        let e = rejected(&[("RATE_LIMIT_POLICY", doc)]);
+        assert!(e.message.contains("limit \"slow\"") && e.message.contains("100 years"), "{e}");
     }
 
     #[test]

@@ -9,6 +9,10 @@ use crate::json::Obj;
 use crate::limit::Limit;
 use crate::upstash::RestError;
 
+/// The largest integer of an RFC 9651 structured field (15 digits); every number the gateway puts in a
+/// header is clamped to it.
+pub const MAX_SF_INTEGER: u64 = 999_999_999_999_999;
+
 /// One limit's state after a decision.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LimitStatus {
@@ -52,6 +56,8 @@ impl Decision {
             (false, i) if i >= 1 && (i as usize) <= limits.len() => Some(i as usize - 1),
             _ => return Err(malformed()),
         };
+        // Whatever Redis sent, every number stays a structured-field integer (at most 15 digits).
+        let int = |v: i64, min: i64| v.clamp(min, MAX_SF_INTEGER as i64) as u64;
         let limits = limits
             .iter()
             .zip(reply[2..].chunks_exact(5))
@@ -60,10 +66,10 @@ impl Decision {
                 shadow: *shadow,
                 // What the script had in effect: an override may have replaced the policy's numbers.
                 capacity: v[3].clamp(1, i64::from(u32::MAX)) as u32,
-                window_s: v[4].max(1) as u64,
-                remaining: v[0].max(0) as u64,
-                retry_ms: v[1].max(0) as u64,
-                reset_ms: v[2].max(0) as u64,
+                window_s: int(v[4], 1),
+                remaining: int(v[0], 0),
+                retry_ms: int(v[1], 0),
+                reset_ms: int(v[2], 0),
             })
             .collect();
         Ok(Decision { allowed, denied_by, limits })
@@ -86,7 +92,7 @@ impl Decision {
     /// Whole seconds for `Retry-After` (≥ 1) when denied.
     pub fn retry_after_s(&self) -> u64 {
         let ms = self.most_restrictive().map_or(1000, |l| l.retry_ms);
-        ms.div_ceil(1000).max(1)
+        ms.div_ceil(1000).clamp(1, MAX_SF_INTEGER)
     }
 }
 
@@ -97,14 +103,15 @@ pub fn rate_limit_headers(decision: &Decision) -> Vec<(&'static str, String)> {
         if !policy.is_empty() {
             policy.push_str(", ");
         }
-        let _ = write!(policy, "\"{}\";q={};w={}", l.policy, l.capacity, l.window_s);
+        let _ = write!(policy, "\"{}\";q={};w={}", l.policy, l.capacity, l.window_s.min(MAX_SF_INTEGER));
     }
     let mut headers = Vec::with_capacity(4);
     if !policy.is_empty() {
         headers.push(("RateLimit-Policy", policy));
     }
     if let Some(l) = decision.most_restrictive().filter(|l| !l.shadow) {
-        headers.push(("RateLimit", format!("\"{}\";r={};t={}", l.policy, l.remaining, l.reset_ms.div_ceil(1000))));
+        let (r, t) = (l.remaining.min(MAX_SF_INTEGER), l.reset_ms.div_ceil(1000).min(MAX_SF_INTEGER));
+        headers.push(("RateLimit", format!("\"{}\";r={r};t={t}", l.policy)));
     }
     if !decision.allowed {
         headers.push(("Retry-After", decision.retry_after_s().to_string()));
@@ -203,6 +210,24 @@ mod tests {
         let l = limit();
         let d = Decision::from_script(&[1, 0, 99, 0, 600, 100, 60], &[("default", &l, false)]).unwrap();
         assert_eq!(rate_limit_headers(&d)[0].1, "\"default\";q=100;w=60");
+    }
+
+    /// Issue 10, item 11: 18-digit numbers from Redis went into the RateLimit fields as they came,
+    /// beyond the 15-digit integers of RFC 9651 structured fields.
+    #[test]
+    fn every_number_in_a_header_is_a_structured_field_integer() {
+        let l = limit();
+        let huge = 999_999_999_999_999_999;
+        for reply in
+            [[0, 1, huge, huge, huge, huge, huge], [1, 0, huge, 0, huge, huge, huge], [0, 1, -huge, -1, -5, 0, 0]]
+        {
+            let d = Decision::from_script(&reply, &[("default", &l, false)]).unwrap();
+            for (name, value) in rate_limit_headers(&d) {
+                for number in value.split(|c: char| !c.is_ascii_digit()).filter(|n| !n.is_empty()) {
+                    assert!(number.len() <= 15, "{name}: {value} for {reply:?}");
+                }
+            }
+        }
     }
 
     #[test]

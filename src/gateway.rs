@@ -11,7 +11,7 @@ use crate::jwt::{JwtError, JwtMode};
 use crate::key::{bucket_key, subject_key};
 use crate::limiter::Check;
 use crate::overrides;
-use crate::path::normalize_with;
+use crate::path::{normalize_with, percent_decode, views};
 use crate::policy::Facts;
 
 /// The zero-config policy's name in `RateLimit-Policy`.
@@ -83,7 +83,12 @@ pub fn plan<'c>(config: &'c Config, req: &RequestFacts<'_>) -> Plan<'c> {
             }
         }
     };
-    let path = normalize_with(req.target, config.path_case_insensitive);
+    // With a policy, every view of the path is matched against the rules; without, only the canonical
+    // path (the bucket key) matters.
+    let paths = match config.policy {
+        Some(_) => views(req.target, config.path_case_insensitive),
+        None => vec![normalize_with(req.target, config.path_case_insensitive)],
+    };
 
     if let Some(policy) = &config.policy {
         let ip: Option<IpAddr> = client_ip.as_deref().and_then(|ip| ip.trim().parse().ok());
@@ -98,27 +103,77 @@ pub fn plan<'c>(config: &'c Config, req: &RequestFacts<'_>) -> Plan<'c> {
             return Plan::Unlimited;
         }
     }
-    let (client, method_override) = match config.policy {
+    let (client, method_overrides) = match config.policy {
         Some(_) => (
             client_ip.as_deref().and_then(|ip| identify(None, Some(ip), config.ipv6_prefix).ok()),
-            header("x-http-method-override"),
+            method_overrides(header, req.target),
         ),
-        None => (None, None),
+        None => (None, Vec::new()),
     };
-    let on = Target { method: req.method, method_override: method_override.as_deref(), path: &path };
+    let on = Target { method: req.method, method_overrides: &method_overrides, paths: &paths };
     match limits_for(config, &caller, client.as_ref(), tier, &on, header) {
         Some(limited) => Plan::Limit(limited),
         None => Plan::Unlimited,
     }
 }
 
-/// A request's method(s) and canonical path.
+/// Request headers that name a method the origin may run instead of the request's own: Rails and
+/// Express (`X-HTTP-Method-Override`), ASP.NET (`X-HTTP-Method`), others (`X-Method-Override`). The
+/// edge reads them when a policy is set.
+pub const METHOD_OVERRIDE_HEADERS: [&str; 3] = ["x-http-method-override", "x-http-method", "x-method-override"];
+
+/// Methods a form POST may carry in its `_method` field (Rails, Laravel, Symfony). Bodies are never
+/// read, so a form POST counts under the rules for each of them.
+const FORM_METHODS: [&str; 3] = ["PUT", "PATCH", "DELETE"];
+
+/// Every method the origin may run for this request besides its own: each override header's values,
+/// the `_method` query parameter, and for a form POST the methods a form can override to.
+pub fn method_overrides(header: &dyn Fn(&str) -> Option<String>, target: &str) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    let mut add = |m: &str| {
+        let m = m.trim().to_ascii_uppercase();
+        if !m.is_empty() && !out.contains(&m) {
+            out.push(m);
+        }
+    };
+    for name in METHOD_OVERRIDE_HEADERS {
+        if let Some(v) = header(name) {
+            v.split(',').for_each(&mut add);
+        }
+    }
+    let query = target.split('#').next().unwrap_or("").split_once('?').map_or("", |(_, q)| q);
+    for pair in query.split(['&', ';']) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        let decode = |s: &str| String::from_utf8_lossy(&percent_decode(s.replace('+', " ").as_bytes())).into_owned();
+        if decode(k).trim().eq_ignore_ascii_case("_method") {
+            add(&decode(v));
+        }
+    }
+    let form = header("content-type").is_some_and(|t| {
+        let t = t.trim().to_ascii_lowercase();
+        t.starts_with("application/x-www-form-urlencoded") || t.starts_with("multipart/form-data")
+    });
+    if form {
+        FORM_METHODS.iter().for_each(|m| add(m));
+    }
+    out
+}
+
+/// A request's method(s) and path.
 pub struct Target<'a> {
     pub method: &'a str,
-    /// `X-HTTP-Method-Override`, if any: a rule for either method applies.
-    pub method_override: Option<&'a str>,
-    /// The canonical path (see [`crate::normalize`]).
-    pub path: &'a str,
+    /// Methods the origin may run instead ([`method_overrides`]): a rule for any of them applies.
+    pub method_overrides: &'a [String],
+    /// The views of the path ([`crate::path::views`]), the canonical one first; the bucket key and
+    /// route overrides use the canonical one.
+    pub paths: &'a [String],
+}
+
+impl Target<'_> {
+    /// The canonical path.
+    pub fn path(&self) -> &str {
+        &self.paths[0]
+    }
 }
 
 /// The limits a request of `caller` (in `tier`, from `client`) to `on` is checked against, each with
@@ -136,12 +191,12 @@ pub fn limits_for<'c>(
     let Some(policy) = &config.policy else {
         let mut overrides = vec![overrides::caller_key(&subject)];
         // A path too long for its own bucket key (hashed there) has no route override either.
-        if on.path.len() <= crate::key::MAX_PATH_BYTES {
-            overrides.push(overrides::route_key(on.path));
+        if on.path().len() <= crate::key::MAX_PATH_BYTES {
+            overrides.push(overrides::route_key(on.path()));
         }
         overrides.extend(tier.as_deref().map(overrides::tier_key));
         let check = Check {
-            key: bucket_key(caller, on.path),
+            key: bucket_key(caller, on.path()),
             policy: DEFAULT_POLICY,
             limit: &config.limit,
             cost: 1,
@@ -153,8 +208,8 @@ pub fn limits_for<'c>(
     };
     let facts = Facts {
         method: on.method,
-        method_override: on.method_override,
-        path: on.path,
+        method_overrides: on.method_overrides,
+        paths: on.paths,
         caller,
         client,
         tier: tier.as_deref(),

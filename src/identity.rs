@@ -23,12 +23,18 @@ pub enum IdentityError {
     Anonymous,
     /// `CF-Connecting-IP` is not an IP address.
     BadClientIp,
+    /// The user id holds U+FFFD: the runtime puts it where a header value had bytes that are not
+    /// UTF-8, so distinct ids would share one bucket.
+    UserIdNotUtf8,
 }
 
 /// Identifies the caller from the user-id header's value (if that header is configured) and
 /// `CF-Connecting-IP`.
 pub fn identify(user_id: Option<&str>, connecting_ip: Option<&str>, ipv6_prefix: u8) -> Result<Caller, IdentityError> {
     if let Some(id) = user_id.map(str::trim).filter(|id| !id.is_empty()) {
+        if id.contains(char::REPLACEMENT_CHARACTER) {
+            return Err(IdentityError::UserIdNotUtf8);
+        }
         return Ok(Caller::User(id.to_string()));
     }
     let raw = connecting_ip.map(str::trim).filter(|ip| !ip.is_empty()).ok_or(IdentityError::Anonymous)?;
@@ -68,6 +74,15 @@ mod tests {
         assert_eq!(identify(Some(""), Some(""), 64), Err(IdentityError::Anonymous));
         assert_eq!(identify(None, Some("not-an-ip"), 64), Err(IdentityError::BadClientIp));
         assert_eq!(identify(None, Some("1.2.3.4, 5.6.7.8"), 64), Err(IdentityError::BadClientIp));
+    }
+
+    /// Issue 10, item 5: `alice\xff` and `alice\xfe` both reach the Worker as `alice\u{FFFD}`.
+    #[test]
+    fn an_id_the_runtime_could_not_decode_is_refused() {
+        for id in ["alice\u{FFFD}", "\u{FFFD}", "a\u{FFFD}b"] {
+            assert_eq!(identify(Some(id), Some("203.0.113.7"), 64), Err(IdentityError::UserIdNotUtf8), "{id:?}");
+        }
+        assert!(identify(Some("café"), None, 64).is_ok(), "UTF-8 ids are fine");
     }
 
     #[test]

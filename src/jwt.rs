@@ -105,6 +105,8 @@ pub enum JwtError {
     AlgorithmNotAccepted,
     UnknownKey,
     EmbeddedKey,
+    /// The header lists `crit` extensions, none of which the gateway implements.
+    CriticalExtension,
     BadSignature,
     Expired,
     NotYetValid,
@@ -124,6 +126,7 @@ impl JwtError {
             JwtError::EmbeddedKey => {
                 "tokens that carry or point at their own key (jwk, jku, x5u, x5c) are not accepted"
             }
+            JwtError::CriticalExtension => "the token lists critical header extensions (crit) that are not supported",
             JwtError::BadSignature => "the token's signature is invalid",
             JwtError::Expired => "the token has expired",
             JwtError::NotYetValid => "the token is not valid yet (nbf)",
@@ -141,6 +144,15 @@ struct ExtraHeader {
     jwk: Option<Value>,
     #[serde(default)]
     x5c: Option<Value>,
+    /// RFC 7515 §4.1.11: extensions the recipient must understand. The gateway implements none, so
+    /// any `crit` (even `null` or `[]`, which are malformed) refuses the token.
+    #[serde(default, deserialize_with = "present")]
+    crit: Option<Value>,
+}
+
+/// `Some` for a member that is present, whatever its value (`null` included).
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Value>, D::Error> {
+    Value::deserialize(d).map(Some)
 }
 
 #[derive(Deserialize)]
@@ -273,6 +285,9 @@ impl JwtConfig {
             || header.other_fields.x5c.is_some()
         {
             return Err(JwtError::EmbeddedKey);
+        }
+        if header.other_fields.crit.is_some() {
+            return Err(JwtError::CriticalExtension);
         }
         let key = match &header.key_id {
             Some(kid) => self.keys.iter().find(|(k, _)| k == kid).map(|(_, key)| key).ok_or(JwtError::UnknownKey)?,

@@ -45,7 +45,9 @@ pub mod bucket;
 #[cfg(target_arch = "wasm32")]
 mod edge;
 
-pub use admin::{admin_target, authorized, handle as admin, AdminRequest, AdminResponse, Asset, MAX_BODY_BYTES};
+pub use admin::{
+    admin_target, authorized, handle as admin, wants_body, AdminRequest, AdminResponse, Asset, MAX_BODY_BYTES,
+};
 pub use config::{Clock, Config, ConfigError, FailMode};
 pub use decision::{problem_json, rate_limit_headers, Decision, LimitStatus};
 pub use gateway::{limits_for, plan, Limited, Plan, RequestFacts, Target, DEFAULT_POLICY};
@@ -59,7 +61,7 @@ pub use limiter::{
 };
 pub use metrics::{Event, Histogram, Metrics, Report, Totals, DENIED_KEY, LATENCY_BUCKETS_MS, METRICS_KEY};
 pub use overrides::{Override, Scope};
-pub use path::{normalize, normalize_with, path_and_query};
+pub use path::{normalize, normalize_with, path_and_query, views};
 pub use policy::{parse_net, Applied, CountBy, Facts, LimitRule, Lists, Policy, Rule, Tiered};
 pub use rate::Refill;
 pub use script::{Variant, SCRIPT_FLAGGED, SCRIPT_FLAGGED_SHA, SCRIPT_PLAIN, SCRIPT_PLAIN_SHA};

@@ -9,6 +9,31 @@ use crate::rate::Refill;
 pub const MAX_CAPACITY: u32 = 1_000_000_000;
 /// The longest TTL accepted (a year).
 pub const MAX_TTL_SECONDS: u64 = 365 * 86_400;
+/// The longest time an empty bucket may take to refill (or a window may last): a hundred years. The
+/// script sets TTLs of up to two windows, and Lua writes numbers from 10^14 on with an exponent,
+/// which `EXPIRE` refuses; this bound keeps every TTL far below that.
+pub const MAX_WINDOW_SECONDS: u64 = 100 * 365 * 86_400;
+
+/// Which number of a limit is wrong.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LimitPart {
+    Capacity,
+    Refill,
+    Ttl,
+}
+
+/// Why a limit cannot be built.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LimitError {
+    pub part: LimitPart,
+    pub message: String,
+}
+
+impl std::fmt::Display for LimitError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
 
 /// How a limit counts.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -64,14 +89,25 @@ impl Limit {
     /// `ttl_seconds`, raised to the time a bucket needs to refill completely:
     /// an empty bucket that expired sooner would come back full, handing out
     /// tokens that were never refilled.
-    pub fn new(capacity: u32, refill: Refill, ttl_seconds: u64) -> Result<Limit, String> {
-        let capacity = NonZeroU32::new(capacity)
-            .filter(|c| c.get() <= MAX_CAPACITY)
-            .ok_or_else(|| format!("the capacity must be a whole number from 1 to {MAX_CAPACITY}"))?;
+    pub fn new(capacity: u32, refill: Refill, ttl_seconds: u64) -> Result<Limit, LimitError> {
+        let error = |part, message: String| LimitError { part, message };
+        let capacity = NonZeroU32::new(capacity).filter(|c| c.get() <= MAX_CAPACITY).ok_or_else(|| {
+            error(LimitPart::Capacity, format!("the capacity must be a whole number from 1 to {MAX_CAPACITY}"))
+        })?;
         if ttl_seconds == 0 || ttl_seconds > MAX_TTL_SECONDS {
-            return Err(format!("the TTL must be from 1 to {MAX_TTL_SECONDS} seconds"));
+            return Err(error(LimitPart::Ttl, format!("the TTL must be from 1 to {MAX_TTL_SECONDS} seconds")));
         }
         let window = refill.seconds_for(f64::from(capacity.get()));
+        if window > MAX_WINDOW_SECONDS {
+            let years = window as f64 / (365.0 * 86_400.0);
+            return Err(error(
+                LimitPart::Refill,
+                format!(
+                    "{capacity} tokens at this refill rate take {years:.3e} years to refill; at most 100 years \
+                     (raise the refill or lower the capacity)"
+                ),
+            ));
+        }
         let ttl_seconds = ttl_seconds.max(window);
         let args = [capacity.to_string(), refill.tokens_per_second().to_string(), ttl_seconds.to_string()];
         Ok(Limit { capacity, refill, ttl_seconds, algorithm: Algorithm::TokenBucket, args })
@@ -143,6 +179,42 @@ mod tests {
         assert_eq!((w.window_seconds(), w.ttl_seconds(), w.algorithm()), (60, 120, Algorithm::SlidingWindow));
         assert_eq!(Algorithm::parse(w.algorithm().name()), Some(Algorithm::SlidingWindow));
         assert_eq!(Algorithm::parse("fixed-window"), None);
+    }
+
+    /// Issue 10, item 6: capacity 1e9 at 0.0003/d was accepted, and its TTL (2.88e17 s) made every
+    /// script call fail, which fail-open turned into no limit at all.
+    #[test]
+    fn a_limit_slower_than_a_hundred_years_to_refill_is_refused() {
+        let e = Limit::new(MAX_CAPACITY, refill("0.0003/d"), 60).unwrap_err();
+        assert_eq!(e.part, LimitPart::Refill, "{e}");
+        assert!(e.to_string().contains("100 years"), "{e}");
+    }
+
+    /// Every limit that can be built gives the script numbers it can use: whole TTL seconds that
+    /// Redis accepts (in ms too, below 2^53), plain decimal capacity and rate, and reply fields in range.
+    #[test]
+    fn every_accepted_limit_gives_the_script_usable_numbers() {
+        let capacities = [1, 2, 5, 999, 1_000_000, 123_456_789, MAX_CAPACITY];
+        let rates = ["0.0003/d", "1/d", "0.5/h", "1/min", "5/min", "1/s", "1000/s", "1000000000/s"];
+        let mut accepted = 0;
+        for &c in &capacities {
+            for r in rates {
+                for ttl in [1, 60, MAX_TTL_SECONDS] {
+                    for algorithm in [Algorithm::TokenBucket, Algorithm::SlidingWindow] {
+                        let Ok(l) = Limit::new(c, refill(r), ttl) else { continue };
+                        let l = l.with_algorithm(algorithm);
+                        accepted += 1;
+                        assert!(l.window_seconds() <= MAX_WINDOW_SECONDS, "{c} at {r}");
+                        assert!(l.ttl_seconds() <= 2 * MAX_WINDOW_SECONDS, "{c} at {r}");
+                        assert!((l.ttl_seconds() as f64) * 1000.0 < 9.007e15, "{c} at {r}");
+                        for arg in l.script_args() {
+                            assert!(arg.bytes().all(|b| b.is_ascii_digit() || b == b'.'), "{arg:?} for {c} at {r}");
+                        }
+                    }
+                }
+            }
+        }
+        assert!(accepted > 100, "the grid exercised only {accepted} limits");
     }
 
     #[test]

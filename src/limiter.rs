@@ -88,6 +88,7 @@ impl Failure {
             Failure::Rest(RestError::Unauthorized) => "unauthorized",
             Failure::Rest(RestError::Throttled) => "throttled",
             Failure::Rest(RestError::Server(_)) => "server-error",
+            Failure::Rest(RestError::Redirect(_)) => "redirected",
             Failure::Rest(RestError::Malformed(_)) => "malformed-reply",
             Failure::Rest(RestError::NoScript | RestError::ShebangRejected | RestError::Redis(_)) => "redis-error",
         }
@@ -132,6 +133,10 @@ pub const LOCAL_BUCKETS: usize = 10_000;
 /// How often a request that met `NOSCRIPT` looks whether another request's EVAL is done.
 const LOAD_POLL_MS: u32 = 2;
 
+/// After a load, how long NOSCRIPT replies fail instead of loading again, unless an EVALSHA has worked
+/// in between (an endpoint that keeps forgetting the script gets one EVAL per isolate per second).
+pub const LOAD_EPISODE_MS: f64 = 1_000.0;
+
 /// Per-isolate limiter state. Nothing here is authoritative: the deny cache
 /// only ever says no, and only until Redis said the bucket refills; the local
 /// buckets only decide while Redis cannot.
@@ -140,6 +145,15 @@ pub struct Limiter {
     variant: Cell<Variant>,
     /// A request of this isolate is sending the script (EVAL) right now.
     loading: Cell<bool>,
+    /// Moves on when a load starts and when it ends: a request whose EVALSHA met NOSCRIPT while a
+    /// load overlapped its flight retries that EVALSHA instead of loading again.
+    load_generation: Cell<u64>,
+    /// Whether the last load's EVAL answered with a decision.
+    load_ok: Cell<bool>,
+    /// When the last load started (Worker ms), and whether an EVALSHA has worked since: one EVAL per
+    /// episode, which ends with a working EVALSHA or [`LOAD_EPISODE_MS`] after the load.
+    last_load_ms: Cell<Option<f64>>,
+    confirmed: Cell<bool>,
     denials: RefCell<HashMap<String, Denial>>,
     /// How long (ms) a denial is believed without asking Redis, at most.
     deny_cache_max_ms: f64,
@@ -196,18 +210,21 @@ pub fn script_call(checks: &[Check<'_>], clock: Clock, now_ms: f64, peek: bool) 
 
 /// Marks the isolate as loading the script until dropped, also when the
 /// request is cancelled at its deadline.
-struct Loading<'a>(&'a Cell<bool>);
+struct Loading<'a>(&'a Limiter);
 
 impl<'a> Loading<'a> {
-    fn start(flag: &'a Cell<bool>) -> Loading<'a> {
-        flag.set(true);
-        Loading(flag)
+    fn start(limiter: &'a Limiter) -> Loading<'a> {
+        limiter.loading.set(true);
+        limiter.load_ok.set(false);
+        limiter.load_generation.set(limiter.load_generation.get() + 1);
+        Loading(limiter)
     }
 }
 
 impl Drop for Loading<'_> {
     fn drop(&mut self) {
-        self.0.set(false);
+        self.0.loading.set(false);
+        self.0.load_generation.set(self.0.load_generation.get() + 1);
     }
 }
 
@@ -217,6 +234,10 @@ impl Limiter {
         Limiter {
             variant: Cell::new(Variant::Flagged),
             loading: Cell::new(false),
+            load_generation: Cell::new(0),
+            load_ok: Cell::new(false),
+            last_load_ms: Cell::new(None),
+            confirmed: Cell::new(false),
             denials: RefCell::new(HashMap::new()),
             deny_cache_max_ms: f64::from(deny_cache_max_ms),
             local: RefCell::new(HashMap::new()),
@@ -292,39 +313,68 @@ impl Limiter {
         peek: bool,
     ) -> Result<Decision, Failure> {
         let (keys, args) = script_call(checks, clock, now_ms, peek);
-        let mut variant = self.variant.get();
-        let mut reply = self.call(transport, evalsha_body(variant, &keys, &args)).await;
-        // Bounded: NOSCRIPT → (wait for another request's EVAL | EVAL) → shebang rejected → plain EVAL.
-        let mut loaded_once = false;
-        for _ in 0..4 {
-            let body = match &reply {
-                Err(Failure::Rest(RestError::NoScript)) if self.loading.get() => {
-                    // Another request of this isolate is loading the script: wait for it rather than
-                    // send one more EVAL (the storm @upstash/ratelimit has after a flush).
-                    while self.loading.get() {
-                        transport.pause(LOAD_POLL_MS).await.map_err(Failure::from)?;
-                    }
-                    variant = self.variant.get();
-                    reply = self.call(transport, evalsha_body(variant, &keys, &args)).await;
-                    continue;
+        let sent_in = self.load_generation.get();
+        let mut reply = self.evalsha(transport, &keys, &args).await;
+        if reply == Err(Failure::Rest(RestError::NoScript)) {
+            if self.loading.get() || self.load_generation.get() != sent_in {
+                // Another request of this isolate is loading the script, or did while this EVALSHA was
+                // on its way: wait for it and try the EVALSHA once more, rather than send one more EVAL
+                // (the storm @upstash/ratelimit has after a flush).
+                while self.loading.get() {
+                    transport.pause(LOAD_POLL_MS).await.map_err(Failure::from)?;
                 }
-                Err(Failure::Rest(RestError::NoScript)) if !loaded_once => {
-                    loaded_once = true;
-                    self.noscript.set(self.noscript.get() + 1);
-                    eval_body(variant, &keys, &args)
+                if self.load_ok.get() {
+                    reply = self.evalsha(transport, &keys, &args).await;
                 }
-                Err(Failure::Rest(RestError::ShebangRejected)) if variant == Variant::Flagged => {
-                    variant = Variant::Plain;
-                    self.variant.set(variant);
-                    eval_body(variant, &keys, &args)
-                }
-                _ => break,
-            };
-            let _loading = Loading::start(&self.loading);
-            reply = self.call(transport, body).await;
+            } else if self.may_load(now_ms) {
+                reply = self.load(transport, &keys, &args, now_ms).await;
+            }
         }
         let limits: Vec<(&str, &Limit, bool)> = checks.iter().map(|c| (c.policy, c.limit, c.shadow)).collect();
         Decision::from_script(&reply?, &limits).map_err(Failure::Rest)
+    }
+
+    async fn evalsha<T: Transport>(
+        &self,
+        transport: &T,
+        keys: &[String],
+        args: &[String],
+    ) -> Result<Vec<i64>, Failure> {
+        let reply = self.call(transport, evalsha_body(self.variant.get(), keys, args)).await;
+        if reply.is_ok() {
+            self.confirmed.set(true);
+        }
+        reply
+    }
+
+    /// Whether a NOSCRIPT may start a load now: never twice in one episode.
+    fn may_load(&self, now_ms: f64) -> bool {
+        match self.last_load_ms.get() {
+            None => true,
+            Some(at) => self.confirmed.get() || now_ms - at >= LOAD_EPISODE_MS || now_ms < at,
+        }
+    }
+
+    /// Sends the script with EVAL (once more without the shebang if the server rejects it), as this
+    /// isolate's one load of the episode.
+    async fn load<T: Transport>(
+        &self,
+        transport: &T,
+        keys: &[String],
+        args: &[String],
+        now_ms: f64,
+    ) -> Result<Vec<i64>, Failure> {
+        let _loading = Loading::start(self);
+        self.last_load_ms.set(Some(now_ms));
+        self.confirmed.set(false);
+        self.noscript.set(self.noscript.get() + 1);
+        let mut reply = self.call(transport, eval_body(self.variant.get(), keys, args)).await;
+        if reply == Err(Failure::Rest(RestError::ShebangRejected)) && self.variant.get() == Variant::Flagged {
+            self.variant.set(Variant::Plain);
+            reply = self.call(transport, eval_body(Variant::Plain, keys, args)).await;
+        }
+        self.load_ok.set(reply.is_ok());
+        reply
     }
 
     /// The script variant this isolate sends (it falls back to plain once for its lifetime).

@@ -229,6 +229,8 @@ pub fn parse(
         .ok_or_else(|| invalid("capacity", format!("must be a whole number from 1 to {MAX_CAPACITY}")))?;
     let refill_text = raw.1.as_str().ok_or_else(|| invalid("refill", "must be a string like \"100/min\""))?;
     let refill = Refill::parse(refill_text).map_err(|m| invalid("refill", m))?;
+    // The numbers the script will run on must make a limit the gateway could have been configured with.
+    crate::limit::Limit::new(capacity as u32, refill, 1).map_err(|e| invalid("refill", e.message))?;
     let ttl_ms = match raw.2 {
         serde_json::Value::Null => None,
         v => Some(
@@ -322,6 +324,8 @@ mod tests {
         assert_eq!(field(Scope::User, "a", r#"{"capacity":10,"refill":"1/s","colour":1}"#), "body");
         assert_eq!(field(Scope::User, "a", r#"{"refill":"1/s"}"#), "capacity");
         assert_eq!(field(Scope::User, "a", "not json"), "body");
+        // Issue 10, item 6: numbers the script cannot turn into a TTL are refused here, by field.
+        assert_eq!(field(Scope::User, "a", r#"{"capacity":1000000000,"refill":"0.0003/d"}"#), "refill");
         assert!(parse(Scope::Tier, "pro", ok, Some(&p), false, 64, 0.0).is_ok());
         assert!(parse(Scope::Route, "/api/orders/*", ok, Some(&p), false, 64, 0.0).is_ok());
     }

@@ -1,13 +1,33 @@
 //! Path normalisation: every spelling of one path maps to one canonical form,
-//! so no spelling mints a fresh bucket.
+//! so no spelling mints a fresh bucket or escapes a rule.
 //!
 //! The canonical form is built from the path's bytes after one round of
-//! percent-decoding: `\` counts as `/` (some origins treat it so), empty, `.`
-//! and `..` segments are resolved (never above the root), a trailing slash is
+//! percent-decoding: `\` counts as `/` (some origins treat it so), path
+//! parameters are cut from every segment (`/a;v=1/b` is `/a/b`, as Tomcat,
+//! Jetty and Spring read it; their `..;` is `..`), empty, `.` and `..`
+//! segments are resolved (never above the root), a trailing slash is
 //! dropped, and each segment is re-encoded with one fixed rule: ASCII letters,
 //! digits and `-._~!$&'()+,;=:@` stay, every other byte becomes `%XX` with
 //! upper-case hex. Merging spellings the origin might tell apart only ever
 //! shares a bucket, which is safe; splitting spellings would be a bypass.
+//!
+//! Rules are matched against every [`views`] of a path, not only the canonical
+//! one: an origin may take `%2F` for data (`/users/7%2Fx/orders` is user
+//! `7/x`'s orders to Express), or keep `;v=1` in the last segment, and a rule
+//! must count every request an origin may route to it.
+
+/// How a path is cut into segments.
+#[derive(Clone, Copy)]
+struct Split {
+    /// `%2F` (and `%5C` with `backslash`) separate segments, as if decoded before routing.
+    encoded_separators: bool,
+    /// `\` separates segments.
+    backslash: bool,
+    /// Everything from `;` to the end of a segment is a path parameter, not part of the path.
+    cut_parameters: bool,
+}
+
+const CANONICAL: Split = Split { encoded_separators: true, backslash: true, cut_parameters: true };
 
 /// The canonical form of the path in `target` (anything from `?` or `#` on is ignored).
 pub fn normalize(target: &str) -> String {
@@ -17,11 +37,59 @@ pub fn normalize(target: &str) -> String {
 /// As [`normalize`], optionally folding ASCII letters to lower case (for origins whose routes are
 /// case-insensitive).
 pub fn normalize_with(target: &str, fold_case: bool) -> String {
-    let raw = target.split(['?', '#']).next().unwrap_or("");
-    let decoded = percent_decode(raw.as_bytes());
+    render(raw_path(target), CANONICAL, fold_case)
+}
 
-    let mut segments: Vec<&[u8]> = Vec::new();
-    for segment in decoded.split(|&b| b == b'/' || b == b'\\') {
+/// Every distinct way an origin may segment the path in `target`, each written like a canonical path
+/// (a separator that is data in that view is written `%2F` or `%5C` inside its segment, path
+/// parameters kept or cut): the canonical form first. A path without `%2F`, `%5C`, `%3B`, `\` or
+/// `;` has one view.
+pub fn views(target: &str, fold_case: bool) -> Vec<String> {
+    let raw = raw_path(target);
+    let canonical = render(raw, CANONICAL, fold_case);
+    let bytes = raw.as_bytes();
+    let ambiguous = bytes.iter().any(|&b| b == b'\\' || b == b';')
+        || bytes.windows(3).any(|w| {
+            w[0] == b'%' && matches!((w[1], w[2].to_ascii_uppercase()), (b'2', b'F') | (b'5', b'C') | (b'3', b'B'))
+        });
+    let mut out = vec![canonical];
+    if !ambiguous {
+        return out;
+    }
+    for encoded_separators in [true, false] {
+        for backslash in [true, false] {
+            for cut_parameters in [true, false] {
+                let view = render(raw, Split { encoded_separators, backslash, cut_parameters }, fold_case);
+                if !out.contains(&view) {
+                    out.push(view);
+                }
+            }
+        }
+    }
+    out
+}
+
+fn raw_path(target: &str) -> &str {
+    target.split(['?', '#']).next().unwrap_or("")
+}
+
+fn render(raw: &str, split: Split, fold_case: bool) -> String {
+    let separator = |b: u8| b == b'/' || (split.backslash && b == b'\\');
+    let decoded;
+    let pieces: Vec<std::borrow::Cow<'_, [u8]>> = if split.encoded_separators {
+        decoded = percent_decode(raw.as_bytes());
+        decoded.split(|&b| separator(b)).map(std::borrow::Cow::Borrowed).collect()
+    } else {
+        raw.as_bytes().split(|&b| separator(b)).map(|s| std::borrow::Cow::Owned(percent_decode(s))).collect()
+    };
+    let mut segments: Vec<&[u8]> = Vec::with_capacity(pieces.len());
+    for piece in &pieces {
+        let mut segment: &[u8] = piece;
+        if split.cut_parameters {
+            if let Some(at) = segment.iter().position(|&b| b == b';') {
+                segment = &segment[..at];
+            }
+        }
         match segment {
             b"" | b"." => {}
             b".." => {
@@ -31,7 +99,7 @@ pub fn normalize_with(target: &str, fold_case: bool) -> String {
         }
     }
 
-    let mut out = String::with_capacity(decoded.len() + 1);
+    let mut out = String::with_capacity(raw.len() + 1);
     if segments.is_empty() {
         out.push('/');
     }
@@ -178,6 +246,43 @@ mod tests {
     fn case_folding_is_optional() {
         assert_eq!(normalize("/API/Orders"), "/API/Orders");
         assert_eq!(normalize_with("/API/%4Frders", true), "/api/orders");
+    }
+
+    /// Issue 10, item 3: `/api/x;jsessionid=N` minted a bucket per value; Tomcat, Jetty and Spring strip
+    /// path parameters (and `..;` is their `..`).
+    #[test]
+    fn path_parameters_are_cut_from_every_segment() {
+        for (spelling, canonical) in [
+            ("/api/x;jsessionid=1", "/api/x"),
+            ("/api/x;jsessionid=2?q", "/api/x"),
+            ("/a;v=1/b;c", "/a/b"),
+            ("/a/%3Bx", "/a"),
+            ("/a;/b", "/a/b"),
+            ("/a/b/..;/c", "/a/c"),
+            ("/a/.;x/c", "/a/c"),
+            ("/;x", "/"),
+        ] {
+            assert_eq!(normalize(spelling), canonical, "{spelling}");
+        }
+    }
+
+    /// Every way an origin may split a path (encoded separators as data or not, path parameters cut or
+    /// kept) is a view; the canonical one always comes first.
+    #[test]
+    fn views_cover_every_segmentation_an_origin_may_use() {
+        let v = views("/users/7%2Fx/orders", false);
+        assert_eq!(v[0], "/users/7/x/orders");
+        assert!(v.contains(&"/users/7%2Fx/orders".to_string()), "{v:?}");
+        let v = views("/users/7/orders;v=1", false);
+        assert_eq!(v[0], "/users/7/orders");
+        assert!(v.contains(&"/users/7/orders;v=1".to_string()), "{v:?}");
+        let v = views("/users/;x/orders", false);
+        assert!(v.contains(&"/users/;x/orders".to_string()), "{v:?}");
+        let v = views("/a\\b%5Cc", false);
+        assert_eq!(v[0], "/a/b/c");
+        assert!(v.contains(&"/a%5Cb%5Cc".to_string()) && v.contains(&"/a/b%5Cc".to_string()), "{v:?}");
+        assert_eq!(views("/plain/path", false), ["/plain/path"], "one view when no spelling is ambiguous");
+        assert_eq!(views("/A/%42", true), ["/a/b"]);
     }
 
     #[test]

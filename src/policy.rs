@@ -12,7 +12,7 @@ use serde::Deserialize;
 use crate::identity::Caller;
 use crate::json::{self, Obj};
 use crate::key::{push_escaped, subject_key};
-use crate::limit::{Algorithm, Limit};
+use crate::limit::{Algorithm, Limit, LimitPart};
 use crate::path::normalize_with;
 use crate::rate::Refill;
 
@@ -113,10 +113,11 @@ pub struct Applied<'a> {
 /// What is known about a request when the policy is applied.
 pub struct Facts<'a> {
     pub method: &'a str,
-    /// `X-HTTP-Method-Override`, if any: a rule for either method applies.
-    pub method_override: Option<&'a str>,
-    /// The canonical path (see [`crate::normalize`]).
-    pub path: &'a str,
+    /// Methods the origin may run instead (overrides; see [`crate::gateway`]): a rule for any applies.
+    pub method_overrides: &'a [String],
+    /// Every view of the path (see [`crate::path::views`]), the canonical one first: a rule that
+    /// matches any of them applies.
+    pub paths: &'a [String],
     pub caller: &'a Caller,
     pub client: Option<&'a Caller>,
     pub tier: Option<&'a str>,
@@ -127,7 +128,7 @@ impl Policy {
     pub fn applied<'p>(&'p self, facts: &Facts<'_>, header: impl Fn(&str) -> Option<String>) -> Vec<Applied<'p>> {
         let tier = facts.tier.or(self.default_tier.as_deref());
         let mut out = Vec::new();
-        for rule in self.rules.iter().filter(|r| r.matches(facts.method, facts.method_override, facts.path)) {
+        for rule in self.rules.iter().filter(|r| r.matches(facts.method, facts.method_overrides, facts.paths)) {
             for l in &rule.limits {
                 let subject = match &l.by {
                     CountBy::User => subject_key(facts.caller),
@@ -230,17 +231,21 @@ fn push_route(key: &mut String, route: &str) {
 }
 
 impl Rule {
-    fn matches(&self, method: &str, method_override: Option<&str>, path: &str) -> bool {
+    fn matches(&self, method: &str, overrides: &[String], paths: &[String]) -> bool {
         if let Some(methods) = &self.methods {
             let wanted = |m: &str| {
                 let m = m.trim().to_ascii_uppercase();
                 // HEAD is a GET without a body: a GET rule counts it too.
                 methods.iter().any(|x| *x == m || (m == "HEAD" && x == "GET"))
             };
-            if !wanted(method) && !method_override.is_some_and(wanted) {
+            if !wanted(method) && !overrides.iter().any(|m| wanted(m)) {
                 return false;
             }
         }
+        paths.iter().any(|p| self.matches_path(p))
+    }
+
+    fn matches_path(&self, path: &str) -> bool {
         let mut parts = path.split('/').filter(|s| !s.is_empty());
         for segment in &self.segments {
             match segment {
@@ -493,8 +498,13 @@ fn tiered(
         None => 1,
         Some(c) => whole(c, 1, capacity).map_err(|m| format!("`cost` {m} (the capacity is {capacity})"))?,
     };
-    let limit =
-        Limit::new(capacity as u32, refill, ttl).map_err(|m| format!("`capacity` {m}"))?.with_algorithm(algorithm);
+    let limit = Limit::new(capacity as u32, refill, ttl)
+        .map_err(|e| match e.part {
+            LimitPart::Capacity => format!("`capacity` {e}"),
+            LimitPart::Refill => format!("`refill`: {e}"),
+            LimitPart::Ttl => format!("`ttl_seconds`: {e}"),
+        })?
+        .with_algorithm(algorithm);
     Ok(Tiered { limit, cost: cost as u32 })
 }
 
@@ -525,6 +535,13 @@ fn parse_route(route: &str, fold_case: bool) -> Result<Vec<Segment>, String> {
     }
     if route.contains(['?', '#', '\\']) || route.bytes().any(|b| b <= b' ' || b >= 0x7f) {
         return Err(format!("{route:?} may not contain a query, fragment, backslash, space or control character"));
+    }
+    let lower = route.to_ascii_lowercase();
+    if route.contains(';') || ["%2f", "%5c", "%3b"].iter().any(|e| lower.contains(e)) {
+        return Err(format!(
+            "{route:?} may not contain `;` or an encoded `/`, `\\` or `;`: paths are matched with their path \
+             parameters cut and their separators decoded"
+        ));
     }
     let parts: Vec<&str> = route.split('/').filter(|s| !s.is_empty()).collect();
     let mut segments = Vec::new();
@@ -607,15 +624,23 @@ mod tests {
         ]
     }"#;
 
-    fn facts<'a>(method: &'a str, path: &'a str, caller: &'a Caller, tier: Option<&'a str>) -> Facts<'a> {
-        Facts { method, method_override: None, path, caller, client: None, tier }
+    /// The limits `caller` (in `tier`) meets on `method path`.
+    fn applied_to<'p>(
+        p: &'p Policy,
+        (method, path): (&str, &str),
+        caller: &Caller,
+        tier: Option<&str>,
+        header: impl Fn(&str) -> Option<String>,
+    ) -> Vec<Applied<'p>> {
+        let paths = [crate::path::normalize(path)];
+        p.applied(&Facts { method, method_overrides: &[], paths: &paths, caller, client: None, tier }, header)
     }
 
     #[test]
     fn the_example_parses_and_matches() {
         let p = Policy::parse(EXAMPLE, 60, false).unwrap();
         let alice = Caller::User("alice".into());
-        let applied = p.applied(&facts("GET", "/users/1/orders", &alice, None), |_| None);
+        let applied = applied_to(&p, ("GET", "/users/1/orders"), &alice, None, |_| None);
         let names: Vec<&str> = applied.iter().map(|a| a.name).collect();
         assert_eq!(names, ["orders-per-user", "api-global", "api-per-key"]);
         assert_eq!(applied[0].key, "rate:alice:/users/:id/orders#orders-per-user");
@@ -623,7 +648,7 @@ mod tests {
         assert_eq!(applied[1].key, "rate:@global:/%2A#api-global");
         assert_eq!(applied[2].key, "rate:alice:/%2A#api-per-key", "no header: counted by caller");
         assert!(applied[2].shadow);
-        let other = p.applied(&facts("GET", "/users/2/orders", &alice, None), |_| None);
+        let other = applied_to(&p, ("GET", "/users/2/orders"), &alice, None, |_| None);
         assert_eq!(other[0].key, applied[0].key, "/users/1 and /users/2 share the template's bucket");
     }
 
@@ -631,9 +656,9 @@ mod tests {
     fn tiers_choose_their_numbers() {
         let p = Policy::parse(EXAMPLE, 60, false).unwrap();
         let bob = Caller::User("bob".into());
-        let premium = p.applied(&facts("POST", "/users/9/orders", &bob, Some("premium")), |_| None);
+        let premium = applied_to(&p, ("POST", "/users/9/orders"), &bob, Some("premium"), |_| None);
         assert_eq!(premium[0].limit.capacity(), 50);
-        let unknown = p.applied(&facts("POST", "/users/9/orders", &bob, Some("gold")), |_| None);
+        let unknown = applied_to(&p, ("POST", "/users/9/orders"), &bob, Some("gold"), |_| None);
         assert_eq!(unknown[0].limit.capacity(), 5);
     }
 
@@ -642,8 +667,9 @@ mod tests {
         let p = Policy::parse(EXAMPLE, 60, false).unwrap();
         let c = Caller::User("c".into());
         let count = |method: &str, ov: Option<&str>| {
-            let f =
-                Facts { method, method_override: ov, path: "/users/1/orders", caller: &c, client: None, tier: None };
+            let overrides: Vec<String> = ov.into_iter().map(str::to_string).collect();
+            let paths = ["/users/1/orders".to_string()];
+            let f = Facts { method, method_overrides: &overrides, paths: &paths, caller: &c, client: None, tier: None };
             p.applied(&f, |_| None).iter().filter(|a| a.name == "orders-per-user").count()
         };
         assert_eq!(count("GET", None), 1);
@@ -657,7 +683,7 @@ mod tests {
         let p = Policy::parse(EXAMPLE, 60, false).unwrap();
         let c = Caller::User("c".into());
         let names = |path: &str| -> Vec<String> {
-            p.applied(&facts("GET", path, &c, None), |_| None).iter().map(|a| a.name.to_string()).collect()
+            applied_to(&p, ("GET", path), &c, None, |_| None).iter().map(|a| a.name.to_string()).collect()
         };
         assert_eq!(names("/users/1/orders/x"), ["api-global", "api-per-key"]);
         assert_eq!(names("/users//orders"), ["api-global", "api-per-key"], "canonical paths have no empty segment");
@@ -671,7 +697,7 @@ mod tests {
     fn header_counting_escapes_the_value() {
         let p = Policy::parse(EXAMPLE, 60, false).unwrap();
         let c = Caller::User("c".into());
-        let applied = p.applied(&facts("GET", "/x", &c, None), |h| (h == "x-api-key").then(|| "k:1*".to_string()));
+        let applied = applied_to(&p, ("GET", "/x"), &c, None, |h| (h == "x-api-key").then(|| "k:1*".to_string()));
         assert_eq!(applied[1].key, "rate:@hdr/x-api-key=k%3A1%2A:/%2A#api-per-key");
     }
 
@@ -696,6 +722,6 @@ mod tests {
         )
         .unwrap();
         let c = Caller::User("c".into());
-        assert_eq!(p.applied(&facts("GET", "/api/orders", &c, None), |_| None).len(), 1);
+        assert_eq!(applied_to(&p, ("GET", "/api/orders"), &c, None, |_| None).len(), 1);
     }
 }

@@ -21,6 +21,9 @@ pub enum RestError {
     Throttled,
     /// 5xx from the endpoint.
     Server(u16),
+    /// 3xx: never followed (the body carries bucket keys, i.e. user ids, and another host's answer
+    /// is no decision).
+    Redirect(u16),
     /// Any other error text from Redis (a script error, OOM, …).
     Redis(String),
     /// A reply that is not what the protocol promises.
@@ -83,6 +86,7 @@ pub fn parse_script_reply(status: u16, body: &str) -> Result<Vec<i64>, RestError
     match status {
         401 | 403 => return Err(RestError::Unauthorized),
         429 => return Err(RestError::Throttled),
+        300..=399 => return Err(RestError::Redirect(status)),
         500..=599 => return Err(RestError::Server(status)),
         _ => {}
     }
@@ -196,6 +200,16 @@ mod tests {
             parse_script_reply(400, r#"{"error":"ERR user_script:3: boom"}"#),
             Err(RestError::Redis("ERR user_script:3: boom".into()))
         );
+    }
+
+    /// Issue 10, item 7: a 3xx was followed, sending the keys elsewhere and taking that answer as
+    /// the decision. Redirects are never followed, and one is a failure of its own.
+    #[test]
+    fn a_redirect_is_a_failure_of_its_own() {
+        for status in [301, 302, 303, 307, 308, 300, 399] {
+            let body = r#"{"result":[1,0,4,0,12000,5,60]}"#;
+            assert_eq!(parse_script_reply(status, body), Err(RestError::Redirect(status)), "{status}");
+        }
     }
 
     #[test]

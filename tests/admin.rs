@@ -186,6 +186,25 @@ fn off_without_a_token_and_closed_without_the_right_one() {
     assert!(admin_target(&g.config, "/api/__ratelimit/").is_none());
 }
 
+/// Issue 10, item 9: with PATH_CASE_INSENSITIVE=true an origin takes `/__RATELIMIT/…` for the admin
+/// prefix, and such spellings were forwarded to it. Other cases, and path parameters, are reserved too.
+#[test]
+fn other_case_and_parameter_spellings_of_the_prefix_are_reserved() {
+    for fold in ["true", "false"] {
+        let config = config(&[("PATH_CASE_INSENSITIVE", fold), ("ADMIN_PREFIX", "/__ratelimit/")]);
+        for other in [
+            "/__RATELIMIT/policy",
+            "/__RateLimit/metrics",
+            "/__ratelimit;x=1/policy",
+            "/%5F_RATElimit",
+            "/__ratelimit;/",
+        ] {
+            assert_eq!(admin_target(&config, other), Some(None), "{other} with PATH_CASE_INSENSITIVE={fold}");
+        }
+        assert!(admin_target(&config, "/__ratelimit/policy").unwrap().is_some());
+    }
+}
+
 #[test]
 fn an_override_changes_a_users_limit_on_the_next_request_in_the_same_round_trip() {
     let g = Gateway::new(&[]);

@@ -191,6 +191,21 @@ fn unknown_kids_and_embedded_keys_are_refused() {
     }
 }
 
+/// Issue 10, item 8: RFC 7515 §4.1.11 — a token whose header lists `crit` extensions the recipient
+/// does not implement must be rejected; the gateway implements none.
+#[test]
+fn critical_header_extensions_are_refused() {
+    let c = config(None, None, None);
+    for crit in
+        [json!(["exp"]), json!(["b64"]), json!(["http://example.com/ext"]), json!([]), json!("exp"), json!(null)]
+    {
+        let token = forged(json!({"alg": "HS256", "crit": crit, "exp": NOW + 600, "b64": true}), SECRET.as_bytes());
+        assert_eq!(c.verify(&token, NOW), Err(JwtError::CriticalExtension), "crit {crit}");
+    }
+    let token = forged(json!({"alg": "HS256", "b64": true}), SECRET.as_bytes());
+    assert!(c.verify(&token, NOW).is_ok(), "an unknown header member that is not critical is ignored");
+}
+
 #[test]
 fn tampering_and_garbage_are_refused() {
     let c = config(None, None, None);

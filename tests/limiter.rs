@@ -111,11 +111,18 @@ fn after_script_flush_one_eval_reloads_the_script() {
     let l = limit(5, "5/min");
     let checks = [check(key("flush"), &l, 1)];
     decide(&limiter, &t, &checks, 1e12).unwrap();
+    decide(&limiter, &t, &checks, 1e12).unwrap();
     t.take_sent();
     redis::cmd("SCRIPT").arg("FLUSH").query::<()>(&mut t.redis.connection()).unwrap();
     let d = decide(&limiter, &t, &checks, 1e12).unwrap();
     assert!(d.allowed);
-    assert_eq!(d.limits[0].remaining, 3, "the bucket survived the flush; only the script was reloaded");
+    assert_eq!(d.limits[0].remaining, 2, "the bucket survived the flush; only the script was reloaded");
+    assert_eq!(t.take_sent(), ["EVALSHA", "EVAL"]);
+    // Flushed again within the second, before any EVALSHA worked: the same episode, no second EVAL.
+    redis::cmd("SCRIPT").arg("FLUSH").query::<()>(&mut t.redis.connection()).unwrap();
+    assert_eq!(decide(&limiter, &t, &checks, 1e12 + 10.0), Err(Failure::Rest(RestError::NoScript)));
+    assert_eq!(t.take_sent(), ["EVALSHA"]);
+    assert!(decide(&limiter, &t, &checks, 1e12 + 1000.0).unwrap().allowed, "the next episode loads again");
     assert_eq!(t.take_sent(), ["EVALSHA", "EVAL"]);
 }
 
@@ -298,6 +305,47 @@ fn a_burst_after_a_flush_sends_one_eval_per_isolate() {
     assert!(results.iter().all(|r| r.as_ref().is_ok_and(|d| d.allowed)));
     assert_eq!(t.evals.get(), 1, "one EVAL for 200 concurrent requests");
     assert_eq!(t.evalshas.get(), 200 + 199, "everyone else retried EVALSHA once the script was loaded");
+}
+
+/// Answers NOSCRIPT to everything, EVAL included (a broken or hostile endpoint); counts both.
+struct AlwaysNoScript {
+    evals: Cell<usize>,
+    evalshas: Cell<usize>,
+}
+
+impl Transport for AlwaysNoScript {
+    async fn pause(&self, _ms: u32) -> Result<(), TransportError> {
+        YieldOnce(false).await;
+        Ok(())
+    }
+
+    async fn post(&self, body: String) -> Result<HttpReply, TransportError> {
+        YieldOnce(false).await;
+        let counter = if body.starts_with(r#"["EVAL","#) { &self.evals } else { &self.evalshas };
+        counter.set(counter.get() + 1);
+        Ok(HttpReply { status: 400, body: r#"{"error":"NOSCRIPT No matching script. Please use EVAL."}"#.into() })
+    }
+}
+
+/// Issue 10, item 10: such an endpoint turned 20 concurrent requests into ~90 REST calls. Now one EVAL
+/// per isolate per episode (until an EVALSHA works again, or a second has passed), whatever the reply.
+#[test]
+fn an_endpoint_that_always_answers_noscript_gets_one_eval_per_episode() {
+    let t = AlwaysNoScript { evals: Cell::new(0), evalshas: Cell::new(0) };
+    let limiter = Limiter::default();
+    let l = limit(5, "5/min");
+    let checks: Vec<[Check<'_>; 1]> = (0..20).map(|i| [check(key(&format!("noscript{i}")), &l, 1)]).collect();
+    let burst = |now: f64| {
+        let results = run_all(checks.iter().map(|c| limiter.decide(&t, c, Clock::Redis, now)).collect());
+        assert!(results.iter().all(|r| r.as_ref().is_err_and(|f| f.reason() == "redis-error")), "{results:?}");
+    };
+    let now = 1_800_000_000_000.0;
+    burst(now);
+    assert_eq!((t.evals.get(), t.evalshas.get()), (1, 20), "20 requests: one EVAL, no EVALSHA retried");
+    burst(now + 500.0);
+    assert_eq!((t.evals.get(), t.evalshas.get()), (1, 40), "the same episode: no EVAL at all");
+    burst(now + 1500.0);
+    assert_eq!(t.evals.get(), 2, "a second later, one EVAL tries again");
 }
 
 #[test]

@@ -301,6 +301,31 @@ fn an_override_replaces_capacity_and_rate_in_the_same_call() {
     assert_eq!(call(&mut con, t)[5], 100);
 }
 
+/// Issue 10, item 6: numbers the script formats (the TTL above all) stay in Redis's range whatever
+/// an override key or the arguments hold; an override the gateway could never have written is ignored.
+#[test]
+fn absurd_overrides_and_arguments_never_make_the_script_fail() {
+    let redis = Redis::start();
+    let mut con = redis.connection();
+    let keys = fresh_keys("absurd", 2);
+    let overrides = vec![format!("ratelimit:override:caller:absurd-{}", std::process::id())];
+    let spec = Spec { algorithm: TB, capacity: 2.0, rate: 2.0 / 60.0, cost: 1.0, shadow: false };
+    let specs = [(spec, 60), (Spec { algorithm: SW, ..spec }, 120)];
+    let indexes = ["2".to_string(), "2".to_string()];
+    let t = 1_800_000_000_000u64;
+    for value in ["1000000000 0.000000000003", "1e300 1e-300", "5 1e-300", "1e30 1", "inf 1", "nan nan", "-5 1"] {
+        redis::cmd("SET").arg(&overrides[0]).arg(value).query::<()>(&mut con).unwrap();
+        let r = run_with(&mut con, &keys, &specs, Some(t), false, &overrides, &indexes);
+        assert_eq!((r[5], r[10]), (2, 2), "override {value:?} must be ignored");
+        let ttl: i64 = redis::cmd("TTL").arg(&keys[0]).query(&mut con).unwrap();
+        assert!((1..=60).contains(&ttl), "TTL {ttl} with override {value:?}");
+    }
+    // An absurd TTL argument is clamped, not passed on to EXPIRE as 1e+17.
+    let slow = Spec { algorithm: TB, capacity: 1e9, rate: 1e9 / 2.88e17, cost: 1.0, shadow: false };
+    let r = run_with(&mut con, &fresh_keys("absurd-ttl", 1), &[(slow, 1)], Some(t), false, &[], &[String::new()]);
+    assert_eq!(r[0], 1, "the call still decides");
+}
+
 #[test]
 fn peek_reports_without_consuming_or_writing() {
     let redis = Redis::start();

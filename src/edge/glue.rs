@@ -57,6 +57,35 @@ export function forward(request, url, flat, unreachable) {
   );
 }
 
+// The body as text, reading at most max + 1 bytes: null when it is longer (the rest is never read).
+export async function readBody(request, max) {
+  if (request.body === null) return "";
+  const reader = request.body.getReader();
+  const chunks = [];
+  let size = 0;
+  try {
+    for (;;) {
+      const { done, value } = await reader.read();
+      if (done) break;
+      size += value.byteLength;
+      if (size > max) {
+        reader.cancel().catch(() => {});
+        return null;
+      }
+      chunks.push(value);
+    }
+  } catch {
+    return null;
+  }
+  const all = new Uint8Array(size);
+  let at = 0;
+  for (const c of chunks) {
+    all.set(c, at);
+    at += c.byteLength;
+  }
+  return new TextDecoder().decode(all);
+}
+
 export function waitUntil(ctx, promise) {
   if (ctx && typeof ctx.waitUntil === "function") ctx.waitUntil(promise);
 }
@@ -67,6 +96,9 @@ export async function restPost(url, authorization, body, timeoutMs) {
       method: "POST",
       headers: { authorization, "content-type": "application/json" },
       body,
+      // Never follow a redirect: the body names bucket keys (user ids), and another host's answer is
+      // no decision. A 3xx comes back as it is and is classified as a failure.
+      redirect: "manual",
       signal: AbortSignal.timeout(timeoutMs),
     });
     return [response.status, await response.text()];
@@ -97,6 +129,10 @@ extern "C" {
     /// status 0 means the deadline passed and -1 that the endpoint could not be reached.
     #[wasm_bindgen(js_name = restPost)]
     pub fn rest_post(url: &str, authorization: &str, body: &str, timeout_ms: f64) -> js_sys::Promise;
+
+    /// The request's body as text, reading at most `max` + 1 bytes; resolves to `null` when it is longer.
+    #[wasm_bindgen(js_name = readBody)]
+    pub fn read_body(req: &web_sys::Request, max: f64) -> js_sys::Promise;
 
     /// `ctx.waitUntil(promise)`: the runtime keeps the isolate alive until it settles.
     #[wasm_bindgen(js_name = waitUntil)]

@@ -40,7 +40,8 @@ impl Isolate {
             names.push("authorization".into());
         }
         if config.policy.is_some() {
-            names.push("x-http-method-override".into());
+            names.extend(crate::gateway::METHOD_OVERRIDE_HEADERS.iter().map(|h| h.to_string()));
+            names.push("content-type".into());
         }
         Isolate {
             header_names: names.join("\n"),
@@ -170,13 +171,17 @@ async fn admin(
     let headers = req.headers();
     let authorization = headers.get("authorization").ok().flatten();
     let mut body = String::new();
-    if matches!(method, "PUT" | "POST" | "PATCH") {
+    // The token first: an unauthenticated request is answered without reading a byte of its body.
+    if admin::wants_body(config, method, authorization.as_deref()) {
         let declared = headers.get("content-length").ok().flatten().and_then(|v| v.trim().parse::<usize>().ok());
-        if declared.is_some_and(|n| n > MAX_BODY_BYTES) {
-            body = " ".repeat(MAX_BODY_BYTES + 1); // answered 413 below, without reading it
-        } else if let Ok(text) = req.text() {
-            body = js_sys::futures::JsFuture::from(text).await.ok().and_then(|v| v.as_string()).unwrap_or_default();
-        }
+        let text = if declared.is_some_and(|n| n > MAX_BODY_BYTES) {
+            None
+        } else {
+            // At most MAX_BODY_BYTES + 1 bytes are read, whatever the body says or never says.
+            let read = glue::read_body(req, MAX_BODY_BYTES as f64);
+            js_sys::futures::JsFuture::from(read).await.ok().and_then(|v| v.as_string())
+        };
+        body = text.unwrap_or_else(|| " ".repeat(MAX_BODY_BYTES + 1)); // over the limit: answered 413
     }
     let transport = transport::Rest::new(config, now);
     let request = AdminRequest { method, rest, query, authorization: authorization.as_deref(), body: &body };
@@ -200,7 +205,7 @@ async fn floor(mode: &str, req: web_sys::Request, config: &Config) -> JsValue {
     if mode == "deny" {
         return glue::respond(429, "Too Many Requests", "retry-after\n12").into();
     }
-    let ping = glue::rest_post(&config.redis_url, &config.redis_authorization, "[\"PING\"]", 500.0);
+    let ping = glue::rest_post(&config.redis_url, config.redis_authorization.expose(), "[\"PING\"]", 500.0);
     let _ = js_sys::futures::JsFuture::from(ping).await;
     let url = req.url();
     respond::forward(&req, config, path_and_query(&url), &[])

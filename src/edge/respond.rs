@@ -68,6 +68,9 @@ pub fn unidentified(e: IdentityError) -> web_sys::Response {
     let detail = match e {
         IdentityError::Anonymous => "The caller cannot be identified: no user id and no CF-Connecting-IP header.",
         IdentityError::BadClientIp => "The caller cannot be identified: CF-Connecting-IP is not an IP address.",
+        IdentityError::UserIdNotUtf8 => {
+            "The caller cannot be identified: the user id header is not valid UTF-8 (send ids as UTF-8)."
+        }
     };
     problem(400, "unidentified-caller", "Bad Request", detail, &[])
 }

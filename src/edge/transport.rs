@@ -23,7 +23,7 @@ impl<'a> Rest<'a> {
     pub fn new(config: &'a Config, now_ms: f64) -> Self {
         Rest {
             url: &config.redis_url,
-            authorization: &config.redis_authorization,
+            authorization: config.redis_authorization.expose(),
             deadline_ms: now_ms + f64::from(config.redis_timeout_ms),
             round_trips: RefCell::new(Vec::new()),
         }
