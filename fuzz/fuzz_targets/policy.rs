@@ -10,7 +10,9 @@ fuzz_target!(|data: &[u8]| {
     let (doc, path) = text.split_once('\u{1}').unwrap_or((&text, "/a/b"));
     let Ok(policy) = Policy::parse(doc, 60, false) else { return };
     let caller = Caller::User("u".into());
-    let facts = Facts { method: "GET", method_override: Some("POST"), path, caller: &caller, client: None, tier: Some("t") };
+    let (overrides, paths) = (["POST".to_string()], edge_ratelimit::views(path, false));
+    let facts =
+        Facts { method: "GET", method_overrides: &overrides, paths: &paths, caller: &caller, client: None, tier: Some("t") };
     for a in policy.applied(&facts, |_| Some("v".into())) {
         assert!(a.cost >= 1 && a.cost <= a.limit.capacity());
         assert!(a.key.starts_with("rate:"));

@@ -9,7 +9,7 @@ import { Miniflare } from "miniflare";
 
 export const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../..");
 export const TOKEN = "local-test-token";
-const WORKER_DIR = path.join(ROOT, "build/worker");
+const WORKER_DIR = process.env.WORKER_DIR ?? path.join(ROOT, "build/worker");
 const REST_BIN = process.env.UPSTASH_LOCAL_BIN ?? path.join(ROOT, "target/release/upstash-local");
 
 export async function freePort() {
@@ -204,4 +204,76 @@ export async function startStack() {
 
     },
   };
+}
+
+/**
+ * A scriptable fake REST endpoint: `handle(command, body)` answers each call with
+ * `{ status, body, headers }` (command = the first element of the JSON array, "PIPELINE" for /pipeline).
+ * Counts calls per command.
+ */
+export async function startFakeRest(handle) {
+  const counts = {};
+  const server = createServer((req, res) => {
+    let body = "";
+    req.on("data", (d) => { body += d; });
+    req.on("end", async () => {
+      let command = "?";
+      try {
+        command = req.url.startsWith("/pipeline") ? "PIPELINE" : String(JSON.parse(body)[0]);
+      } catch {}
+      counts[command] = (counts[command] ?? 0) + 1;
+      const r = await handle(command, body, req);
+      res.writeHead(r.status ?? 200, { "content-type": "application/json", ...(r.headers ?? {}) });
+      res.end(r.body ?? "");
+    });
+  });
+  await new Promise((r) => server.listen(0, "127.0.0.1", r));
+  return {
+    url: `http://127.0.0.1:${server.address().port}`,
+    counts,
+    calls: () => Object.values(counts).reduce((a, b) => a + b, 0),
+    stop: () => new Promise((r) => { server.closeAllConnections(); server.close(r); }),
+  };
+}
+
+/**
+ * One HTTP/1.1 request written by hand to the gateway (bytes exactly as given: non-UTF-8 header values,
+ * chunked bodies). `chunks` is an async generator of body chunks, written until the response's status
+ * line arrives or `ms` pass. Resolves to { status, head, sent } (status 0: no answer in time, -1: the
+ * connection was reset before any answer).
+ */
+export async function rawRequest(gateway, head, { chunks = null, ms = 3000 } = {}) {
+  const url = new URL((await gateway.mf.ready).toString());
+  return new Promise((resolve) => {
+    const socket = net.connect(Number(url.port), url.hostname);
+    let got = Buffer.alloc(0);
+    let sent = 0;
+    let done = false;
+    const finish = (status) => {
+      if (done) return;
+      done = true;
+      clearTimeout(timer);
+      socket.destroy();
+      const text = got.toString("latin1");
+      resolve({ status, head: text.split("\r\n\r\n")[0], sent });
+    };
+    const timer = setTimeout(() => finish(0), ms);
+    socket.on("data", (d) => {
+      got = Buffer.concat([got, d]);
+      const m = /^HTTP\/1\.1 (\d{3})/.exec(got.toString("latin1"));
+      if (m && got.includes("\r\n\r\n")) finish(Number(m[1]));
+    });
+    // A reset before any answer is -1 (a server that closes with the body unread may cause one).
+    socket.on("error", () => finish(got.length === 0 ? -1 : 0));
+    socket.on("connect", async () => {
+      socket.write(Buffer.from(head, "latin1"));
+      if (!chunks) return;
+      for await (const chunk of chunks) {
+        if (done) return;
+        const ok = socket.write(`${chunk.length.toString(16)}\r\n`) && socket.write(chunk) && socket.write("\r\n");
+        sent += chunk.length;
+        if (!ok) await new Promise((r) => { socket.once("drain", r); setTimeout(r, 50); });
+      }
+    });
+  });
 }
