@@ -1,13 +1,11 @@
 //! Micro-benchmarks of the pure core (divan): per-call time and allocations of what a request does
 //! before and after its one Redis round trip. Run: `cargo bench --bench core` (or `bench/run micro`).
 
-use std::cell::Cell;
-
 use divan::{black_box, AllocProfiler, Bencher};
 use edge_ratelimit::{
-    bucket_key, evalsha_body, identify, normalize, parse_script_reply, plan, rate_limit_headers, Clock, Config,
-    Decision, HttpReply, JwtConfig, JwtSettings, Limit, Limited, Limiter, Plan, Policy, Refill, RequestFacts,
-    Transport, TransportError, Variant,
+    bucket_key, decode_request, encode_step, evalsha_body, identify, normalize, parse_script_reply, rate_limit_headers,
+    Config, Decision, Gateway, JwtConfig, JwtSettings, Limit, Policy, Refill, Reply, Request, Step, Variant,
+    Verification,
 };
 
 #[global_allocator]
@@ -91,7 +89,7 @@ fn hs256_verify(bencher: Bencher) {
             JwtConfig::new(JwtSettings { mode: Some("required"), secret: Some(SECRET), ..JwtSettings::default() })
                 .unwrap()
         })
-        .bench_local_values(|jwt| jwt.verify(black_box(&token), 1_800_000_000).unwrap());
+        .bench_local_values(|jwt| matches!(jwt.verify(black_box(&token), 1_800_000_000), Verification::Verified(_)));
 }
 
 fn hs256_token() -> String {
@@ -102,15 +100,16 @@ fn hs256_token() -> String {
     Hs256.token(&Header::empty(), &claims, &Hs256Key::new(SECRET)).unwrap()
 }
 
-/// A full RS256 check: a fresh configuration per call, so nothing is remembered.
+/// The core's part of an RS256 check (parse, pin the key, hand WebCrypto the signature): a fresh
+/// configuration per call, so nothing is remembered. The RSA arithmetic is WebCrypto's, in workerd.
 #[divan::bench]
-fn rs256_verify(bencher: Bencher) {
+fn rs256_prepare(bencher: Bencher) {
     let (jwks, token) = rs256_fixture();
     bencher
         .with_inputs(|| {
             JwtConfig::new(JwtSettings { mode: Some("required"), jwks: Some(&jwks), ..JwtSettings::default() }).unwrap()
         })
-        .bench_local_values(|jwt| jwt.verify(black_box(&token), 1_800_000_000).unwrap());
+        .bench_local_values(|jwt| matches!(jwt.verify(black_box(&token), 1_800_000_000), Verification::Signature(_)));
 }
 
 /// The JWKS and an RS256 token signed with its RSA key (tests/keys).
@@ -134,75 +133,41 @@ fn rs256_verify_remembered(bencher: Bencher) {
     let (jwks, token) = rs256_fixture();
     let jwt =
         JwtConfig::new(JwtSettings { mode: Some("required"), jwks: Some(&jwks), ..JwtSettings::default() }).unwrap();
-    jwt.verify(&token, 1_800_000_000).unwrap();
-    bencher.bench_local(|| jwt.verify(black_box(&token), 1_800_000_000).unwrap());
+    jwt.complete(&token, 1_800_000_000, true).unwrap();
+    bencher.bench_local(|| matches!(jwt.verify(black_box(&token), 1_800_000_000), Verification::Verified(_)));
 }
 
-/// Answers every call at once with an allowed reply.
-struct Instant(Cell<u32>);
-
-impl Transport for Instant {
-    async fn post(&self, _body: String) -> Result<HttpReply, TransportError> {
-        self.0.set(self.0.get() + 1);
-        Ok(HttpReply { status: 200, body: r#"{"result":[1,0,4,0,12000,5,60]}"#.into() })
-    }
-    async fn pause(&self, _ms: u32) -> Result<(), TransportError> {
-        Ok(())
-    }
-}
-
-fn block_on<F: std::future::Future>(f: F) -> F::Output {
-    let mut f = std::pin::pin!(f);
-    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-    match f.as_mut().poll(&mut cx) {
-        std::task::Poll::Ready(v) => v,
-        std::task::Poll::Pending => unreachable!("the transport answers at once"),
-    }
-}
-
-/// Everything the Worker does for an allowed request except the I/O: plan (identity, path, key),
-/// the REST body, the reply, the decision and its headers.
+/// Everything the Worker's wasm does for an allowed request: read the facts, plan (identity, path,
+/// key), the REST body, the reply, the decision and its headers, both steps written for the executor.
 #[divan::bench]
 fn whole_request_allowed(bencher: Bencher) {
     let config = config(&[]);
-    let limiter = Limiter::default();
-    let transport = Instant(Cell::new(0));
-    let header = |name: &str| match name {
-        "x-user-id" => Some("alice".to_string()),
-        "cf-connecting-ip" => Some("203.0.113.7".to_string()),
-        _ => None,
-    };
+    let mut gw = Gateway::new(&config);
+    let mut n = 0u64;
     bencher.bench_local(|| {
-        let facts =
-            RequestFacts { method: "GET", target: black_box("/api/orders?page=2"), header: &header, now_ms: 1.8e12 };
-        let Plan::Limit(Limited { checks, .. }) = plan(&config, &facts) else { unreachable!() };
-        let d = block_on(limiter.decide(&transport, &checks, Clock::Redis, 1.8e12)).unwrap();
-        rate_limit_headers(&d).len()
+        n += 1;
+        let facts = format!("GET\nhttps://api.example.com/api/orders?page=2\nuser-{n}\n203.0.113.7");
+        let (method, url, headers) = decode_request(black_box(&facts));
+        let step = gw.begin(&Request { method, url, headers: &headers }, 1.8e12);
+        let out = encode_step(&step);
+        let Step::Fetch(f) = step else { unreachable!() };
+        let next = gw.resume(f.ticket, Reply::Http { status: 200, body: r#"{"result":[1,0,4,0,12000,5,60]}"# }, 1.8e12);
+        out.len() + encode_step(&next).len()
     });
 }
 
-/// A caller the deny cache knows to be empty: no REST body at all.
+/// A caller the deny cache knows to be empty: one synchronous step, no REST body at all.
 #[divan::bench]
 fn whole_request_cached_denial(bencher: Bencher) {
     let config = config(&[]);
-    let limiter = Limiter::default();
-    struct Deny;
-    impl Transport for Deny {
-        async fn post(&self, _body: String) -> Result<HttpReply, TransportError> {
-            Ok(HttpReply { status: 200, body: r#"{"result":[0,1,0,11000,60000,5,60]}"#.into() })
-        }
-        async fn pause(&self, _ms: u32) -> Result<(), TransportError> {
-            Ok(())
-        }
-    }
-    let header = |name: &str| (name == "x-user-id").then(|| "hot".to_string());
-    let facts = RequestFacts { method: "GET", target: "/api/orders", header: &header, now_ms: 1.8e12 };
-    let Plan::Limit(Limited { checks, .. }) = plan(&config, &facts) else { unreachable!() };
-    block_on(limiter.decide(&Deny, &checks, Clock::Redis, 1.8e12)).unwrap();
+    let mut gw = Gateway::new(&config);
+    let facts = "GET\nhttps://api.example.com/api/orders\nhot\n203.0.113.7";
+    let (method, url, headers) = decode_request(facts);
+    let Step::Fetch(f) = gw.begin(&Request { method, url, headers: &headers }, 1.8e12) else { unreachable!() };
+    gw.resume(f.ticket, Reply::Http { status: 200, body: r#"{"result":[0,1,0,11000,60000,5,60]}"# }, 1.8e12);
     bencher.bench_local(|| {
-        let facts = RequestFacts { method: "GET", target: black_box("/api/orders"), header: &header, now_ms: 1.8e12 };
-        let Plan::Limit(Limited { checks, .. }) = plan(&config, &facts) else { unreachable!() };
-        let d = block_on(limiter.decide(&Deny, &checks, Clock::Redis, 1.8e12)).unwrap();
-        rate_limit_headers(&d).len()
+        let (method, url, headers) = decode_request(black_box(facts));
+        let step = gw.begin(&Request { method, url, headers: &headers }, 1.8e12);
+        encode_step(&step).len()
     });
 }

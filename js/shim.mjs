@@ -1,7 +1,10 @@
-// Worker entry: hands every request to the Rust `fetch` (src/edge) compiled by wasm-bindgen, with the
-// static admin assets (status page, OpenAPI document) that scripts/build-worker writes to assets.mjs.
-// A Rust panic aborts as a WebAssembly trap; the instance is then reset so the next request runs
-// on a clean one, and this request gets a problem body without internal detail.
+// The Worker entry and executor. The Rust core (src/gateway.rs, through src/edge) decides everything;
+// this file reads a request's facts once, carries out each step the core returns — answer, forward,
+// a REST call with its deadline, a short wait, a WebCrypto signature check, reading an admin body,
+// a metrics report after the response — and hands the results back. Steps and replies are strings
+// (src/wire.rs documents the format). A cached denial is one synchronous call into the wasm.
+// A Rust panic aborts as a WebAssembly trap; the instance is then reset so the next request runs on
+// a clean one, and this request gets a problem body without internal detail.
 import * as wasm from "./index.js";
 import { assets } from "./assets.mjs";
 
@@ -12,17 +15,200 @@ const CRASHED = JSON.stringify({
   detail: "The gateway failed on this request; it has been reset.",
 });
 
+// What the core said once per isolate (src/wire.rs encode_start).
+let names = null; // the request headers it reads, in order
+let restUrl = "";
+let restAuthorization = "";
+let unreachable = ""; // the 502 step, for a forward whose origin cannot be reached
+const keys = new Map(); // WebCrypto keys by kid
+
+function start(env) {
+  const vars = {};
+  for (const name of wasm.variables().split("\n")) {
+    const v = env[name];
+    if (v === undefined || v === null) continue;
+    vars[name] = typeof v === "string" ? v : typeof v === "object" ? JSON.stringify(v) : String(v);
+  }
+  const s = wasm.start(JSON.stringify(vars));
+  const a = s.indexOf("\0");
+  const b = s.indexOf("\0", a + 1);
+  const c = s.indexOf("\0", b + 1);
+  names = a === 0 ? [] : s.slice(0, a).split("\n");
+  restUrl = s.slice(a + 1, b);
+  restAuthorization = s.slice(b + 1, c);
+  unreachable = s.slice(c + 1);
+}
+
+function crashed(e) {
+  console.error("edge-ratelimit crashed:", e);
+  if (e instanceof WebAssembly.RuntimeError) {
+    wasm.__wbg_reset_state?.();
+    names = null;
+  }
+  return new Response(CRASHED, { status: 500, headers: { "content-type": "application/problem+json", "cache-control": "no-store" } });
+}
+
 export default {
-  async fetch(request, env, ctx) {
+  fetch(request, env, ctx) {
     try {
-      return await wasm.fetch(request, env, ctx, assets);
+      if (names === null) start(env);
+      const h = request.headers;
+      let facts = request.method + "\n" + request.url;
+      for (let i = 0; i < names.length; i++) {
+        const v = h.get(names[i]);
+        facts += v === null ? "\n\0" : "\n" + v;
+      }
+      return carry(wasm.begin(facts, Date.now()), request, ctx);
     } catch (e) {
-      console.error("edge-ratelimit crashed:", e);
-      if (e instanceof WebAssembly.RuntimeError) wasm.__wbg_reset_state?.();
-      return new Response(CRASHED, {
-        status: 500,
-        headers: { "content-type": "application/problem+json", "cache-control": "no-store" },
-      });
+      return crashed(e);
     }
   },
 };
+
+/** Carries out a step: a Response, or the promise of one. */
+function carry(step, request, ctx) {
+  const a = step.indexOf("\0");
+  const b = step.indexOf("\0", a + 1);
+  const f = step.slice(0, a).split("\n");
+  switch (f[0]) {
+    case "R":
+      return respond(f, step.slice(a + 1, b), step.slice(b + 1), ctx);
+    case "F":
+      return forward(f, step.slice(a + 1, b), request, ctx);
+    case "Q":
+      return rest(f[2] === "p", step.slice(b + 1), Number(f[3])).then(([code, text]) => next(f[1], code, text, request, ctx));
+    case "W":
+      return new Promise((r) => setTimeout(r, Number(f[2]))).then(() => next(f[1], -2, "", request, ctx));
+    case "V":
+      return verify(f[2], f[3], f[4], step.slice(a + 1, b), step.slice(b + 1)).then((code) => next(f[1], code, "", request, ctx));
+    case "B":
+      return readBody(request, Number(f[2])).then((text) => next(f[1], text === null ? -7 : -6, text ?? "", request, ctx));
+    default:
+      return new Response(null, { status: 204 });
+  }
+}
+
+function next(ticket, code, text, request, ctx) {
+  try {
+    return carry(wasm.resume(Number(ticket), code, text, Date.now()), request, ctx);
+  } catch (e) {
+    return crashed(e);
+  }
+}
+
+/** A note for the log, and a metrics report sent after the response. */
+function sideEffects(note, ticket, timeout, report, ctx) {
+  if (note !== "") console.log(note);
+  if (ticket !== "" && ctx && typeof ctx.waitUntil === "function") {
+    ctx.waitUntil(rest(true, report, Number(timeout)).then(([code, text]) => wasm.resume(Number(ticket), code, text, Date.now())).catch(() => {}));
+  }
+}
+
+// R: status, asset, note, report ticket, report timeout, headers…
+function respond(f, report, body, ctx) {
+  sideEffects(f[3], f[4], f[5], report, ctx);
+  const headers = new Headers();
+  for (let i = 6; i + 1 < f.length; i += 2) headers.set(f[i], f[i + 1]);
+  const text = f[2] === "" ? body : typeof assets?.[f[2]] === "string" ? assets[f[2]] : "";
+  return new Response(text, { status: Number(f[1]), headers });
+}
+
+// F: url, note, report ticket, report timeout, headers to add…
+function forward(f, report, request, ctx) {
+  sideEffects(f[2], f[3], f[4], report, ctx);
+  const sent = f[1] === "" ? fetch(request) : fetch(f[1], request);
+  return sent.then(
+    (response) => {
+      if (f.length <= 5) return response;
+      // A fetched response's headers are immutable; a new Response over the same body has a mutable copy.
+      const out = new Response(response.body, response);
+      for (let i = 5; i + 1 < f.length; i += 2) out.headers.set(f[i], f[i + 1]);
+      return out;
+    },
+    (e) => {
+      console.error("origin fetch failed:", String(e));
+      const out = carry(unreachable, request, null);
+      for (let i = 5; i + 1 < f.length; i += 2) out.headers.set(f[i], f[i + 1]);
+      return out;
+    },
+  );
+}
+
+/** POST to the REST endpoint within `timeoutMs`: [status, text], 0 = deadline, -1 = unreachable. */
+async function rest(pipeline, body, timeoutMs) {
+  try {
+    const response = await fetch(pipeline ? restUrl + "/pipeline" : restUrl, {
+      method: "POST",
+      headers: { authorization: restAuthorization, "content-type": "application/json" },
+      body,
+      // Never follow a redirect: the body names bucket keys (user ids); the core classifies the 3xx.
+      redirect: "manual",
+      signal: AbortSignal.timeout(timeoutMs),
+    });
+    return [response.status, await response.text()];
+  } catch (e) {
+    return [e && (e.name === "TimeoutError" || e.name === "AbortError") ? 0 : -1, ""];
+  }
+}
+
+const ALGORITHMS = {
+  RS256: [{ name: "RSASSA-PKCS1-v1_5", hash: "SHA-256" }, { name: "RSASSA-PKCS1-v1_5" }],
+  ES256: [{ name: "ECDSA", namedCurve: "P-256" }, { name: "ECDSA", hash: "SHA-256" }],
+  EdDSA: [{ name: "Ed25519" }, { name: "Ed25519" }],
+};
+
+function base64url(text) {
+  const s = atob(text.replace(/-/g, "+").replace(/_/g, "/"));
+  const out = new Uint8Array(s.length);
+  for (let i = 0; i < s.length; i++) out[i] = s.charCodeAt(i);
+  return out;
+}
+
+/** WebCrypto's verdict on a signature: -4 valid, -3 invalid, -5 the key cannot be imported. */
+async function verify(alg, kid, signature, jwk, data) {
+  const [importAs, verifyAs] = ALGORITHMS[alg] ?? [];
+  let key = keys.get(kid);
+  try {
+    if (key === undefined) {
+      key = await crypto.subtle.importKey("jwk", JSON.parse(jwk), importAs, false, ["verify"]);
+      keys.set(kid, key);
+    }
+  } catch (e) {
+    console.error(`JWT_JWKS key ${kid} cannot be imported:`, String(e));
+    return -5;
+  }
+  try {
+    return (await crypto.subtle.verify(verifyAs, key, base64url(signature), new TextEncoder().encode(data))) ? -4 : -3;
+  } catch {
+    return -3;
+  }
+}
+
+/** The body as text, reading at most max + 1 bytes: null when it is longer (the rest is never read). */
+async function readBody(request, max) {
+  if (request.body === null) return "";
+  const reader = request.body.getReader();
+  const chunks = [];
+  let size = 0;
+  try {
+    for (;;) {
+      const { done, value } = await reader.read();
+      if (done) break;
+      size += value.byteLength;
+      if (size > max) {
+        reader.cancel().catch(() => {});
+        return null;
+      }
+      chunks.push(value);
+    }
+  } catch {
+    return null;
+  }
+  const all = new Uint8Array(size);
+  let at = 0;
+  for (const c of chunks) {
+    all.set(c, at);
+    at += c.byteLength;
+  }
+  return new TextDecoder().decode(all);
+}

@@ -6,42 +6,25 @@
 //! Off unless `ADMIN_TOKEN` is set (every admin path then answers 404, and
 //! none reaches the origin); every operation but the status page's empty
 //! shell needs `Authorization: Bearer <ADMIN_TOKEN>`, compared in constant
-//! time. Redis is reached through the same [`Transport`] as decisions, so
-//! the whole API runs natively in tests. Bucket keys are only ever named
-//! exactly (never `KEYS`/`SCAN` with user input).
+//! time. Synchronous: [`route`] says what a request needs (an answer, one Redis
+//! pipeline, or a peek), the gateway carries that out and hands the reply to
+//! [`finish`] or [`peeked`]. Bucket keys are only ever named exactly (never
+//! `KEYS`/`SCAN` with user input).
 
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use crate::config::{Clock, Config, FailMode};
-use crate::decision::{problem as problem_body, problem_json};
-use crate::gateway::{limits_for, Limited, Target};
+use crate::decision::Decision;
+use crate::http::{problem, problem_with, Asset, Body, Response};
 use crate::identity::{identify, Caller};
 use crate::json::{self, Obj};
-use crate::limiter::{Limiter, Transport, TransportError};
+use crate::limiter::{Check, Failure, Limiter};
 use crate::metrics::{Totals, DENIED_KEY, METRICS_KEY};
 use crate::overrides::{self, Invalid, Override, Scope, INDEX_KEY};
 use crate::path::{normalize_with, percent_decode, views};
+use crate::plan::{limits_for, Limited, Target};
 use crate::policy::limit_json;
-
-/// A static file the edge serves as the body: `assets/status.html` (a shell without data that asks
-/// for the token and polls `status.json`) and `assets/openapi.json` (this API's OpenAPI 3.1
-/// document). They ship beside the wasm as a JS module (scripts/build-worker), not inside it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Asset {
-    StatusPage,
-    OpenApi,
-}
-
-impl Asset {
-    /// Its name in the shim's `assets` object.
-    pub fn name(self) -> &'static str {
-        match self {
-            Asset::StatusPage => "status",
-            Asset::OpenApi => "openapi",
-        }
-    }
-}
 
 /// The largest request body accepted.
 pub const MAX_BODY_BYTES: usize = 16 * 1024;
@@ -49,7 +32,17 @@ pub const MAX_BODY_BYTES: usize = 16 * 1024;
 pub const STATUS_CSP: &str = "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; \
      connect-src 'self'; img-src data:; base-uri 'none'; form-action 'self'; frame-ancestors 'none'";
 
-/// An admin request, as the edge read it.
+/// An admin request's body, as far as the executor read it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AdminBody<'a> {
+    /// Not read: not a write, or the token was wrong (see [`wants_body`]).
+    Unread,
+    Text(&'a str),
+    /// Longer than [`MAX_BODY_BYTES`] (declared or read): the rest was never read.
+    TooLarge,
+}
+
+/// An admin request, as the gateway sees it.
 pub struct AdminRequest<'a> {
     pub method: &'a str,
     /// The path after the prefix, as sent (still percent-encoded).
@@ -57,17 +50,7 @@ pub struct AdminRequest<'a> {
     /// The query string without `?`.
     pub query: &'a str,
     pub authorization: Option<&'a str>,
-    pub body: &'a str,
-}
-
-#[derive(Debug, PartialEq)]
-pub struct AdminResponse {
-    pub status: u16,
-    pub content_type: &'static str,
-    pub body: String,
-    pub headers: Vec<(&'static str, String)>,
-    /// The body is this static file instead.
-    pub asset: Option<Asset>,
+    pub body: AdminBody<'a>,
 }
 
 /// Where `target` (path and query as sent) falls in the admin namespace: `Some(rest, query)` for a
@@ -108,56 +91,54 @@ pub fn authorized(expected: &[u8; 32], authorization: Option<&str>) -> bool {
     got.iter().zip(expected).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
 }
 
-fn respond(status: u16, content_type: &'static str, body: String) -> AdminResponse {
-    AdminResponse { status, content_type, body, headers: vec![("cache-control", "no-store".into())], asset: None }
+fn ok(body: String) -> Response {
+    Response::json(200, body)
 }
 
-fn ok(body: String) -> AdminResponse {
-    respond(200, "application/json", body)
+fn bad_request(field: &str, detail: &str) -> Response {
+    problem_with(400, "bad-request", "Bad Request", detail, |o| o.str("field", field))
 }
 
-fn problem(status: u16, kind: &str, title: &str, detail: &str) -> AdminResponse {
-    respond(status, "application/problem+json", problem_json(kind, title, status, detail))
-}
-
-fn bad_request(field: &str, detail: &str) -> AdminResponse {
-    let body = problem_body("bad-request", "Bad Request", 400, detail).str("field", field).finish();
-    respond(400, "application/problem+json", body)
-}
-
-fn invalid(e: Invalid) -> AdminResponse {
+fn invalid(e: Invalid) -> Response {
     bad_request(e.field, &e.message)
 }
 
-fn not_found() -> AdminResponse {
+fn not_found() -> Response {
     problem(404, "not-found", "Not Found", "no such admin resource")
 }
 
-fn no_override() -> AdminResponse {
+fn no_override() -> Response {
     problem(404, "not-found", "Not Found", "there is no such override")
 }
 
-fn method_not_allowed(allow: &'static str) -> AdminResponse {
-    let mut r = problem(405, "method-not-allowed", "Method Not Allowed", &format!("this resource allows {allow}"));
-    r.headers.push(("allow", allow.into()));
-    r
+fn method_not_allowed(allow: &'static str) -> Response {
+    problem(405, "method-not-allowed", "Method Not Allowed", &format!("this resource allows {allow}"))
+        .with("allow", allow)
 }
 
-fn unavailable(detail: &str) -> AdminResponse {
-    let mut r = problem(503, "redis-unavailable", "Service Unavailable", detail);
-    r.headers.push(("retry-after", "1".into()));
-    r
+fn unavailable(detail: &str) -> Response {
+    problem(503, "redis-unavailable", "Service Unavailable", detail).with("retry-after", "1")
 }
 
 /// What a request needs after routing: nothing more, one Redis pipeline, or a peek.
-enum Action {
-    Done(AdminResponse),
+pub enum Action<'c> {
+    Done(Response),
+    /// Send these commands as one pipeline; [`finish`] makes the answer from the replies.
     Redis(Vec<Vec<String>>, Then),
-    Peek(BucketQuery),
+    /// Run the decision script in peek mode for these limits; [`peeked`] answers.
+    Peek(Peek<'c>),
+}
+
+/// A peek's caller and path, and the limits the script is asked about.
+pub struct Peek<'c> {
+    pub caller: String,
+    pub path: String,
+    pub checks: Vec<Check<'c>>,
 }
 
 /// What to make of a pipeline's replies.
-enum Then {
+#[derive(Clone, Debug)]
+pub enum Then {
     Metrics,
     Status,
     List,
@@ -167,26 +148,8 @@ enum Then {
     Reset(Vec<String>),
 }
 
-/// Answers an admin request. `now_ms` is the Worker's clock. Routing and answering are plain
-/// functions; the only waits are one Redis pipeline or one peek (this keeps the wasm small).
-pub async fn handle<T: Transport>(
-    config: &Config,
-    limiter: &Limiter,
-    transport: &T,
-    req: &AdminRequest<'_>,
-    now_ms: f64,
-) -> AdminResponse {
-    match route(config, req, now_ms) {
-        Action::Done(r) => r,
-        Action::Redis(commands, then) => match redis(transport, commands).await {
-            Ok(replies) => finish(config, limiter, then, &replies, now_ms),
-            Err(r) => r,
-        },
-        Action::Peek(q) => peek(config, limiter, transport, q, now_ms).await,
-    }
-}
-
-fn route(config: &Config, req: &AdminRequest<'_>, now_ms: f64) -> Action {
+/// What an admin request needs. `now_ms` is the Worker's clock.
+pub fn route<'c>(config: &'c Config, req: &AdminRequest<'_>, now_ms: f64) -> Action<'c> {
     let done = Action::Done;
     let Some(token) = &config.admin_token_sha256 else { return done(not_found()) };
     let segments: Vec<&str> = req.rest.split('/').collect();
@@ -195,29 +158,36 @@ fn route(config: &Config, req: &AdminRequest<'_>, now_ms: f64) -> Action {
         if !get {
             return done(method_not_allowed("GET"));
         }
-        let mut r = respond(200, "text/html; charset=utf-8", String::new());
-        r.asset = Some(Asset::StatusPage);
-        r.headers.extend([
-            ("content-security-policy", STATUS_CSP.to_string()),
-            ("x-content-type-options", "nosniff".into()),
-            ("referrer-policy", "no-referrer".into()),
-        ]);
+        let mut r = Response::new(200, "text/html; charset=utf-8", String::new())
+            .with("content-security-policy", STATUS_CSP)
+            .with("x-content-type-options", "nosniff")
+            .with("referrer-policy", "no-referrer");
+        r.body = Body::Asset(Asset::StatusPage);
         return done(r);
     }
     if !authorized(token, req.authorization) {
-        let mut r =
-            problem(401, "unauthorized", "Unauthorized", "the admin API needs Authorization: Bearer <ADMIN_TOKEN>");
-        r.headers.push(("www-authenticate", "Bearer realm=\"edge-ratelimit admin\"".into()));
-        return done(r);
+        let r = problem(401, "unauthorized", "Unauthorized", "the admin API needs Authorization: Bearer <ADMIN_TOKEN>");
+        return done(r.with("www-authenticate", "Bearer realm=\"edge-ratelimit admin\""));
     }
-    if req.body.len() > MAX_BODY_BYTES {
-        return done(problem(413, "payload-too-large", "Payload Too Large", "admin request bodies are at most 16 KiB"));
-    }
+    let body = match req.body {
+        AdminBody::TooLarge => {
+            return done(problem(
+                413,
+                "payload-too-large",
+                "Payload Too Large",
+                "admin request bodies are at most 16 KiB",
+            ))
+        }
+        AdminBody::Text(t) => t,
+        AdminBody::Unread => "",
+    };
     let method = req.method.to_ascii_uppercase();
     let method = if method == "HEAD" { "GET".to_string() } else { method };
     match (segments.as_slice(), method.as_str()) {
         (["openapi.json"], "GET") => {
-            done(AdminResponse { asset: Some(Asset::OpenApi), ..respond(200, "application/json", String::new()) })
+            let mut r = Response::json(200, String::new());
+            r.body = Body::Asset(Asset::OpenApi);
+            done(r)
         }
         (["policy"], "GET") => done(ok(effective_policy(config))),
         (["metrics"], "GET") => Action::Redis(vec![cmd(&["HGETALL", METRICS_KEY])], Then::Metrics),
@@ -233,7 +203,7 @@ fn route(config: &Config, req: &AdminRequest<'_>, now_ms: f64) -> Action {
         (["buckets"], "GET") => {
             let query = query_pairs(req.query, &["user", "ip", "path", "method", "tier"]);
             match query.and_then(|p| bucket_query(config, &p)) {
-                Ok(q) => Action::Peek(q),
+                Ok(q) => peek(config, q),
                 Err(r) => done(r),
             }
         }
@@ -262,7 +232,7 @@ fn route(config: &Config, req: &AdminRequest<'_>, now_ms: f64) -> Action {
                         Action::Redis(vec![cmd(&["DEL", &key]), cmd(&["HDEL", INDEX_KEY, &key])], Then::Delete)
                     }
                 }
-                "PUT" => put_override(config, scope, &name, req.body, now_ms),
+                "PUT" => put_override(config, scope, &name, body, now_ms),
                 _ => done(method_not_allowed("GET, PUT, DELETE")),
             }
         }
@@ -270,10 +240,21 @@ fn route(config: &Config, req: &AdminRequest<'_>, now_ms: f64) -> Action {
     }
 }
 
-/// The answer from a pipeline's replies (one per command sent).
-fn finish(config: &Config, limiter: &Limiter, then: Then, replies: &[Value], now_ms: f64) -> AdminResponse {
+/// The answer from a pipeline's reply (`Err` when none came back).
+pub fn finish(
+    config: &Config,
+    limiter: &Limiter,
+    then: Then,
+    reply: Result<(u16, &str), Failure>,
+    now_ms: f64,
+) -> Response {
+    let replies = match pipeline_replies(reply, then.commands()) {
+        Ok(r) => r,
+        Err(r) => return r,
+    };
+    let replies = &replies;
     match then {
-        Then::Metrics => respond(
+        Then::Metrics => Response::new(
             200,
             "text/plain; version=0.0.4; charset=utf-8",
             Totals::from_fields(&strings(&replies[0])).prometheus(),
@@ -337,25 +318,40 @@ fn cmd(parts: &[&str]) -> Vec<String> {
     parts.iter().map(|s| s.to_string()).collect()
 }
 
-/// Runs `commands` as one pipeline; every command must succeed.
-async fn redis<T: Transport>(transport: &T, commands: Vec<Vec<String>>) -> Result<Vec<Value>, AdminResponse> {
-    let body = json::array(commands.iter().map(|c| json::strings(c)));
-    let reply = match transport.pipeline(body).await {
+impl Then {
+    /// How many commands the pipeline of this step sent.
+    fn commands(&self) -> usize {
+        match self {
+            Then::Status => 3,
+            Then::Get | Then::Put(_) | Then::Delete => 2,
+            Then::Metrics | Then::List | Then::Reset(_) => 1,
+        }
+    }
+}
+
+/// The body of one Redis pipeline.
+pub fn pipeline_body(commands: &[Vec<String>]) -> String {
+    json::array(commands.iter().map(|c| json::strings(c)))
+}
+
+/// A pipeline's replies, one per command; every command must have succeeded.
+fn pipeline_replies(reply: Result<(u16, &str), Failure>, commands: usize) -> Result<Vec<Value>, Response> {
+    let (status, body) = match reply {
         Ok(r) => r,
-        Err(TransportError::Timeout) => return Err(unavailable("Redis did not answer within REDIS_TIMEOUT_MS")),
-        Err(TransportError::Unreachable) => return Err(unavailable("the Redis REST endpoint cannot be reached")),
+        Err(Failure::Timeout) => return Err(unavailable("Redis did not answer within REDIS_TIMEOUT_MS")),
+        Err(_) => return Err(unavailable("the Redis REST endpoint cannot be reached")),
     };
-    if reply.status == 401 || reply.status == 403 {
+    if status == 401 || status == 403 {
         return Err(unavailable("the Redis REST endpoint rejected UPSTASH_REDIS_REST_TOKEN"));
     }
-    if (300..400).contains(&reply.status) {
+    if (300..400).contains(&status) {
         return Err(unavailable("the Redis REST endpoint answered with a redirect, which is never followed"));
     }
-    if reply.status != 200 {
-        return Err(unavailable(&format!("the Redis REST endpoint answered HTTP {}", reply.status)));
+    if status != 200 {
+        return Err(unavailable(&format!("the Redis REST endpoint answered HTTP {status}")));
     }
-    let items: Vec<Value> = match serde_json::from_str::<Value>(&reply.body) {
-        Ok(Value::Array(items)) if items.len() == commands.len() => items,
+    let items: Vec<Value> = match serde_json::from_str::<Value>(body) {
+        Ok(Value::Array(items)) if items.len() == commands => items,
         _ => return Err(unavailable("the Redis REST endpoint sent a malformed pipeline reply")),
     };
     let mut out = Vec::with_capacity(items.len());
@@ -389,7 +385,7 @@ struct BucketQuery {
     tier: Option<String>,
 }
 
-fn query_pairs(query: &str, allowed: &[&'static str]) -> Result<Vec<(&'static str, String)>, AdminResponse> {
+fn query_pairs(query: &str, allowed: &[&'static str]) -> Result<Vec<(&'static str, String)>, Response> {
     let mut out: Vec<(&'static str, String)> = Vec::new();
     for part in query.split('&').filter(|p| !p.is_empty()) {
         let (k, v) = part.split_once('=').unwrap_or((part, ""));
@@ -407,7 +403,7 @@ fn query_pairs(query: &str, allowed: &[&'static str]) -> Result<Vec<(&'static st
     Ok(out)
 }
 
-fn bucket_query(config: &Config, pairs: &[(&'static str, String)]) -> Result<BucketQuery, AdminResponse> {
+fn bucket_query(config: &Config, pairs: &[(&'static str, String)]) -> Result<BucketQuery, Response> {
     let get = |n: &str| pairs.iter().find(|(k, _)| *k == n).map(|(_, v)| v.as_str());
     let caller = match (get("user"), get("ip")) {
         (Some(u), None) if !u.is_empty() && !u.chars().any(char::is_control) => Caller::User(u.to_string()),
@@ -445,23 +441,26 @@ fn limits_of<'c>(config: &'c Config, q: &BucketQuery) -> Option<Limited<'c>> {
     limits_for(config, &q.caller, client, q.tier.clone(), &on, &|_| None)
 }
 
-async fn peek<T: Transport>(
-    config: &Config,
-    limiter: &Limiter,
-    transport: &T,
-    q: BucketQuery,
-    now_ms: f64,
-) -> AdminResponse {
+/// A peek at every limit `q` would be checked against, or its answer when none applies.
+fn peek<'c>(config: &'c Config, q: BucketQuery) -> Action<'c> {
     let caller = crate::key::subject_key(&q.caller);
-    let Some(limited) = limits_of(config, &q) else {
-        let body = Obj::new().str("caller", &caller).str("path", &q.paths[0]).bool("allowed_now", true);
-        return ok(body.raw("limits", "[]").finish());
-    };
-    let decision = match limiter.peek(transport, &limited.checks, config.clock, now_ms).await {
+    let path = q.paths[0].clone();
+    match limits_of(config, &q) {
+        Some(limited) => Action::Peek(Peek { caller, path, checks: limited.checks }),
+        None => {
+            let body = Obj::new().str("caller", &caller).str("path", &path).bool("allowed_now", true);
+            Action::Done(ok(body.raw("limits", "[]").finish()))
+        }
+    }
+}
+
+/// The answer to a peek, from what the script said (consuming nothing).
+pub fn peeked(p: &Peek<'_>, decision: Result<Decision, Failure>) -> Response {
+    let decision = match decision {
         Ok(d) => d,
         Err(f) => return unavailable(&format!("Redis could not be asked ({})", f.reason())),
     };
-    let limits = json::array(limited.checks.iter().zip(&decision.limits).map(|(c, l)| {
+    let limits = json::array(p.checks.iter().zip(&decision.limits).map(|(c, l)| {
         Obj::new()
             .str("key", &c.key)
             .str("rule", c.rule)
@@ -475,11 +474,11 @@ async fn peek<T: Transport>(
             .int("reset_ms", l.reset_ms)
             .finish()
     }));
-    let body = Obj::new().str("caller", &caller).str("path", &q.paths[0]).bool("allowed_now", decision.allowed);
+    let body = Obj::new().str("caller", &p.caller).str("path", &p.path).bool("allowed_now", decision.allowed);
     ok(body.raw("limits", &limits).finish())
 }
 
-fn reset(config: &Config, query: &str) -> Action {
+fn reset<'c>(config: &Config, query: &str) -> Action<'c> {
     let pairs = match query_pairs(query, &["user", "ip", "path", "method", "tier", "key"]) {
         Ok(p) => p,
         Err(r) => return Action::Done(r),
@@ -517,13 +516,13 @@ fn live_overrides(flat: &[String], now_ms: f64) -> Vec<Override> {
     list
 }
 
-fn target(config: &Config, scope: Scope, name: &str) -> Result<String, AdminResponse> {
+fn target(config: &Config, scope: Scope, name: &str) -> Result<String, Response> {
     overrides::target_key(scope, name, config.policy.as_ref(), config.path_case_insensitive, config.ipv6_prefix)
         .map(|(key, _)| key)
         .map_err(invalid)
 }
 
-fn put_override(config: &Config, scope: Scope, name: &str, body: &str, now_ms: f64) -> Action {
+fn put_override<'c>(config: &Config, scope: Scope, name: &str, body: &str, now_ms: f64) -> Action<'c> {
     let (policy, fold, v6) = (config.policy.as_ref(), config.path_case_insensitive, config.ipv6_prefix);
     let new = match overrides::parse(scope, name, body, policy, fold, v6, now_ms) {
         Ok(o) => o,
@@ -539,7 +538,7 @@ fn put_override(config: &Config, scope: Scope, name: &str, body: &str, now_ms: f
 
 // ---- status ----
 
-fn status_json(config: &Config, replies: &[Value], now_ms: f64) -> AdminResponse {
+fn status_json(config: &Config, replies: &[Value], now_ms: f64) -> Response {
     let totals = Totals::from_fields(&strings(&replies[0]));
     let rules = json::array(totals.requests.iter().map(|((rule, tier), c)| {
         Obj::new()

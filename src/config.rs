@@ -61,7 +61,52 @@ pub struct Config {
     pub metrics_flush_ms: u32,
     /// How long a cached denial stands at most before Redis is asked again.
     pub deny_cache_max_ms: u32,
+    /// Benchmark only (`BENCH_FLOOR`): do nothing but a floor's work.
+    #[cfg(feature = "bench-floor")]
+    pub bench_floor: Option<BenchFloor>,
 }
+
+/// The benchmark's floors (feature `bench-floor`, never in a deployed build).
+#[cfg(feature = "bench-floor")]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BenchFloor {
+    /// Answer 429 at once, as the Worker that only answers 429.
+    Deny,
+    /// One plain REST call, then forward, as the limit Worker.
+    Limit,
+}
+
+/// Every variable the configuration reads (the executor passes these, and only these, from `env`).
+pub const VARIABLES: [&str; 28] = [
+    "UPSTASH_REDIS_REST_URL",
+    "UPSTASH_REDIS_REST_TOKEN",
+    "RATE_LIMIT_CAPACITY",
+    "RATE_LIMIT_REFILL",
+    "RATE_LIMIT_TTL_SECONDS",
+    "RATE_LIMIT_ALGORITHM",
+    "USER_ID_HEADER",
+    "ORIGIN_URL",
+    "FAIL_MODE",
+    "REDIS_TIMEOUT_MS",
+    "RATE_LIMIT_CLOCK",
+    "PATH_CASE_INSENSITIVE",
+    "IPV6_PREFIX",
+    "JWT_MODE",
+    "JWT_SECRET",
+    "JWT_JWKS",
+    "JWT_ISSUER",
+    "JWT_AUDIENCE",
+    "JWT_LEEWAY_SECONDS",
+    "JWT_REQUIRE_EXP",
+    "JWT_SUBJECT_CLAIM",
+    "JWT_TIER_CLAIM",
+    "RATE_LIMIT_POLICY",
+    "ADMIN_TOKEN",
+    "ADMIN_PREFIX",
+    "METRICS_FLUSH_MS",
+    "DENY_CACHE_MAX_MS",
+    "BENCH_FLOOR",
+];
 
 /// A configuration error: the variable at fault and what is wrong with it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -266,7 +311,16 @@ impl Config {
         let metrics_flush_ms = whole_ms("METRICS_FLUSH_MS", DEFAULT_METRICS_FLUSH_MS, 3_600_000)?;
         let deny_cache_max_ms = whole_ms("DENY_CACHE_MAX_MS", DEFAULT_DENY_CACHE_MAX_MS, 86_400_000)?;
 
+        #[cfg(feature = "bench-floor")]
+        let bench_floor = match optional(&var, "BENCH_FLOOR").as_deref() {
+            Some("deny") => Some(BenchFloor::Deny),
+            Some("limit") => Some(BenchFloor::Limit),
+            _ => None,
+        };
+
         Ok(Config {
+            #[cfg(feature = "bench-floor")]
+            bench_floor,
             admin_token_sha256,
             admin_prefix,
             metrics_flush_ms,
@@ -597,6 +651,32 @@ mod tests {
         let doc = r#"{"rules":[{"name":"r","route":"/*","limits":[{"name":"slow","capacity":1000000000,"refill":"0.0003/d"}]}]}"#;
         let e = rejected(&[("RATE_LIMIT_POLICY", doc)]);
         assert!(e.message.contains("limit \"slow\"") && e.message.contains("100 years"), "{e}");
+    }
+
+    /// The executor passes only the variables in [`VARIABLES`]: one the configuration reads and the
+    /// list forgets would silently keep its default.
+    #[test]
+    fn every_variable_read_is_listed() {
+        let read = std::cell::RefCell::new(Vec::new());
+        let _ = Config::from_env(|name| {
+            read.borrow_mut().push(name.to_string());
+            match name {
+                "UPSTASH_REDIS_REST_URL" => Some("https://x.upstash.io".into()),
+                "UPSTASH_REDIS_REST_TOKEN" => Some("t".into()),
+                "JWT_SECRET" => Some("0123456789abcdef0123456789abcdef".into()),
+                "RATE_LIMIT_POLICY" => Some(
+                    r#"{"rules":[{"name":"r","route":"/*","limits":[{"name":"l","capacity":1,"refill":"1/s"}]}]}"#
+                        .into(),
+                ),
+                "ADMIN_TOKEN" => Some("0123456789abcdef".into()),
+                _ => None,
+            }
+        })
+        .unwrap();
+        for name in read.borrow().iter() {
+            assert!(VARIABLES.contains(&name.as_str()), "{name} is read but not in VARIABLES");
+        }
+        assert!(read.borrow().len() >= VARIABLES.len() - 1, "{:?}", read.borrow());
     }
 
     #[test]

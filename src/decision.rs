@@ -1,11 +1,6 @@
-//! What the limiter decided, and how that is told to the client: the IETF
-//! `RateLimit-Policy` / `RateLimit` fields (draft-ietf-httpapi-ratelimit-headers,
-//! structured-field syntax), `Retry-After`, and RFC 9457 problem bodies.
-//! Every response header the gateway adds is rendered here.
+//! What the limiter decided, per limit, as the script (or the local bucket) said it; `crate::http`
+//! renders it.
 
-use std::fmt::Write;
-
-use crate::json::Obj;
 use crate::limit::Limit;
 use crate::upstash::RestError;
 
@@ -96,47 +91,6 @@ impl Decision {
     }
 }
 
-/// The `RateLimit-Policy` and `RateLimit` field values (and `Retry-After` when denied).
-pub fn rate_limit_headers(decision: &Decision) -> Vec<(&'static str, String)> {
-    let mut policy = String::new();
-    for l in decision.limits.iter().filter(|l| !l.shadow) {
-        if !policy.is_empty() {
-            policy.push_str(", ");
-        }
-        let _ = write!(policy, "\"{}\";q={};w={}", l.policy, l.capacity, l.window_s.min(MAX_SF_INTEGER));
-    }
-    let mut headers = Vec::with_capacity(4);
-    if !policy.is_empty() {
-        headers.push(("RateLimit-Policy", policy));
-    }
-    if let Some(l) = decision.most_restrictive().filter(|l| !l.shadow) {
-        let (r, t) = (l.remaining.min(MAX_SF_INTEGER), l.reset_ms.div_ceil(1000).min(MAX_SF_INTEGER));
-        headers.push(("RateLimit", format!("\"{}\";r={r};t={t}", l.policy)));
-    }
-    if !decision.allowed {
-        headers.push(("Retry-After", decision.retry_after_s().to_string()));
-    }
-    if let Some(l) = decision.shadow_denial() {
-        headers.push(("X-RateLimit-Status", format!("shadow; limit=\"{}\"", l.policy)));
-    }
-    headers
-}
-
-/// An RFC 9457 problem body; its type is `urn:edge-ratelimit:problem:<kind>` (the README lists
-/// the kinds). No internal detail is ever put in `detail`.
-pub fn problem_json(kind: &str, title: &str, status: u16, detail: &str) -> String {
-    problem(kind, title, status, detail).finish()
-}
-
-/// [`problem_json`] still open for extension members (the admin API adds `field`).
-pub fn problem(kind: &str, title: &str, status: u16, detail: &str) -> Obj {
-    Obj::new()
-        .str("type", &format!("urn:edge-ratelimit:problem:{kind}"))
-        .str("title", title)
-        .int("status", status)
-        .str("detail", detail)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -147,87 +101,16 @@ mod tests {
     }
 
     #[test]
-    fn allowed_decision_renders_policy_and_remaining() {
+    fn every_number_from_the_script_is_kept_within_a_structured_field_integer() {
         let l = limit();
-        let d = Decision::from_script(&[1, 0, 4, 0, 12_000, 5, 60], &[("default", &l, false)]).unwrap();
-        assert!(d.allowed);
-        assert_eq!(
-            rate_limit_headers(&d),
-            vec![
-                ("RateLimit-Policy", "\"default\";q=5;w=60".to_string()),
-                ("RateLimit", "\"default\";r=4;t=12".to_string())
-            ]
-        );
-    }
-
-    #[test]
-    fn denied_decision_adds_retry_after_in_whole_seconds_at_least_one() {
-        let l = limit();
-        let d = Decision::from_script(&[0, 1, 0, 11_001, 59_000, 5, 60], &[("default", &l, false)]).unwrap();
-        let h = rate_limit_headers(&d);
-        assert_eq!(h[1], ("RateLimit", "\"default\";r=0;t=59".to_string()));
-        assert_eq!(h[2], ("Retry-After", "12".to_string()));
-        let d = Decision::from_script(&[0, 1, 0, 1, 1, 5, 60], &[("default", &l, false)]).unwrap();
-        assert_eq!(d.retry_after_s(), 1);
-    }
-
-    #[test]
-    fn several_limits_report_the_one_that_denied() {
-        let (a, b) = (limit(), Limit::new(100, Refill::parse("100/h").unwrap(), 60).unwrap());
-        let d = Decision::from_script(
-            &[0, 2, 3, 0, 24_000, 5, 60, 0, 30_000, 3_600_000, 100, 3600],
-            &[("user", &a, false), ("api", &b, false)],
-        )
-        .unwrap();
-        let h = rate_limit_headers(&d);
-        assert_eq!(h[0].1, "\"user\";q=5;w=60, \"api\";q=100;w=3600");
-        assert_eq!(h[1].1, "\"api\";r=0;t=3600");
-        assert_eq!(h[2].1, "30");
-        let d = Decision::from_script(
-            &[1, 0, 3, 0, 24_000, 5, 60, 50, 0, 1000, 100, 3600],
-            &[("user", &a, false), ("api", &b, false)],
-        )
-        .unwrap();
-        assert_eq!(rate_limit_headers(&d)[1].1, "\"user\";r=3;t=24");
-    }
-
-    #[test]
-    fn shadow_limits_are_not_advertised_but_marked_when_they_would_deny() {
-        let (a, b) = (limit(), limit());
-        let d = Decision::from_script(
-            &[1, 0, 0, 12_000, 60_000, 5, 60, 3, 0, 24_000, 5, 60],
-            &[("trial", &a, true), ("user", &b, false)],
-        )
-        .unwrap();
-        let h = rate_limit_headers(&d);
-        assert_eq!(h[0].1, "\"user\";q=5;w=60");
-        assert_eq!(h[1].1, "\"user\";r=3;t=24");
-        assert_eq!(h[2], ("X-RateLimit-Status", "shadow; limit=\"trial\"".to_string()));
-    }
-
-    #[test]
-    fn an_override_shows_in_the_policy_field() {
-        let l = limit();
-        let d = Decision::from_script(&[1, 0, 99, 0, 600, 100, 60], &[("default", &l, false)]).unwrap();
-        assert_eq!(rate_limit_headers(&d)[0].1, "\"default\";q=100;w=60");
-    }
-
-    /// Issue 10, item 11: 18-digit numbers from Redis went into the RateLimit fields as they came,
-    /// beyond the 15-digit integers of RFC 9651 structured fields.
-    #[test]
-    fn every_number_in_a_header_is_a_structured_field_integer() {
-        let l = limit();
-        let huge = 999_999_999_999_999_999;
-        for reply in
-            [[0, 1, huge, huge, huge, huge, huge], [1, 0, huge, 0, huge, huge, huge], [0, 1, -huge, -1, -5, 0, 0]]
-        {
-            let d = Decision::from_script(&reply, &[("default", &l, false)]).unwrap();
-            for (name, value) in rate_limit_headers(&d) {
-                for number in value.split(|c: char| !c.is_ascii_digit()).filter(|n| !n.is_empty()) {
-                    assert!(number.len() <= 15, "{name}: {value} for {reply:?}");
-                }
-            }
+        let huge = i64::MAX;
+        let d = Decision::from_script(&[0, 1, huge, huge, huge, huge, huge], &[("default", &l, false)]).unwrap();
+        let s = &d.limits[0];
+        for n in [s.remaining, s.retry_ms, s.reset_ms, s.window_s] {
+            assert!(n <= MAX_SF_INTEGER, "{n}");
         }
+        let d = Decision::from_script(&[0, 1, -5, -5, -5, -5, -5], &[("default", &l, false)]).unwrap();
+        assert_eq!((d.limits[0].remaining, d.limits[0].capacity, d.limits[0].window_s), (0, 1, 1));
     }
 
     #[test]
@@ -246,14 +129,5 @@ mod tests {
                 "{reply:?}"
             );
         }
-    }
-
-    #[test]
-    fn problem_body_is_rfc9457() {
-        let v: serde_json::Value =
-            serde_json::from_str(&problem_json("rate-limited", "Too Many Requests", 429, "x")).unwrap();
-        assert_eq!(v["status"], 429);
-        assert_eq!(v["title"], "Too Many Requests");
-        assert_eq!(v["type"], "urn:edge-ratelimit:problem:rate-limited");
     }
 }

@@ -1,244 +1,540 @@
-//! What to do with a request before Redis is asked: who is calling (verified
-//! token, trusted header, client IP), whether a list decides it, and which
-//! limits apply. Pure: the edge gathers the request's facts and carries out
-//! the plan.
+//! The gateway: the whole request in the pure core. [`Gateway::begin`] takes a request's facts and
+//! the time and says what to do next — respond, forward (with the headers to add), or do one piece of
+//! I/O (a REST call, a short wait, a signature check, reading an admin body) and
+//! [`Gateway::resume`] with the result. A step may carry a metrics report to send after the response.
+//! Every product decision — identity precedence, lists, rules, the deny cache, the script's recovery,
+//! the fail mode, outcome → status and headers, metrics, the admin API — is made here, so `cargo test`
+//! sees all of it; the executor (`src/edge`, `js/`) reads the facts and carries out the steps.
+//!
+//! A cached denial is one synchronous [`Gateway::begin`] that answers at once: no I/O, nothing pending.
+//! (The shape is quinn-proto's `Endpoint::handle(now, …)`: the core says what to do, the shell does it.)
 
-use std::net::IpAddr;
+use std::collections::HashMap;
 
-use crate::config::Config;
-use crate::identity::{identify, Caller, IdentityError};
-use crate::jwt::{JwtError, JwtMode};
-use crate::key::{bucket_key, subject_key};
-use crate::limiter::Check;
-use crate::overrides;
-use crate::path::{normalize_with, percent_decode, views};
-use crate::policy::Facts;
+use crate::admin::{self, Action, AdminBody, AdminRequest, Peek, Then, MAX_BODY_BYTES};
+use crate::config::{Config, ConfigError};
+use crate::http::{self, Answer, Body, Header, Response};
+use crate::jwt::{JwtMode, SignatureCheck};
+use crate::limiter::{Failure, Limiter, Next, ScriptCall, TransportError};
+use crate::metrics::Metrics;
+use crate::path::path_and_query;
+use crate::plan::{bearer, plan, Limited, Plan, RequestFacts, METHOD_OVERRIDE_HEADERS};
+use crate::policy::CountBy;
 
-/// The zero-config policy's name in `RateLimit-Policy`.
-pub const DEFAULT_POLICY: &str = "default";
-
-/// The parts of a request the gateway looks at.
-pub struct RequestFacts<'a> {
+/// A request as the executor read it.
+#[derive(Clone, Copy, Debug)]
+pub struct Request<'a> {
     pub method: &'a str,
-    /// Path and query as sent (`/a/b?c`).
-    pub target: &'a str,
-    /// Any request header by lower-case name.
-    pub header: &'a dyn Fn(&str) -> Option<String>,
-    /// Epoch milliseconds.
-    pub now_ms: f64,
+    /// The absolute URL (`https://host/path?query`).
+    pub url: &'a str,
+    /// The values of [`Gateway::header_names`], in that order (`None`: absent).
+    pub headers: &'a [Option<&'a str>],
 }
 
-#[derive(Debug)]
-pub enum Plan<'c> {
-    /// 401: the token is missing (required) or invalid.
-    Unauthorized(JwtError),
-    /// 400: no identity at all.
-    Unidentified(IdentityError),
-    /// 403: the deny list names the caller or its network.
-    Forbidden,
-    /// Forward without limiting: allow-listed, or no rule applies.
-    Unlimited,
-    /// Ask Redis about these limits, all at once.
-    Limit(Limited<'c>),
+/// What the executor does next.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Step {
+    /// Answer with this response; then send `report`, if any, without holding the response.
+    Respond { response: Response, note: Option<String>, report: Option<Fetch> },
+    /// Send the request on to `url` (`None`: its own URL), adding `headers` to the origin's response;
+    /// if the origin cannot be reached, answer [`http::origin_unreachable`] with the same headers.
+    Forward { url: Option<String>, headers: Vec<Header>, note: Option<String>, report: Option<Fetch> },
+    /// POST to the REST endpoint, then resume with the reply.
+    Fetch(Fetch),
+    /// Wait `ms`, then resume with [`Reply::Woke`].
+    Wait { ticket: u32, ms: u32 },
+    /// Check this signature with WebCrypto, then resume with [`Reply::Signature`].
+    Verify { ticket: u32, check: SignatureCheck },
+    /// Read the request's body, at most `max` + 1 bytes, then resume with [`Reply::Body`].
+    ReadBody { ticket: u32, max: usize },
+    /// Nothing more (after a report).
+    Done,
 }
 
-/// The limits of a request, and who is asking (for metrics).
-#[derive(Debug)]
-pub struct Limited<'c> {
-    pub checks: Vec<Check<'c>>,
-    /// The caller as in keys (`alice`, `@ip/…`).
-    pub subject: String,
-    pub tier: Option<String>,
+/// One POST to the REST endpoint (`/pipeline` when `pipeline`), within `timeout_ms`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Fetch {
+    pub ticket: u32,
+    pub pipeline: bool,
+    pub body: String,
+    pub timeout_ms: u32,
 }
 
-pub fn plan<'c>(config: &'c Config, req: &RequestFacts<'_>) -> Plan<'c> {
-    let header = req.header;
-    let mut tier = None;
-    let mut caller = None;
-    if config.jwt.mode != JwtMode::Off {
-        let bearer = header("authorization").and_then(|v| {
-            let v = v.trim();
-            v.get(..7).filter(|p| p.eq_ignore_ascii_case("bearer ")).map(|_| v[7..].trim().to_string())
-        });
-        match bearer {
-            Some(token) => match config.jwt.verify(&token, (req.now_ms / 1000.0).floor() as i64) {
-                Ok(v) => {
-                    tier = v.tier;
-                    caller = Some(Caller::User(v.subject));
-                }
-                Err(e) => return Plan::Unauthorized(e),
-            },
-            None if config.jwt.mode == JwtMode::Required => return Plan::Unauthorized(JwtError::Missing),
-            None => {}
-        }
-    }
-    let client_ip = header("cf-connecting-ip");
-    let caller = match caller {
-        Some(c) => c,
-        None => {
-            let user = config.user_id_header.as_deref().and_then(header);
-            match identify(user.as_deref(), client_ip.as_deref(), config.ipv6_prefix) {
-                Ok(c) => c,
-                Err(e) => return Plan::Unidentified(e),
-            }
-        }
-    };
-    // With a policy, every view of the path is matched against the rules; without, only the canonical
-    // path (the bucket key) matters.
-    let paths = match config.policy {
-        Some(_) => views(req.target, config.path_case_insensitive),
-        None => vec![normalize_with(req.target, config.path_case_insensitive)],
-    };
+/// What the executor brings back to [`Gateway::resume`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reply<'a> {
+    /// The REST endpoint answered (any status; redirects are not followed).
+    Http { status: u16, body: &'a str },
+    /// The fetch's deadline passed.
+    Timeout,
+    /// The endpoint could not be reached.
+    Unreachable,
+    /// The wait is over.
+    Woke,
+    /// WebCrypto's verdict: `Some(valid)`, or `None` when the key could not be imported.
+    Signature(Option<bool>),
+    /// The body (`None`: longer than the limit, or unreadable).
+    Body(Option<&'a str>),
+}
 
-    if let Some(policy) = &config.policy {
-        let ip: Option<IpAddr> = client_ip.as_deref().and_then(|ip| ip.trim().parse().ok());
-        let user = match &caller {
-            Caller::User(id) => Some(id.as_str()),
-            Caller::Ip { .. } => None,
-        };
-        if policy.deny.contains(user, ip) {
-            return Plan::Forbidden;
+/// A request kept while its I/O is under way.
+#[derive(Clone, Debug)]
+struct OwnedRequest {
+    method: String,
+    url: String,
+    headers: Vec<Option<String>>,
+}
+
+impl OwnedRequest {
+    fn of(req: &Request<'_>) -> OwnedRequest {
+        OwnedRequest {
+            method: req.method.to_string(),
+            url: req.url.to_string(),
+            headers: req.headers.iter().map(|h| h.map(str::to_string)).collect(),
         }
-        if policy.allow.contains(user, ip) {
-            return Plan::Unlimited;
-        }
-    }
-    let (client, method_overrides) = match config.policy {
-        Some(_) => (
-            client_ip.as_deref().and_then(|ip| identify(None, Some(ip), config.ipv6_prefix).ok()),
-            method_overrides(header, req.target),
-        ),
-        None => (None, Vec::new()),
-    };
-    let on = Target { method: req.method, method_overrides: &method_overrides, paths: &paths };
-    match limits_for(config, &caller, client.as_ref(), tier, &on, header) {
-        Some(limited) => Plan::Limit(limited),
-        None => Plan::Unlimited,
     }
 }
 
-/// Request headers that name a method the origin may run instead of the request's own: Rails and
-/// Express (`X-HTTP-Method-Override`), ASP.NET (`X-HTTP-Method`), others (`X-Method-Override`). The
-/// edge reads them when a policy is set.
-pub const METHOD_OVERRIDE_HEADERS: [&str; 3] = ["x-http-method-override", "x-http-method", "x-method-override"];
-
-/// Methods a form POST may carry in its `_method` field (Rails, Laravel, Symfony). Bodies are never
-/// read, so a form POST counts under the rules for each of them.
-const FORM_METHODS: [&str; 3] = ["PUT", "PATCH", "DELETE"];
-
-/// Every method the origin may run for this request besides its own: each override header's values,
-/// the `_method` query parameter, and for a form POST the methods a form can override to.
-pub fn method_overrides(header: &dyn Fn(&str) -> Option<String>, target: &str) -> Vec<String> {
-    let mut out: Vec<String> = Vec::new();
-    let mut add = |m: &str| {
-        let m = m.trim().to_ascii_uppercase();
-        if !m.is_empty() && !out.contains(&m) {
-            out.push(m);
-        }
-    };
-    for name in METHOD_OVERRIDE_HEADERS {
-        if let Some(v) = header(name) {
-            v.split(',').for_each(&mut add);
-        }
-    }
-    let query = target.split('#').next().unwrap_or("").split_once('?').map_or("", |(_, q)| q);
-    for pair in query.split(['&', ';']) {
-        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        let decode = |s: &str| String::from_utf8_lossy(&percent_decode(s.replace('+', " ").as_bytes())).into_owned();
-        if decode(k).trim().eq_ignore_ascii_case("_method") {
-            add(&decode(v));
-        }
-    }
-    let form = header("content-type").is_some_and(|t| {
-        let t = t.trim().to_ascii_lowercase();
-        t.starts_with("application/x-www-form-urlencoded") || t.starts_with("multipart/form-data")
-    });
-    if form {
-        FORM_METHODS.iter().for_each(|m| add(m));
-    }
-    out
+/// What a pending ticket waits for.
+enum Work<'c> {
+    /// A decision's script call.
+    Decide { call: ScriptCall, limited: Limited<'c>, target: String, started_ms: f64 },
+    /// The admin API's peek.
+    Peek { call: ScriptCall, peek: Peek<'c> },
+    /// An admin pipeline.
+    Admin { then: Then, head: bool },
+    /// A metrics report.
+    Report { counts: Box<Metrics> },
+    /// A token's signature; the request is planned again with the verdict.
+    Token { request: OwnedRequest, token: String },
+    /// An admin request's body.
+    Body { request: OwnedRequest },
+    /// The benchmark's limit floor: one PING, then forward.
+    #[cfg(feature = "bench-floor")]
+    Floor { target: String },
 }
 
-/// A request's method(s) and path.
-pub struct Target<'a> {
-    pub method: &'a str,
-    /// Methods the origin may run instead ([`method_overrides`]): a rule for any of them applies.
-    pub method_overrides: &'a [String],
-    /// The views of the path ([`crate::path::views`]), the canonical one first; the bucket key and
-    /// route overrides use the canonical one.
-    pub paths: &'a [String],
-}
-
-impl Target<'_> {
-    /// The canonical path.
-    pub fn path(&self) -> &str {
-        &self.paths[0]
+impl Work<'_> {
+    fn call(&mut self) -> Option<&mut ScriptCall> {
+        match self {
+            Work::Decide { call, .. } | Work::Peek { call, .. } => Some(call),
+            _ => None,
+        }
     }
 }
 
-/// The limits a request of `caller` (in `tier`, from `client`) to `on` is checked against, each with
-/// the override keys that may replace its numbers; `None` when no rule applies. The admin API's
-/// peek and reset use it too, so they name exactly the buckets a request would use.
-pub fn limits_for<'c>(
+struct Pending<'c> {
+    work: Work<'c>,
+    deadline_ms: f64,
+    /// When the last fetch of this ticket was handed out (for the Redis round-trip histogram).
+    sent_ms: f64,
+}
+
+/// Pending tickets kept at most; beyond it, those past their deadline are dropped (an executor that
+/// never resumes a ticket cannot make the gateway grow).
+const PENDING_KEPT: usize = 4096;
+/// How long past its deadline a ticket may still be resumed.
+const PENDING_GRACE_MS: f64 = 10_000.0;
+
+/// One isolate's gateway: its configuration, limiter state, metrics and pending tickets.
+pub struct Gateway<'c> {
     config: &'c Config,
-    caller: &Caller,
-    client: Option<&Caller>,
-    tier: Option<String>,
-    on: &Target<'_>,
-    header: &dyn Fn(&str) -> Option<String>,
-) -> Option<Limited<'c>> {
-    let subject = subject_key(caller);
-    let Some(policy) = &config.policy else {
-        let mut overrides = vec![overrides::caller_key(&subject)];
-        // A path too long for its own bucket key (hashed there) has no route override either.
-        if on.path().len() <= crate::key::MAX_PATH_BYTES {
-            overrides.push(overrides::route_key(on.path()));
+    header_names: Vec<String>,
+    limiter: Limiter,
+    metrics: Metrics,
+    pending: HashMap<u32, Pending<'c>>,
+    next_ticket: u32,
+}
+
+impl<'c> Gateway<'c> {
+    pub fn new(config: &'c Config) -> Gateway<'c> {
+        Gateway {
+            header_names: header_names(config),
+            limiter: Limiter::new(config.deny_cache_max_ms),
+            metrics: Metrics::default(),
+            pending: HashMap::new(),
+            next_ticket: 0,
+            config,
         }
-        overrides.extend(tier.as_deref().map(overrides::tier_key));
-        let check = Check {
-            key: bucket_key(caller, on.path()),
-            policy: DEFAULT_POLICY,
-            limit: &config.limit,
-            cost: 1,
-            shadow: false,
-            rule: DEFAULT_POLICY,
-            overrides,
-        };
-        return Some(Limited { checks: vec![check], subject, tier });
-    };
-    let facts = Facts {
-        method: on.method,
-        method_overrides: on.method_overrides,
-        paths: on.paths,
-        caller,
-        client,
-        tier: tier.as_deref(),
-    };
-    let applied = policy.applied(&facts, header);
-    if applied.is_empty() {
-        return None;
     }
-    let tier = tier.or_else(|| policy.default_tier.clone());
-    let (caller_override, tier_override) = (overrides::caller_key(&subject), tier.as_deref().map(overrides::tier_key));
-    let checks = applied
-        .into_iter()
-        .map(|a| {
-            let mut overrides = Vec::with_capacity(3);
-            if a.per_caller {
-                overrides.push(caller_override.clone());
+
+    pub fn config(&self) -> &'c Config {
+        self.config
+    }
+
+    /// The request headers (lower-case) the executor must read, in the order of [`Request::headers`].
+    pub fn header_names(&self) -> &[String] {
+        &self.header_names
+    }
+
+    /// This isolate's limiter (for tests and the admin API).
+    pub fn limiter(&self) -> &Limiter {
+        &self.limiter
+    }
+
+    /// Tickets waiting to be resumed.
+    pub fn pending(&self) -> usize {
+        self.pending.len()
+    }
+
+    fn header<'r>(&self, req: &Request<'r>, name: &str) -> Option<&'r str> {
+        let i = self.header_names.iter().position(|n| n == name)?;
+        req.headers.get(i).copied().flatten()
+    }
+
+    /// The first step for a request arriving at `now_ms` (the Worker's clock, epoch ms).
+    pub fn begin(&mut self, req: &Request<'_>, now_ms: f64) -> Step {
+        self.begin_verified(req, now_ms, None)
+    }
+
+    fn begin_verified(&mut self, req: &Request<'_>, now_ms: f64, verified: Option<crate::jwt::Verified>) -> Step {
+        self.collect(now_ms);
+        let target = path_and_query(req.url);
+        #[cfg(feature = "bench-floor")]
+        if let Some(floor) = self.config.bench_floor {
+            return self.floor(floor, target, now_ms);
+        }
+        if let Some(spelled) = admin::admin_target(self.config, target) {
+            return match spelled {
+                Some((rest, query)) => self.admin(req, rest, query, AdminBody::Unread, now_ms),
+                None => respond(http::not_found()),
+            };
+        }
+        let header = |name: &str| self.header(req, name);
+        let facts = RequestFacts { method: req.method, target, header: &header, now_ms };
+        match plan(self.config, &facts, verified) {
+            Plan::Limit(limited) => self.decide(limited, target, now_ms),
+            Plan::Unlimited => self.forward(target, Vec::new(), None, None),
+            Plan::Unauthorized(e) => respond(http::unauthorized(e)),
+            Plan::Unidentified(e) => respond(http::unidentified(e)),
+            Plan::Forbidden => respond(http::forbidden()),
+            Plan::Signature(check) => {
+                let token = bearer(self.header(req, "authorization")).unwrap_or_default().to_string();
+                let ticket = self.park(Work::Token { request: OwnedRequest::of(req), token }, now_ms);
+                Step::Verify { ticket, check }
             }
-            overrides.push(overrides::route_key(a.route));
-            overrides.extend(tier_override.clone());
-            Check {
-                key: a.key,
-                policy: a.name,
-                limit: a.limit,
-                cost: a.cost,
-                shadow: a.shadow,
-                rule: a.rule,
-                overrides,
+        }
+    }
+
+    /// The next step for `ticket`, with what its last step brought back at `now_ms`.
+    pub fn resume(&mut self, ticket: u32, reply: Reply<'_>, now_ms: f64) -> Step {
+        let Some(p) = self.pending.remove(&ticket) else { return Step::Done };
+        let http = match reply {
+            Reply::Http { status, body } => Some(Ok((status, body))),
+            Reply::Timeout => Some(Err(TransportError::Timeout)),
+            Reply::Unreachable => Some(Err(TransportError::Unreachable)),
+            _ => None,
+        };
+        if http.is_some() && self.config.admin_token_sha256.is_some() && !matches!(p.work, Work::Report { .. }) {
+            self.metrics.redis.observe(now_ms - p.sent_ms);
+        }
+        let deadline = p.deadline_ms;
+        match p.work {
+            mut work @ (Work::Decide { .. } | Work::Peek { .. }) => {
+                let Some(call) = work.call() else { return Step::Done };
+                let next = match http {
+                    Some(r) => call.on_reply(&self.limiter, r, now_ms, deadline),
+                    None => call.on_wake(&self.limiter, now_ms, deadline),
+                };
+                self.continue_script(ticket, work, next, deadline, now_ms)
             }
-        })
-        .collect();
-    Some(Limited { checks, subject, tier })
+            Work::Admin { then, head } => {
+                let reply = http.unwrap_or(Err(TransportError::Unreachable)).map_err(Failure::from);
+                respond(head_only(admin::finish(self.config, &self.limiter, then, reply, now_ms), head))
+            }
+            Work::Report { counts } => {
+                let sent = matches!(http, Some(Ok((200, body))) if !body.contains("\"error\""));
+                if !sent {
+                    self.metrics.restore(*counts);
+                }
+                Step::Done
+            }
+            Work::Token { request, token } => {
+                let now_s = (now_ms / 1000.0).floor() as i64;
+                let (verdict, note) = match reply {
+                    Reply::Signature(Some(valid)) => (valid, None),
+                    _ => (false, Some("a JWT_JWKS key could not be used by WebCrypto; its tokens are refused".into())),
+                };
+                let headers: Vec<Option<&str>> = request.headers.iter().map(|h| h.as_deref()).collect();
+                let req = Request { method: &request.method, url: &request.url, headers: &headers };
+                match self.config.jwt.complete(&token, now_s, verdict) {
+                    Ok(verified) => self.begin_verified(&req, now_ms, Some(verified)),
+                    Err(e) => with_note(respond(http::unauthorized(e)), note),
+                }
+            }
+            Work::Body { request } => {
+                let headers: Vec<Option<&str>> = request.headers.iter().map(|h| h.as_deref()).collect();
+                let req = Request { method: &request.method, url: &request.url, headers: &headers };
+                let target = path_and_query(req.url);
+                let Some(Some((rest, query))) = admin::admin_target(self.config, target) else {
+                    return respond(http::not_found());
+                };
+                let body = match reply {
+                    Reply::Body(Some(text)) if text.len() <= MAX_BODY_BYTES => AdminBody::Text(text),
+                    _ => AdminBody::TooLarge,
+                };
+                self.admin(&req, rest, query, body, now_ms)
+            }
+            #[cfg(feature = "bench-floor")]
+            Work::Floor { target } => self.forward(&target, Vec::new(), None, None),
+        }
+    }
+
+    /// A ticket for `work`, due within the configured timeout.
+    fn park(&mut self, work: Work<'c>, now_ms: f64) -> u32 {
+        let deadline_ms = now_ms + f64::from(self.config.redis_timeout_ms);
+        self.park_until(work, deadline_ms, now_ms)
+    }
+
+    fn park_until(&mut self, work: Work<'c>, deadline_ms: f64, now_ms: f64) -> u32 {
+        self.next_ticket = self.next_ticket.wrapping_add(1).max(1);
+        self.pending.insert(self.next_ticket, Pending { work, deadline_ms, sent_ms: now_ms });
+        self.next_ticket
+    }
+
+    /// Drops tickets nobody resumed, once there are many.
+    fn collect(&mut self, now_ms: f64) {
+        if self.pending.len() >= PENDING_KEPT {
+            self.pending.retain(|_, p| p.deadline_ms + PENDING_GRACE_MS > now_ms);
+            if self.pending.len() >= PENDING_KEPT {
+                self.pending.clear();
+            }
+        }
+    }
+
+    /// The step for a script call's `next`: send or wait under the same ticket, or (done, or out of
+    /// time) the answer.
+    fn continue_script(
+        &mut self,
+        ticket: u32,
+        mut work: Work<'c>,
+        mut next: Next,
+        deadline_ms: f64,
+        now_ms: f64,
+    ) -> Step {
+        loop {
+            let left = (deadline_ms - now_ms).ceil();
+            next = match next {
+                Next::Done(result) => return self.script_done(work, result, now_ms),
+                // The deadline has passed: the call ends as a timeout, without another round trip.
+                _ if left < 1.0 => match work.call() {
+                    Some(call) => call.on_reply(&self.limiter, Err(TransportError::Timeout), now_ms, deadline_ms),
+                    None => return Step::Done,
+                },
+                Next::Send(body) => {
+                    self.pending.insert(ticket, Pending { work, deadline_ms, sent_ms: now_ms });
+                    return Step::Fetch(Fetch { ticket, pipeline: false, body, timeout_ms: left as u32 });
+                }
+                Next::Wait(ms) => {
+                    self.pending.insert(ticket, Pending { work, deadline_ms, sent_ms: now_ms });
+                    return Step::Wait { ticket, ms: ms.min(left as u32) };
+                }
+            };
+        }
+    }
+
+    fn script_done(&mut self, work: Work<'c>, result: Result<Vec<i64>, Failure>, now_ms: f64) -> Step {
+        match work {
+            Work::Decide { limited, target, started_ms, .. } => {
+                let result = self.limiter.decided(&limited.checks, result, now_ms);
+                self.decided(limited, &target, result, started_ms, now_ms)
+            }
+            Work::Peek { peek, .. } => respond(admin::peeked(&peek, self.limiter.peeked(&peek.checks, result))),
+            _ => Step::Done,
+        }
+    }
+
+    /// Decides `limited`: from the deny cache at once, or with one script call.
+    fn decide(&mut self, limited: Limited<'c>, target: &str, now_ms: f64) -> Step {
+        if let Some(denied) = self.limiter.cached_denial(&limited.checks, now_ms) {
+            return self.decided(limited, target, Ok(denied), now_ms, now_ms);
+        }
+        let (call, body) = ScriptCall::start(&self.limiter, &limited.checks, self.config.clock, now_ms, false);
+        let work = Work::Decide { call, limited, target: target.to_string(), started_ms: now_ms };
+        let ticket = self.park(work, now_ms);
+        Step::Fetch(Fetch { ticket, pipeline: false, body, timeout_ms: self.config.redis_timeout_ms })
+    }
+
+    /// The answer to a decision attempt: the fail mode applied, metrics counted, headers rendered.
+    fn decided(
+        &mut self,
+        limited: Limited<'c>,
+        target: &str,
+        result: Result<crate::decision::Decision, Failure>,
+        started_ms: f64,
+        now_ms: f64,
+    ) -> Step {
+        let note = match &result {
+            Err(failure) => Some(format!("rate limiter degraded ({}): {failure:?}", failure.reason())),
+            Ok(d) => {
+                d.shadow_denial().map(|l| format!("shadow limit {:?} would have denied {}", l.policy, limited.subject))
+            }
+        };
+        let outcome = self.limiter.outcome(result, self.config.fail_mode, &limited.checks, now_ms);
+        let mut report = None;
+        if self.config.admin_token_sha256.is_some() {
+            self.metrics.record(&outcome, &limited.checks, limited.tier.as_deref(), &limited.subject);
+            self.metrics.decision.observe(now_ms - started_ms);
+            self.metrics.add_limiter_counts(self.limiter.take_counts());
+            report = self.report(now_ms);
+        }
+        match http::answer(&outcome) {
+            Answer::Forward(headers) => self.forward(target, headers, note, report),
+            Answer::Respond(response) => Step::Respond { response, note, report },
+        }
+    }
+
+    /// The metrics report due now, if any, as a fetch to send after the response.
+    fn report(&mut self, now_ms: f64) -> Option<Fetch> {
+        let report = self.metrics.report(now_ms, self.config.metrics_flush_ms)?;
+        let ticket = self.park(Work::Report { counts: Box::new(report.counts) }, now_ms);
+        Some(Fetch { ticket, pipeline: true, body: report.body, timeout_ms: self.config.redis_timeout_ms })
+    }
+
+    fn forward(&self, target: &str, headers: Vec<Header>, note: Option<String>, report: Option<Fetch>) -> Step {
+        let url = self.config.origin.as_ref().map(|origin| format!("{origin}{target}"));
+        Step::Forward { url, headers, note, report }
+    }
+
+    /// An admin request: its body read first if it is a write with the right token.
+    fn admin(&mut self, req: &Request<'_>, rest: &str, query: &str, body: AdminBody<'_>, now_ms: f64) -> Step {
+        let authorization = self.header(req, "authorization");
+        let mut body = body;
+        if body == AdminBody::Unread && admin::wants_body(self.config, req.method, authorization) {
+            let declared = self.header(req, "content-length").and_then(|v| v.trim().parse::<usize>().ok());
+            if declared.is_some_and(|n| n > MAX_BODY_BYTES) {
+                body = AdminBody::TooLarge; // answered 413 without reading a byte of it
+            } else {
+                let ticket = self.park(Work::Body { request: OwnedRequest::of(req) }, now_ms);
+                return Step::ReadBody { ticket, max: MAX_BODY_BYTES };
+            }
+        }
+        let head = req.method.eq_ignore_ascii_case("HEAD");
+        let request = AdminRequest { method: req.method, rest, query, authorization, body };
+        match admin::route(self.config, &request, now_ms) {
+            Action::Done(response) => respond(head_only(response, head)),
+            Action::Redis(commands, then) => {
+                let body = admin::pipeline_body(&commands);
+                let ticket = self.park(Work::Admin { then, head }, now_ms);
+                Step::Fetch(Fetch { ticket, pipeline: true, body, timeout_ms: self.config.redis_timeout_ms })
+            }
+            Action::Peek(peek) => {
+                let (call, body) = ScriptCall::start(&self.limiter, &peek.checks, self.config.clock, now_ms, true);
+                let ticket = self.park(Work::Peek { call, peek }, now_ms);
+                Step::Fetch(Fetch { ticket, pipeline: false, body, timeout_ms: self.config.redis_timeout_ms })
+            }
+        }
+    }
+
+    /// The benchmark floors: a 429 at once, or one plain REST call and a forward, through the same
+    /// entry and executor as the real gateway.
+    #[cfg(feature = "bench-floor")]
+    fn floor(&mut self, floor: crate::config::BenchFloor, target: &str, now_ms: f64) -> Step {
+        match floor {
+            crate::config::BenchFloor::Deny => respond(Response {
+                status: 429,
+                headers: vec![("retry-after", "12".into())],
+                body: Body::Text("Too Many Requests".into()),
+            }),
+            crate::config::BenchFloor::Limit => {
+                let ticket = self.park(Work::Floor { target: target.to_string() }, now_ms);
+                Step::Fetch(Fetch { ticket, pipeline: false, body: "[\"PING\"]".into(), timeout_ms: 500 })
+            }
+        }
+    }
+}
+
+fn respond(response: Response) -> Step {
+    Step::Respond { response, note: None, report: None }
+}
+
+fn with_note(step: Step, note: Option<String>) -> Step {
+    match step {
+        Step::Respond { response, report, .. } => Step::Respond { response, note, report },
+        other => other,
+    }
+}
+
+/// A `HEAD` request's response: the same status and headers, no body.
+fn head_only(mut response: Response, head: bool) -> Response {
+    if head {
+        response.body = Body::Text(String::new());
+    }
+    response
+}
+
+/// Every request header the configuration reads: the caller's identity, the token, the method
+/// overrides, the policy's `header:<name>` limits, and the admin API's.
+fn header_names(config: &Config) -> Vec<String> {
+    let mut names: Vec<String> = config.user_id_header.iter().cloned().collect();
+    names.push("cf-connecting-ip".into());
+    if config.jwt.mode != JwtMode::Off || config.admin_token_sha256.is_some() {
+        names.push("authorization".into());
+    }
+    if let Some(policy) = &config.policy {
+        names.extend(METHOD_OVERRIDE_HEADERS.iter().map(|h| h.to_string()));
+        names.push("content-type".into());
+        for limit in policy.rules.iter().flat_map(|r| &r.limits) {
+            if let CountBy::Header(h) = &limit.by {
+                names.push(h.clone());
+            }
+        }
+    }
+    if config.admin_token_sha256.is_some() {
+        names.push("content-length".into());
+    }
+    let mut seen = Vec::with_capacity(names.len());
+    names.retain(|n| {
+        let new = !seen.contains(n);
+        seen.push(n.clone());
+        new
+    });
+    names
+}
+
+/// A gateway for an isolate's lifetime, built from its environment; a configuration error answers
+/// every request with the same 500 (and a note for the log), never a panic.
+pub enum Isolate {
+    Ready(Box<Gateway<'static>>),
+    Misconfigured(ConfigError),
+}
+
+impl Isolate {
+    /// Reads the configuration once (`var` looks a variable up). The configuration lives as long as
+    /// the isolate, so it is leaked on purpose: one per isolate, never freed.
+    pub fn from_env(var: impl Fn(&str) -> Option<String>) -> Isolate {
+        match Config::from_env(var) {
+            Ok(config) => Isolate::Ready(Box::new(Gateway::new(Box::leak(Box::new(config))))),
+            Err(e) => Isolate::Misconfigured(e),
+        }
+    }
+
+    pub fn header_names(&self) -> &[String] {
+        match self {
+            Isolate::Ready(g) => g.header_names(),
+            Isolate::Misconfigured(_) => &[],
+        }
+    }
+
+    pub fn begin(&mut self, req: &Request<'_>, now_ms: f64) -> Step {
+        match self {
+            Isolate::Ready(g) => g.begin(req, now_ms),
+            Isolate::Misconfigured(e) => self::misconfigured(e),
+        }
+    }
+
+    pub fn resume(&mut self, ticket: u32, reply: Reply<'_>, now_ms: f64) -> Step {
+        match self {
+            Isolate::Ready(g) => g.resume(ticket, reply, now_ms),
+            Isolate::Misconfigured(e) => self::misconfigured(e),
+        }
+    }
+}
+
+fn misconfigured(e: &ConfigError) -> Step {
+    Step::Respond {
+        response: http::misconfigured(e),
+        note: Some(format!("edge-ratelimit is misconfigured: {e}")),
+        report: None,
+    }
 }

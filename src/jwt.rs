@@ -8,16 +8,25 @@
 //! are all rejected. `exp` is required unless configured otherwise, `nbf` is
 //! honoured, issuer and audience are checked when configured. The current time
 //! is passed in: jwt-compact's clock feature panics in workerd.
+//!
+//! HS256 is verified here. An asymmetric signature (RS256, ES256, EdDSA) is not:
+//! [`JwtConfig::verify`] pins the algorithm to the key and hands the executor a
+//! [`SignatureCheck`] (the key as a public JWK, the signed bytes, the signature)
+//! for the runtime's WebCrypto, native in workerd; [`JwtConfig::complete`] takes
+//! its verdict and checks the claims. The wasm carries no RSA, P-256 or Ed25519
+//! arithmetic.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::fmt;
 
-use jwt_compact::alg::{Ed25519, Es256, Hs256, Hs256Key, Rsa, RsaPublicKey};
+use jwt_compact::alg::{Hs256, Hs256Key};
 use jwt_compact::jwk::JsonWebKey;
-use jwt_compact::{Algorithm, AlgorithmExt, Claims, UntrustedToken, ValidationError};
+use jwt_compact::{AlgorithmExt, Claims, UntrustedToken, ValidationError};
 use serde::Deserialize;
 use serde_json::{Map, Value};
+
+use crate::json::Obj;
 
 /// When a token is needed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -32,18 +41,21 @@ pub enum JwtMode {
 
 enum Key {
     Hs256(Hs256Key),
-    Rs256(Box<RsaPublicKey>),
-    Es256(<Es256 as Algorithm>::VerifyingKey),
-    EdDsa(<Ed25519 as Algorithm>::VerifyingKey),
+    /// A public key verified by the executor: its algorithm (`RS256`, `ES256` or `EdDSA`), its `kid`,
+    /// and the key as a JWK holding only its public members, ready for WebCrypto's `importKey`.
+    Public {
+        alg: &'static str,
+        kid: String,
+        jwk: String,
+        signature_len: Option<usize>,
+    },
 }
 
 impl Key {
     fn alg(&self) -> &'static str {
         match self {
             Key::Hs256(_) => "HS256",
-            Key::Rs256(_) => "RS256",
-            Key::Es256(_) => "ES256",
-            Key::EdDsa(_) => "EdDSA",
+            Key::Public { alg, .. } => alg,
         }
     }
 }
@@ -52,6 +64,28 @@ impl fmt::Debug for Key {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "Key({})", self.alg()) // never the key material
     }
+}
+
+/// An asymmetric signature for the executor to check with WebCrypto: `signature` over `data` with
+/// the key `kid` (imported from `jwk`, whose algorithm is `alg`). Its verdict goes to
+/// [`JwtConfig::complete`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SignatureCheck {
+    pub alg: &'static str,
+    pub kid: String,
+    pub jwk: String,
+    /// The signing input: the token up to its last `.`.
+    pub data: String,
+    pub signature: Vec<u8>,
+}
+
+/// What [`JwtConfig::verify`] can say without the executor.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Verification {
+    Verified(Verified),
+    Refused(JwtError),
+    /// Everything but the signature checks out: the executor must check it.
+    Signature(SignatureCheck),
 }
 
 #[derive(Debug)]
@@ -250,19 +284,39 @@ impl JwtConfig {
         })
     }
 
-    /// Verifies `token` at `now_s` (epoch seconds). A token this isolate has verified before is only
-    /// checked against its time claims: the signature covers the exact bytes looked up.
-    pub fn verify(&self, token: &str, now_s: i64) -> Result<Verified, JwtError> {
+    /// Checks `token` at `now_s` (epoch seconds): verified or refused here (HS256, or a token this
+    /// isolate has verified before, checked only against its time claims: the signature covers the
+    /// exact bytes looked up), or a signature for the executor to check.
+    pub fn verify(&self, token: &str, now_s: i64) -> Verification {
         if let Some(known) = self.verified.borrow().get(token) {
             return if now_s >= known.valid_until {
-                Err(JwtError::Expired)
+                Verification::Refused(JwtError::Expired)
             } else if now_s < known.valid_from {
-                Err(JwtError::NotYetValid)
+                Verification::Refused(JwtError::NotYetValid)
             } else {
-                Ok(known.verified.clone())
+                Verification::Verified(known.verified.clone())
             };
         }
-        let (verified, valid_from, valid_until) = self.verify_signed(token, now_s)?;
+        match self.verify_token(token, now_s) {
+            Ok(Verification::Verified(v)) => Verification::Verified(v),
+            Ok(other) => other,
+            Err(e) => Verification::Refused(e),
+        }
+    }
+
+    /// The executor's verdict on a [`SignatureCheck`] of `token`: the caller, once the claims check out.
+    pub fn complete(&self, token: &str, now_s: i64, signature_valid: bool) -> Result<Verified, JwtError> {
+        if !signature_valid {
+            return Err(JwtError::BadSignature);
+        }
+        let parsed = UntrustedToken::<ExtraHeader>::try_from(token).map_err(|_| JwtError::Malformed)?;
+        let claims = parsed.deserialize_claims_unchecked::<Map<String, Value>>().map_err(|_| JwtError::Malformed)?;
+        self.accept(token, &claims, now_s)
+    }
+
+    /// Checks the claims and remembers the token.
+    fn accept(&self, token: &str, claims: &Claims<Map<String, Value>>, now_s: i64) -> Result<Verified, JwtError> {
+        let (verified, valid_from, valid_until) = self.check_claims(claims, now_s)?;
         if token.len() <= MAX_CACHED_TOKEN {
             let mut cache = self.verified.borrow_mut();
             if cache.len() >= VERIFIED_TOKENS {
@@ -276,8 +330,8 @@ impl JwtConfig {
         Ok(verified)
     }
 
-    fn verify_signed(&self, token: &str, now_s: i64) -> Result<(Verified, i64, i64), JwtError> {
-        let token = UntrustedToken::<ExtraHeader>::try_from(token).map_err(|_| JwtError::Malformed)?;
+    fn verify_token(&self, raw: &str, now_s: i64) -> Result<Verification, JwtError> {
+        let token = UntrustedToken::<ExtraHeader>::try_from(raw).map_err(|_| JwtError::Malformed)?;
         let header = token.header();
         if header.key_set_url.is_some()
             || header.certificate_url.is_some()
@@ -300,22 +354,39 @@ impl JwtConfig {
         if token.algorithm() != key.alg() {
             return Err(JwtError::AlgorithmNotAccepted);
         }
-        let claims = match key {
-            Key::Hs256(k) => Hs256.validator::<Map<String, Value>>(k).validate(&token),
-            Key::Rs256(k) => Rsa::rs256().validator::<Map<String, Value>>(k).validate(&token),
-            Key::Es256(k) => Es256.validator::<Map<String, Value>>(k).validate(&token),
-            Key::EdDsa(k) => Ed25519.validator::<Map<String, Value>>(k).validate(&token),
+        match key {
+            Key::Hs256(k) => {
+                let claims = Hs256
+                    .validator::<Map<String, Value>>(k)
+                    .validate(&token)
+                    .map_err(|e| match e {
+                        ValidationError::AlgorithmMismatch { .. } => JwtError::AlgorithmNotAccepted,
+                        ValidationError::InvalidSignature
+                        | ValidationError::InvalidSignatureLen { .. }
+                        | ValidationError::MalformedSignature(_) => JwtError::BadSignature,
+                        _ => JwtError::Malformed,
+                    })?
+                    .into_parts()
+                    .1;
+                self.accept(raw, &claims, now_s).map(Verification::Verified)
+            }
+            Key::Public { alg, kid, jwk, signature_len } => {
+                let signature = token.signature_bytes();
+                if signature_len.is_some_and(|n| n != signature.len()) || signature.is_empty() {
+                    return Err(JwtError::BadSignature);
+                }
+                // The claims must at least parse before the executor spends a WebCrypto call on them.
+                token.deserialize_claims_unchecked::<Map<String, Value>>().map_err(|_| JwtError::Malformed)?;
+                let data = raw.rsplit_once('.').map_or("", |(data, _)| data).to_string();
+                Ok(Verification::Signature(SignatureCheck {
+                    alg,
+                    kid: kid.clone(),
+                    jwk: jwk.clone(),
+                    data,
+                    signature: signature.to_vec(),
+                }))
+            }
         }
-        .map_err(|e| match e {
-            ValidationError::AlgorithmMismatch { .. } => JwtError::AlgorithmNotAccepted,
-            ValidationError::InvalidSignature
-            | ValidationError::InvalidSignatureLen { .. }
-            | ValidationError::MalformedSignature(_) => JwtError::BadSignature,
-            _ => JwtError::Malformed,
-        })?
-        .into_parts()
-        .1;
-        self.check_claims(&claims, now_s)
     }
 
     /// The caller, and the window (from, until) in which the token's time claims accept it.
@@ -362,6 +433,7 @@ fn parse_jwks(doc: &str) -> Result<Vec<(String, Key)>, String> {
     if jwks.keys.is_empty() {
         return Err("has no keys".into());
     }
+    let b64 = |bytes: &[u8]| <base64ct::Base64UrlUnpadded as base64ct::Encoding>::encode_string(bytes);
     let mut out: Vec<(String, Key)> = Vec::new();
     for (i, entry) in jwks.keys.iter().enumerate() {
         let kid = entry.kid.clone().ok_or_else(|| format!("key #{} has no kid", i + 1))?;
@@ -371,30 +443,57 @@ fn parse_jwks(doc: &str) -> Result<Vec<(String, Key)>, String> {
         if entry.usage.as_deref().is_some_and(|u| u != "sig") {
             return Err(format!("key {kid:?} is not a signing key (use {:?})", entry.usage));
         }
-        let key = match &entry.key {
-            JsonWebKey::Rsa { modulus, .. } => {
+        let (alg, jwk, signature_len) = match &entry.key {
+            JsonWebKey::Rsa { modulus, public_exponent, private_parts } => {
+                if private_parts.is_some() {
+                    return Err(format!(
+                        "key {kid:?} holds private parts; a JWKS for verification has public keys only"
+                    ));
+                }
+                let modulus = modulus.strip_prefix(&[0u8][..]).unwrap_or(modulus);
                 if modulus.len() < 256 {
                     return Err(format!("key {kid:?}: RSA keys must have at least 2048 bits"));
                 }
-                Key::Rs256(Box::new(RsaPublicKey::try_from(&entry.key).map_err(|e| format!("key {kid:?}: {e}"))?))
+                if modulus.len() > 1024 || public_exponent.is_empty() || public_exponent.len() > 8 {
+                    return Err(format!("key {kid:?}: not a usable RSA public key"));
+                }
+                let jwk = Obj::new().str("kty", "RSA").str("n", &b64(modulus)).str("e", &b64(public_exponent));
+                ("RS256", jwk.finish(), Some(modulus.len()))
             }
-            JsonWebKey::EllipticCurve { curve, .. } if curve == "P-256" => Key::Es256(
-                <Es256 as Algorithm>::VerifyingKey::try_from(&entry.key).map_err(|e| format!("key {kid:?}: {e}"))?,
-            ),
-            JsonWebKey::KeyPair { curve, .. } if curve == "Ed25519" => Key::EdDsa(
-                <Ed25519 as Algorithm>::VerifyingKey::try_from(&entry.key).map_err(|e| format!("key {kid:?}: {e}"))?,
-            ),
+            JsonWebKey::EllipticCurve { curve, x, y, secret } if curve == "P-256" => {
+                if secret.is_some() {
+                    return Err(format!(
+                        "key {kid:?} holds a private part; a JWKS for verification has public keys only"
+                    ));
+                }
+                if x.len() != 32 || y.len() != 32 {
+                    return Err(format!("key {kid:?}: a P-256 key has 32-byte x and y"));
+                }
+                let jwk = Obj::new().str("kty", "EC").str("crv", "P-256").str("x", &b64(x)).str("y", &b64(y));
+                ("ES256", jwk.finish(), Some(64))
+            }
+            JsonWebKey::KeyPair { curve, x, secret } if curve == "Ed25519" => {
+                if secret.is_some() {
+                    return Err(format!(
+                        "key {kid:?} holds a private part; a JWKS for verification has public keys only"
+                    ));
+                }
+                if x.len() != 32 {
+                    return Err(format!("key {kid:?}: an Ed25519 key is 32 bytes"));
+                }
+                ("EdDSA", Obj::new().str("kty", "OKP").str("crv", "Ed25519").str("x", &b64(x)).finish(), Some(64))
+            }
             JsonWebKey::Symmetric { .. } => {
                 return Err(format!("key {kid:?}: symmetric keys belong in JWT_SECRET, not in a public JWKS"))
             }
             _ => return Err(format!("key {kid:?}: only RSA, EC P-256 and OKP Ed25519 keys are supported")),
         };
-        if let Some(alg) = &entry.alg {
-            if alg != key.alg() {
-                return Err(format!("key {kid:?}: alg {alg:?} does not fit its key type ({})", key.alg()));
+        if let Some(a) = &entry.alg {
+            if a != alg {
+                return Err(format!("key {kid:?}: alg {a:?} does not fit its key type ({alg})"));
             }
         }
-        out.push((kid, key));
+        out.push((kid.clone(), Key::Public { alg, kid, jwk, signature_len }));
     }
     Ok(out)
 }

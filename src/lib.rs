@@ -4,18 +4,24 @@
 //! windows) per caller and API path, and decided by one atomic Lua script in Redis (reached over the
 //! Upstash REST API), then forwarded to the origin or answered 429.
 //!
-//! Module map (dependencies point down; only `edge` names `worker`, a clock or the network):
-//! - `edge`      — the Worker: `Env` → [`Config`], request facts, the REST transport, forwarding,
-//!   and the one place outcomes become HTTP responses (wasm32 only).
-//! - `gateway`   — a request's plan: identity (token, header, IP), lists, the limits that apply.
-//! - `limiter`   — one isolate's limiter: EVALSHA/EVAL recovery, deny cache, fail mode.
+//! Module map (dependencies point down; only `edge` names `worker`, and nothing reads a clock or the
+//! network: time comes in as an argument, I/O goes out as a [`Step`]):
+//! - `edge`      — the executor's Rust half (wasm32 only): three synchronous exports around an
+//!   [`Isolate`]; `js/shim.mjs` is the other half, and carries out the steps.
+//! - `wire`      — steps and replies as the executor's text.
+//! - `gateway`   — the whole request: [`Gateway::begin`] / [`Gateway::resume`], step by step.
+//! - `http`      — every response and every header the gateway renders.
+//! - `plan`      — a request's plan: identity (token, header, IP), lists, the limits that apply.
+//! - `admin`     — the admin API: routes, auth, peek/reset, overrides, metrics and status.
+//! - `limiter`   — one isolate's limiter: the script call and its NOSCRIPT recovery, deny cache,
+//!   fail mode and the local buckets that bound fail-open traffic.
 //! - `upstash`   — the REST protocol: bodies in, classified replies out.
-//! - `decision`  — decisions and how they are rendered (RateLimit headers, problem bodies).
+//! - `decision`  — what the script said, per limit.
 //! - `config`, `limit`, `rate` — validated configuration.
 //! - `policy`    — rules (methods + route template → limits per user/IP/header/global, tiers).
-//! - `jwt`       — verified JWT callers (algorithm pinned by key, time passed in).
+//! - `jwt`       — verified JWT callers (algorithm pinned by key, time passed in, asymmetric
+//!   signatures checked by the executor's WebCrypto).
 //! - `identity`, `path`, `key` — who is calling, on which canonical path, in which bucket.
-//! - `admin`     — the admin API: routes, auth, peek/reset, overrides, metrics and status (over any transport).
 //! - `overrides` — live limit overrides for a caller, tier or route, read by the script.
 //! - `metrics`   — per-isolate counts reported to Redis, read back as Prometheus text.
 //! - `script`    — the Lua script (token bucket and sliding window) and its build-time SHA1s.
@@ -26,6 +32,7 @@ mod admin;
 mod config;
 mod decision;
 mod gateway;
+mod http;
 mod identity;
 mod json;
 mod jwt;
@@ -35,34 +42,37 @@ mod limiter;
 mod metrics;
 mod overrides;
 mod path;
+mod plan;
 mod policy;
 mod rate;
 mod script;
 mod upstash;
+mod wire;
 
 pub mod bucket;
 
 #[cfg(target_arch = "wasm32")]
 mod edge;
 
-pub use admin::{
-    admin_target, authorized, handle as admin, wants_body, AdminRequest, AdminResponse, Asset, MAX_BODY_BYTES,
-};
-pub use config::{Clock, Config, ConfigError, FailMode};
-pub use decision::{problem_json, rate_limit_headers, Decision, LimitStatus};
-pub use gateway::{limits_for, plan, Limited, Plan, RequestFacts, Target, DEFAULT_POLICY};
+pub use admin::{admin_target, authorized, wants_body, AdminBody, MAX_BODY_BYTES};
+pub use config::{Clock, Config, ConfigError, FailMode, VARIABLES};
+pub use decision::{Decision, LimitStatus, MAX_SF_INTEGER};
+pub use gateway::{Fetch, Gateway, Isolate, Reply, Request, Step};
+pub use http::{rate_limit_headers, Asset, Body, Header, Response};
 pub use identity::{identify, Caller, IdentityError, DEFAULT_IPV6_PREFIX};
-pub use jwt::{JwtConfig, JwtError, JwtMode, JwtSettings, Verified};
+pub use jwt::{JwtConfig, JwtError, JwtMode, JwtSettings, SignatureCheck, Verification, Verified};
 pub use key::bucket_key;
 pub use limit::{Algorithm, Limit};
 pub use limiter::{
-    script_call, Check, Failure, HttpReply, Limiter, Outcome, Transport, TransportError, DEFAULT_DENY_CACHE_MAX_MS,
-    DENY_CACHE_ENTRIES, LOCAL_BUCKETS,
+    script_call, Check, Failure, Limiter, Next, Outcome, ScriptCall, TransportError, DEFAULT_DENY_CACHE_MAX_MS,
+    DENY_CACHE_ENTRIES, LOAD_EPISODE_MS, LOCAL_BUCKETS,
 };
 pub use metrics::{Event, Histogram, Metrics, Report, Totals, DENIED_KEY, LATENCY_BUCKETS_MS, METRICS_KEY};
 pub use overrides::{Override, Scope};
 pub use path::{normalize, normalize_with, path_and_query, views};
+pub use plan::{limits_for, plan, Limited, Plan, RequestFacts, Target, DEFAULT_POLICY};
 pub use policy::{parse_net, Applied, CountBy, Facts, LimitRule, Lists, Policy, Rule, Tiered};
 pub use rate::Refill;
 pub use script::{Variant, SCRIPT_FLAGGED, SCRIPT_FLAGGED_SHA, SCRIPT_PLAIN, SCRIPT_PLAIN_SHA};
 pub use upstash::{eval_body, evalsha_body, parse_script_reply, RestError};
+pub use wire::{decode_request, decode_step, encode_start, encode_step, reply};

@@ -1,10 +1,12 @@
 //! The limiter: one isolate's view of the shared buckets. It asks Redis (one
 //! EVALSHA for every limit of a request), remembers denials so that a caller
 //! known to be empty costs no round trip, recovers from `NOSCRIPT` with one
-//! EVAL per isolate however many requests hit it at once, falls back from
-//! servers that reject the script's shebang, and turns failures into the
-//! configured fail mode — fail-open still bounded by a local bucket per key.
-//! Time and the network come in from the edge.
+//! EVAL per isolate per episode however many requests hit it at once, falls
+//! back from servers that reject the script's shebang, and turns failures into
+//! the configured fail mode — fail-open still bounded by a local bucket per key.
+//!
+//! Synchronous and without I/O: a [`ScriptCall`] says what to send next and is
+//! told what came back; time comes in as an argument.
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -16,33 +18,13 @@ use crate::limit::Limit;
 use crate::script::Variant;
 use crate::upstash::{eval_body, evalsha_body, parse_script_reply, RestError};
 
-/// An HTTP reply from the REST endpoint.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct HttpReply {
-    pub status: u16,
-    pub body: String,
-}
-
+/// Why the REST endpoint gave no reply at all.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TransportError {
     /// The decision's deadline passed.
     Timeout,
     /// The endpoint could not be reached (DNS, connect, TLS, reset).
     Unreachable,
-}
-
-/// The one seam to the network: POST a JSON body to the REST endpoint. The
-/// transport owns the deadline of the whole decision.
-#[allow(async_fn_in_trait)] // the Worker is single-threaded: no Send bound wanted
-pub trait Transport {
-    async fn post(&self, body: String) -> Result<HttpReply, TransportError>;
-    /// Waits about `ms` milliseconds; `Err(Timeout)` once the deadline has passed.
-    async fn pause(&self, ms: u32) -> Result<(), TransportError>;
-    /// POST a JSON array of commands to the endpoint's `/pipeline` (the admin API and metrics; never
-    /// on a decision's path).
-    async fn pipeline(&self, _body: String) -> Result<HttpReply, TransportError> {
-        Err(TransportError::Unreachable)
-    }
 }
 
 /// One limit that applies to a request.
@@ -131,11 +113,15 @@ struct Denial {
 pub const LOCAL_BUCKETS: usize = 10_000;
 
 /// How often a request that met `NOSCRIPT` looks whether another request's EVAL is done.
-const LOAD_POLL_MS: u32 = 2;
+pub const LOAD_POLL_MS: u32 = 2;
 
 /// After a load, how long NOSCRIPT replies fail instead of loading again, unless an EVALSHA has worked
 /// in between (an endpoint that keeps forgetting the script gets one EVAL per isolate per second).
 pub const LOAD_EPISODE_MS: f64 = 1_000.0;
+
+/// How long a cached denial stands by default: an admin reset or a raised override reaches every
+/// isolate within it, and a caller hammering an empty bucket costs at most one call per second.
+pub const DEFAULT_DENY_CACHE_MAX_MS: u32 = 1_000;
 
 /// Per-isolate limiter state. Nothing here is authoritative: the deny cache
 /// only ever says no, and only until Redis said the bucket refills; the local
@@ -143,11 +129,12 @@ pub const LOAD_EPISODE_MS: f64 = 1_000.0;
 #[derive(Debug)]
 pub struct Limiter {
     variant: Cell<Variant>,
-    /// A request of this isolate is sending the script (EVAL) right now.
-    loading: Cell<bool>,
+    /// A request of this isolate is sending the script (EVAL) right now, until at most this time
+    /// (its deadline: a load whose answer never comes back cannot hold the others forever).
+    loading_until_ms: Cell<Option<f64>>,
     /// Moves on when a load starts and when it ends: a request whose EVALSHA met NOSCRIPT while a
     /// load overlapped its flight retries that EVALSHA instead of loading again.
-    load_generation: Cell<u64>,
+    generation: Cell<u64>,
     /// Whether the last load's EVAL answered with a decision.
     load_ok: Cell<bool>,
     /// When the last load started (Worker ms), and whether an EVALSHA has worked since: one EVAL per
@@ -158,8 +145,8 @@ pub struct Limiter {
     /// How long (ms) a denial is believed without asking Redis, at most.
     deny_cache_max_ms: f64,
     local: RefCell<HashMap<String, State>>,
-    /// Counts since the last [`Limiter::take_counts`]: NOSCRIPT replies that led to an EVAL, and
-    /// requests answered from the deny cache.
+    /// Counts since the last [`Limiter::take_counts`]: loads (NOSCRIPT replies that led to an EVAL),
+    /// and requests answered from the deny cache.
     noscript: Cell<u64>,
     deny_cache_hits: Cell<u64>,
 }
@@ -169,10 +156,6 @@ impl Default for Limiter {
         Limiter::new(DEFAULT_DENY_CACHE_MAX_MS)
     }
 }
-
-/// How long a cached denial stands by default: an admin reset or a raised override reaches every
-/// isolate within it, and a caller hammering an empty bucket costs at most one call per second.
-pub const DEFAULT_DENY_CACHE_MAX_MS: u32 = 1_000;
 
 /// The script's KEYS and ARGV for `checks` (see the header of `lua/ratelimit.lua`).
 pub fn script_call(checks: &[Check<'_>], clock: Clock, now_ms: f64, peek: bool) -> (Vec<String>, Vec<String>) {
@@ -208,23 +191,125 @@ pub fn script_call(checks: &[Check<'_>], clock: Clock, now_ms: f64, peek: bool) 
     (keys, args)
 }
 
-/// Marks the isolate as loading the script until dropped, also when the
-/// request is cancelled at its deadline.
-struct Loading<'a>(&'a Limiter);
-
-impl<'a> Loading<'a> {
-    fn start(limiter: &'a Limiter) -> Loading<'a> {
-        limiter.loading.set(true);
-        limiter.load_ok.set(false);
-        limiter.load_generation.set(limiter.load_generation.get() + 1);
-        Loading(limiter)
-    }
+/// Where one request's script call stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    /// The first EVALSHA, sent while the isolate's load generation was this.
+    First { generation: u64 },
+    /// Waiting for another request's load to end.
+    Waiting,
+    /// The one EVALSHA retried after another request's load.
+    Retry,
+    /// This request's EVAL of `variant`: the isolate's one load of the episode.
+    Load(Variant),
 }
 
-impl Drop for Loading<'_> {
-    fn drop(&mut self) {
-        self.0.loading.set(false);
-        self.0.load_generation.set(self.0.load_generation.get() + 1);
+/// What a [`ScriptCall`] needs next.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Next {
+    /// POST this body to the REST endpoint and report the reply.
+    Send(String),
+    /// Wait about this long, then report that time passed.
+    Wait(u32),
+    /// The script's integers, or why there are none.
+    Done(Result<Vec<i64>, Failure>),
+}
+
+/// One request's script call: EVALSHA, and on `NOSCRIPT` either a wait for another request's load
+/// and one more EVALSHA, or this isolate's one EVAL of the episode (once more without the shebang if
+/// the server rejects it). Bounded: at most three calls.
+#[derive(Clone, Debug)]
+pub struct ScriptCall {
+    keys: Vec<String>,
+    args: Vec<String>,
+    phase: Phase,
+}
+
+impl ScriptCall {
+    /// The call for `checks`, and the EVALSHA body to send first.
+    pub fn start(
+        limiter: &Limiter,
+        checks: &[Check<'_>],
+        clock: Clock,
+        now_ms: f64,
+        peek: bool,
+    ) -> (ScriptCall, String) {
+        let (keys, args) = script_call(checks, clock, now_ms, peek);
+        let body = evalsha_body(limiter.variant.get(), &keys, &args);
+        (ScriptCall { keys, args, phase: Phase::First { generation: limiter.generation.get() } }, body)
+    }
+
+    fn evalsha(&mut self, limiter: &Limiter) -> Next {
+        self.phase = Phase::Retry;
+        Next::Send(evalsha_body(limiter.variant.get(), &self.keys, &self.args))
+    }
+
+    /// What came back from the REST endpoint; `deadline_ms` bounds how long a started load may hold
+    /// the isolate's other requests.
+    pub fn on_reply(
+        &mut self,
+        limiter: &Limiter,
+        reply: Result<(u16, &str), TransportError>,
+        now_ms: f64,
+        deadline_ms: f64,
+    ) -> Next {
+        let result = reply
+            .map_err(Failure::from)
+            .and_then(|(status, body)| parse_script_reply(status, body).map_err(Failure::Rest));
+        match self.phase {
+            Phase::Load(variant) => {
+                if result == Err(Failure::Rest(RestError::ShebangRejected)) && variant == Variant::Flagged {
+                    limiter.variant.set(Variant::Plain);
+                    self.phase = Phase::Load(Variant::Plain);
+                    return Next::Send(eval_body(Variant::Plain, &self.keys, &self.args));
+                }
+                limiter.end_load(result.is_ok());
+                Next::Done(result)
+            }
+            Phase::First { generation } if result == Err(Failure::Rest(RestError::NoScript)) => {
+                if limiter.loading(now_ms) {
+                    // Another request of this isolate is loading the script: wait for it rather than
+                    // send one more EVAL (the storm @upstash/ratelimit has after a flush).
+                    self.phase = Phase::Waiting;
+                    Next::Wait(LOAD_POLL_MS)
+                } else if limiter.generation.get() != generation {
+                    // A load overlapped this EVALSHA's flight: one more EVALSHA, if that load worked.
+                    if limiter.load_ok.get() {
+                        self.evalsha(limiter)
+                    } else {
+                        Next::Done(result)
+                    }
+                } else if limiter.may_load(now_ms) {
+                    let variant = limiter.variant.get();
+                    limiter.start_load(now_ms, deadline_ms);
+                    self.phase = Phase::Load(variant);
+                    Next::Send(eval_body(variant, &self.keys, &self.args))
+                } else {
+                    Next::Done(result) // this episode has had its EVAL
+                }
+            }
+            Phase::First { .. } | Phase::Retry | Phase::Waiting => {
+                if result.is_ok() {
+                    limiter.confirmed.set(true);
+                }
+                Next::Done(result)
+            }
+        }
+    }
+
+    /// The wait asked for has passed (or the deadline has: `Done(Timeout)`).
+    pub fn on_wake(&mut self, limiter: &Limiter, now_ms: f64, deadline_ms: f64) -> Next {
+        if now_ms >= deadline_ms {
+            return Next::Done(Err(Failure::Timeout));
+        }
+        if limiter.loading(now_ms) {
+            return Next::Wait(LOAD_POLL_MS);
+        }
+        if limiter.load_ok.get() {
+            self.evalsha(limiter)
+        } else {
+            Next::Done(Err(Failure::Rest(RestError::NoScript)))
+        }
     }
 }
 
@@ -233,8 +318,8 @@ impl Limiter {
     pub fn new(deny_cache_max_ms: u32) -> Limiter {
         Limiter {
             variant: Cell::new(Variant::Flagged),
-            loading: Cell::new(false),
-            load_generation: Cell::new(0),
+            loading_until_ms: Cell::new(None),
+            generation: Cell::new(0),
             load_ok: Cell::new(false),
             last_load_ms: Cell::new(None),
             confirmed: Cell::new(false),
@@ -244,6 +329,33 @@ impl Limiter {
             noscript: Cell::new(0),
             deny_cache_hits: Cell::new(0),
         }
+    }
+
+    fn loading(&self, now_ms: f64) -> bool {
+        self.loading_until_ms.get().is_some_and(|until| now_ms < until)
+    }
+
+    /// Whether a NOSCRIPT may start a load now: never twice in one episode.
+    fn may_load(&self, now_ms: f64) -> bool {
+        match self.last_load_ms.get() {
+            None => true,
+            Some(at) => self.confirmed.get() || now_ms - at >= LOAD_EPISODE_MS || now_ms < at,
+        }
+    }
+
+    fn start_load(&self, now_ms: f64, deadline_ms: f64) {
+        self.loading_until_ms.set(Some(deadline_ms));
+        self.load_ok.set(false);
+        self.generation.set(self.generation.get() + 1);
+        self.last_load_ms.set(Some(now_ms));
+        self.confirmed.set(false);
+        self.noscript.set(self.noscript.get() + 1);
+    }
+
+    fn end_load(&self, ok: bool) {
+        self.loading_until_ms.set(None);
+        self.load_ok.set(ok);
+        self.generation.set(self.generation.get() + 1);
     }
 
     /// Forgets the cached denials of `keys` (after an admin reset), or all of them (`None`, after an
@@ -258,29 +370,30 @@ impl Limiter {
         }
     }
 
-    /// (NOSCRIPT fallbacks, deny-cache hits) since the last call.
+    /// (loads after NOSCRIPT, deny-cache hits) since the last call.
     pub fn take_counts(&self) -> (u64, u64) {
         (self.noscript.replace(0), self.deny_cache_hits.replace(0))
     }
 
-    /// Decides `checks` all-or-nothing. `now_ms` is the Worker's clock: it
-    /// drives the deny cache, and the buckets too in [`Clock::Worker`] mode.
-    pub async fn decide<T: Transport>(
+    /// The script variant this isolate sends (it falls back to plain once for its lifetime).
+    pub fn variant(&self) -> Variant {
+        self.variant.get()
+    }
+
+    /// The decision the script's integers stand for, remembered for the deny cache: a denial is
+    /// cached, an allowed call drops what this isolate believed about its keys (say, before an admin
+    /// reset elsewhere).
+    pub fn decided(
         &self,
-        transport: &T,
         checks: &[Check<'_>],
-        clock: Clock,
+        reply: Result<Vec<i64>, Failure>,
         now_ms: f64,
     ) -> Result<Decision, Failure> {
-        if let Some(denied) = self.cached_denial(checks, now_ms) {
-            self.deny_cache_hits.set(self.deny_cache_hits.get() + 1);
-            return Ok(denied);
-        }
-        let decision = self.run(transport, checks, clock, now_ms, false).await?;
+        let limits: Vec<(&str, &Limit, bool)> = checks.iter().map(|c| (c.policy, c.limit, c.shadow)).collect();
+        let decision = Decision::from_script(&reply?, &limits).map_err(Failure::Rest)?;
         match decision.denied_by {
             Some(i) => self.remember_denial(&checks[i], &decision.limits[i], now_ms),
             None => {
-                // Allowed: whatever this isolate believed about these keys (say, before an admin reset) is gone.
                 let mut denials = self.denials.borrow_mut();
                 if !denials.is_empty() {
                     checks.iter().for_each(|c| {
@@ -292,99 +405,10 @@ impl Limiter {
         Ok(decision)
     }
 
-    /// Every limit of `checks` as it stands, consuming nothing (the admin API's peek). The
-    /// decision says whether the request would be allowed now.
-    pub async fn peek<T: Transport>(
-        &self,
-        transport: &T,
-        checks: &[Check<'_>],
-        clock: Clock,
-        now_ms: f64,
-    ) -> Result<Decision, Failure> {
-        self.run(transport, checks, clock, now_ms, true).await
-    }
-
-    async fn run<T: Transport>(
-        &self,
-        transport: &T,
-        checks: &[Check<'_>],
-        clock: Clock,
-        now_ms: f64,
-        peek: bool,
-    ) -> Result<Decision, Failure> {
-        let (keys, args) = script_call(checks, clock, now_ms, peek);
-        let sent_in = self.load_generation.get();
-        let mut reply = self.evalsha(transport, &keys, &args).await;
-        if reply == Err(Failure::Rest(RestError::NoScript)) {
-            if self.loading.get() || self.load_generation.get() != sent_in {
-                // Another request of this isolate is loading the script, or did while this EVALSHA was
-                // on its way: wait for it and try the EVALSHA once more, rather than send one more EVAL
-                // (the storm @upstash/ratelimit has after a flush).
-                while self.loading.get() {
-                    transport.pause(LOAD_POLL_MS).await.map_err(Failure::from)?;
-                }
-                if self.load_ok.get() {
-                    reply = self.evalsha(transport, &keys, &args).await;
-                }
-            } else if self.may_load(now_ms) {
-                reply = self.load(transport, &keys, &args, now_ms).await;
-            }
-        }
+    /// The script's integers for a peek (the admin API): nothing remembered.
+    pub fn peeked(&self, checks: &[Check<'_>], reply: Result<Vec<i64>, Failure>) -> Result<Decision, Failure> {
         let limits: Vec<(&str, &Limit, bool)> = checks.iter().map(|c| (c.policy, c.limit, c.shadow)).collect();
         Decision::from_script(&reply?, &limits).map_err(Failure::Rest)
-    }
-
-    async fn evalsha<T: Transport>(
-        &self,
-        transport: &T,
-        keys: &[String],
-        args: &[String],
-    ) -> Result<Vec<i64>, Failure> {
-        let reply = self.call(transport, evalsha_body(self.variant.get(), keys, args)).await;
-        if reply.is_ok() {
-            self.confirmed.set(true);
-        }
-        reply
-    }
-
-    /// Whether a NOSCRIPT may start a load now: never twice in one episode.
-    fn may_load(&self, now_ms: f64) -> bool {
-        match self.last_load_ms.get() {
-            None => true,
-            Some(at) => self.confirmed.get() || now_ms - at >= LOAD_EPISODE_MS || now_ms < at,
-        }
-    }
-
-    /// Sends the script with EVAL (once more without the shebang if the server rejects it), as this
-    /// isolate's one load of the episode.
-    async fn load<T: Transport>(
-        &self,
-        transport: &T,
-        keys: &[String],
-        args: &[String],
-        now_ms: f64,
-    ) -> Result<Vec<i64>, Failure> {
-        let _loading = Loading::start(self);
-        self.last_load_ms.set(Some(now_ms));
-        self.confirmed.set(false);
-        self.noscript.set(self.noscript.get() + 1);
-        let mut reply = self.call(transport, eval_body(self.variant.get(), keys, args)).await;
-        if reply == Err(Failure::Rest(RestError::ShebangRejected)) && self.variant.get() == Variant::Flagged {
-            self.variant.set(Variant::Plain);
-            reply = self.call(transport, eval_body(Variant::Plain, keys, args)).await;
-        }
-        self.load_ok.set(reply.is_ok());
-        reply
-    }
-
-    /// The script variant this isolate sends (it falls back to plain once for its lifetime).
-    pub fn variant(&self) -> Variant {
-        self.variant.get()
-    }
-
-    async fn call<T: Transport>(&self, transport: &T, body: String) -> Result<Vec<i64>, Failure> {
-        let reply = transport.post(body).await.map_err(Failure::from)?;
-        parse_script_reply(reply.status, &reply.body).map_err(Failure::Rest)
     }
 
     /// What the gateway does with a decision attempt under `mode`. When Redis
@@ -437,7 +461,9 @@ impl Limiter {
         }
     }
 
-    fn cached_denial(&self, checks: &[Check<'_>], now_ms: f64) -> Option<Decision> {
+    /// A denial this isolate already knows, without asking Redis: the first of `checks` whose bucket
+    /// Redis said cannot pay this cost yet (counted as a deny-cache hit).
+    pub fn cached_denial(&self, checks: &[Check<'_>], now_ms: f64) -> Option<Decision> {
         let mut denials = self.denials.borrow_mut();
         if denials.is_empty() {
             return None;
@@ -457,6 +483,7 @@ impl Limiter {
             }
             Some((i, *d))
         })?;
+        self.deny_cache_hits.set(self.deny_cache_hits.get() + 1);
         let limits = checks
             .iter()
             .enumerate()

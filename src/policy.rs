@@ -125,7 +125,7 @@ pub struct Facts<'a> {
 
 impl Policy {
     /// The limits of every rule that matches, in policy order.
-    pub fn applied<'p>(&'p self, facts: &Facts<'_>, header: impl Fn(&str) -> Option<String>) -> Vec<Applied<'p>> {
+    pub fn applied<'p, 'h>(&'p self, facts: &Facts<'_>, header: impl Fn(&str) -> Option<&'h str>) -> Vec<Applied<'p>> {
         let tier = facts.tier.or(self.default_tier.as_deref());
         let mut out = Vec::new();
         for rule in self.rules.iter().filter(|r| r.matches(facts.method, facts.method_overrides, facts.paths)) {
@@ -630,7 +630,7 @@ mod tests {
         (method, path): (&str, &str),
         caller: &Caller,
         tier: Option<&str>,
-        header: impl Fn(&str) -> Option<String>,
+        header: impl Fn(&str) -> Option<&'static str>,
     ) -> Vec<Applied<'p>> {
         let paths = [crate::path::normalize(path)];
         p.applied(&Facts { method, method_overrides: &[], paths: &paths, caller, client: None, tier }, header)
@@ -697,7 +697,7 @@ mod tests {
     fn header_counting_escapes_the_value() {
         let p = Policy::parse(EXAMPLE, 60, false).unwrap();
         let c = Caller::User("c".into());
-        let applied = applied_to(&p, ("GET", "/x"), &c, None, |h| (h == "x-api-key").then(|| "k:1*".to_string()));
+        let applied = applied_to(&p, ("GET", "/x"), &c, None, |h| (h == "x-api-key").then_some("k:1*"));
         assert_eq!(applied[1].key, "rate:@hdr/x-api-key=k%3A1%2A:/%2A#api-per-key");
     }
 

@@ -1,9 +1,11 @@
 //! JWT verification with real keys (tests/keys, made with Node's crypto): every
 //! accepted algorithm, and every way a token must be refused.
 
+mod common;
+
 use std::fs;
 
-use edge_ratelimit::{JwtConfig, JwtError, JwtMode, JwtSettings, Verified};
+use edge_ratelimit::{JwtConfig, JwtError, JwtMode, JwtSettings, Verification, Verified};
 use jwt_compact::alg::{Ed25519, Es256, Hs256, Hs256Key, Rsa, RsaPrivateKey};
 use jwt_compact::jwk::JsonWebKey;
 use jwt_compact::{Algorithm, AlgorithmExt, Claims, Header};
@@ -109,6 +111,15 @@ mod hmac_sign {
     }
 }
 
+/// The gateway's verdict on `token`, with the executor's part (WebCrypto) played by jwt-compact.
+fn verify(c: &JwtConfig, token: &str, now: i64) -> Result<Verified, JwtError> {
+    match c.verify(token, now) {
+        Verification::Verified(v) => Ok(v),
+        Verification::Refused(e) => Err(e),
+        Verification::Signature(check) => c.complete(token, now, common::webcrypto(&check).expect("a usable key")),
+    }
+}
+
 fn alice(tier: &str) -> Result<Verified, JwtError> {
     Ok(Verified { subject: "alice".into(), tier: Some(tier.into()) })
 }
@@ -117,10 +128,10 @@ fn alice(tier: &str) -> Result<Verified, JwtError> {
 fn every_accepted_algorithm_verifies() {
     let c = config(None, None, None);
     assert_eq!(c.mode, JwtMode::Optional, "keys configured and no mode: optional");
-    assert_eq!(c.verify(&hs256(json!({})), NOW), alice("premium"));
-    assert_eq!(c.verify(&rs256("rsa-1", json!({})), NOW), alice("premium"));
-    assert_eq!(c.verify(&es256(json!({})), NOW), alice("premium"));
-    assert_eq!(c.verify(&eddsa(json!({})), NOW), alice("premium"));
+    assert_eq!(verify(&c, &hs256(json!({})), NOW), alice("premium"));
+    assert_eq!(verify(&c, &rs256("rsa-1", json!({})), NOW), alice("premium"));
+    assert_eq!(verify(&c, &es256(json!({})), NOW), alice("premium"));
+    assert_eq!(verify(&c, &eddsa(json!({})), NOW), alice("premium"));
 }
 
 #[test]
@@ -128,31 +139,31 @@ fn hand_signed_hs256_matches_the_library() {
     // The forging helper is only trustworthy if a well-formed token it makes verifies.
     let c = config(None, None, None);
     let token = forged(json!({"alg": "HS256", "typ": "JWT"}), SECRET.as_bytes());
-    assert_eq!(c.verify(&token, NOW), Ok(Verified { subject: "mallory".into(), tier: None }));
+    assert_eq!(verify(&c, &token, NOW), Ok(Verified { subject: "mallory".into(), tier: None }));
 }
 
 #[test]
 fn time_claims() {
     let c = config(None, None, None);
-    assert_eq!(c.verify(&hs256(json!({"exp": NOW - 31})), NOW), Err(JwtError::Expired));
-    assert!(c.verify(&hs256(json!({"exp": NOW - 29})), NOW).is_ok(), "within the leeway");
-    assert_eq!(c.verify(&hs256(json!({"exp": null})), NOW), Err(JwtError::MissingExpiry));
-    assert_eq!(c.verify(&hs256(json!({"nbf": NOW + 31})), NOW), Err(JwtError::NotYetValid));
-    assert!(c.verify(&hs256(json!({"nbf": NOW + 29})), NOW).is_ok());
+    assert_eq!(verify(&c, &hs256(json!({"exp": NOW - 31})), NOW), Err(JwtError::Expired));
+    assert!(verify(&c, &hs256(json!({"exp": NOW - 29})), NOW).is_ok(), "within the leeway");
+    assert_eq!(verify(&c, &hs256(json!({"exp": null})), NOW), Err(JwtError::MissingExpiry));
+    assert_eq!(verify(&c, &hs256(json!({"nbf": NOW + 31})), NOW), Err(JwtError::NotYetValid));
+    assert!(verify(&c, &hs256(json!({"nbf": NOW + 29})), NOW).is_ok());
 }
 
 #[test]
 fn issuer_audience_and_subject() {
     let c = config(None, Some("https://auth.example"), Some("api"));
-    assert_eq!(c.verify(&hs256(json!({})), NOW), Err(JwtError::WrongIssuer));
-    assert_eq!(c.verify(&hs256(json!({"iss": "https://auth.example"})), NOW), Err(JwtError::WrongAudience));
+    assert_eq!(verify(&c, &hs256(json!({})), NOW), Err(JwtError::WrongIssuer));
+    assert_eq!(verify(&c, &hs256(json!({"iss": "https://auth.example"})), NOW), Err(JwtError::WrongAudience));
     let ok = hs256(json!({"iss": "https://auth.example", "aud": ["web", "api"]}));
-    assert!(c.verify(&ok, NOW).is_ok());
+    assert!(verify(&c, &ok, NOW).is_ok());
     let c = config(None, None, None);
-    assert_eq!(c.verify(&hs256(json!({"sub": null})), NOW), Err(JwtError::MissingSubject));
-    assert_eq!(c.verify(&hs256(json!({"sub": "  "})), NOW), Err(JwtError::MissingSubject));
+    assert_eq!(verify(&c, &hs256(json!({"sub": null})), NOW), Err(JwtError::MissingSubject));
+    assert_eq!(verify(&c, &hs256(json!({"sub": "  "})), NOW), Err(JwtError::MissingSubject));
     assert_eq!(
-        c.verify(&hs256(json!({"sub": 42, "tier": null})), NOW),
+        verify(&c, &hs256(json!({"sub": 42, "tier": null})), NOW),
         Ok(Verified { subject: "42".into(), tier: None })
     );
 }
@@ -163,31 +174,31 @@ fn the_algorithm_is_pinned_by_the_key() {
     // alg: none, unsigned.
     let none =
         format!("{}.{}.", b64(br#"{"alg":"none"}"#), b64(json!({"sub":"m","exp":NOW+600}).to_string().as_bytes()));
-    assert_eq!(c.verify(&none, NOW), Err(JwtError::AlgorithmNotAccepted));
+    assert_eq!(verify(&c, &none, NOW), Err(JwtError::AlgorithmNotAccepted));
     // HS256 "signed" with the RSA public key, naming the RSA key: the classic confusion attack.
     let jwks: Value = serde_json::from_str(&fs::read_to_string("tests/keys/jwks.json").unwrap()).unwrap();
     let rsa_public = jwks["keys"][0].to_string();
     let confused = forged(json!({"alg": "HS256", "kid": "rsa-1"}), rsa_public.as_bytes());
-    assert_eq!(c.verify(&confused, NOW), Err(JwtError::AlgorithmNotAccepted));
+    assert_eq!(verify(&c, &confused, NOW), Err(JwtError::AlgorithmNotAccepted));
     // The same without a kid goes to the HMAC secret, where the signature is wrong.
     let confused = forged(json!({"alg": "HS256"}), rsa_public.as_bytes());
-    assert_eq!(c.verify(&confused, NOW), Err(JwtError::BadSignature));
+    assert_eq!(verify(&c, &confused, NOW), Err(JwtError::BadSignature));
     // RS256 claimed for the EC key.
     let wrong = rs256("ec-1", json!({}));
-    assert_eq!(c.verify(&wrong, NOW), Err(JwtError::AlgorithmNotAccepted));
+    assert_eq!(verify(&c, &wrong, NOW), Err(JwtError::AlgorithmNotAccepted));
 }
 
 #[test]
 fn unknown_kids_and_embedded_keys_are_refused() {
     let c = config(None, None, None);
-    assert_eq!(c.verify(&rs256("rsa-2", json!({})), NOW), Err(JwtError::UnknownKey));
+    assert_eq!(verify(&c, &rs256("rsa-2", json!({})), NOW), Err(JwtError::UnknownKey));
     for header in [
         json!({"alg": "HS256", "jwk": {"kty": "oct", "k": "AAAA"}}),
         json!({"alg": "HS256", "jku": "https://evil.example/jwks"}),
         json!({"alg": "HS256", "x5u": "https://evil.example/cert"}),
         json!({"alg": "HS256", "x5c": ["MIIB"]}),
     ] {
-        assert_eq!(c.verify(&forged(header.clone(), SECRET.as_bytes()), NOW), Err(JwtError::EmbeddedKey), "{header}");
+        assert_eq!(verify(&c, &forged(header.clone(), SECRET.as_bytes()), NOW), Err(JwtError::EmbeddedKey), "{header}");
     }
 }
 
@@ -200,10 +211,10 @@ fn critical_header_extensions_are_refused() {
         [json!(["exp"]), json!(["b64"]), json!(["http://example.com/ext"]), json!([]), json!("exp"), json!(null)]
     {
         let token = forged(json!({"alg": "HS256", "crit": crit, "exp": NOW + 600, "b64": true}), SECRET.as_bytes());
-        assert_eq!(c.verify(&token, NOW), Err(JwtError::CriticalExtension), "crit {crit}");
+        assert_eq!(verify(&c, &token, NOW), Err(JwtError::CriticalExtension), "crit {crit}");
     }
     let token = forged(json!({"alg": "HS256", "b64": true}), SECRET.as_bytes());
-    assert!(c.verify(&token, NOW).is_ok(), "an unknown header member that is not critical is ignored");
+    assert!(verify(&c, &token, NOW).is_ok(), "an unknown header member that is not critical is ignored");
 }
 
 #[test]
@@ -212,9 +223,9 @@ fn tampering_and_garbage_are_refused() {
     let token = hs256(json!({}));
     let mut parts: Vec<String> = token.split('.').map(str::to_string).collect();
     parts[1] = b64(json!({"sub": "mallory", "exp": NOW + 600}).to_string().as_bytes());
-    assert_eq!(c.verify(&parts.join("."), NOW), Err(JwtError::BadSignature));
+    assert_eq!(verify(&c, &parts.join("."), NOW), Err(JwtError::BadSignature));
     for garbage in ["", "a", "a.b", "a.b.c", "....", "eyJhbGciOiJIUzI1NiJ9.e30.%%%"] {
-        assert!(c.verify(garbage, NOW).is_err(), "{garbage:?}");
+        assert!(verify(&c, garbage, NOW).is_err(), "{garbage:?}");
     }
 }
 
@@ -244,16 +255,52 @@ fn configuration_is_validated() {
 fn a_remembered_token_still_expires_and_matures() {
     let c = config(None, None, None);
     let token = rs256("rsa-1", json!({"nbf": NOW + 100, "exp": NOW + 600}));
-    assert_eq!(c.verify(&token, NOW), Err(JwtError::NotYetValid), "not remembered while refused");
-    assert_eq!(c.verify(&token, NOW + 100), alice("premium"));
+    assert_eq!(verify(&c, &token, NOW), Err(JwtError::NotYetValid), "not remembered while refused");
+    assert_eq!(verify(&c, &token, NOW + 100), alice("premium"));
     // Remembered now: the same answers as a full check, at every time.
-    assert_eq!(c.verify(&token, NOW + 69), Err(JwtError::NotYetValid));
-    assert_eq!(c.verify(&token, NOW + 70), alice("premium"), "nbf - 30 s leeway");
-    assert_eq!(c.verify(&token, NOW + 629), alice("premium"));
-    assert_eq!(c.verify(&token, NOW + 630), Err(JwtError::Expired), "exp + 30 s leeway");
+    assert_eq!(verify(&c, &token, NOW + 69), Err(JwtError::NotYetValid));
+    assert_eq!(verify(&c, &token, NOW + 70), alice("premium"), "nbf - 30 s leeway");
+    assert_eq!(verify(&c, &token, NOW + 629), alice("premium"));
+    assert_eq!(verify(&c, &token, NOW + 630), Err(JwtError::Expired), "exp + 30 s leeway");
     // One changed byte is another token, checked in full.
     let mut tampered = token.into_bytes();
     let i = tampered.len() - 3;
     tampered[i] = if tampered[i] == b'A' { b'B' } else { b'A' };
-    assert_eq!(c.verify(std::str::from_utf8(&tampered).unwrap(), NOW + 200), Err(JwtError::BadSignature));
+    assert_eq!(verify(&c, std::str::from_utf8(&tampered).unwrap(), NOW + 200), Err(JwtError::BadSignature));
+}
+
+/// Asymmetric signatures go to the executor's WebCrypto with the key pinned here: the check names the
+/// token's own key and algorithm, carries only public key members, and a refusal is never remembered.
+#[test]
+fn asymmetric_signatures_are_handed_to_the_executor_and_only_a_yes_is_remembered() {
+    let c = config(None, None, None);
+    let token = es256(json!({}));
+    let Verification::Signature(check) = c.verify(&token, NOW) else { panic!("ES256 is the executor's to check") };
+    assert_eq!((check.alg, check.kid.as_str()), ("ES256", "ec-1"));
+    assert_eq!(check.data, token.rsplit_once('.').unwrap().0, "the signing input is header.payload");
+    let jwk: Value = serde_json::from_str(&check.jwk).unwrap();
+    assert_eq!(jwk.as_object().unwrap().keys().collect::<Vec<_>>(), ["crv", "kty", "x", "y"], "public members only");
+    assert_eq!(c.complete(&token, NOW, false), Err(JwtError::BadSignature));
+    assert!(matches!(c.verify(&token, NOW), Verification::Signature(_)), "a refused signature is asked again");
+    assert_eq!(c.complete(&token, NOW, true), alice("premium"));
+    assert_eq!(
+        c.verify(&token, NOW),
+        Verification::Verified(Verified { subject: "alice".into(), tier: Some("premium".into()) })
+    );
+    // The claims are checked after the signature, by the gateway.
+    let expired = rs256("rsa-1", json!({"exp": NOW - 100}));
+    assert!(matches!(c.verify(&expired, NOW), Verification::Signature(_)));
+    assert_eq!(c.complete(&expired, NOW, true), Err(JwtError::Expired));
+    // A signature of the wrong length never reaches WebCrypto.
+    let mut parts: Vec<&str> = token.split('.').collect();
+    parts[2] = "AAAA";
+    assert_eq!(c.verify(&parts.join("."), NOW), Verification::Refused(JwtError::BadSignature));
+}
+
+#[test]
+fn a_jwks_with_private_parts_is_refused() {
+    let private = format!("{{\"keys\":[{}]}}", private_jwk("ec-1"));
+    let e = JwtConfig::new(JwtSettings { jwks: Some(&private), ..JwtSettings::default() }).unwrap_err();
+    assert_eq!(e.0, "JWT_JWKS");
+    assert!(e.1.contains("public keys only"), "{}", e.1);
 }

@@ -1,76 +1,17 @@
-//! The limiter (EVALSHA recovery, shebang fallback, deny cache, fail modes)
-//! against a real Redis, through a transport that speaks the REST protocol's
-//! JSON straight to Redis, as vanilla Redis 7 would answer it.
+//! The limiter (EVALSHA recovery, shebang fallback, deny cache, fail modes) against a real Redis that
+//! the REST protocol reaches as vanilla Redis 7 answers it — one script call at a time through
+//! [`ScriptCall`], and many at once through the gateway, interleaved as an event loop would.
 
 mod common;
 
-use std::cell::{Cell, RefCell};
+use std::cell::Cell;
+use std::collections::VecDeque;
 
-use common::{block_on, Redis};
+use common::{header, status, Req, Rest};
 use edge_ratelimit::{
-    bucket_key, Caller, Check, Clock, Decision, FailMode, Failure, HttpReply, Limit, Limiter, Outcome, Refill,
-    RestError, Transport, TransportError, Variant,
+    bucket_key, Caller, Check, Clock, Config, Decision, FailMode, Failure, Fetch, Gateway, Limit, Limiter, Next,
+    Outcome, Refill, Reply, Request, RestError, ScriptCall, Step, TransportError, Variant,
 };
-
-/// POST body → Redis command → Upstash-shaped reply. Records the command names.
-struct Direct {
-    redis: Redis,
-    con: RefCell<redis::Connection>,
-    sent: RefCell<Vec<String>>,
-}
-
-impl Direct {
-    /// A transport to a Redis of its own.
-    fn new() -> Direct {
-        let redis = Redis::start();
-        let con = RefCell::new(redis.connection());
-        Direct { redis, con, sent: RefCell::new(Vec::new()) }
-    }
-
-    fn take_sent(&self) -> Vec<String> {
-        std::mem::take(&mut self.sent.borrow_mut())
-    }
-}
-
-impl Transport for Direct {
-    async fn pause(&self, _ms: u32) -> Result<(), TransportError> {
-        Ok(())
-    }
-
-    async fn post(&self, body: String) -> Result<HttpReply, TransportError> {
-        let args: Vec<String> = serde_json::from_str(&body).expect("the body is a JSON array of strings");
-        self.sent.borrow_mut().push(args[0].clone());
-        let mut cmd = redis::cmd(&args[0]);
-        for a in &args[1..] {
-            cmd.arg(a);
-        }
-        let reply = match cmd.query::<Vec<i64>>(&mut self.con.borrow_mut()) {
-            Ok(values) => HttpReply { status: 200, body: serde_json::json!({ "result": values }).to_string() },
-            Err(e) => {
-                let text = format!("{} {}", e.code().unwrap_or("ERR"), e.detail().unwrap_or_default());
-                HttpReply { status: 400, body: serde_json::json!({ "error": text }).to_string() }
-            }
-        };
-        Ok(reply)
-    }
-}
-
-/// A transport that always fails in one way, counting calls.
-struct Failing {
-    result: Result<HttpReply, TransportError>,
-    calls: Cell<usize>,
-}
-
-impl Transport for Failing {
-    async fn pause(&self, _ms: u32) -> Result<(), TransportError> {
-        Ok(())
-    }
-
-    async fn post(&self, _body: String) -> Result<HttpReply, TransportError> {
-        self.calls.set(self.calls.get() + 1);
-        self.result.clone()
-    }
-}
 
 fn limit(capacity: u32, refill: &str) -> Limit {
     Limit::new(capacity, Refill::parse(refill).unwrap(), 60).unwrap()
@@ -85,131 +26,165 @@ fn key(name: &str) -> String {
     bucket_key(&Caller::User(format!("{name}-{}", std::process::id())), "/t")
 }
 
-fn decide(limiter: &Limiter, t: &impl Transport, checks: &[Check<'_>], now_ms: f64) -> Result<Decision, Failure> {
-    block_on(limiter.decide(t, checks, Clock::Worker, now_ms))
+/// One decision as the gateway makes it: the deny cache, then the script call to its end, each POST
+/// answered by `endpoint`.
+fn decide_with(
+    limiter: &Limiter,
+    checks: &[Check<'_>],
+    now_ms: f64,
+    endpoint: impl Fn(&str) -> Result<(u16, String), TransportError>,
+) -> Result<Decision, Failure> {
+    if let Some(denied) = limiter.cached_denial(checks, now_ms) {
+        return Ok(denied);
+    }
+    let deadline = now_ms + 500.0;
+    let (mut call, body) = ScriptCall::start(limiter, checks, Clock::Worker, now_ms, false);
+    let mut next = Next::Send(body);
+    loop {
+        next = match next {
+            Next::Send(body) => {
+                let reply = endpoint(&body);
+                call.on_reply(limiter, reply.as_ref().map(|(s, b)| (*s, b.as_str())).map_err(|e| *e), now_ms, deadline)
+            }
+            Next::Wait(_) => call.on_wake(limiter, now_ms, deadline),
+            Next::Done(result) => return limiter.decided(checks, result, now_ms),
+        };
+    }
+}
+
+fn decide(limiter: &Limiter, rest: &Rest, checks: &[Check<'_>], now_ms: f64) -> Result<Decision, Failure> {
+    decide_with(limiter, checks, now_ms, |body| {
+        Ok(rest.answer(&Fetch { ticket: 0, pipeline: false, body: body.to_string(), timeout_ms: 500 }))
+    })
 }
 
 #[test]
 fn against_vanilla_redis_the_isolate_falls_back_to_the_plain_script_once() {
-    let t = Direct::new();
+    let rest = Rest::new();
     let limiter = Limiter::default();
     let l = limit(5, "5/min");
     let checks = [check(key("fallback"), &l, 1)];
     let now = 1_800_000_000_000.0;
-    assert!(decide(&limiter, &t, &checks, now).unwrap().allowed);
+    assert!(decide(&limiter, &rest, &checks, now).unwrap().allowed);
     // EVALSHA of the flagged script (unknown), EVAL of it (flag rejected), EVAL of the plain one.
-    assert_eq!(t.take_sent(), ["EVALSHA", "EVAL", "EVAL"]);
+    assert_eq!(rest.take_sent(), ["EVALSHA", "EVAL", "EVAL"]);
     assert_eq!(limiter.variant(), Variant::Plain);
-    assert!(decide(&limiter, &t, &checks, now).unwrap().allowed);
-    assert_eq!(t.take_sent(), ["EVALSHA"], "one round trip once the script is cached");
+    assert!(decide(&limiter, &rest, &checks, now).unwrap().allowed);
+    assert_eq!(rest.take_sent(), ["EVALSHA"], "one round trip once the script is cached");
 }
 
 #[test]
 fn after_script_flush_one_eval_reloads_the_script() {
-    let t = Direct::new();
+    let rest = Rest::new();
     let limiter = Limiter::default();
     let l = limit(5, "5/min");
     let checks = [check(key("flush"), &l, 1)];
-    decide(&limiter, &t, &checks, 1e12).unwrap();
-    decide(&limiter, &t, &checks, 1e12).unwrap();
-    t.take_sent();
-    redis::cmd("SCRIPT").arg("FLUSH").query::<()>(&mut t.redis.connection()).unwrap();
-    let d = decide(&limiter, &t, &checks, 1e12).unwrap();
+    decide(&limiter, &rest, &checks, 1e12).unwrap();
+    decide(&limiter, &rest, &checks, 1e12).unwrap();
+    rest.take_sent();
+    rest.redis(&["SCRIPT", "FLUSH"]);
+    let d = decide(&limiter, &rest, &checks, 1e12).unwrap();
     assert!(d.allowed);
     assert_eq!(d.limits[0].remaining, 2, "the bucket survived the flush; only the script was reloaded");
-    assert_eq!(t.take_sent(), ["EVALSHA", "EVAL"]);
+    assert_eq!(rest.take_sent(), ["EVALSHA", "EVAL"]);
     // Flushed again within the second, before any EVALSHA worked: the same episode, no second EVAL.
-    redis::cmd("SCRIPT").arg("FLUSH").query::<()>(&mut t.redis.connection()).unwrap();
-    assert_eq!(decide(&limiter, &t, &checks, 1e12 + 10.0), Err(Failure::Rest(RestError::NoScript)));
-    assert_eq!(t.take_sent(), ["EVALSHA"]);
-    assert!(decide(&limiter, &t, &checks, 1e12 + 1000.0).unwrap().allowed, "the next episode loads again");
-    assert_eq!(t.take_sent(), ["EVALSHA", "EVAL"]);
+    rest.redis(&["SCRIPT", "FLUSH"]);
+    assert_eq!(decide(&limiter, &rest, &checks, 1e12 + 10.0), Err(Failure::Rest(RestError::NoScript)));
+    assert_eq!(rest.take_sent(), ["EVALSHA"]);
+    assert!(decide(&limiter, &rest, &checks, 1e12 + 1000.0).unwrap().allowed, "the next episode loads again");
+    assert_eq!(rest.take_sent(), ["EVALSHA", "EVAL"]);
 }
 
 #[test]
 fn a_known_empty_caller_costs_no_round_trip_until_its_refill() {
-    let t = Direct::new();
+    let rest = Rest::new();
     let limiter = Limiter::default();
     let l = limit(2, "1/s");
     let checks = [check(key("denycache"), &l, 1)];
     let now = 1_800_000_000_000.0;
-    assert!(decide(&limiter, &t, &checks, now).unwrap().allowed);
-    assert!(decide(&limiter, &t, &checks, now).unwrap().allowed);
-    let denied = decide(&limiter, &t, &checks, now).unwrap();
+    assert!(decide(&limiter, &rest, &checks, now).unwrap().allowed);
+    assert!(decide(&limiter, &rest, &checks, now).unwrap().allowed);
+    let denied = decide(&limiter, &rest, &checks, now).unwrap();
     assert!(!denied.allowed);
     assert_eq!(denied.limits[0].retry_ms, 1000);
-    t.take_sent();
+    rest.take_sent();
 
-    let cached = decide(&limiter, &t, &checks, now + 400.0).unwrap();
+    let cached = decide(&limiter, &rest, &checks, now + 400.0).unwrap();
     assert!(!cached.allowed);
     assert_eq!(cached.limits[0].retry_ms, 600);
     assert_eq!(cached.retry_after_s(), 1);
-    assert!(t.take_sent().is_empty(), "a cached denial makes no call");
+    assert!(rest.take_sent().is_empty(), "a cached denial makes no call");
     assert_eq!(limiter.cached_denials(), 1);
+    assert_eq!(limiter.take_counts(), (1, 1), "one load (the first call), one deny-cache hit");
 
     // At the refill time the cache steps aside and Redis decides again.
-    assert!(decide(&limiter, &t, &checks, now + 1000.0).unwrap().allowed);
-    assert_eq!(t.take_sent(), ["EVALSHA"]);
+    assert!(decide(&limiter, &rest, &checks, now + 1000.0).unwrap().allowed);
+    assert_eq!(rest.take_sent(), ["EVALSHA"]);
 }
 
 #[test]
 fn past_its_maximum_age_one_request_rechecks_while_the_others_stay_denied() {
-    let t = Direct::new();
+    let rest = Rest::new();
     let limiter = Limiter::new(1000);
     let l = limit(1, "1/min"); // empty for 60 s after one request
     let checks = [check(key("maxage"), &l, 1)];
     let now = 1_800_000_000_000.0;
-    assert!(decide(&limiter, &t, &checks, now).unwrap().allowed);
-    assert!(!decide(&limiter, &t, &checks, now).unwrap().allowed);
-    t.take_sent();
-    assert!(!decide(&limiter, &t, &checks, now + 999.0).unwrap().allowed);
-    assert!(t.take_sent().is_empty(), "within the maximum age: no call");
-    assert!(!decide(&limiter, &t, &checks, now + 1000.0).unwrap().allowed);
-    assert_eq!(t.take_sent(), ["EVALSHA"], "one re-check");
-    assert!(!decide(&limiter, &t, &checks, now + 1001.0).unwrap().allowed);
-    assert!(t.take_sent().is_empty(), "the others keep the denial");
+    assert!(decide(&limiter, &rest, &checks, now).unwrap().allowed);
+    assert!(!decide(&limiter, &rest, &checks, now).unwrap().allowed);
+    rest.take_sent();
+    assert!(!decide(&limiter, &rest, &checks, now + 999.0).unwrap().allowed);
+    assert!(rest.take_sent().is_empty(), "within the maximum age: no call");
+    assert!(!decide(&limiter, &rest, &checks, now + 1000.0).unwrap().allowed);
+    assert_eq!(rest.take_sent(), ["EVALSHA"], "one re-check");
+    assert!(!decide(&limiter, &rest, &checks, now + 1001.0).unwrap().allowed);
+    assert!(rest.take_sent().is_empty(), "the others keep the denial");
     // An admin reset elsewhere: the next re-check finds a full bucket, and the denial is dropped.
-    redis::cmd("DEL").arg(&checks[0].key).query::<i64>(&mut t.con.borrow_mut()).unwrap();
-    assert!(decide(&limiter, &t, &checks, now + 2000.0).unwrap().allowed);
+    rest.redis(&["DEL", &checks[0].key]);
+    assert!(decide(&limiter, &rest, &checks, now + 2000.0).unwrap().allowed);
     assert_eq!(limiter.cached_denials(), 0);
 }
 
 #[test]
 fn a_cached_denial_for_a_large_cost_does_not_block_a_smaller_one() {
-    let t = Direct::new();
+    let rest = Rest::new();
     let limiter = Limiter::default();
     let l = limit(5, "1/s");
     let now = 1_800_000_000_000.0;
     let k = key("costcache");
     let big = [check(k.clone(), &l, 5)];
     let small = [check(k, &l, 1)];
-    assert!(decide(&limiter, &t, &big, now).unwrap().allowed);
-    assert!(!decide(&limiter, &t, &big, now + 1500.0).unwrap().allowed);
-    t.take_sent();
-    assert!(decide(&limiter, &t, &small, now + 1500.0).unwrap().allowed, "1.5 tokens pay for a cost of 1");
-    assert_eq!(t.take_sent(), ["EVALSHA"]);
+    assert!(decide(&limiter, &rest, &big, now).unwrap().allowed);
+    assert!(!decide(&limiter, &rest, &big, now + 1500.0).unwrap().allowed);
+    rest.take_sent();
+    assert!(decide(&limiter, &rest, &small, now + 1500.0).unwrap().allowed, "1.5 tokens pay for a cost of 1");
+    assert_eq!(rest.take_sent(), ["EVALSHA"]);
 }
 
 #[test]
 fn failures_are_classified_and_follow_the_fail_mode() {
     let l = limit(5, "5/min");
     let checks = [check(key("fail"), &l, 1)];
-    let reply = |status: u16, body: &str| Ok(HttpReply { status, body: body.into() });
+    let reply = |status: u16, body: &str| Ok((status, body.to_string()));
     let cases = [
         (Err(TransportError::Timeout), Failure::Timeout, "timeout"),
         (Err(TransportError::Unreachable), Failure::Unreachable, "unreachable"),
         (reply(401, r#"{"error":"Unauthorized"}"#), Failure::Rest(RestError::Unauthorized), "unauthorized"),
         (reply(429, "{}"), Failure::Rest(RestError::Throttled), "throttled"),
         (reply(503, "down"), Failure::Rest(RestError::Server(503)), "server-error"),
+        (reply(307, ""), Failure::Rest(RestError::Redirect(307)), "redirected"),
         (reply(200, "{"), Failure::Rest(RestError::Malformed(String::new())), "malformed-reply"),
         (reply(200, r#"{"result":[1,0]}"#), Failure::Rest(RestError::Malformed(String::new())), "malformed-reply"),
     ];
     for (result, expected, reason) in cases {
-        let t = Failing { result, calls: Cell::new(0) };
-        let failure = decide(&Limiter::default(), &t, &checks, 0.0).unwrap_err();
+        let calls = Cell::new(0);
+        let failure = decide_with(&Limiter::default(), &checks, 0.0, |_| {
+            calls.set(calls.get() + 1);
+            result.clone()
+        })
+        .unwrap_err();
         assert_eq!(std::mem::discriminant(&failure), std::mem::discriminant(&expected), "{failure:?}");
         assert_eq!(failure.reason(), reason);
-        assert_eq!(t.calls.get(), 1, "a failure is not retried past the deadline");
+        assert_eq!(calls.get(), 1, "a failure is not retried past the deadline");
         let limiter = Limiter::default();
         assert!(matches!(limiter.outcome(Err(failure.clone()), FailMode::Open, &checks, 0.0), Outcome::FailedOpen(_)));
         assert!(matches!(limiter.outcome(Err(failure), FailMode::Closed, &checks, 0.0), Outcome::FailedClosed(_)));
@@ -218,134 +193,129 @@ fn failures_are_classified_and_follow_the_fail_mode() {
 
 #[test]
 fn a_script_error_is_not_retried_forever() {
-    let t = Failing {
-        result: Ok(HttpReply { status: 400, body: r#"{"error":"NOSCRIPT No matching script"}"#.into() }),
-        calls: Cell::new(0),
-    };
     let l = limit(5, "5/min");
     let checks = [check(key("noscript"), &l, 1)];
-    let failure = decide(&Limiter::default(), &t, &checks, 0.0).unwrap_err();
+    let calls = Cell::new(0);
+    let failure = decide_with(&Limiter::default(), &checks, 0.0, |_| {
+        calls.set(calls.get() + 1);
+        Ok((400, r#"{"error":"NOSCRIPT No matching script"}"#.to_string()))
+    })
+    .unwrap_err();
     assert_eq!(failure, Failure::Rest(RestError::NoScript));
-    assert!(t.calls.get() <= 3, "{} calls", t.calls.get());
+    assert_eq!(calls.get(), 2, "one EVALSHA, one EVAL");
 }
 
-/// Ready on the second poll: lets the test executor interleave requests the way I/O would.
-struct YieldOnce(bool);
+fn config(extra: &[(&str, &str)]) -> Config {
+    let mut vars = vec![("UPSTASH_REDIS_REST_URL", "http://127.0.0.1:1"), ("UPSTASH_REDIS_REST_TOKEN", "t")];
+    vars.extend_from_slice(extra);
+    Config::from_env(|name| vars.iter().rev().find(|(k, _)| *k == name).map(|(_, v)| v.to_string())).unwrap()
+}
 
-impl std::future::Future for YieldOnce {
-    type Output = ();
-    fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
-        if self.0 {
-            std::task::Poll::Ready(())
-        } else {
-            self.0 = true;
-            cx.waker().wake_by_ref();
-            std::task::Poll::Pending
-        }
+/// Runs `reqs` through `gw` at once, as one event loop would: every step's I/O is queued, and
+/// completed one at a time in order (a fetch answered by `endpoint`, a wait simply over). The final
+/// step of each.
+fn concurrently(gw: &mut Gateway<'_>, reqs: &[Req], now: f64, endpoint: impl Fn(&Fetch) -> (u16, String)) -> Vec<Step> {
+    let mut queue: VecDeque<(usize, Step)> = VecDeque::new();
+    for (i, req) in reqs.iter().enumerate() {
+        let headers: Vec<Option<&str>> = req.headers.iter().map(|h| h.as_deref()).collect();
+        queue.push_back((i, gw.begin(&Request { method: &req.method, url: &req.url, headers: &headers }, now)));
     }
-}
-
-/// A script cache that starts empty (as after SCRIPT FLUSH); every call takes one scheduling turn.
-struct Flushed {
-    loaded: Cell<bool>,
-    evals: Cell<usize>,
-    evalshas: Cell<usize>,
-}
-
-impl Transport for Flushed {
-    async fn pause(&self, _ms: u32) -> Result<(), TransportError> {
-        YieldOnce(false).await;
-        Ok(())
-    }
-
-    async fn post(&self, body: String) -> Result<HttpReply, TransportError> {
-        YieldOnce(false).await;
-        let ok = HttpReply { status: 200, body: r#"{"result":[1,0,4,0,12000,5,60]}"#.into() };
-        if body.starts_with(r#"["EVAL","#) {
-            self.evals.set(self.evals.get() + 1);
-            self.loaded.set(true);
-            return Ok(ok);
-        }
-        self.evalshas.set(self.evalshas.get() + 1);
-        if self.loaded.get() {
-            Ok(ok)
-        } else {
-            Ok(HttpReply { status: 400, body: r#"{"error":"NOSCRIPT No matching script. Please use EVAL."}"#.into() })
-        }
-    }
-}
-
-/// Polls every future in turn until all are done (a single-threaded event loop in miniature).
-fn run_all<F: std::future::Future>(futures: Vec<F>) -> Vec<F::Output> {
-    let mut futures: Vec<_> = futures.into_iter().map(Box::pin).collect();
-    let mut out: Vec<Option<F::Output>> = futures.iter().map(|_| None).collect();
-    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-    for _ in 0..10_000 {
-        for (f, slot) in futures.iter_mut().zip(out.iter_mut()) {
-            if slot.is_none() {
-                if let std::task::Poll::Ready(v) = f.as_mut().poll(&mut cx) {
-                    *slot = Some(v);
-                }
+    let mut finals: Vec<Option<Step>> = reqs.iter().map(|_| None).collect();
+    while let Some((i, step)) = queue.pop_front() {
+        match step {
+            Step::Fetch(f) => {
+                let (status, body) = endpoint(&f);
+                queue.push_back((i, gw.resume(f.ticket, Reply::Http { status, body: &body }, now)));
             }
-        }
-        if out.iter().all(Option::is_some) {
-            return out.into_iter().map(Option::unwrap).collect();
+            Step::Wait { ticket, .. } => queue.push_back((i, gw.resume(ticket, Reply::Woke, now))),
+            done => finals[i] = Some(done),
         }
     }
-    panic!("futures did not finish");
+    assert_eq!(gw.pending(), 0, "every ticket was resumed");
+    finals.into_iter().map(Option::unwrap).collect()
+}
+
+const DECIDED: &str = r#"{"result":[1,0,4,0,12000,5,60]}"#;
+const NOSCRIPT: &str = r#"{"error":"NOSCRIPT No matching script. Please use EVAL."}"#;
+
+fn users(gw: &Gateway<'_>, prefix: &str, n: usize) -> Vec<Req> {
+    (0..n).map(|i| Req::new(gw, "GET", "/api/x", &[("x-user-id", &format!("{prefix}{i}"))])).collect()
 }
 
 #[test]
 fn a_burst_after_a_flush_sends_one_eval_per_isolate() {
-    let t = Flushed { loaded: Cell::new(false), evals: Cell::new(0), evalshas: Cell::new(0) };
-    let limiter = Limiter::default();
-    let l = limit(5, "5/min");
-    let checks: Vec<[Check<'_>; 1]> = (0..200).map(|i| [check(key(&format!("storm{i}")), &l, 1)]).collect();
-    let results = run_all(checks.iter().map(|c| limiter.decide(&t, c, Clock::Redis, 0.0)).collect());
-    assert!(results.iter().all(|r| r.as_ref().is_ok_and(|d| d.allowed)));
-    assert_eq!(t.evals.get(), 1, "one EVAL for 200 concurrent requests");
-    assert_eq!(t.evalshas.get(), 200 + 199, "everyone else retried EVALSHA once the script was loaded");
-}
-
-/// Answers NOSCRIPT to everything, EVAL included (a broken or hostile endpoint); counts both.
-struct AlwaysNoScript {
-    evals: Cell<usize>,
-    evalshas: Cell<usize>,
-}
-
-impl Transport for AlwaysNoScript {
-    async fn pause(&self, _ms: u32) -> Result<(), TransportError> {
-        YieldOnce(false).await;
-        Ok(())
-    }
-
-    async fn post(&self, body: String) -> Result<HttpReply, TransportError> {
-        YieldOnce(false).await;
-        let counter = if body.starts_with(r#"["EVAL","#) { &self.evals } else { &self.evalshas };
-        counter.set(counter.get() + 1);
-        Ok(HttpReply { status: 400, body: r#"{"error":"NOSCRIPT No matching script. Please use EVAL."}"#.into() })
-    }
+    let config = config(&[]);
+    let mut gw = Gateway::new(&config);
+    let (loaded, evals, evalshas) = (Cell::new(false), Cell::new(0), Cell::new(0));
+    let reqs = users(&gw, "storm", 200);
+    let finals = concurrently(&mut gw, &reqs, 1.8e12, |f| {
+        if f.body.starts_with(r#"["EVAL","#) {
+            evals.set(evals.get() + 1);
+            loaded.set(true);
+            return (200, DECIDED.into());
+        }
+        evalshas.set(evalshas.get() + 1);
+        if loaded.get() {
+            (200, DECIDED.into())
+        } else {
+            (400, NOSCRIPT.into())
+        }
+    });
+    assert!(finals.iter().all(|s| status(s) == 200 && header(s, "x-ratelimit-status").is_none()), "{:?}", finals[1]);
+    assert_eq!(evals.get(), 1, "one EVAL for 200 concurrent requests");
+    assert_eq!(evalshas.get(), 200 + 199, "everyone else retried EVALSHA once the script was loaded");
 }
 
 /// Issue 10, item 10: such an endpoint turned 20 concurrent requests into ~90 REST calls. Now one EVAL
 /// per isolate per episode (until an EVALSHA works again, or a second has passed), whatever the reply.
 #[test]
 fn an_endpoint_that_always_answers_noscript_gets_one_eval_per_episode() {
-    let t = AlwaysNoScript { evals: Cell::new(0), evalshas: Cell::new(0) };
-    let limiter = Limiter::default();
-    let l = limit(5, "5/min");
-    let checks: Vec<[Check<'_>; 1]> = (0..20).map(|i| [check(key(&format!("noscript{i}")), &l, 1)]).collect();
-    let burst = |now: f64| {
-        let results = run_all(checks.iter().map(|c| limiter.decide(&t, c, Clock::Redis, now)).collect());
-        assert!(results.iter().all(|r| r.as_ref().is_err_and(|f| f.reason() == "redis-error")), "{results:?}");
+    let config = config(&[]);
+    let mut gw = Gateway::new(&config);
+    let (evals, evalshas) = (Cell::new(0), Cell::new(0));
+    let endpoint = |f: &Fetch| {
+        let counter = if f.body.starts_with(r#"["EVAL","#) { &evals } else { &evalshas };
+        counter.set(counter.get() + 1);
+        (400, NOSCRIPT.to_string())
     };
     let now = 1_800_000_000_000.0;
-    burst(now);
-    assert_eq!((t.evals.get(), t.evalshas.get()), (1, 20), "20 requests: one EVAL, no EVALSHA retried");
-    burst(now + 500.0);
-    assert_eq!((t.evals.get(), t.evalshas.get()), (1, 40), "the same episode: no EVAL at all");
-    burst(now + 1500.0);
-    assert_eq!(t.evals.get(), 2, "a second later, one EVAL tries again");
+    for (round, at) in [now, now + 500.0].into_iter().enumerate() {
+        let reqs = users(&gw, &format!("noscript{round}-"), 20);
+        let finals = concurrently(&mut gw, &reqs, at, endpoint);
+        assert!(finals.iter().all(|s| header(s, "x-ratelimit-status") == Some("degraded; reason=redis-error")));
+    }
+    assert_eq!((evals.get(), evalshas.get()), (1, 40), "40 requests in one episode: one EVAL, no EVALSHA retried");
+    let reqs = users(&gw, "noscript-later-", 20);
+    concurrently(&mut gw, &reqs, now + 1500.0, endpoint);
+    assert_eq!(evals.get(), 2, "a second later, one EVAL tries again");
+}
+
+#[test]
+fn a_load_whose_answer_never_comes_holds_the_others_only_until_its_deadline() {
+    let config = config(&[("REDIS_TIMEOUT_MS", "100")]);
+    let mut gw = Gateway::new(&config);
+    let now = 1.8e12;
+    let reqs = users(&gw, "stuck", 2);
+    let begin = |gw: &mut Gateway<'_>, r: &Req| {
+        let headers: Vec<Option<&str>> = r.headers.iter().map(|h| h.as_deref()).collect();
+        gw.begin(&Request { method: &r.method, url: &r.url, headers: &headers }, now)
+    };
+    let (Step::Fetch(a), Step::Fetch(b)) = (begin(&mut gw, &reqs[0]), begin(&mut gw, &reqs[1])) else { panic!() };
+    let Step::Fetch(eval) = gw.resume(a.ticket, Reply::Http { status: 400, body: NOSCRIPT }, now) else { panic!() };
+    assert!(eval.body.starts_with(r#"["EVAL","#));
+    let Step::Wait { ticket, .. } = gw.resume(b.ticket, Reply::Http { status: 400, body: NOSCRIPT }, now) else {
+        panic!()
+    };
+    // The loader's EVAL never comes back; the waiter gives up at its own deadline, as a timeout.
+    let mut step = gw.resume(ticket, Reply::Woke, now + 50.0);
+    while let Step::Wait { ticket, .. } = step {
+        step = gw.resume(ticket, Reply::Woke, now + 100.0);
+    }
+    assert_eq!(header(&step, "x-ratelimit-status"), Some("degraded; reason=timeout"));
+    assert_eq!(gw.pending(), 1, "only the loader's ticket is left");
+    let late = gw.resume(eval.ticket, Reply::Timeout, now + 101.0);
+    assert_eq!(header(&late, "x-ratelimit-status"), Some("degraded; reason=timeout"));
+    assert_eq!(gw.pending(), 0);
 }
 
 #[test]

@@ -326,6 +326,24 @@ fn absurd_overrides_and_arguments_never_make_the_script_fail() {
     assert_eq!(r[0], 1, "the call still decides");
 }
 
+/// An override with a slower full refill than the policy's raises the key's TTL with it: the
+/// policy's TTL would expire an emptied bucket before it refilled, handing out free tokens.
+#[test]
+fn an_override_raises_the_ttl_to_its_own_refill_time() {
+    let redis = Redis::start();
+    let mut con = redis.connection();
+    for (algorithm, expected) in [(TB, 6_000), (SW, 12_000)] {
+        let keys = fresh_keys(&format!("override-ttl-{}", algorithm.code()), 1);
+        let overrides = vec![format!("ratelimit:override:caller:ttl-{}-{}", algorithm.code(), std::process::id())];
+        redis::cmd("SET").arg(&overrides[0]).arg(format!("100 {}", 1.0 / 60.0)).query::<()>(&mut con).unwrap();
+        let spec = Spec { algorithm, capacity: 5.0, rate: 5.0 / 60.0, cost: 1.0, shadow: false };
+        let r = run_with(&mut con, &keys, &[(spec, 60)], Some(1_800_000_000_000), false, &overrides, &["2".into()]);
+        assert_eq!((r[0], r[5], r[6]), (1, 100, 6000), "allowed, on the override's numbers");
+        let ttl: i64 = redis::cmd("TTL").arg(&keys[0]).query(&mut con).unwrap();
+        assert!((expected - 2..=expected).contains(&ttl), "{algorithm:?}: TTL {ttl}, want {expected}");
+    }
+}
+
 #[test]
 fn peek_reports_without_consuming_or_writing() {
     let redis = Redis::start();

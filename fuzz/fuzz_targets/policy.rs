@@ -11,8 +11,14 @@ fuzz_target!(|data: &[u8]| {
     let Ok(policy) = Policy::parse(doc, 60, false) else { return };
     let caller = Caller::User("u".into());
     let (overrides, paths) = (["POST".to_string()], edge_ratelimit::views(path, false));
-    let facts =
-        Facts { method: "GET", method_overrides: &overrides, paths: &paths, caller: &caller, client: None, tier: Some("t") };
+    let facts = Facts {
+        method: "GET",
+        method_overrides: &overrides,
+        paths: &paths,
+        caller: &caller,
+        client: None,
+        tier: Some("t"),
+    };
     for a in policy.applied(&facts, |_| Some("v".into())) {
         assert!(a.cost >= 1 && a.cost <= a.limit.capacity());
         assert!(a.key.starts_with("rate:"));

@@ -1,4 +1,4 @@
-//! A whole request through the gateway's plan: any method, target and identity or override headers,
+//! A whole request through the gateway's entry (`Gateway::begin`): any method, target and identity or override headers,
 //! with a policy (case-sensitive or folded) or without. Never a panic; keys are printable and free of
 //! glob characters; no spelling matches fewer limits than its canonical twin, nor than any respelling
 //! of that twin an origin reads as the same path (a byte percent-encoded, a path parameter added, `./`,
@@ -8,9 +8,10 @@
 //! apply.
 #![no_main]
 
+use std::cell::RefCell;
 use std::collections::BTreeSet;
 
-use edge_ratelimit::{normalize_with, plan, Config, Plan, RequestFacts};
+use edge_ratelimit::{normalize_with, Config, Gateway, Request, Step};
 use libfuzzer_sys::fuzz_target;
 
 const POLICY: &str = r#"{"tiers":["free"],"rules":[
@@ -21,12 +22,10 @@ const POLICY: &str = r#"{"tiers":["free"],"rules":[
   {"name":"item","route":"/a/:x/b/:y","limits":[{"name":"item","by":"header:x-api-key","capacity":3,"refill":"1/s"}]}
 ]}"#;
 
-fn configs() -> &'static [Config; 3] {
-    thread_local! {
-        // Built once per fuzzing thread (a Config is not Sync: its JWT cache is a RefCell).
-        static CONFIGS: &'static [Config; 3] = Box::leak(Box::new(build()));
-    }
-    CONFIGS.with(|c| *c)
+thread_local! {
+    // Built once per fuzzing thread (a Config is not Sync: its JWT cache is a RefCell).
+    static GATEWAYS: RefCell<Vec<Gateway<'static>>> =
+        RefCell::new(Box::leak(Box::new(build())).iter().map(Gateway::new).collect());
 }
 
 fn build() -> [Config; 3] {
@@ -45,29 +44,35 @@ fn build() -> [Config; 3] {
     }
 }
 
-fn keys(config: &Config, method: &str, target: &str, headers: &[(&str, String)]) -> Option<BTreeSet<String>> {
-    let header = |name: &str| headers.iter().find(|(n, _)| *n == name).map(|(_, v)| v.clone());
-    match plan(config, &RequestFacts { method, target, header: &header, now_ms: 1.8e12 }) {
-        Plan::Limit(l) => {
-            for c in &l.checks {
-                assert!(c.key.starts_with("rate:"), "{}", c.key);
-                assert!(c.key.bytes().all(|b| b > b' ' && b < 0x7f && !b"*?[]".contains(&b)), "{:?}", c.key);
+/// The bucket keys of the script call `begin` starts with (empty: forwarded without limits); `None`
+/// when the request is refused outright (401, 400, 403).
+fn keys(gw: &mut Gateway<'static>, method: &str, target: &str, headers: &[(&str, String)]) -> Option<BTreeSet<String>> {
+    let values: Vec<Option<&str>> =
+        gw.header_names().iter().map(|n| headers.iter().find(|(h, _)| h == n).map(|(_, v)| v.as_str())).collect();
+    let url = format!("https://gw.test{}{target}", if target.starts_with('/') { "" } else { "/" });
+    match gw.begin(&Request { method, url: &url, headers: &values }, 1.8e12) {
+        Step::Fetch(f) => {
+            let args: Vec<String> = serde_json::from_str(&f.body).expect("a JSON array of strings");
+            let n: usize = args[2].parse().unwrap();
+            let limits: usize = args[3 + n + 2].parse().unwrap();
+            for key in &args[3..3 + limits] {
+                assert!(key.starts_with("rate:"), "{key}");
+                assert!(key.bytes().all(|b| b > b' ' && b < 0x7f && !b"*?[]".contains(&b)), "{key:?}");
             }
-            Some(l.checks.into_iter().map(|c| c.key).collect())
+            Some(args[3..3 + limits].iter().cloned().collect())
         }
-        Plan::Unlimited => Some(BTreeSet::new()),
-        // The same headers refuse the twin the same way.
-        Plan::Unauthorized(_) | Plan::Unidentified(_) | Plan::Forbidden => None,
+        Step::Forward { .. } => Some(BTreeSet::new()),
+        Step::Respond { response, .. } => {
+            assert!([400, 401, 403, 404].contains(&response.status), "{}", response.status);
+            None
+        }
+        other => panic!("{other:?}"),
     }
 }
 
-/// The names of the limits a request is checked against.
-fn limit_names(config: &Config, method: &str, target: &str, headers: &[(&str, String)]) -> BTreeSet<String> {
-    let header = |name: &str| headers.iter().find(|(n, _)| *n == name).map(|(_, v)| v.clone());
-    match plan(config, &RequestFacts { method, target, header: &header, now_ms: 1.8e12 }) {
-        Plan::Limit(l) => l.checks.iter().map(|c| c.policy.to_string()).collect(),
-        _ => BTreeSet::new(),
-    }
+/// The names of the limits a request is checked against (the `#<name>` of a policy's keys).
+fn limit_names(keys: &BTreeSet<String>) -> BTreeSet<String> {
+    keys.iter().filter_map(|k| k.rsplit_once('#').map(|(_, n)| n.to_string())).collect()
 }
 
 /// A spelling of canonical `path` that an origin reads as the same path, chosen by `ops`.
@@ -223,11 +228,15 @@ fuzz_target!(|data: &[u8]| {
         }
     }
     let ops = parts.next().unwrap_or("").as_bytes().to_vec();
-    let config = &configs()[usize::from(*selector) % 3];
+    GATEWAYS
+        .with(|gateways| check(&mut gateways.borrow_mut()[usize::from(*selector) % 3], method, target, &headers, &ops));
+});
 
-    let Some(original) = keys(config, method, target, &headers) else { return };
+fn check(gw: &mut Gateway<'static>, method: &str, target: &str, headers: &[(&str, String)], ops: &[u8]) {
+    let config = gw.config();
+    let Some(original) = keys(gw, method, target, headers) else { return };
     if config.policy.is_some() {
-        let names = limit_names(config, method, target, &headers);
+        let names = limit_names(&original);
         let fold = config.path_case_insensitive;
         let path = target.split(['?', '#']).next().unwrap_or("");
         for (methods, route, limits) in rules() {
@@ -246,9 +255,9 @@ fuzz_target!(|data: &[u8]| {
     }
     let path = target.split(['?', '#']).next().unwrap_or("");
     let twin = normalize_with(path, config.path_case_insensitive);
-    let twin_keys = keys(config, method, &twin, &headers).expect("the twin is refused as the original is not");
+    let twin_keys = keys(gw, method, &twin, headers).expect("the twin is refused as the original is not");
     assert!(twin_keys.is_subset(&original), "{target:?} matches fewer limits than its twin {twin:?}");
-    let spelled = respell(&twin, &ops);
-    let spelled_keys = keys(config, method, &spelled, &headers).expect("the respelling is refused");
+    let spelled = respell(&twin, ops);
+    let spelled_keys = keys(gw, method, &spelled, headers).expect("the respelling is refused");
     assert!(twin_keys.is_subset(&spelled_keys), "{spelled:?} matches fewer limits than {twin:?}");
-});
+}

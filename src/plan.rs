@@ -1,0 +1,256 @@
+//! What to do with a request before Redis is asked: who is calling (verified
+//! token, trusted header, client IP), whether a list decides it, and which
+//! limits apply.
+
+use std::net::IpAddr;
+
+use crate::config::Config;
+use crate::identity::{identify, Caller, IdentityError};
+use crate::jwt::{JwtError, JwtMode, SignatureCheck, Verification, Verified};
+use crate::key::{bucket_key, subject_key};
+use crate::limiter::Check;
+use crate::overrides;
+use crate::path::{normalize_with, percent_decode, views};
+use crate::policy::Facts;
+
+/// The zero-config policy's name in `RateLimit-Policy`.
+pub const DEFAULT_POLICY: &str = "default";
+
+/// The parts of a request the gateway looks at.
+pub struct RequestFacts<'a> {
+    pub method: &'a str,
+    /// Path and query as sent (`/a/b?c`).
+    pub target: &'a str,
+    /// A request header by lower-case name (one the gateway reads: [`crate::Gateway::header_names`]).
+    pub header: &'a dyn Fn(&str) -> Option<&'a str>,
+    /// Epoch milliseconds.
+    pub now_ms: f64,
+}
+
+#[derive(Debug)]
+pub enum Plan<'c> {
+    /// 401: the token is missing (required) or invalid.
+    Unauthorized(JwtError),
+    /// The token's signature is for the executor to check (WebCrypto); plan again with its verdict.
+    Signature(SignatureCheck),
+    /// 400: no identity at all.
+    Unidentified(IdentityError),
+    /// 403: the deny list names the caller or its network.
+    Forbidden,
+    /// Forward without limiting: allow-listed, or no rule applies.
+    Unlimited,
+    /// Ask Redis about these limits, all at once.
+    Limit(Limited<'c>),
+}
+
+/// The limits of a request, and who is asking (for metrics).
+#[derive(Debug)]
+pub struct Limited<'c> {
+    pub checks: Vec<Check<'c>>,
+    /// The caller as in keys (`alice`, `@ip/…`).
+    pub subject: String,
+    pub tier: Option<String>,
+}
+
+/// The bearer token of an `Authorization` header.
+pub fn bearer(authorization: Option<&str>) -> Option<&str> {
+    let v = authorization?.trim();
+    v.get(..7).filter(|p| p.eq_ignore_ascii_case("bearer ")).map(|_| v[7..].trim())
+}
+
+/// The plan for a request. `verified` is the caller its token proved, once the executor has checked
+/// the token's signature ([`Plan::Signature`]).
+pub fn plan<'c>(config: &'c Config, req: &RequestFacts<'_>, verified: Option<Verified>) -> Plan<'c> {
+    let header = req.header;
+    let mut tier = None;
+    let mut caller = None;
+    if config.jwt.mode != JwtMode::Off {
+        let checked = match (verified, bearer(header("authorization"))) {
+            (Some(v), _) => Some(Ok(v)),
+            (None, Some(token)) => match config.jwt.verify(token, (req.now_ms / 1000.0).floor() as i64) {
+                Verification::Verified(v) => Some(Ok(v)),
+                Verification::Refused(e) => Some(Err(e)),
+                Verification::Signature(check) => return Plan::Signature(check),
+            },
+            (None, None) if config.jwt.mode == JwtMode::Required => Some(Err(JwtError::Missing)),
+            (None, None) => None,
+        };
+        match checked {
+            Some(Ok(v)) => {
+                tier = v.tier;
+                caller = Some(Caller::User(v.subject));
+            }
+            Some(Err(e)) => return Plan::Unauthorized(e),
+            None => {}
+        }
+    }
+    let client_ip = header("cf-connecting-ip");
+    let caller = match caller {
+        Some(c) => c,
+        None => {
+            let user = config.user_id_header.as_deref().and_then(header);
+            match identify(user, client_ip, config.ipv6_prefix) {
+                Ok(c) => c,
+                Err(e) => return Plan::Unidentified(e),
+            }
+        }
+    };
+    // With a policy, every view of the path is matched against the rules; without, only the canonical
+    // path (the bucket key) matters.
+    let paths = match config.policy {
+        Some(_) => views(req.target, config.path_case_insensitive),
+        None => vec![normalize_with(req.target, config.path_case_insensitive)],
+    };
+
+    if let Some(policy) = &config.policy {
+        let ip: Option<IpAddr> = client_ip.and_then(|ip| ip.trim().parse().ok());
+        let user = match &caller {
+            Caller::User(id) => Some(id.as_str()),
+            Caller::Ip { .. } => None,
+        };
+        if policy.deny.contains(user, ip) {
+            return Plan::Forbidden;
+        }
+        if policy.allow.contains(user, ip) {
+            return Plan::Unlimited;
+        }
+    }
+    let (client, method_overrides) = match config.policy {
+        Some(_) => (
+            client_ip.and_then(|ip| identify(None, Some(ip), config.ipv6_prefix).ok()),
+            method_overrides(header, req.target),
+        ),
+        None => (None, Vec::new()),
+    };
+    let on = Target { method: req.method, method_overrides: &method_overrides, paths: &paths };
+    match limits_for(config, &caller, client.as_ref(), tier, &on, header) {
+        Some(limited) => Plan::Limit(limited),
+        None => Plan::Unlimited,
+    }
+}
+
+/// Request headers that name a method the origin may run instead of the request's own: Rails and
+/// Express (`X-HTTP-Method-Override`), ASP.NET (`X-HTTP-Method`), others (`X-Method-Override`). The
+/// edge reads them when a policy is set.
+pub const METHOD_OVERRIDE_HEADERS: [&str; 3] = ["x-http-method-override", "x-http-method", "x-method-override"];
+
+/// Methods a form POST may carry in its `_method` field (Rails, Laravel, Symfony). Bodies are never
+/// read, so a form POST counts under the rules for each of them.
+const FORM_METHODS: [&str; 3] = ["PUT", "PATCH", "DELETE"];
+
+/// Every method the origin may run for this request besides its own: each override header's values,
+/// the `_method` query parameter, and for a form POST the methods a form can override to.
+pub fn method_overrides<'a>(header: &dyn Fn(&str) -> Option<&'a str>, target: &str) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    let mut add = |m: &str| {
+        let m = m.trim().to_ascii_uppercase();
+        if !m.is_empty() && !out.contains(&m) {
+            out.push(m);
+        }
+    };
+    for name in METHOD_OVERRIDE_HEADERS {
+        if let Some(v) = header(name) {
+            v.split(',').for_each(&mut add);
+        }
+    }
+    let query = target.split('#').next().unwrap_or("").split_once('?').map_or("", |(_, q)| q);
+    for pair in query.split(['&', ';']) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        let decode = |s: &str| String::from_utf8_lossy(&percent_decode(s.replace('+', " ").as_bytes())).into_owned();
+        if decode(k).trim().eq_ignore_ascii_case("_method") {
+            add(&decode(v));
+        }
+    }
+    let form = header("content-type").is_some_and(|t| {
+        let t = t.trim().to_ascii_lowercase();
+        t.starts_with("application/x-www-form-urlencoded") || t.starts_with("multipart/form-data")
+    });
+    if form {
+        FORM_METHODS.iter().for_each(|m| add(m));
+    }
+    out
+}
+
+/// A request's method(s) and path.
+pub struct Target<'a> {
+    pub method: &'a str,
+    /// Methods the origin may run instead ([`method_overrides`]): a rule for any of them applies.
+    pub method_overrides: &'a [String],
+    /// The views of the path ([`crate::path::views`]), the canonical one first; the bucket key and
+    /// route overrides use the canonical one.
+    pub paths: &'a [String],
+}
+
+impl Target<'_> {
+    /// The canonical path.
+    pub fn path(&self) -> &str {
+        &self.paths[0]
+    }
+}
+
+/// The limits a request of `caller` (in `tier`, from `client`) to `on` is checked against, each with
+/// the override keys that may replace its numbers; `None` when no rule applies. The admin API's
+/// peek and reset use it too, so they name exactly the buckets a request would use.
+pub fn limits_for<'c, 'h>(
+    config: &'c Config,
+    caller: &Caller,
+    client: Option<&Caller>,
+    tier: Option<String>,
+    on: &Target<'_>,
+    header: &dyn Fn(&str) -> Option<&'h str>,
+) -> Option<Limited<'c>> {
+    let subject = subject_key(caller);
+    let Some(policy) = &config.policy else {
+        let mut overrides = vec![overrides::caller_key(&subject)];
+        // A path too long for its own bucket key (hashed there) has no route override either.
+        if on.path().len() <= crate::key::MAX_PATH_BYTES {
+            overrides.push(overrides::route_key(on.path()));
+        }
+        overrides.extend(tier.as_deref().map(overrides::tier_key));
+        let check = Check {
+            key: bucket_key(caller, on.path()),
+            policy: DEFAULT_POLICY,
+            limit: &config.limit,
+            cost: 1,
+            shadow: false,
+            rule: DEFAULT_POLICY,
+            overrides,
+        };
+        return Some(Limited { checks: vec![check], subject, tier });
+    };
+    let facts = Facts {
+        method: on.method,
+        method_overrides: on.method_overrides,
+        paths: on.paths,
+        caller,
+        client,
+        tier: tier.as_deref(),
+    };
+    let applied = policy.applied(&facts, header);
+    if applied.is_empty() {
+        return None;
+    }
+    let tier = tier.or_else(|| policy.default_tier.clone());
+    let (caller_override, tier_override) = (overrides::caller_key(&subject), tier.as_deref().map(overrides::tier_key));
+    let checks = applied
+        .into_iter()
+        .map(|a| {
+            let mut overrides = Vec::with_capacity(3);
+            if a.per_caller {
+                overrides.push(caller_override.clone());
+            }
+            overrides.push(overrides::route_key(a.route));
+            overrides.extend(tier_override.clone());
+            Check {
+                key: a.key,
+                policy: a.name,
+                limit: a.limit,
+                cost: a.cost,
+                shadow: a.shadow,
+                rule: a.rule,
+                overrides,
+            }
+        })
+        .collect();
+    Some(Limited { checks, subject, tier })
+}

@@ -1,0 +1,247 @@
+//! Steps and replies as text for the executor (`js/shim.mjs`): one string in and one out per step,
+//! so a request crosses the wasm boundary once per step whatever its headers, and the executor needs
+//! nothing but `indexOf` and `split` to read a step.
+//!
+//! A request is `method \n url \n value … ` with one value per [`Gateway::header_names`]
+//! (`\0` for an absent header: header values never hold NUL or a line break).
+//!
+//! A step is `head \0 extra \0 body`: `head` is lines, its first the kind:
+//! - `R` respond: status, asset name (`""` = `body`), note, report ticket (`""` = none), report
+//!   timeout, then header name / value lines; `extra` is the report's pipeline body.
+//! - `F` forward: url (`""` = the request's own), note, report ticket, report timeout, then header
+//!   name / value lines to add; `extra` is the report's body.
+//! - `Q` fetch: ticket, `p` for `/pipeline` (else `""`), timeout ms; `body` is the POST body.
+//! - `W` wait: ticket, ms.
+//! - `V` verify: ticket, algorithm (`RS256`, `ES256`, `EdDSA`), kid, signature (base64url); `extra`
+//!   is the public JWK, `body` the signed data.
+//! - `B` read the body: ticket, the most bytes to accept.
+//! - `D` done.
+//!
+//! `extra` never holds NUL (it is JSON from [`crate::json`], which escapes control characters), so
+//! `body` is everything after the second NUL. A note is one line for the Worker's log.
+//!
+//! A reply is `(ticket, code, text)`: see [`reply`].
+//!
+//! [`Gateway::header_names`]: crate::Gateway::header_names
+
+use crate::gateway::{Fetch, Isolate, Reply, Step};
+use crate::http::{self, Body, Header};
+
+/// The method, URL and header values of a request in its wire form.
+pub fn decode_request(facts: &str) -> (&str, &str, Vec<Option<&str>>) {
+    let mut parts = facts.split('\n');
+    let method = parts.next().unwrap_or("GET");
+    let url = parts.next().unwrap_or("/");
+    (method, url, parts.map(|v| (v != "\0").then_some(v)).collect())
+}
+
+/// What the executor learns once per isolate: the header names to read, the REST URL and its
+/// authorization, and the 502 to answer when the origin cannot be reached —
+/// `names (\n-joined) \0 url \0 authorization \0 step`.
+pub fn encode_start(isolate: &Isolate) -> String {
+    let (url, authorization) = match isolate {
+        Isolate::Ready(g) => (g.config().redis_url.as_str(), g.config().redis_authorization.expose()),
+        Isolate::Misconfigured(_) => ("", ""),
+    };
+    let unreachable = Step::Respond { response: http::origin_unreachable(), note: None, report: None };
+    format!("{}\0{url}\0{authorization}\0{}", isolate.header_names().join("\n"), encode_step(&unreachable))
+}
+
+/// The reply for `code` and `text` from the executor: an HTTP status (100 to 599) with its body, or
+/// 0 the deadline passed, -1 unreachable, -2 woke, -3 / -4 the signature is invalid / valid, -5 the key
+/// could not be imported, -6 the body (in `text`), -7 the body was too long or unreadable.
+pub fn reply(code: i32, text: &str) -> Reply<'_> {
+    match code {
+        100..=599 => Reply::Http { status: code as u16, body: text },
+        0 => Reply::Timeout,
+        -2 => Reply::Woke,
+        -3 => Reply::Signature(Some(false)),
+        -4 => Reply::Signature(Some(true)),
+        -5 => Reply::Signature(None),
+        -6 => Reply::Body(Some(text)),
+        -7 => Reply::Body(None),
+        _ => Reply::Unreachable,
+    }
+}
+
+/// A step in its wire form.
+pub fn encode_step(step: &Step) -> String {
+    let mut head = String::with_capacity(128);
+    let (extra, body): (&str, &str) = match step {
+        Step::Respond { response, note, report } => {
+            let asset = match &response.body {
+                Body::Asset(a) => a.name(),
+                Body::Text(_) => "",
+            };
+            line(&mut head, "R");
+            line(&mut head, &response.status.to_string());
+            line(&mut head, asset);
+            note_line(&mut head, note.as_deref());
+            let extra = report_lines(&mut head, report.as_ref());
+            headers(&mut head, &response.headers);
+            (extra, response.text())
+        }
+        Step::Forward { url, headers: extra_headers, note, report } => {
+            line(&mut head, "F");
+            line(&mut head, url.as_deref().unwrap_or(""));
+            note_line(&mut head, note.as_deref());
+            let extra = report_lines(&mut head, report.as_ref());
+            headers(&mut head, extra_headers);
+            (extra, "")
+        }
+        Step::Fetch(f) => {
+            line(&mut head, "Q");
+            line(&mut head, &f.ticket.to_string());
+            line(&mut head, if f.pipeline { "p" } else { "" });
+            line(&mut head, &f.timeout_ms.to_string());
+            ("", f.body.as_str())
+        }
+        Step::Wait { ticket, ms } => {
+            line(&mut head, "W");
+            line(&mut head, &ticket.to_string());
+            line(&mut head, &ms.to_string());
+            ("", "")
+        }
+        Step::Verify { ticket, check } => {
+            line(&mut head, "V");
+            line(&mut head, &ticket.to_string());
+            line(&mut head, check.alg);
+            line(&mut head, &check.kid);
+            line(&mut head, &<base64ct::Base64UrlUnpadded as base64ct::Encoding>::encode_string(&check.signature));
+            (check.jwk.as_str(), check.data.as_str())
+        }
+        Step::ReadBody { ticket, max } => {
+            line(&mut head, "B");
+            line(&mut head, &ticket.to_string());
+            line(&mut head, &max.to_string());
+            ("", "")
+        }
+        Step::Done => {
+            line(&mut head, "D");
+            ("", "")
+        }
+    };
+    head.pop(); // the last line's `\n`
+    let mut out = String::with_capacity(head.len() + extra.len() + body.len() + 2);
+    out.push_str(&head);
+    out.push('\0');
+    out.push_str(extra);
+    out.push('\0');
+    out.push_str(body);
+    out
+}
+
+fn line(out: &mut String, text: &str) {
+    out.push_str(text);
+    out.push('\n');
+}
+
+/// A note on one line, with no character that would end a field.
+fn note_line(out: &mut String, note: Option<&str>) {
+    let note = note.unwrap_or("");
+    out.extend(note.chars().map(|c| if c.is_control() { ' ' } else { c }));
+    out.push('\n');
+}
+
+fn report_lines<'a>(out: &mut String, report: Option<&'a Fetch>) -> &'a str {
+    match report {
+        Some(f) => {
+            line(out, &f.ticket.to_string());
+            line(out, &f.timeout_ms.to_string());
+            &f.body
+        }
+        None => {
+            line(out, "");
+            line(out, "");
+            ""
+        }
+    }
+}
+
+fn headers(out: &mut String, headers: &[Header]) {
+    for (name, value) in headers {
+        line(out, name);
+        line(out, value);
+    }
+}
+
+/// Parses a step's wire form back (for tests of the executor's side of the format).
+pub fn decode_step(text: &str) -> Option<(Vec<&str>, &str, &str)> {
+    let first = text.find('\0')?;
+    let second = first + 1 + text[first + 1..].find('\0')?;
+    Some((text[..first].split('\n').collect(), &text[first + 1..second], &text[second + 1..]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::jwt::SignatureCheck;
+
+    #[test]
+    fn a_request_decodes_with_absent_headers() {
+        let (m, u, h) = decode_request("GET\nhttps://h/a?b\nalice\n\0\nBearer x");
+        assert_eq!((m, u), ("GET", "https://h/a?b"));
+        assert_eq!(h, [Some("alice"), None, Some("Bearer x")]);
+        assert_eq!(decode_request("POST\nhttps://h/").2, Vec::<Option<&str>>::new());
+    }
+
+    #[test]
+    fn every_step_has_its_fields_where_the_executor_reads_them() {
+        let report = Fetch { ticket: 9, pipeline: true, body: "[[\"HINCRBY\"]]".into(), timeout_ms: 500 };
+        let mut r = http::problem(429, "rate-limited", "Too Many Requests", "a\nb\0c");
+        r.headers.push(("retry-after", "12".into()));
+        let step = Step::Respond { response: r, note: Some("line one\nline two".into()), report: Some(report) };
+        let text = encode_step(&step);
+        let (head, extra, body) = decode_step(&text).unwrap();
+        assert_eq!(&head[..6], ["R", "429", "", "line one line two", "9", "500"]);
+        assert_eq!(&head[head.len() - 2..], ["retry-after", "12"]);
+        assert_eq!(extra, "[[\"HINCRBY\"]]");
+        assert!(body.contains("\"detail\":\"a\\nb\\u0000c\""), "{body}");
+
+        let f = Step::Forward {
+            url: None,
+            headers: vec![("ratelimit", "\"default\";r=4;t=12".into())],
+            note: None,
+            report: None,
+        };
+        let text = encode_step(&f);
+        assert_eq!(
+            decode_step(&text).unwrap(),
+            (vec!["F", "", "", "", "", "ratelimit", "\"default\";r=4;t=12"], "", "")
+        );
+
+        let q = Step::Fetch(Fetch { ticket: 3, pipeline: false, body: "[\"EVALSHA\"]".into(), timeout_ms: 499 });
+        assert_eq!(decode_step(&encode_step(&q)).unwrap(), (vec!["Q", "3", "", "499"], "", "[\"EVALSHA\"]"));
+
+        let check = SignatureCheck {
+            alg: "ES256",
+            kid: "ec-1".into(),
+            jwk: "{\"kty\":\"EC\"}".into(),
+            data: "h.p".into(),
+            signature: vec![251, 255],
+        };
+        let v = encode_step(&Step::Verify { ticket: 4, check });
+        assert_eq!(decode_step(&v).unwrap(), (vec!["V", "4", "ES256", "ec-1", "-_8"], "{\"kty\":\"EC\"}", "h.p"));
+        assert_eq!(decode_step(&encode_step(&Step::Wait { ticket: 5, ms: 2 })).unwrap().0, ["W", "5", "2"]);
+        assert_eq!(
+            decode_step(&encode_step(&Step::ReadBody { ticket: 6, max: 16384 })).unwrap().0,
+            ["B", "6", "16384"]
+        );
+        assert_eq!(decode_step(&encode_step(&Step::Done)).unwrap().0, ["D"]);
+    }
+
+    #[test]
+    fn reply_codes() {
+        assert_eq!(reply(200, "x"), Reply::Http { status: 200, body: "x" });
+        assert_eq!(reply(307, ""), Reply::Http { status: 307, body: "" });
+        assert_eq!(reply(0, ""), Reply::Timeout);
+        assert_eq!(reply(-1, ""), Reply::Unreachable);
+        assert_eq!(reply(600, ""), Reply::Unreachable);
+        assert_eq!(reply(-2, ""), Reply::Woke);
+        assert_eq!(
+            (reply(-3, ""), reply(-4, ""), reply(-5, "")),
+            (Reply::Signature(Some(false)), Reply::Signature(Some(true)), Reply::Signature(None))
+        );
+        assert_eq!((reply(-6, "{}"), reply(-7, "")), (Reply::Body(Some("{}")), Reply::Body(None)));
+    }
+}
