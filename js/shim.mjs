@@ -5,6 +5,7 @@
 // (src/wire.rs documents the format). A cached denial is one synchronous call into the wasm.
 // A Rust panic aborts as a WebAssembly trap; the instance is then reset so the next request runs on
 // a clean one, and this request gets a problem body without internal detail.
+import { env } from "cloudflare:workers";
 import * as wasm from "./index.js";
 import { assets } from "./assets.mjs";
 
@@ -23,13 +24,13 @@ let unreachable = ""; // the 502 step, for a forward whose origin cannot be reac
 const keys = new Map(); // WebCrypto keys by kid
 
 function start(env) {
-  const vars = {};
+  let vars = "";
   for (const name of wasm.variables().split("\n")) {
-    const v = env[name];
+    const v = env?.[name];
     if (v === undefined || v === null) continue;
-    vars[name] = typeof v === "string" ? v : typeof v === "object" ? JSON.stringify(v) : String(v);
+    vars += (vars === "" ? "" : "\0") + name + "\0" + (typeof v === "string" ? v : typeof v === "object" ? JSON.stringify(v) : String(v));
   }
-  const s = wasm.start(JSON.stringify(vars));
+  const s = wasm.start(vars);
   const a = s.indexOf("\0");
   const b = s.indexOf("\0", a + 1);
   const c = s.indexOf("\0", b + 1);
@@ -37,6 +38,18 @@ function start(env) {
   restUrl = s.slice(a + 1, b);
   restAuthorization = s.slice(b + 1, c);
   unreachable = s.slice(c + 1);
+}
+
+// The configuration is read, and a made-up request run through a scratch gateway (no I/O, no state
+// shared) so the runtime compiles the decision's code, when the isolate starts — Cloudflare starts it
+// during the TLS handshake — not on its first request. If the environment is not reachable from here,
+// the first request reads it.
+try {
+  start(env);
+  wasm.warm();
+} catch (e) {
+  console.error("edge-ratelimit could not start at load:", e);
+  names = null;
 }
 
 function crashed(e) {

@@ -18,6 +18,7 @@ use crate::config::{Clock, Config, FailMode};
 use crate::decision::Decision;
 use crate::http::{problem, problem_with, Asset, Body, Response};
 use crate::identity::{identify, Caller};
+use crate::json::Q;
 use crate::json::{self, Obj};
 use crate::limiter::{Check, Failure, Limiter};
 use crate::metrics::{Totals, DENIED_KEY, METRICS_KEY};
@@ -57,6 +58,12 @@ pub struct AdminRequest<'a> {
 /// path under the prefix as spelled, `Some(None)` for another spelling of it (answered 404, never
 /// forwarded), `None` for every other path.
 pub fn admin_target<'t>(config: &Config, target: &'t str) -> Option<Option<(&'t str, &'t str)>> {
+    let path = target.split(['?', '#']).next().unwrap_or("");
+    admin_target_of(config, target, &normalize_with(path, config.path_case_insensitive))
+}
+
+/// [`admin_target`] for a request whose canonical path is already known.
+pub fn admin_target_of<'t>(config: &Config, target: &'t str, canonical: &str) -> Option<Option<(&'t str, &'t str)>> {
     let (path, query) = target.split_once('?').unwrap_or((target, ""));
     let prefix = config.admin_prefix.as_str();
     if let Some(rest) = path.strip_prefix(prefix) {
@@ -67,9 +74,13 @@ pub fn admin_target<'t>(config: &Config, target: &'t str) -> Option<Option<(&'t 
     }
     // Another spelling (`/%5F_ratelimit/…`, `//__ratelimit/…`, `\__ratelimit`, `/__RateLimit/`,
     // `/__ratelimit;x/`): reserved all the same, whatever PATH_CASE_INSENSITIVE says (an origin may fold
-    // case on its own).
-    let canonical = normalize_with(path, true) + "/";
-    canonical.starts_with(&prefix.to_ascii_lowercase()).then_some(None)
+    // case on its own). The prefix holds only characters the canonical form writes as they are, so
+    // comparing without case is comparing the folded canonical path.
+    let bare = &prefix[..prefix.len() - 1];
+    let reserved = canonical.len() >= bare.len()
+        && canonical.as_bytes()[..bare.len()].eq_ignore_ascii_case(bare.as_bytes())
+        && matches!(canonical.as_bytes().get(bare.len()), None | Some(b'/'));
+    reserved.then_some(None)
 }
 
 /// Whether the edge should read this admin request's body: only for a write, and only once the token
@@ -213,7 +224,10 @@ pub fn route<'c>(config: &'c Config, req: &AdminRequest<'_>, now_ms: f64) -> Act
         (["overrides"], _) => done(method_not_allowed("GET")),
         (["overrides", scope, name @ ..], m) if !name.is_empty() => {
             let Some(scope) = Scope::parse(scope) else {
-                return done(bad_request("scope", &format!("{scope:?} is not a scope: use user, ip, tier or route")));
+                return done(bad_request(
+                    "scope",
+                    &format!("{} is not a scope: use user, ip, tier or route", Q(&scope)),
+                ));
             };
             let name = match decode(&name.join("/"), false) {
                 Some(n) if scope == Scope::Route => format!("/{n}"),
@@ -391,7 +405,7 @@ fn query_pairs(query: &str, allowed: &[&'static str]) -> Result<Vec<(&'static st
         let (k, v) = part.split_once('=').unwrap_or((part, ""));
         let k = decode(k, true).unwrap_or_default();
         let Some(&name) = allowed.iter().find(|a| **a == k) else {
-            let detail = format!("unknown query parameter {k:?}; expected {}", allowed.join(", "));
+            let detail = format!("unknown query parameter {}; expected {}", Q(&k), allowed.join(", "));
             return Err(bad_request("query", &detail));
         };
         let Some(v) = decode(v, true) else { return Err(bad_request(name, "not valid percent-encoded UTF-8")) };
@@ -409,7 +423,7 @@ fn bucket_query(config: &Config, pairs: &[(&'static str, String)]) -> Result<Buc
         (Some(u), None) if !u.is_empty() && !u.chars().any(char::is_control) => Caller::User(u.to_string()),
         (Some(_), None) => return Err(bad_request("user", "a user id is non-empty, without control characters")),
         (None, Some(ip)) => identify(None, Some(ip), config.ipv6_prefix)
-            .map_err(|_| bad_request("ip", &format!("{ip:?} is not an IP address")))?,
+            .map_err(|_| bad_request("ip", &format!("{} is not an IP address", Q(&ip))))?,
         (Some(_), Some(_)) => return Err(bad_request("user", "give either user or ip, not both")),
         (None, None) => return Err(bad_request("user", "give the caller: user=<id> or ip=<address>")),
     };
@@ -427,7 +441,7 @@ fn bucket_query(config: &Config, pairs: &[(&'static str, String)]) -> Result<Buc
         Some(t) => {
             let known = config.policy.as_ref().is_some_and(|p| p.tiers.iter().any(|x| x == t));
             if !known {
-                return Err(bad_request("tier", &format!("{t:?} is not a tier of the policy")));
+                return Err(bad_request("tier", &format!("{} is not a tier of the policy", Q(&t))));
             }
             Some(t.to_string())
         }

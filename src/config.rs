@@ -5,6 +5,7 @@
 use std::fmt;
 
 use crate::identity::DEFAULT_IPV6_PREFIX;
+use crate::json::Q;
 use crate::jwt::{JwtConfig, JwtSettings};
 use sha2::{Digest, Sha256};
 
@@ -168,7 +169,7 @@ impl Config {
         let limit = match optional(&var, "RATE_LIMIT_ALGORITHM") {
             None => limit,
             Some(a) => limit.with_algorithm(Algorithm::parse(&a.to_ascii_lowercase()).ok_or_else(|| {
-                err("RATE_LIMIT_ALGORITHM", format!("must be \"token-bucket\" or \"sliding-window\", got {a:?}"))
+                err("RATE_LIMIT_ALGORITHM", format!("must be \"token-bucket\" or \"sliding-window\", got {}", Q(&a)))
             })?),
         };
 
@@ -178,7 +179,7 @@ impl Config {
             Some(v) => {
                 let name = v.trim().to_ascii_lowercase();
                 if !name.bytes().all(is_token_byte) {
-                    return Err(err("USER_ID_HEADER", format!("{v:?} is not a valid HTTP header name")));
+                    return Err(err("USER_ID_HEADER", format!("{} is not a valid HTTP header name", Q(&v))));
                 }
                 Some(name)
             }
@@ -201,7 +202,7 @@ impl Config {
         let fail_mode = match optional(&var, "FAIL_MODE").as_deref().map(str::to_ascii_lowercase).as_deref() {
             None | Some("open") => FailMode::Open,
             Some("closed") => FailMode::Closed,
-            Some(other) => return Err(err("FAIL_MODE", format!("must be \"open\" or \"closed\", got {other:?}"))),
+            Some(other) => return Err(err("FAIL_MODE", format!("must be \"open\" or \"closed\", got {}", Q(&other)))),
         };
 
         let redis_timeout_ms = match optional(&var, "REDIS_TIMEOUT_MS") {
@@ -222,18 +223,21 @@ impl Config {
             None | Some("redis") => Clock::Redis,
             Some("worker") => Clock::Worker,
             Some(other) => {
-                return Err(err("RATE_LIMIT_CLOCK", format!("must be \"redis\" or \"worker\", got {other:?}")))
+                return Err(err("RATE_LIMIT_CLOCK", format!("must be \"redis\" or \"worker\", got {}", Q(&other))))
             }
         };
 
-        let path_case_insensitive =
-            match optional(&var, "PATH_CASE_INSENSITIVE").as_deref().map(str::to_ascii_lowercase).as_deref() {
-                None | Some("false") => false,
-                Some("true") => true,
-                Some(other) => {
-                    return Err(err("PATH_CASE_INSENSITIVE", format!("must be \"true\" or \"false\", got {other:?}")))
-                }
-            };
+        let path_case_insensitive = match optional(&var, "PATH_CASE_INSENSITIVE")
+            .as_deref()
+            .map(str::to_ascii_lowercase)
+            .as_deref()
+        {
+            None | Some("false") => false,
+            Some("true") => true,
+            Some(other) => {
+                return Err(err("PATH_CASE_INSENSITIVE", format!("must be \"true\" or \"false\", got {}", Q(&other))))
+            }
+        };
 
         let ipv6_prefix = match optional(&var, "IPV6_PREFIX") {
             None => DEFAULT_IPV6_PREFIX,
@@ -260,7 +264,7 @@ impl Config {
                 None | Some("true") => true,
                 Some("false") => false,
                 Some(other) => {
-                    return Err(err("JWT_REQUIRE_EXP", format!("must be \"true\" or \"false\", got {other:?}")))
+                    return Err(err("JWT_REQUIRE_EXP", format!("must be \"true\" or \"false\", got {}", Q(&other))))
                 }
             },
         })
@@ -295,7 +299,10 @@ impl Config {
         if !prefix_ok {
             return Err(err(
                 "ADMIN_PREFIX",
-                format!("must be a path like \"/__ratelimit/\" (starts and ends with /, letters, digits, _-.~), got {admin_prefix:?}"),
+                format!(
+                    "must be a path like \"/__ratelimit/\" (starts and ends with /, letters, digits, _-.~), got {}",
+                    Q(&admin_prefix)
+                ),
             ));
         }
         let whole_ms = |name: &'static str, default: u32, max: u32| -> Result<u32, ConfigError> {
@@ -357,7 +364,7 @@ fn required(var: &impl Fn(&str) -> Option<String>, name: &'static str) -> Result
 /// A whole number of plain digits: no sign, no fraction, no exponent, at most 2^53.
 fn parse_whole(text: &str) -> Result<u64, String> {
     if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(format!("must be a whole number, got {text:?}"));
+        return Err(format!("must be a whole number, got {}", Q(&text)));
     }
     match text.parse::<u64>() {
         Ok(n) if n <= 1 << 53 => Ok(n),

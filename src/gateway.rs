@@ -17,7 +17,7 @@ use crate::http::{self, Answer, Body, Header, Response};
 use crate::jwt::{JwtMode, SignatureCheck};
 use crate::limiter::{Failure, Limiter, Next, ScriptCall, TransportError};
 use crate::metrics::Metrics;
-use crate::path::path_and_query;
+use crate::path::{normalize_with, path_and_query};
 use crate::plan::{bearer, plan, Limited, Plan, RequestFacts, METHOD_OVERRIDE_HEADERS};
 use crate::policy::CountBy;
 
@@ -194,14 +194,15 @@ impl<'c> Gateway<'c> {
         if let Some(floor) = self.config.bench_floor {
             return self.floor(floor, target, now_ms);
         }
-        if let Some(spelled) = admin::admin_target(self.config, target) {
+        let canonical = normalize_with(target, self.config.path_case_insensitive);
+        if let Some(spelled) = admin::admin_target_of(self.config, target, &canonical) {
             return match spelled {
                 Some((rest, query)) => self.admin(req, rest, query, AdminBody::Unread, now_ms),
                 None => respond(http::not_found()),
             };
         }
         let header = |name: &str| self.header(req, name);
-        let facts = RequestFacts { method: req.method, target, header: &header, now_ms };
+        let facts = RequestFacts { method: req.method, target, canonical: &canonical, header: &header, now_ms };
         match plan(self.config, &facts, verified) {
             Plan::Limit(limited) => self.decide(limited, target, now_ms),
             Plan::Unlimited => self.forward(target, Vec::new(), None, None),
@@ -365,10 +366,10 @@ impl<'c> Gateway<'c> {
         now_ms: f64,
     ) -> Step {
         let note = match &result {
-            Err(failure) => Some(format!("rate limiter degraded ({}): {failure:?}", failure.reason())),
-            Ok(d) => {
-                d.shadow_denial().map(|l| format!("shadow limit {:?} would have denied {}", l.policy, limited.subject))
-            }
+            Err(failure) => Some(format!("rate limiter degraded ({}): {failure}", failure.reason())),
+            Ok(d) => d
+                .shadow_denial()
+                .map(|l| format!("shadow limit \"{}\" would have denied {}", l.policy, limited.subject)),
         };
         let outcome = self.limiter.outcome(result, self.config.fail_mode, &limited.checks, now_ms);
         let mut report = None;
@@ -528,6 +529,38 @@ impl Isolate {
             Isolate::Ready(g) => g.resume(ticket, reply, now_ms),
             Isolate::Misconfigured(e) => self::misconfigured(e),
         }
+    }
+}
+
+impl Isolate {
+    /// Runs one made-up request to its answer through a scratch gateway on the same configuration —
+    /// its own limiter, metrics and tickets, dropped after; no I/O, nothing of the real gateway
+    /// touched — so that the code a decision runs is compiled when the isolate starts, not on its first
+    /// request (the runtime compiles WebAssembly functions lazily, on their first call).
+    pub fn warm(&self) -> usize {
+        let Isolate::Ready(g) = self else { return 0 };
+        let mut scratch = Gateway::new(g.config);
+        let values: Vec<Option<&str>> = scratch
+            .header_names()
+            .iter()
+            .map(|n| match n.as_str() {
+                "cf-connecting-ip" => Some("192.0.2.1"),
+                n if Some(n) == g.config.user_id_header.as_deref() => Some("warm-up"),
+                _ => None,
+            })
+            .collect();
+        let step = scratch.begin(&Request { method: "GET", url: "https://warm-up.invalid/", headers: &values }, 0.0);
+        let mut written = crate::wire::encode_step(&step).len();
+        if let Step::Fetch(f) = step {
+            let limits = match scratch.pending.get(&f.ticket).map(|p| &p.work) {
+                Some(Work::Decide { limited, .. }) => limited.checks.len(),
+                _ => 0,
+            };
+            let reply = format!("{{\"result\":[1,0{}]}}", ",4,0,12000,5,60".repeat(limits));
+            let next = scratch.resume(f.ticket, Reply::Http { status: 200, body: &reply }, 0.0);
+            written += crate::wire::encode_step(&next).len();
+        }
+        written
     }
 }
 

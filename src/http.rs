@@ -4,12 +4,10 @@
 //! fields, `Retry-After`, `X-RateLimit-Status`). Problem bodies are RFC 9457 JSON and never carry
 //! internal detail; numbers in headers are RFC 9651 integers.
 
-use std::fmt::Write;
-
 use crate::config::ConfigError;
 use crate::decision::{Decision, MAX_SF_INTEGER};
 use crate::identity::IdentityError;
-use crate::json::Obj;
+use crate::json::{push_u64, Obj};
 use crate::jwt::JwtError;
 use crate::limiter::{Failure, Outcome};
 
@@ -93,6 +91,26 @@ pub fn problem_with(status: u16, kind: &str, title: &str, detail: &str, extend: 
     Response::new(status, "application/problem+json", extend(body).finish())
 }
 
+/// [`problem`]'s body written in one pass (a 429 is on the hot path): `kind` and `title` are the
+/// gateway's own plain words, `detail` is escaped.
+fn problem_fast(status: u16, kind: &'static str, title: &'static str, detail: &str) -> Response {
+    debug_assert!(kind
+        .bytes()
+        .chain(title.bytes())
+        .all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\' || b == b' '));
+    let mut body = String::with_capacity(96 + detail.len());
+    body.push_str("{\"type\":\"urn:edge-ratelimit:problem:");
+    body.push_str(kind);
+    body.push_str("\",\"title\":\"");
+    body.push_str(title);
+    body.push_str("\",\"status\":");
+    push_u64(&mut body, u64::from(status));
+    body.push_str(",\"detail\":");
+    crate::json::push_str(&mut body, detail);
+    body.push('}');
+    Response::new(status, "application/problem+json", body)
+}
+
 /// What the gateway does with a request once the limiter has spoken.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Answer {
@@ -129,11 +147,17 @@ fn degraded(failure: &Failure) -> Header {
 
 /// 429 with `Retry-After` and the RateLimit fields; `degraded` when the local bucket denied.
 fn rate_limited(decision: &Decision, degraded_by: Option<&Failure>) -> Response {
-    let detail = match (degraded_by, decision.most_restrictive()) {
-        (None, Some(l)) => format!("Rate limit \"{}\" exceeded; retry in {} s.", l.policy, decision.retry_after_s()),
-        _ => format!("Rate limit exceeded; retry in {} s.", decision.retry_after_s()),
-    };
-    let mut r = problem(429, "rate-limited", "Too Many Requests", &detail);
+    let mut detail = String::with_capacity(64);
+    detail.push_str("Rate limit ");
+    if let (None, Some(l)) = (degraded_by, decision.most_restrictive()) {
+        detail.push('"');
+        detail.push_str(&l.policy);
+        detail.push_str("\" ");
+    }
+    detail.push_str("exceeded; retry in ");
+    push_u64(&mut detail, decision.retry_after_s());
+    detail.push_str(" s.");
+    let mut r = problem_fast(429, "rate-limited", "Too Many Requests", &detail);
     r.headers.extend(rate_limit_headers(decision));
     r.headers.extend(degraded_by.map(degraded));
     r
@@ -142,23 +166,36 @@ fn rate_limited(decision: &Decision, degraded_by: Option<&Failure>) -> Response 
 /// The `RateLimit-Policy` and `RateLimit` fields (and `Retry-After` when denied, `X-RateLimit-Status`
 /// when a shadow limit would have denied).
 pub fn rate_limit_headers(decision: &Decision) -> Vec<Header> {
-    let mut policy = String::new();
+    let mut policy = String::with_capacity(40 * decision.limits.len());
     for l in decision.limits.iter().filter(|l| !l.shadow) {
         if !policy.is_empty() {
             policy.push_str(", ");
         }
-        let _ = write!(policy, "\"{}\";q={};w={}", l.policy, l.capacity, l.window_s.min(MAX_SF_INTEGER));
+        policy.push('"');
+        policy.push_str(&l.policy);
+        policy.push_str("\";q=");
+        push_u64(&mut policy, u64::from(l.capacity));
+        policy.push_str(";w=");
+        push_u64(&mut policy, l.window_s.min(MAX_SF_INTEGER));
     }
-    let mut headers = Vec::with_capacity(4);
+    let mut headers = Vec::with_capacity(6);
     if !policy.is_empty() {
         headers.push(("ratelimit-policy", policy));
     }
     if let Some(l) = decision.most_restrictive().filter(|l| !l.shadow) {
-        let (r, t) = (l.remaining.min(MAX_SF_INTEGER), l.reset_ms.div_ceil(1000).min(MAX_SF_INTEGER));
-        headers.push(("ratelimit", format!("\"{}\";r={r};t={t}", l.policy)));
+        let mut field = String::with_capacity(32 + l.policy.len());
+        field.push('"');
+        field.push_str(&l.policy);
+        field.push_str("\";r=");
+        push_u64(&mut field, l.remaining.min(MAX_SF_INTEGER));
+        field.push_str(";t=");
+        push_u64(&mut field, l.reset_ms.div_ceil(1000).min(MAX_SF_INTEGER));
+        headers.push(("ratelimit", field));
     }
     if !decision.allowed {
-        headers.push(("retry-after", decision.retry_after_s().to_string()));
+        let mut retry = String::with_capacity(8);
+        push_u64(&mut retry, decision.retry_after_s());
+        headers.push(("retry-after", retry));
     }
     if let Some(l) = decision.shadow_denial() {
         headers.push(("x-ratelimit-status", format!("shadow; limit=\"{}\"", l.policy)));

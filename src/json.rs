@@ -32,11 +32,39 @@ pub fn push_str(out: &mut String, s: &str) {
     out.push('"');
 }
 
+/// Appends `n` in decimal (without the formatting machinery: this is on every request's path).
+pub fn push_u64(out: &mut String, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    // Only ASCII digits were written.
+    out.push_str(std::str::from_utf8(&digits[i..]).unwrap_or("0"));
+}
+
 /// `s` as a JSON string literal.
 pub fn string(s: &str) -> String {
     let mut out = String::with_capacity(s.len() + 2);
     push_str(&mut out, s);
     out
+}
+
+/// A string shown quoted in a message, as a JSON string literal (`"a\"b"`): the one quoting every
+/// error message uses (it costs the wasm far less than `{:?}`, which brings Unicode tables along).
+pub struct Q<'a, T: ?Sized>(pub &'a T);
+
+impl<T: AsRef<str> + ?Sized> std::fmt::Display for Q<'_, T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut out = String::with_capacity(self.0.as_ref().len() + 2);
+        push_str(&mut out, self.0.as_ref());
+        f.write_str(&out)
+    }
 }
 
 /// A JSON array of already-written values.
@@ -161,5 +189,10 @@ mod tests {
         assert_eq!(v["a"], serde_json::json!(["x", "y"]));
         assert_eq!(v["o"], serde_json::json!({}));
         assert_eq!(array(Vec::new()), "[]");
+        for n in [0, 7, 10, 12345, u64::MAX] {
+            let mut s = String::new();
+            push_u64(&mut s, n);
+            assert_eq!(s, n.to_string());
+        }
     }
 }

@@ -34,6 +34,20 @@ pub fn bucket_key(caller: &Caller, path: &str) -> String {
     key
 }
 
+/// [`bucket_key`] from the caller's [`subject_key`].
+pub fn bucket_key_of(subject: &str, path: &str) -> String {
+    let mut key = String::with_capacity(6 + subject.len() + path.len().min(MAX_PATH_BYTES + 72));
+    key.push_str("rate:");
+    key.push_str(subject);
+    key.push(':');
+    if path.len() > MAX_PATH_BYTES {
+        push_digest(&mut key, path.as_bytes());
+    } else {
+        key.push_str(path);
+    }
+    key
+}
+
 /// The caller part of a key (`alice`, `@ip/203.0.113.7`, `@sha256/…`).
 pub fn subject_key(caller: &Caller) -> String {
     let mut s = String::new();
@@ -114,6 +128,13 @@ mod tests {
     fn ipv6_keys_name_the_prefix() {
         let ip = identify(None, Some("2001:db8:1:2::99"), 64).unwrap();
         assert_eq!(bucket_key(&ip, "/"), "rate:@ip/2001%3Adb8%3A1%3A2%3A%3A/64:/");
+    }
+
+    #[test]
+    fn a_key_from_the_subject_is_the_same_key() {
+        for (caller, path) in [(user("a:b"), "/x"), (user(&"z".repeat(300)), "/y"), (user("c"), &*"/p".repeat(600))] {
+            assert_eq!(bucket_key_of(&subject_key(&caller), path), bucket_key(&caller, path));
+        }
     }
 
     #[test]

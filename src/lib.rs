@@ -75,4 +75,4 @@ pub use policy::{parse_net, Applied, CountBy, Facts, LimitRule, Lists, Policy, R
 pub use rate::Refill;
 pub use script::{Variant, SCRIPT_FLAGGED, SCRIPT_FLAGGED_SHA, SCRIPT_PLAIN, SCRIPT_PLAIN_SHA};
 pub use upstash::{eval_body, evalsha_body, parse_script_reply, RestError};
-pub use wire::{decode_request, decode_step, encode_start, encode_step, reply};
+pub use wire::{decode_request, decode_step, decode_vars, encode_start, encode_step, reply};

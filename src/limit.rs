@@ -99,11 +99,11 @@ impl Limit {
         }
         let window = refill.seconds_for(f64::from(capacity.get()));
         if window > MAX_WINDOW_SECONDS {
-            let years = window as f64 / (365.0 * 86_400.0);
+            let years = window / (365 * 86_400);
             return Err(error(
                 LimitPart::Refill,
                 format!(
-                    "{capacity} tokens at this refill rate take {years:.3e} years to refill; at most 100 years \
+                    "{capacity} tokens at this refill rate take {years} years to refill; at most 100 years \
                      (raise the refill or lower the capacity)"
                 ),
             ));

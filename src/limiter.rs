@@ -61,6 +61,22 @@ impl From<TransportError> for Failure {
     }
 }
 
+/// The failure for the Worker's log: its reason and what the endpoint said (never in a response).
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Failure::Timeout => f.write_str("no answer within REDIS_TIMEOUT_MS"),
+            Failure::Unreachable => f.write_str("the REST endpoint could not be reached"),
+            Failure::Rest(RestError::NoScript) => f.write_str("NOSCRIPT, and this episode has had its EVAL"),
+            Failure::Rest(RestError::ShebangRejected) => f.write_str("the script's shebang was refused"),
+            Failure::Rest(RestError::Unauthorized) => f.write_str("the REST token was refused"),
+            Failure::Rest(RestError::Throttled) => f.write_str("Upstash's own request limit (HTTP 429)"),
+            Failure::Rest(RestError::Server(status) | RestError::Redirect(status)) => write!(f, "HTTP {status}"),
+            Failure::Rest(RestError::Redis(text) | RestError::Malformed(text)) => f.write_str(text),
+        }
+    }
+}
+
 impl Failure {
     /// A short reason for logs and the degraded-response header; no internal detail.
     pub fn reason(&self) -> &'static str {

@@ -11,6 +11,7 @@
 //! - `ratelimit:overrides`: a hash from those keys to the override as JSON, for listing.
 
 use crate::json::Obj;
+use crate::json::Q;
 
 use crate::identity::{identify, Caller};
 use crate::key::{push_escaped, subject_key};
@@ -52,7 +53,11 @@ impl Scope {
 
 /// The override key of a caller's limits (`subject` as in bucket keys: `alice`, `@ip/…`).
 pub fn caller_key(subject: &str) -> String {
-    format!("{KEY_PREFIX}caller:{subject}")
+    let mut k = String::with_capacity(KEY_PREFIX.len() + 7 + subject.len());
+    k.push_str(KEY_PREFIX);
+    k.push_str("caller:");
+    k.push_str(subject);
+    k
 }
 
 pub fn tier_key(tier: &str) -> String {
@@ -166,9 +171,9 @@ pub fn target_key(
         }
         Scope::Ip => {
             let caller = identify(None, Some(name), ipv6_prefix)
-                .map_err(|_| invalid("name", format!("{name:?} is not an IP address")))?;
+                .map_err(|_| invalid("name", format!("{} is not an IP address", Q(&name))))?;
             let Caller::Ip { addr, .. } = &caller else {
-                return Err(invalid("name", format!("{name:?} is not an IP address")));
+                return Err(invalid("name", format!("{} is not an IP address", Q(&name))));
             };
             Ok((caller_key(&subject_key(&caller)), addr.to_string()))
         }
@@ -176,27 +181,26 @@ pub fn target_key(
             let declared = policy.is_some_and(|p| p.tiers.iter().any(|t| t == name));
             if !declared {
                 let known = policy.map(|p| p.tiers.join(", ")).unwrap_or_default();
-                return Err(invalid("name", format!("{name:?} is not a tier of the policy (tiers: {known})")));
+                return Err(invalid("name", format!("{} is not a tier of the policy (tiers: {known})", Q(&name))));
             }
             Ok((tier_key(name), name.to_string()))
         }
         Scope::Route => {
-            let route =
-                match policy {
-                    Some(p) => p.rules.iter().find(|r| r.route == name).map(|r| r.route.clone()).ok_or_else(|| {
-                        invalid("name", format!("{name:?} is not the route of any rule of the policy"))
-                    })?,
-                    None => {
-                        if !name.starts_with('/') {
-                            return Err(invalid("name", "a route starts with /"));
-                        }
-                        let path = normalize_with(name, fold_case);
-                        if path.len() > crate::key::MAX_PATH_BYTES {
-                            return Err(invalid("name", "the path is too long to have its own bucket"));
-                        }
-                        path
+            let route = match policy {
+                Some(p) => p.rules.iter().find(|r| r.route == name).map(|r| r.route.clone()).ok_or_else(|| {
+                    invalid("name", format!("{} is not the route of any rule of the policy", Q(&name)))
+                })?,
+                None => {
+                    if !name.starts_with('/') {
+                        return Err(invalid("name", "a route starts with /"));
                     }
-                };
+                    let path = normalize_with(name, fold_case);
+                    if path.len() > crate::key::MAX_PATH_BYTES {
+                        return Err(invalid("name", "the path is too long to have its own bucket"));
+                    }
+                    path
+                }
+            };
             Ok((route_key(&route), route))
         }
     }
@@ -219,7 +223,7 @@ pub fn parse(
         return Err(invalid("body", "an override is a JSON object: {\"capacity\": 100, \"refill\": \"100/min\"}"));
     };
     if let Some(unknown) = members.keys().find(|k| !["capacity", "refill", "expires_in_s"].contains(&k.as_str())) {
-        return Err(invalid("body", format!("unknown field {unknown:?}; expected capacity, refill, expires_in_s")));
+        return Err(invalid("body", format!("unknown field {}; expected capacity, refill, expires_in_s", Q(&unknown))));
     }
     let raw = (&body["capacity"], &body["refill"], &body["expires_in_s"]);
     let capacity = raw

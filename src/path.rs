@@ -45,8 +45,13 @@ pub fn normalize_with(target: &str, fold_case: bool) -> String {
 /// parameters kept or cut): the canonical form first. A path without `%2F`, `%5C`, `%3B`, `\` or
 /// `;` has one view.
 pub fn views(target: &str, fold_case: bool) -> Vec<String> {
+    views_of(target, &normalize_with(target, fold_case), fold_case)
+}
+
+/// [`views`] for a target whose canonical path is already known.
+pub fn views_of(target: &str, canonical: &str, fold_case: bool) -> Vec<String> {
     let raw = raw_path(target);
-    let canonical = render(raw, CANONICAL, fold_case);
+    let canonical = canonical.to_string();
     let bytes = raw.as_bytes();
     let ambiguous = bytes.iter().any(|&b| b == b'\\' || b == b';')
         || bytes.windows(3).any(|w| {

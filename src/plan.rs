@@ -7,10 +7,10 @@ use std::net::IpAddr;
 use crate::config::Config;
 use crate::identity::{identify, Caller, IdentityError};
 use crate::jwt::{JwtError, JwtMode, SignatureCheck, Verification, Verified};
-use crate::key::{bucket_key, subject_key};
+use crate::key::{bucket_key_of, subject_key};
 use crate::limiter::Check;
 use crate::overrides;
-use crate::path::{normalize_with, percent_decode, views};
+use crate::path::{percent_decode, views_of};
 use crate::policy::Facts;
 
 /// The zero-config policy's name in `RateLimit-Policy`.
@@ -21,6 +21,8 @@ pub struct RequestFacts<'a> {
     pub method: &'a str,
     /// Path and query as sent (`/a/b?c`).
     pub target: &'a str,
+    /// The target's canonical path ([`crate::normalize_with`], folded as configured).
+    pub canonical: &'a str,
     /// A request header by lower-case name (one the gateway reads: [`crate::Gateway::header_names`]).
     pub header: &'a dyn Fn(&str) -> Option<&'a str>,
     /// Epoch milliseconds.
@@ -98,8 +100,8 @@ pub fn plan<'c>(config: &'c Config, req: &RequestFacts<'_>, verified: Option<Ver
     // With a policy, every view of the path is matched against the rules; without, only the canonical
     // path (the bucket key) matters.
     let paths = match config.policy {
-        Some(_) => views(req.target, config.path_case_insensitive),
-        None => vec![normalize_with(req.target, config.path_case_insensitive)],
+        Some(_) => views_of(req.target, req.canonical, config.path_case_insensitive),
+        None => vec![req.canonical.to_string()],
     };
 
     if let Some(policy) = &config.policy {
@@ -208,7 +210,7 @@ pub fn limits_for<'c, 'h>(
         }
         overrides.extend(tier.as_deref().map(overrides::tier_key));
         let check = Check {
-            key: bucket_key(caller, on.path()),
+            key: bucket_key_of(&subject, on.path()),
             policy: DEFAULT_POLICY,
             limit: &config.limit,
             cost: 1,

@@ -4,12 +4,12 @@
 //! strictly from JSON (`RATE_LIMIT_POLICY`): unknown fields, duplicate names,
 //! out-of-range numbers and unknown tiers are errors naming the rule and field.
 
-use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 
-use serde::Deserialize;
+use serde_json::Value;
 
 use crate::identity::Caller;
+use crate::json::Q;
 use crate::json::{self, Obj};
 use crate::key::{push_escaped, subject_key};
 use crate::limit::{Algorithm, Limit, LimitPart};
@@ -41,14 +41,15 @@ pub struct LimitRule {
     pub name: String,
     pub by: CountBy,
     pub base: Tiered,
-    pub tiers: HashMap<String, Tiered>,
+    /// Tier name → its numbers (a few at most: a list beats a map in code size).
+    pub tiers: Vec<(String, Tiered)>,
     pub shadow: bool,
 }
 
 impl LimitRule {
     /// The numbers for `tier` (the base numbers for no or an unknown tier).
     pub fn for_tier(&self, tier: Option<&str>) -> &Tiered {
-        tier.and_then(|t| self.tiers.get(t)).unwrap_or(&self.base)
+        tier.and_then(|t| self.tiers.iter().find(|(n, _)| n == t).map(|(_, n)| n)).unwrap_or(&self.base)
     }
 }
 
@@ -74,13 +75,15 @@ pub struct Rule {
 /// Users and networks.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Lists {
-    pub users: HashSet<String>,
+    /// Sorted and without duplicates (looked up by binary search).
+    pub users: Vec<String>,
     pub nets: Vec<(IpAddr, u8)>,
 }
 
 impl Lists {
     pub fn contains(&self, user: Option<&str>, ip: Option<IpAddr>) -> bool {
-        user.is_some_and(|u| self.users.contains(u)) || ip.is_some_and(|ip| self.nets.iter().any(|n| in_net(ip, *n)))
+        user.is_some_and(|u| self.users.binary_search_by(|x| x.as_str().cmp(u)).is_ok())
+            || ip.is_some_and(|ip| self.nets.iter().any(|n| in_net(ip, *n)))
     }
 }
 
@@ -186,15 +189,14 @@ impl Policy {
             CountBy::Global => "global".to_string(),
         };
         let lists = |l: &Lists| {
-            let mut users: Vec<&String> = l.users.iter().collect();
-            users.sort();
+            let users = &l.users;
             let ips: Vec<String> = l.nets.iter().map(|(ip, p)| format!("{ip}/{p}")).collect();
-            Obj::new().raw("users", &json::strings(&users)).raw("ips", &json::strings(&ips)).finish()
+            Obj::new().raw("users", &json::strings(users)).raw("ips", &json::strings(&ips)).finish()
         };
         let rules = json::array(self.rules.iter().map(|r| {
             let limits = json::array(r.limits.iter().map(|l| {
-                let mut tiers: Vec<(&String, &Tiered)> = l.tiers.iter().collect();
-                tiers.sort_by(|a, b| a.0.cmp(b.0));
+                let mut tiers: Vec<&(String, Tiered)> = l.tiers.iter().collect();
+                tiers.sort_by(|a, b| a.0.cmp(&b.0));
                 let tiers = tiers
                     .into_iter()
                     .fold(Obj::new(), |o, (t, n)| o.raw(t, &limit_json(Obj::new(), &n.limit, n.cost).finish()));
@@ -282,79 +284,211 @@ fn in_net(ip: IpAddr, (net, prefix): (IpAddr, u8)) -> bool {
 }
 
 // ---- parsing ----
+//
+// The document is read into a JSON tree and walked by hand rather than through derived
+// deserializers: the derives cost the wasm about 10 KB gzipped, and walking lets every message say
+// where it is (rule, limit, tier) and what was expected.
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 struct RawPolicy {
-    #[serde(default)]
     tiers: Vec<String>,
-    #[serde(default)]
     default_tier: Option<String>,
-    #[serde(default)]
     shadow: bool,
-    #[serde(default)]
     allow: Option<RawLists>,
-    #[serde(default)]
     deny: Option<RawLists>,
     rules: Vec<RawRule>,
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 struct RawLists {
-    #[serde(default)]
     users: Vec<String>,
-    #[serde(default)]
     ips: Vec<String>,
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 struct RawRule {
     name: String,
-    #[serde(default)]
     methods: Option<Vec<String>>,
     route: String,
-    #[serde(default)]
     shadow: bool,
-    #[serde(default)]
     algorithm: Option<String>,
     limits: Vec<RawLimit>,
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 struct RawLimit {
     name: String,
-    #[serde(default = "default_by")]
     by: String,
     capacity: serde_json::Number,
     refill: String,
-    #[serde(default)]
     cost: Option<serde_json::Number>,
-    #[serde(default)]
     ttl_seconds: Option<serde_json::Number>,
-    #[serde(default)]
     shadow: bool,
-    #[serde(default)]
     algorithm: Option<String>,
-    #[serde(default)]
-    tiers: HashMap<String, RawTier>,
+    tiers: Vec<(String, RawTier)>,
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 struct RawTier {
-    #[serde(default)]
     capacity: Option<serde_json::Number>,
-    #[serde(default)]
     refill: Option<String>,
-    #[serde(default)]
     cost: Option<serde_json::Number>,
 }
 
-fn default_by() -> String {
-    "user".into()
+/// One JSON object of the document, with the place it is at for messages.
+struct Fields<'v> {
+    at: String,
+    map: &'v serde_json::Map<String, Value>,
+}
+
+impl<'v> Fields<'v> {
+    /// `v` as an object whose fields are all among `known`.
+    fn of(v: &'v Value, at: String, known: &[&str]) -> Result<Fields<'v>, String> {
+        let Value::Object(map) = v else { return Err(format!("{at}must be an object")) };
+        if let Some(k) = map.keys().find(|k| !known.contains(&k.as_str())) {
+            let expected = known.iter().map(|f| format!("`{f}`")).collect::<Vec<_>>().join(", ");
+            return Err(format!("{at}unknown field `{k}`, expected one of {expected}"));
+        }
+        Ok(Fields { at, map })
+    }
+
+    fn get(&self, key: &str) -> Option<&'v Value> {
+        self.map.get(key).filter(|v| !v.is_null())
+    }
+
+    fn required(&self, key: &str) -> Result<&'v Value, String> {
+        self.get(key).ok_or_else(|| format!("{}missing field `{key}`", self.at))
+    }
+
+    fn text(&self, key: &str) -> Result<Option<String>, String> {
+        match self.get(key) {
+            None => Ok(None),
+            Some(Value::String(s)) => Ok(Some(s.clone())),
+            Some(_) => Err(format!("{}`{key}` must be a string", self.at)),
+        }
+    }
+
+    fn required_text(&self, key: &str) -> Result<String, String> {
+        self.required(key)?;
+        self.text(key).map(Option::unwrap_or_default)
+    }
+
+    fn texts(&self, key: &str) -> Result<Option<Vec<String>>, String> {
+        match self.get(key) {
+            None => Ok(None),
+            Some(Value::Array(items)) => items
+                .iter()
+                .map(|v| {
+                    v.as_str()
+                        .map(str::to_string)
+                        .ok_or_else(|| format!("{}`{key}` must be a list of strings", self.at))
+                })
+                .collect::<Result<Vec<_>, _>>()
+                .map(Some),
+            Some(_) => Err(format!("{}`{key}` must be a list of strings", self.at)),
+        }
+    }
+
+    fn flag(&self, key: &str) -> Result<bool, String> {
+        match self.get(key) {
+            None => Ok(false),
+            Some(Value::Bool(b)) => Ok(*b),
+            Some(_) => Err(format!("{}`{key}` must be true or false", self.at)),
+        }
+    }
+
+    fn number(&self, key: &str) -> Result<Option<serde_json::Number>, String> {
+        match self.get(key) {
+            None => Ok(None),
+            Some(Value::Number(n)) => Ok(Some(n.clone())),
+            Some(_) => Err(format!("{}`{key}` must be a number", self.at)),
+        }
+    }
+
+    fn required_number(&self, key: &str) -> Result<serde_json::Number, String> {
+        self.required(key)?;
+        self.number(key).map(|n| n.unwrap_or_else(|| serde_json::Number::from(0)))
+    }
+}
+
+/// Where a rule or a limit is, for messages: `rule "r", limit "l": `.
+fn place(v: &Value, kind: &str, parent: &str) -> String {
+    match v.get("name").and_then(Value::as_str) {
+        Some(name) => format!("{parent}{kind} {}: ", Q(name)),
+        None => parent.to_string(),
+    }
+}
+
+impl RawPolicy {
+    fn from_json(json: &str) -> Result<RawPolicy, String> {
+        let doc: Value = serde_json::from_str(json).map_err(|e| format!("not a valid policy document: {e}"))?;
+        let top = Fields::of(&doc, String::new(), &["tiers", "default_tier", "shadow", "allow", "deny", "rules"])?;
+        let lists = |key: &str| -> Result<Option<RawLists>, String> {
+            let Some(v) = top.get(key) else { return Ok(None) };
+            let f = Fields::of(v, format!("`{key}`: "), &["users", "ips"])?;
+            Ok(Some(RawLists {
+                users: f.texts("users")?.unwrap_or_default(),
+                ips: f.texts("ips")?.unwrap_or_default(),
+            }))
+        };
+        let rules = match top.required("rules")? {
+            Value::Array(rules) => rules.iter().map(RawRule::from_value).collect::<Result<Vec<_>, _>>()?,
+            _ => return Err("`rules` must be a list of rules".into()),
+        };
+        Ok(RawPolicy {
+            tiers: top.texts("tiers")?.unwrap_or_default(),
+            default_tier: top.text("default_tier")?,
+            shadow: top.flag("shadow")?,
+            allow: lists("allow")?,
+            deny: lists("deny")?,
+            rules,
+        })
+    }
+}
+
+impl RawRule {
+    fn from_value(v: &Value) -> Result<RawRule, String> {
+        let at = place(v, "rule", "");
+        let f = Fields::of(v, at.clone(), &["name", "methods", "route", "shadow", "algorithm", "limits"])?;
+        let limits = match f.required("limits")? {
+            Value::Array(limits) => {
+                limits.iter().map(|l| RawLimit::from_value(l, &at)).collect::<Result<Vec<_>, _>>()?
+            }
+            _ => return Err(format!("{at}`limits` must be a list of limits")),
+        };
+        Ok(RawRule {
+            name: f.required_text("name")?,
+            methods: f.texts("methods")?,
+            route: f.required_text("route")?,
+            shadow: f.flag("shadow")?,
+            algorithm: f.text("algorithm")?,
+            limits,
+        })
+    }
+}
+
+impl RawLimit {
+    fn from_value(v: &Value, rule: &str) -> Result<RawLimit, String> {
+        let at = place(v, "limit", &rule.replace(": ", ", "));
+        let known = ["name", "by", "capacity", "refill", "cost", "ttl_seconds", "shadow", "algorithm", "tiers"];
+        let f = Fields::of(v, at.clone(), &known)?;
+        let mut tiers = Vec::new();
+        if let Some(t) = f.get("tiers") {
+            let Value::Object(map) = t else { return Err(format!("{at}`tiers` must be an object of tiers")) };
+            for (name, tier) in map {
+                let tf = Fields::of(tier, format!("{at}tier {}: ", Q(name)), &["capacity", "refill", "cost"])?;
+                let raw =
+                    RawTier { capacity: tf.number("capacity")?, refill: tf.text("refill")?, cost: tf.number("cost")? };
+                tiers.push((name.clone(), raw));
+            }
+        }
+        Ok(RawLimit {
+            name: f.required_text("name")?,
+            by: f.text("by")?.unwrap_or_else(|| "user".into()),
+            capacity: f.required_number("capacity")?,
+            refill: f.required_text("refill")?,
+            cost: f.number("cost")?,
+            ttl_seconds: f.number("ttl_seconds")?,
+            shadow: f.flag("shadow")?,
+            algorithm: f.text("algorithm")?,
+            tiers,
+        })
+    }
 }
 
 const METHODS: [&str; 9] = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "CONNECT", "TRACE"];
@@ -365,34 +499,37 @@ impl Policy {
     /// Parses a policy document. `ttl_seconds` is the default bucket TTL; `fold_case` must match
     /// how request paths are normalised.
     pub fn parse(json: &str, ttl_seconds: u64, fold_case: bool) -> Result<Policy, String> {
-        let raw: RawPolicy = serde_json::from_str(json).map_err(|e| format!("not a valid policy document: {e}"))?;
+        let raw = RawPolicy::from_json(json)?;
         if raw.rules.is_empty() {
             return Err("`rules` is empty: a policy needs at least one rule".into());
         }
         if raw.rules.len() > MAX_RULES {
             return Err(format!("`rules` has {} rules; at most {MAX_RULES}", raw.rules.len()));
         }
-        let mut tiers = HashSet::new();
+        let mut tiers: Vec<&str> = Vec::new();
         for t in &raw.tiers {
-            check_name(t).map_err(|m| format!("tier {t:?}: {m}"))?;
-            if !tiers.insert(t.as_str()) {
-                return Err(format!("tier {t:?} is declared twice"));
+            check_name(t).map_err(|m| format!("tier {}: {m}", Q(&t)))?;
+            if tiers.contains(&t.as_str()) {
+                return Err(format!("tier {} is declared twice", Q(&t)));
             }
+            tiers.push(t.as_str());
         }
         if let Some(t) = &raw.default_tier {
-            if !tiers.contains(t.as_str()) {
-                return Err(format!("`default_tier` {t:?} is not one of the declared `tiers`"));
+            if !tiers.contains(&t.as_str()) {
+                return Err(format!("`default_tier` {} is not one of the declared `tiers`", Q(&t)));
             }
         }
-        let mut rule_names = HashSet::new();
-        let mut limit_names: HashMap<String, String> = HashMap::new();
+        // Names seen so far (at most 256 rules of 8 limits: a list is enough).
+        let mut rule_names: Vec<String> = Vec::new();
+        let mut limit_names: Vec<(String, String)> = Vec::new();
         let mut rules = Vec::with_capacity(raw.rules.len());
         for r in raw.rules {
-            let at = format!("rule {:?}", r.name);
+            let at = format!("rule {}", Q(&r.name));
             check_name(&r.name).map_err(|m| format!("{at}: `name` {m}"))?;
-            if !rule_names.insert(r.name.clone()) {
+            if rule_names.contains(&r.name) {
                 return Err(format!("{at}: duplicate rule name"));
             }
+            rule_names.push(r.name.clone());
             let methods = match r.methods {
                 None => None,
                 Some(ms) if ms.is_empty() => {
@@ -403,7 +540,7 @@ impl Policy {
                     for m in ms {
                         let up = m.to_ascii_uppercase();
                         if !METHODS.contains(&up.as_str()) {
-                            return Err(format!("{at}: `methods` has unknown method {m:?}"));
+                            return Err(format!("{at}: `methods` has unknown method {}", Q(&m)));
                         }
                         out.push(up);
                     }
@@ -423,11 +560,15 @@ impl Policy {
             };
             let mut limits = Vec::new();
             for l in r.limits {
-                let at = format!("{at}, limit {:?}", l.name);
+                let at = format!("{at}, limit {}", Q(&l.name));
                 check_name(&l.name).map_err(|m| format!("{at}: `name` {m}"))?;
-                if let Some(other) = limit_names.insert(l.name.clone(), r.name.clone()) {
-                    return Err(format!("{at}: duplicate limit name (also in rule {other:?}); limit names are unique"));
+                if let Some((_, other)) = limit_names.iter().find(|(n, _)| *n == l.name) {
+                    return Err(format!(
+                        "{at}: duplicate limit name (also in rule {}); limit names are unique",
+                        Q(other)
+                    ));
                 }
+                limit_names.push((l.name.clone(), r.name.clone()));
                 let by = match l.by.as_str() {
                     "user" => CountBy::User,
                     "ip" => CountBy::Ip,
@@ -440,7 +581,8 @@ impl Policy {
                         }
                         _ => {
                             return Err(format!(
-                                "{at}: `by` must be \"user\", \"ip\", \"global\" or \"header:<name>\", got {other:?}"
+                                "{at}: `by` must be \"user\", \"ip\", \"global\" or \"header:<name>\", got {}",
+                                Q(&other)
                             ))
                         }
                     },
@@ -457,17 +599,18 @@ impl Policy {
                 };
                 let base =
                     tiered(&l.capacity, &l.refill, l.cost.as_ref(), ttl, algo).map_err(|m| format!("{at}: {m}"))?;
-                let mut by_tier = HashMap::new();
+                let mut by_tier: Vec<(String, Tiered)> = Vec::new();
                 for (tier, t) in &l.tiers {
-                    if !tiers.contains(tier.as_str()) {
-                        return Err(format!("{at}: tier {tier:?} is not one of the declared `tiers`"));
+                    if !tiers.contains(&tier.as_str()) {
+                        return Err(format!("{at}: tier {} is not one of the declared `tiers`", Q(&tier)));
                     }
                     let capacity = t.capacity.as_ref().unwrap_or(&l.capacity);
                     let refill = t.refill.as_deref().unwrap_or(&l.refill);
                     let cost = t.cost.as_ref().or(l.cost.as_ref());
-                    let numbers =
-                        tiered(capacity, refill, cost, ttl, algo).map_err(|m| format!("{at}, tier {tier:?}: {m}"))?;
-                    by_tier.insert(tier.clone(), numbers);
+                    let numbers = tiered(capacity, refill, cost, ttl, algo)
+                        .map_err(|m| format!("{at}, tier {}: {m}", Q(&tier)))?;
+                    by_tier.retain(|(t, _)| t != tier);
+                    by_tier.push((tier.clone(), numbers));
                 }
                 limits.push(LimitRule {
                     name: l.name,
@@ -516,7 +659,7 @@ fn whole(n: &serde_json::Number, min: u64, max: u64) -> Result<u64, String> {
 }
 
 fn algorithm(text: &str) -> Result<Algorithm, String> {
-    Algorithm::parse(text).ok_or_else(|| format!("must be \"token-bucket\" or \"sliding-window\", got {text:?}"))
+    Algorithm::parse(text).ok_or_else(|| format!("must be \"token-bucket\" or \"sliding-window\", got {}", Q(&text)))
 }
 
 fn check_name(name: &str) -> Result<(), String> {
@@ -525,22 +668,23 @@ fn check_name(name: &str) -> Result<(), String> {
     if ok {
         Ok(())
     } else {
-        Err(format!("{name:?} must be 1 to 64 of A-Z a-z 0-9 _ . -"))
+        Err(format!("{} must be 1 to 64 of A-Z a-z 0-9 _ . -", Q(&name)))
     }
 }
 
 fn parse_route(route: &str, fold_case: bool) -> Result<Vec<Segment>, String> {
     if !route.starts_with('/') {
-        return Err(format!("{route:?} must start with /"));
+        return Err(format!("{} must start with /", Q(&route)));
     }
     if route.contains(['?', '#', '\\']) || route.bytes().any(|b| b <= b' ' || b >= 0x7f) {
-        return Err(format!("{route:?} may not contain a query, fragment, backslash, space or control character"));
+        return Err(format!("{} may not contain a query, fragment, backslash, space or control character", Q(&route)));
     }
     let lower = route.to_ascii_lowercase();
     if route.contains(';') || ["%2f", "%5c", "%3b"].iter().any(|e| lower.contains(e)) {
         return Err(format!(
-            "{route:?} may not contain `;` or an encoded `/`, `\\` or `;`: paths are matched with their path \
-             parameters cut and their separators decoded"
+            "{} may not contain `;` or an encoded `/`, `\\` or `;`: paths are matched with their path \
+             parameters cut and their separators decoded",
+            Q(&route)
         ));
     }
     let parts: Vec<&str> = route.split('/').filter(|s| !s.is_empty()).collect();
@@ -548,16 +692,16 @@ fn parse_route(route: &str, fold_case: bool) -> Result<Vec<Segment>, String> {
     for (i, part) in parts.iter().enumerate() {
         if *part == "*" {
             if i + 1 != parts.len() {
-                return Err(format!("{route:?}: `*` may only be the last segment"));
+                return Err(format!("{}: `*` may only be the last segment", Q(&route)));
             }
             segments.push(Segment::Rest);
         } else if let Some(name) = part.strip_prefix(':') {
-            check_name(name).map_err(|m| format!("{route:?}: parameter {m}"))?;
+            check_name(name).map_err(|m| format!("{}: parameter {m}", Q(&route)))?;
             segments.push(Segment::Param);
         } else if part.contains('*') {
-            return Err(format!("{route:?}: `*` must be a whole segment"));
+            return Err(format!("{}: `*` must be a whole segment", Q(&route)));
         } else if matches!(*part, "." | "..") {
-            return Err(format!("{route:?}: `.` and `..` segments are not allowed"));
+            return Err(format!("{}: `.` and `..` segments are not allowed", Q(&route)));
         } else {
             // The literal as the normaliser would write it, so it compares with canonical paths.
             let canonical = normalize_with(&format!("/{part}"), fold_case);
@@ -572,10 +716,12 @@ fn lists(raw: Option<RawLists>, field: &str) -> Result<Lists, String> {
     let mut out = Lists::default();
     for u in raw.users {
         if u.trim().is_empty() || u.trim() != u {
-            return Err(format!("`{field}.users` has a blank or padded id {u:?}"));
+            return Err(format!("`{field}.users` has a blank or padded id {}", Q(&u)));
         }
-        out.users.insert(u);
+        out.users.push(u);
     }
+    out.users.sort();
+    out.users.dedup();
     for ip in raw.ips {
         out.nets.push(parse_net(&ip).map_err(|m| format!("`{field}.ips`: {m}"))?);
     }
@@ -588,15 +734,15 @@ pub fn parse_net(text: &str) -> Result<(IpAddr, u8), String> {
         Some((a, p)) => (a, Some(p)),
         None => (text, None),
     };
-    let addr: IpAddr = addr.parse().map_err(|_| format!("{text:?} is not an IP address or CIDR"))?;
+    let addr: IpAddr = addr.parse().map_err(|_| format!("{} is not an IP address or CIDR", Q(&text)))?;
     let max = if addr.is_ipv4() { 32 } else { 128 };
     let prefix = match prefix {
         None => max,
         Some(p) if !p.is_empty() && p.len() <= 3 && p.bytes().all(|b| b.is_ascii_digit()) => match p.parse::<u8>() {
             Ok(p) if p <= max => p,
-            _ => return Err(format!("{text:?} has an invalid prefix length (0 to {max})")),
+            _ => return Err(format!("{} has an invalid prefix length (0 to {max})", Q(&text))),
         },
-        Some(_) => return Err(format!("{text:?} has an invalid prefix length (0 to {max})")),
+        Some(_) => return Err(format!("{} has an invalid prefix length (0 to {max})", Q(&text))),
     };
     Ok((addr, prefix))
 }

@@ -2,6 +2,8 @@
 
 use std::fmt;
 
+use crate::json::Q;
+
 /// Tokens added to a bucket per second; always finite and > 0.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Refill {
@@ -19,13 +21,13 @@ impl Refill {
         let (amount, unit) = text
             .trim()
             .split_once('/')
-            .ok_or_else(|| format!("expected N/s, N/min, N/h or N/d (e.g. \"5/min\"), got {text:?}"))?;
+            .ok_or_else(|| format!("expected N/s, N/min, N/h or N/d (e.g. \"5/min\"), got {}", Q(&text)))?;
         let seconds = match unit.trim() {
             "s" | "sec" | "second" => 1.0,
             "m" | "min" | "minute" => 60.0,
             "h" | "hour" => 3_600.0,
             "d" | "day" => 86_400.0,
-            other => return Err(format!("unknown unit {other:?} in {text:?}: use s, min, h or d")),
+            other => return Err(format!("unknown unit {} in {}: use s, min, h or d", Q(&other), Q(&text))),
         };
         let amount = amount.trim();
         // Only plain decimals: Rust's float parser would also take "inf", "NaN" and "1e400".
@@ -34,8 +36,8 @@ impl Refill {
             && amount.bytes().filter(|&b| b == b'.').count() <= 1
             && amount != ".";
         let n: f64 = if plain { amount.parse().ok() } else { None }
-            .ok_or_else(|| format!("the amount {amount:?} in {text:?} is not a plain positive number"))?;
-        Refill::per_second(n / seconds).map_err(|e| format!("{e} (from {text:?})"))
+            .ok_or_else(|| format!("the amount {} in {} is not a plain positive number", Q(&amount), Q(&text)))?;
+        Refill::per_second(n / seconds).map_err(|e| format!("{e} (from {})", Q(&text)))
     }
 
     /// A rate in tokens per second.

@@ -3,8 +3,6 @@
 //! `Authorization: Bearer <token>`; the answer is `{"result": …}` or
 //! `{"error": "…"}` with an HTTP status. Only the transport (src/edge) does I/O.
 
-use serde::Deserialize;
-
 use crate::json::push_str;
 use crate::script::Variant;
 
@@ -58,14 +56,6 @@ fn body(command: &str, script: &str, keys: &[String], args: &[String]) -> String
     out
 }
 
-#[derive(Deserialize)]
-struct Envelope {
-    #[serde(default)]
-    result: Option<serde_json::Value>,
-    #[serde(default)]
-    error: Option<String>,
-}
-
 /// The usual reply, `{"result":[1,0,4,0,12000,5,60]}` exactly (no spaces, integers only), read
 /// without building a JSON tree; anything else (`None`) goes through serde_json.
 fn integers_fast(body: &str) -> Option<Vec<i64>> {
@@ -95,21 +85,25 @@ pub fn parse_script_reply(status: u16, body: &str) -> Result<Vec<i64>, RestError
             return Ok(values);
         }
     }
-    let envelope: Envelope = serde_json::from_str(body)
-        .map_err(|e| RestError::Malformed(format!("HTTP {status}: not a JSON object ({e})")))?;
-    if let Some(error) = envelope.error {
-        return Err(classify_error(error));
+    let not_an_object = || RestError::Malformed(format!("HTTP {status}: not a JSON object"));
+    let envelope: serde_json::Value = serde_json::from_str(body).map_err(|_| not_an_object())?;
+    let serde_json::Value::Object(mut envelope) = envelope else { return Err(not_an_object()) };
+    match envelope.remove("error") {
+        None | Some(serde_json::Value::Null) => {}
+        Some(serde_json::Value::String(error)) => return Err(classify_error(error)),
+        Some(_) => return Err(RestError::Malformed(format!("HTTP {status}: the error is not a string"))),
     }
     if status != 200 {
         return Err(RestError::Malformed(format!("HTTP {status} without an error")));
     }
-    let items = match envelope.result {
+    let items = match envelope.remove("result").filter(|v| !v.is_null()) {
         Some(serde_json::Value::Array(items)) => items,
-        other => return Err(RestError::Malformed(format!("result is not an array: {other:?}"))),
+        Some(_) => return Err(RestError::Malformed("the result is not an array".into())),
+        None => return Err(RestError::Malformed("the reply has no result".into())),
     };
     items
         .iter()
-        .map(|v| v.as_i64().ok_or_else(|| RestError::Malformed(format!("result item is not an integer: {v}"))))
+        .map(|v| v.as_i64().ok_or_else(|| RestError::Malformed("a result item is not an integer".into())))
         .collect()
 }
 

@@ -27,6 +27,17 @@
 use crate::gateway::{Fetch, Isolate, Reply, Step};
 use crate::http::{self, Body, Header};
 
+/// The variables the executor passes once per isolate: `name \0 value \0 …` (values as strings;
+/// an object, such as a `[vars]` table, as JSON).
+pub fn decode_vars(text: &str) -> Vec<(&str, &str)> {
+    let mut parts = text.split('\0');
+    let mut out = Vec::new();
+    while let (Some(name), Some(value)) = (parts.next(), parts.next()) {
+        out.push((name, value));
+    }
+    out
+}
+
 /// The method, URL and header values of a request in its wire form.
 pub fn decode_request(facts: &str) -> (&str, &str, Vec<Option<&str>>) {
     let mut parts = facts.split('\n');
@@ -74,7 +85,7 @@ pub fn encode_step(step: &Step) -> String {
                 Body::Text(_) => "",
             };
             line(&mut head, "R");
-            line(&mut head, &response.status.to_string());
+            number(&mut head, u64::from(response.status));
             line(&mut head, asset);
             note_line(&mut head, note.as_deref());
             let extra = report_lines(&mut head, report.as_ref());
@@ -91,9 +102,9 @@ pub fn encode_step(step: &Step) -> String {
         }
         Step::Fetch(f) => {
             line(&mut head, "Q");
-            line(&mut head, &f.ticket.to_string());
+            number(&mut head, u64::from(f.ticket));
             line(&mut head, if f.pipeline { "p" } else { "" });
-            line(&mut head, &f.timeout_ms.to_string());
+            number(&mut head, u64::from(f.timeout_ms));
             ("", f.body.as_str())
         }
         Step::Wait { ticket, ms } => {
@@ -136,6 +147,11 @@ fn line(out: &mut String, text: &str) {
     out.push('\n');
 }
 
+fn number(out: &mut String, n: u64) {
+    crate::json::push_u64(out, n);
+    out.push('\n');
+}
+
 /// A note on one line, with no character that would end a field.
 fn note_line(out: &mut String, note: Option<&str>) {
     let note = note.unwrap_or("");
@@ -146,8 +162,8 @@ fn note_line(out: &mut String, note: Option<&str>) {
 fn report_lines<'a>(out: &mut String, report: Option<&'a Fetch>) -> &'a str {
     match report {
         Some(f) => {
-            line(out, &f.ticket.to_string());
-            line(out, &f.timeout_ms.to_string());
+            number(out, u64::from(f.ticket));
+            number(out, u64::from(f.timeout_ms));
             &f.body
         }
         None => {
@@ -228,6 +244,12 @@ mod tests {
             ["B", "6", "16384"]
         );
         assert_eq!(decode_step(&encode_step(&Step::Done)).unwrap().0, ["D"]);
+    }
+
+    #[test]
+    fn variables_decode_in_pairs() {
+        assert_eq!(decode_vars("A\0x\0B\0{\"x\":1}"), [("A", "x"), ("B", "{\"x\":1}")]);
+        assert_eq!(decode_vars(""), Vec::<(&str, &str)>::new());
     }
 
     #[test]

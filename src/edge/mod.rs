@@ -4,13 +4,12 @@
 //! `waitUntil`) and hands the results back. Nothing here decides; nothing here awaits.
 
 use std::cell::RefCell;
-use std::collections::HashMap;
 
 use worker::wasm_bindgen::prelude::*;
 
 use crate::config::VARIABLES;
 use crate::gateway::{Isolate, Request, Step};
-use crate::wire::{decode_request, encode_start, encode_step, reply};
+use crate::wire::{decode_request, decode_vars, encode_start, encode_step, reply};
 
 thread_local! {
     static ISOLATE: RefCell<Option<Isolate>> = const { RefCell::new(None) };
@@ -22,15 +21,21 @@ pub fn variables() -> String {
     VARIABLES.join("\n")
 }
 
-/// Builds this isolate's gateway from `vars` (a JSON object of strings) and says what the executor
-/// needs to know (see [`encode_start`]).
+/// Builds this isolate's gateway from `vars` (`name \0 value \0 …`, the variables that are set) and
+/// says what the executor needs to know (see [`encode_start`]).
 #[wasm_bindgen(wasm_bindgen = ::worker::wasm_bindgen)]
 pub fn start(vars: &str) -> String {
-    let vars: HashMap<String, String> = serde_json::from_str(vars).unwrap_or_default();
-    let isolate = Isolate::from_env(|name| vars.get(name).cloned());
+    let vars = decode_vars(vars);
+    let isolate = Isolate::from_env(|name| vars.iter().find(|(n, _)| *n == name).map(|(_, v)| v.to_string()));
     let text = encode_start(&isolate);
     ISOLATE.with(|cell| *cell.borrow_mut() = Some(isolate));
     text
+}
+
+/// Compiles the code of a decision ahead of the first request (see [`Isolate::warm`]).
+#[wasm_bindgen(wasm_bindgen = ::worker::wasm_bindgen)]
+pub fn warm() -> usize {
+    ISOLATE.with(|cell| cell.borrow().as_ref().map_or(0, Isolate::warm))
 }
 
 /// The first step for a request (`facts` in the wire form) arriving at `now` (epoch ms).
