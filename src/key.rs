@@ -21,17 +21,7 @@ pub const MAX_PATH_BYTES: usize = 1024;
 
 /// The bucket key for `caller` on the canonical `path` (see [`crate::path::normalize`]).
 pub fn bucket_key(caller: &Caller, path: &str) -> String {
-    let mut key = String::with_capacity(8 + path.len().min(MAX_PATH_BYTES) + 64);
-    key.push_str("rate:");
-    push_caller(&mut key, caller);
-    key.push(':');
-    if path.len() > MAX_PATH_BYTES {
-        push_digest(&mut key, path.as_bytes());
-    } else {
-        // Canonical paths are printable ASCII with glob characters already encoded.
-        key.push_str(path);
-    }
-    key
+    bucket_key_of(&subject_key(caller), path)
 }
 
 /// [`bucket_key`] from the caller's [`subject_key`].
