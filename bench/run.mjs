@@ -130,6 +130,11 @@ for (const sc of scenarios) {
     }
   }
   const med = Object.fromEntries(Object.entries(runs).map(([w, rs]) => [w, Object.fromEntries(Object.keys(rs[0]).map((k) => [k, median(rs.map((r) => r[k]))]))]));
+  // How much a Worker's req/s moved between rounds (max − min over the median): this machine's noise.
+  for (const [w, rs] of Object.entries(runs)) {
+    const xs = rs.map((r) => r.rps);
+    med[w].spread = (Math.max(...xs) - Math.min(...xs)) / med[w].rps;
+  }
   results.push({ ...sc, med });
 }
 await rest.faults({});
@@ -169,7 +174,7 @@ for (const sc of results) {
   lines.push("", `### ${sc.title}`, "", `| worker | req/s | p50 ms | p99 ms | CPU µs/req | REST calls/req | Redis cmds/req | × anchor req/s | × ${sc.base} req/s |`, "|---|---|---|---|---|---|---|---|---|");
   for (const w of sc.workers) {
     const m = sc.med[w];
-    lines.push(`| ${w} | ${fmt(m.rps)} | ${fmt(m.p50, 2)} | ${fmt(m.p99, 2)} | ${fmt(m.cpu)} | ${fmt(m.rest, 2)} | ${fmt(m.cmds, 2)} | ${fmt(m.rps / anchor.rps, 2)} | ${fmt(m.rps / base.rps, 2)} |`);
+    lines.push(`| ${w} | ${fmt(m.rps)} ±${fmt((m.spread * 100) / 2)}% | ${fmt(m.p50, 2)} | ${fmt(m.p99, 2)} | ${fmt(m.cpu)} | ${fmt(m.rest, 2)} | ${fmt(m.cmds, 2)} | ${fmt(m.rps / anchor.rps, 2)} | ${fmt(m.rps / base.rps, 2)} |`);
   }
   if (sc.base === "limit Worker") {
     const added = (w) => sc.med[w].cpu - base.cpu;

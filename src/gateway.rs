@@ -532,38 +532,6 @@ impl Isolate {
     }
 }
 
-impl Isolate {
-    /// Runs one made-up request to its answer through a scratch gateway on the same configuration —
-    /// its own limiter, metrics and tickets, dropped after; no I/O, nothing of the real gateway
-    /// touched — so that the code a decision runs is compiled when the isolate starts, not on its first
-    /// request (the runtime compiles WebAssembly functions lazily, on their first call).
-    pub fn warm(&self) -> usize {
-        let Isolate::Ready(g) = self else { return 0 };
-        let mut scratch = Gateway::new(g.config);
-        let values: Vec<Option<&str>> = scratch
-            .header_names()
-            .iter()
-            .map(|n| match n.as_str() {
-                "cf-connecting-ip" => Some("192.0.2.1"),
-                n if Some(n) == g.config.user_id_header.as_deref() => Some("warm-up"),
-                _ => None,
-            })
-            .collect();
-        let step = scratch.begin(&Request { method: "GET", url: "https://warm-up.invalid/", headers: &values }, 0.0);
-        let mut written = crate::wire::encode_step(&step).len();
-        if let Step::Fetch(f) = step {
-            let limits = match scratch.pending.get(&f.ticket).map(|p| &p.work) {
-                Some(Work::Decide { limited, .. }) => limited.checks.len(),
-                _ => 0,
-            };
-            let reply = format!("{{\"result\":[1,0{}]}}", ",4,0,12000,5,60".repeat(limits));
-            let next = scratch.resume(f.ticket, Reply::Http { status: 200, body: &reply }, 0.0);
-            written += crate::wire::encode_step(&next).len();
-        }
-        written
-    }
-}
-
 fn misconfigured(e: &ConfigError) -> Step {
     Step::Respond {
         response: http::misconfigured(e),

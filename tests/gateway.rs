@@ -351,30 +351,3 @@ fn a_misconfigured_isolate_answers_500_naming_the_variable_and_nothing_else() {
     assert!(response.text().contains("UPSTASH_REDIS_REST_URL") && !response.text().contains("hunter2"));
     assert!(note.as_deref().is_some_and(|n| n.contains("UPSTASH_REDIS_REST_URL") && !n.contains("hunter2")));
 }
-
-/// The warm-up the executor runs when an isolate starts touches nothing of the real gateway.
-#[test]
-fn warming_up_an_isolate_leaves_no_trace() {
-    let mut isolate = edge_ratelimit::Isolate::from_env(|n| match n {
-        "UPSTASH_REDIS_REST_URL" => Some("http://127.0.0.1:1".into()),
-        "UPSTASH_REDIS_REST_TOKEN" => Some("t".into()),
-        "RATE_LIMIT_CAPACITY" => Some("1".into()),
-        "ADMIN_TOKEN" => Some("warm-admin-token-0123".into()),
-        _ => None,
-    });
-    assert!(isolate.warm() > 0, "the made-up request ran to its answer");
-    assert!(isolate.warm() > 0);
-    let edge_ratelimit::Isolate::Ready(gw) = &isolate else { panic!() };
-    assert_eq!((gw.pending(), gw.limiter().cached_denials()), (0, 0));
-    let names = gw.header_names().to_vec();
-    let values: Vec<Option<&str>> = names.iter().map(|n| (n == "x-user-id").then_some("warm-up")).collect();
-    let step = isolate.begin(&Request { method: "GET", url: "https://warm-up.invalid/", headers: &values }, NOW);
-    let Step::Fetch(f) = step else { panic!("{step:?}") };
-    let Step::Forward { report, .. } =
-        isolate.resume(f.ticket, Reply::Http { status: 200, body: r#"{"result":[1,0,0,0,12000,1,60]}"# }, NOW)
-    else {
-        panic!()
-    };
-    let report = report.expect("a report, with this request's counts only");
-    assert!(report.body.contains(r#""HINCRBY","ratelimit:metrics","c|allowed|default|none","1""#), "{}", report.body);
-}

@@ -32,12 +32,6 @@ pub fn start(vars: &str) -> String {
     text
 }
 
-/// Compiles the code of a decision ahead of the first request (see [`Isolate::warm`]).
-#[wasm_bindgen(wasm_bindgen = ::worker::wasm_bindgen)]
-pub fn warm() -> usize {
-    ISOLATE.with(|cell| cell.borrow().as_ref().map_or(0, Isolate::warm))
-}
-
 /// The first step for a request (`facts` in the wire form) arriving at `now` (epoch ms).
 #[wasm_bindgen(wasm_bindgen = ::worker::wasm_bindgen)]
 pub fn begin(facts: &str, now: f64) -> String {
