@@ -112,8 +112,9 @@ function sideEffects(note, ticket, timeout, report, ctx) {
 // R: status, asset, note, report ticket, report timeout, headers…
 function respond(f, report, body, ctx) {
   sideEffects(f[3], f[4], f[5], report, ctx);
-  const headers = new Headers();
-  for (let i = 6; i + 1 < f.length; i += 2) headers.set(f[i], f[i + 1]);
+  // Pairs handed to the constructor: one crossing into the runtime instead of one per header.
+  const headers = [];
+  for (let i = 6; i + 1 < f.length; i += 2) headers.push([f[i], f[i + 1]]);
   const text = f[2] === "" ? body : typeof assets?.[f[2]] === "string" ? assets[f[2]] : "";
   return new Response(text, { status: Number(f[1]), headers });
 }
