@@ -14,8 +14,8 @@ export PATH="$HOME/.cargo/bin:$PATH"
 DURATION=${DURATION:-10}
 CONNECTIONS=${CONNECTIONS:-32}
 command -v wrk >/dev/null || { echo "bench: installing wrk (apt-get)"; apt-get install -y -qq wrk >/dev/null; }
-bin=target/release/upstash-local
-if [[ ! -x $bin ]] || [[ -n $(find crates/upstash-local Cargo.lock -newer "$bin" -type f -print -quit) ]]; then
+bin=${UPSTASH_LOCAL_BIN:-target/release/upstash-local}   # another build to compare: UPSTASH_LOCAL_BIN=path
+if [[ -z ${UPSTASH_LOCAL_BIN:-} ]] && { [[ ! -x $bin ]] || [[ -n $(find crates/upstash-local Cargo.lock -newer "$bin" -type f -print -quit) ]]; }; then
   cargo build --quiet --release -p upstash-local
 fi
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }

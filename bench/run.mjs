@@ -51,7 +51,7 @@ async function startWorker(name, options, extra = {}) {
   const pid = [...workerdPids()].find((p) => !before.has(p));
   return { name, mf, url, pid };
 }
-const js = Object.fromEntries(["anchor", "forward", "limit", "deny"].map((n) => [n, bundle(n)]));
+const js = Object.fromEntries(["anchor", "forward", "limit", "deny", "deny-fields"].map((n) => [n, bundle(n)]));
 const workers = {
   "edge-ratelimit": await startWorker("edge-ratelimit", rustOptions()),
   // The same Worker with the admin API on: metrics counted per request, reported every 10 s (waitUntil).
@@ -60,6 +60,8 @@ const workers = {
   "limit Worker": await startWorker("limit Worker", jsOptions(js.limit)),
   "forward-only": await startWorker("forward-only", jsOptions(js.forward)),
   "answers 429": await startWorker("answers 429", jsOptions(js.deny)),
+  // Plain JS sending the very 429 edge-ratelimit sends (body and fields): what that answer costs by itself.
+  "answers our 429": await startWorker("answers our 429", jsOptions(js["deny-fields"])),
   // The same Rust entry and glue doing only the floor's work (build/floor, feature bench-floor).
   "wasm limit floor": await startWorker("wasm limit floor", rustOptions("build/floor"), { BENCH_FLOOR: "limit" }),
   "wasm 429 floor": await startWorker("wasm 429 floor", rustOptions("build/floor"), { BENCH_FLOOR: "deny" }),
@@ -108,7 +110,7 @@ async function measure(worker, scenario) {
 const ONLY = process.env.ONLY ? process.env.ONLY.split(",") : null; // e.g. ONLY=many,hot
 const allScenarios = [
   { id: "many", title: "many users (all allowed)", workers: ["edge-ratelimit", "edge-ratelimit + metrics", "@upstash/ratelimit", "limit Worker", "wasm limit floor", "forward-only"], base: "limit Worker" },
-  { id: "hot", title: "one hot user (denied)", workers: ["edge-ratelimit", "edge-ratelimit + metrics", "@upstash/ratelimit", "answers 429", "wasm 429 floor"], base: "answers 429" },
+  { id: "hot", title: "one hot user (denied)", workers: ["edge-ratelimit", "edge-ratelimit + metrics", "@upstash/ratelimit", "answers 429", "answers our 429", "wasm 429 floor"], base: "answers 429" },
   { id: "mix", title: "mix (half new users, half one hot user)", workers: ["edge-ratelimit", "@upstash/ratelimit", "limit Worker", "forward-only"], base: "limit Worker" },
   { id: "many", title: "many users, +20 ms REST latency", latency: 20, workers: ["edge-ratelimit", "@upstash/ratelimit", "limit Worker"], base: "limit Worker", tag: "latency" },
 ];
