@@ -1,14 +1,21 @@
 //! upstash-local: an Upstash-compatible REST endpoint over a real Redis.
 //!
-//! `POST /` runs one command (`["EVALSHA", sha, "1", key, …]`), `POST /pipeline`
-//! a list of commands, `POST /multi-exec` a list in one transaction; every call
-//! needs `Authorization: Bearer <token>` (401 without). Answers are
-//! `{"result": …}` (200) or `{"error": "…"}` (400 for a Redis error, 401, 500
-//! when Redis is unreachable), as Upstash answers.
+//! It answers what Upstash's REST API documents and the official clients use: `POST /` with a JSON
+//! command, path-style commands (`GET /get/k`, `POST /set/k` with the value as the body, query pairs
+//! as arguments), `POST /pipeline`, `POST /multi-exec` (one result or error per command), the event
+//! streams `/subscribe/<channel>`, `/psubscribe/<pattern>` and `/monitor`; `Authorization: Bearer`
+//! or `?_token=`; `Upstash-Encoding: base64`; `Upstash-Response-Format: json | resp2`; an
+//! `upstash-sync-token` on every answer; CORS. Answers are `{"result": …}` (200) or
+//! `{"error": "…"}` (400 for a Redis error, 401, 500 when Redis is unreachable).
 //!
-//! Like Upstash it accepts the script flag `#!lua flags=allow-key-locking`:
-//! vanilla Redis 7 rejects that flag, so it is stripped before Redis sees the
-//! script, and EVALSHA keeps working with the SHA1 of the text as sent.
+//! Every caller shares one Redis connection, so no request may change it: commands that change a
+//! connection's state or administer the server are refused (`protocol::refused`), and blocking
+//! commands and event streams get a connection of their own — at most `--dedicated` at once, a
+//! blocking command for at most `--block-max-ms`.
+//!
+//! Like Upstash it accepts the script flag `#!lua flags=allow-key-locking`: vanilla Redis 7 rejects
+//! that flag, so it is stripped before Redis sees the script, and EVALSHA keeps working with the
+//! SHA1 of the text as sent.
 //!
 //! Test switches (only with `--faults`): `POST /__faults` with
 //! `{"latency_ms": 0, "hang": false, "status": 0, "body": null}` makes every
@@ -22,8 +29,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
-use http_body_util::{BodyExt, Full, Limited};
+use futures_util::StreamExt;
+use http_body_util::{BodyExt, Limited};
 use hyper::body::{Bytes, Incoming};
+use hyper::header::{HeaderMap, HeaderValue};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
@@ -31,8 +40,14 @@ use hyper_util::rt::TokioIo;
 use redis::aio::ConnectionManager;
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
+use tokio::sync::{mpsc, Semaphore};
 
+mod body;
+mod protocol;
 mod shebang;
+
+use body::Out;
+use protocol::{Args, Format};
 
 const MAX_BODY: usize = 16 << 20;
 
@@ -46,26 +61,37 @@ struct Faults {
 
 struct Server {
     token: String,
+    client: redis::Client,
     redis: ConnectionManager,
     /// SHA1 of a script as sent → SHA1 of what Redis has (flag stripped).
     scripts: RwLock<HashMap<String, String>>,
     faults: Option<Mutex<Faults>>,
     calls: AtomicU64,
     commands: Mutex<HashMap<String, u64>>,
+    /// Connections of their own (blocking commands, event streams) that may be open at once.
+    dedicated: Arc<Semaphore>,
+    dedicated_max: usize,
+    block_max: Duration,
+    /// The `upstash-sync-token` of the last answer (one Redis: every answer reads every write before it).
+    sync: AtomicU64,
 }
 
-struct Args {
+struct Options {
     listen: SocketAddr,
     redis: String,
     token: String,
     faults: bool,
+    dedicated: usize,
+    block_max_ms: u64,
 }
 
-fn parse_args() -> Result<Args, String> {
+fn parse_args() -> Result<Options, String> {
     let mut listen = "127.0.0.1:8079".to_string();
     let mut redis = "redis://127.0.0.1:6379".to_string();
     let mut token = std::env::var("UPSTASH_LOCAL_TOKEN").unwrap_or_default();
     let mut faults = false;
+    let mut dedicated = "64".to_string();
+    let mut block_max_ms = "30000".to_string();
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
         let mut value = |name: &str| it.next().ok_or_else(|| format!("{name} needs a value"));
@@ -74,8 +100,16 @@ fn parse_args() -> Result<Args, String> {
             "--redis" => redis = value("--redis")?,
             "--token" => token = value("--token")?,
             "--faults" => faults = true,
+            "--dedicated" => dedicated = value("--dedicated")?,
+            "--block-max-ms" => block_max_ms = value("--block-max-ms")?,
             "-h" | "--help" => {
-                println!("usage: upstash-local [--listen 127.0.0.1:8079] [--redis redis://127.0.0.1:6379] --token TOKEN [--faults]\n(the token may come from UPSTASH_LOCAL_TOKEN instead)");
+                println!(
+                    "usage: upstash-local [--listen 127.0.0.1:8079] [--redis redis://127.0.0.1:6379] --token TOKEN [--faults]\n\
+                     \x20                    [--dedicated 64] [--block-max-ms 30000]\n\
+                     (the token may come from UPSTASH_LOCAL_TOKEN instead; --dedicated: blocking commands and event\n\
+                     streams open at once, each on a connection of its own; --block-max-ms: the longest a blocking\n\
+                     command waits before it answers null, as if its own timeout had passed)"
+                );
                 std::process::exit(0);
             }
             other => return Err(format!("unknown argument {other:?} (try --help)")),
@@ -85,7 +119,10 @@ fn parse_args() -> Result<Args, String> {
         return Err("a token is required: --token TOKEN or UPSTASH_LOCAL_TOKEN".into());
     }
     let listen = listen.parse().map_err(|e| format!("--listen {listen:?}: {e}"))?;
-    Ok(Args { listen, redis, token, faults })
+    let dedicated = dedicated.parse().ok().filter(|n| *n > 0).ok_or("--dedicated must be a whole number above 0")?;
+    let block_max_ms =
+        block_max_ms.parse().ok().filter(|n| *n > 0).ok_or("--block-max-ms must be a whole number above 0")?;
+    Ok(Options { listen, redis, token, faults, dedicated, block_max_ms })
 }
 
 fn main() {
@@ -110,24 +147,29 @@ fn main() {
     }
 }
 
-async fn serve(args: Args) -> Result<(), String> {
+async fn serve(args: Options) -> Result<(), String> {
     let client = redis::Client::open(args.redis.as_str()).map_err(|e| format!("--redis {}: {e}", args.redis))?;
     let config = redis::aio::ConnectionManagerConfig::new()
         .set_connection_timeout(Some(Duration::from_secs(2)))
         .set_response_timeout(Some(Duration::from_secs(10)))
         .set_number_of_retries(1);
-    let redis = ConnectionManager::new_with_config(client, config)
+    let redis = ConnectionManager::new_with_config(client.clone(), config)
         .await
         .map_err(|e| format!("cannot connect to Redis at {}: {e}", args.redis))?;
     let listener =
         TcpListener::bind(args.listen).await.map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
     let server = Arc::new(Server {
         token: args.token,
+        client,
         redis,
         scripts: RwLock::new(HashMap::new()),
         faults: args.faults.then(|| Mutex::new(Faults::default())),
         calls: AtomicU64::new(0),
         commands: Mutex::new(HashMap::new()),
+        dedicated: Arc::new(Semaphore::new(args.dedicated)),
+        dedicated_max: args.dedicated,
+        block_max: Duration::from_millis(args.block_max_ms),
+        sync: AtomicU64::new(0),
     });
     println!("upstash-local listening on http://{} (Redis {})", args.listen, args.redis);
     loop {
@@ -150,14 +192,18 @@ async fn serve(args: Args) -> Result<(), String> {
     }
 }
 
-fn reply(status: StatusCode, body: Value) -> Response<Full<Bytes>> {
-    let mut response = Response::new(Full::new(Bytes::from(body.to_string())));
+fn reply(status: StatusCode, body: Value) -> Response<Out> {
+    bytes(status, "application/json", body.to_string().into_bytes())
+}
+
+fn bytes(status: StatusCode, content_type: &'static str, body: Vec<u8>) -> Response<Out> {
+    let mut response = Response::new(Out::full(body));
     *response.status_mut() = status;
-    response.headers_mut().insert("content-type", hyper::header::HeaderValue::from_static("application/json"));
+    response.headers_mut().insert("content-type", HeaderValue::from_static(content_type));
     response
 }
 
-fn error(status: StatusCode, message: impl Into<String>) -> Response<Full<Bytes>> {
+fn error(status: StatusCode, message: impl Into<String>) -> Response<Out> {
     reply(status, json!({ "error": message.into() }))
 }
 
@@ -166,153 +212,420 @@ fn same_secret(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+/// The CORS fields of every answer (any origin: the token is the authorisation, as on Upstash).
+fn cors(headers: &mut HeaderMap) {
+    headers.insert("access-control-allow-origin", HeaderValue::from_static("*"));
+    headers.insert("access-control-expose-headers", HeaderValue::from_static("upstash-sync-token"));
+}
+
+/// A browser's preflight: any method the API takes, the headers it asked for (or the clients' own).
+fn preflight(request_headers: &HeaderMap) -> Response<Out> {
+    let mut response = Response::new(Out::full(Vec::new()));
+    *response.status_mut() = StatusCode::NO_CONTENT;
+    let h = response.headers_mut();
+    h.insert("access-control-allow-methods", HeaderValue::from_static("GET, HEAD, POST, PUT, OPTIONS"));
+    let asked = request_headers.get("access-control-request-headers").cloned().unwrap_or(HeaderValue::from_static(
+        "authorization, content-type, upstash-encoding, upstash-response-format, upstash-sync-token, \
+         upstash-telemetry-runtime, upstash-telemetry-platform, upstash-telemetry-sdk",
+    ));
+    h.insert("access-control-allow-headers", asked);
+    h.insert("access-control-max-age", HeaderValue::from_static("86400"));
+    response
+}
+
+/// What a request asks to be done.
+enum Call {
+    One(Args),
+    Pipeline(Vec<Value>),
+    MultiExec(Vec<Value>),
+    Subscribe { pattern: bool, names: Vec<String> },
+    Monitor,
+}
+
 impl Server {
-    async fn handle(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    async fn handle(&self, req: Request<Incoming>) -> Response<Out> {
+        let mut response = self.answer(req).await;
+        cors(response.headers_mut());
+        let token = self.sync.fetch_add(1, Ordering::Relaxed) + 1;
+        if let Ok(v) = HeaderValue::from_str(&token.to_string()) {
+            response.headers_mut().insert("upstash-sync-token", v);
+        }
+        response
+    }
+
+    async fn answer(&self, req: Request<Incoming>) -> Response<Out> {
+        let method = req.method().clone();
+        if method == Method::OPTIONS {
+            return preflight(req.headers());
+        }
         let path = req.uri().path().to_string();
-        if path == "/__stats" && req.method() == Method::GET {
+        let query = req.uri().query().map(str::to_string);
+        if path == "/__stats" && method == Method::GET {
             return self.stats();
         }
-        let authorized = req
-            .headers()
-            .get("authorization")
-            .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
-            .is_some_and(|t| same_secret(t, self.token.as_bytes()));
+        let bearer =
+            req.headers().get("authorization").and_then(|v| v.as_bytes().strip_prefix(b"Bearer ")).map(<[u8]>::to_vec);
+        let authorized = bearer
+            .or_else(|| protocol::query_token(query.as_deref()))
+            .is_some_and(|t| same_secret(&t, self.token.as_bytes()));
         if !authorized {
             return error(StatusCode::UNAUTHORIZED, "Unauthorized");
         }
-        if req.method() != Method::POST {
-            return error(StatusCode::METHOD_NOT_ALLOWED, "ERR only POST is supported");
+        if !matches!(method, Method::GET | Method::HEAD | Method::POST | Method::PUT) {
+            return error(StatusCode::METHOD_NOT_ALLOWED, "ERR the REST API takes GET, HEAD, POST and PUT");
         }
+        let format = match Format::of(
+            req.headers().get("upstash-encoding").map(HeaderValue::as_bytes),
+            req.headers().get("upstash-response-format").map(HeaderValue::as_bytes),
+        ) {
+            Ok(f) => f,
+            Err(message) => return error(StatusCode::BAD_REQUEST, message),
+        };
         let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
             Ok(b) => b.to_bytes(),
             Err(e) => return error(StatusCode::BAD_REQUEST, format!("ERR cannot read the body: {e}")),
         };
-        if path == "/__faults" {
+        if path == "/__faults" && method == Method::POST {
             return self.set_faults(&body);
         }
         if let Some(response) = self.injected_fault().await {
             return response;
         }
         self.calls.fetch_add(1, Ordering::Relaxed);
-        let parsed: Value = match serde_json::from_slice(&body) {
-            Ok(v) => v,
-            Err(e) => return error(StatusCode::BAD_REQUEST, format!("ERR failed to parse the command: {e}")),
+        let call = match call_of(&method, &path, query.as_deref(), &body) {
+            Ok(c) => c,
+            Err(message) => return error(StatusCode::BAD_REQUEST, message),
         };
-        match path.trim_end_matches('/') {
-            "" => match self.run(&parsed).await {
-                Ok(result) => reply(StatusCode::OK, json!({ "result": result })),
+        match call {
+            Call::One(args) => match self.run(args).await {
+                Ok(value) => self.result(value, format),
+                Err((status, message)) if format == Format::Resp2 => {
+                    let mut out = Vec::new();
+                    protocol::resp2_error(&message, &mut out);
+                    bytes(status, "application/octet-stream", out)
+                }
                 Err((status, message)) => error(status, message),
             },
-            "/pipeline" | "/multi-exec" => {
-                let Some(commands) = parsed.as_array() else {
-                    return error(StatusCode::BAD_REQUEST, "ERR the body must be an array of commands");
-                };
-                if path.starts_with("/multi-exec") {
-                    self.multi_exec(commands).await
-                } else {
-                    let mut results = Vec::with_capacity(commands.len());
-                    for command in commands {
-                        results.push(match self.run(command).await {
-                            Ok(result) => json!({ "result": result }),
-                            Err((_, message)) => json!({ "error": message }),
-                        });
-                    }
-                    reply(StatusCode::OK, Value::Array(results))
-                }
+            Call::Pipeline(commands) => self.pipeline(commands, format).await,
+            // Always JSON, as Upstash answers /multi-exec whatever Upstash-Response-Format says.
+            Call::MultiExec(commands) => {
+                self.multi_exec(commands, if format == Format::Resp2 { Format::Json } else { format }).await
             }
-            _ => error(StatusCode::NOT_FOUND, format!("ERR unknown endpoint {path}")),
+            Call::Subscribe { pattern, names } => self.subscribe(pattern, names).await,
+            Call::Monitor => self.monitor().await,
+        }
+    }
+
+    fn result(&self, value: redis::Value, format: Format) -> Response<Out> {
+        match format {
+            Format::Resp2 => {
+                let mut out = Vec::new();
+                protocol::to_resp2(&value, &mut out);
+                bytes(StatusCode::OK, "application/octet-stream", out)
+            }
+            _ => reply(StatusCode::OK, json!({ "result": protocol::to_json(value, format) })),
         }
     }
 
     /// Runs one command; an error carries the HTTP status Upstash would use (400 for a
     /// Redis error, 500 when Redis cannot be reached).
-    async fn run(&self, command: &Value) -> Result<Value, (StatusCode, String)> {
-        let cmd = self.build(command).map_err(|m| (StatusCode::BAD_REQUEST, m))?;
-        let mut conn = self.redis.clone();
-        cmd.query_async::<redis::Value>(&mut conn).await.map(to_json).map_err(redis_error)
-    }
-
-    async fn multi_exec(&self, commands: &[Value]) -> Response<Full<Bytes>> {
-        let mut pipe = redis::pipe();
-        pipe.atomic();
-        for command in commands {
-            match self.build(command) {
-                Ok(cmd) => {
-                    pipe.add_command(cmd);
-                }
-                Err(message) => return error(StatusCode::BAD_REQUEST, message),
-            }
+    async fn run(&self, args: Args) -> Result<redis::Value, (StatusCode, String)> {
+        if let Some(why) = protocol::refused(&args) {
+            return Err((StatusCode::BAD_REQUEST, protocol::refusal(&args, why)));
+        }
+        let blocking = protocol::blocks(&args);
+        let cmd = self.build(args);
+        if blocking {
+            return self.run_dedicated(cmd).await;
         }
         let mut conn = self.redis.clone();
-        match pipe.query_async::<Vec<redis::Value>>(&mut conn).await {
-            Ok(values) => reply(
-                StatusCode::OK,
-                Value::Array(values.into_iter().map(|v| json!({ "result": to_json(v) })).collect()),
-            ),
+        cmd.query_async::<redis::Value>(&mut conn).await.map_err(redis_error)
+    }
+
+    /// A blocking command, on a connection of its own for at most `block_max`: null after that, as
+    /// Redis answers a blocking command whose timeout has passed (the connection is closed, which
+    /// unblocks it in Redis).
+    async fn run_dedicated(&self, cmd: redis::Cmd) -> Result<redis::Value, (StatusCode, String)> {
+        let Ok(_permit) = self.dedicated.clone().try_acquire_owned() else {
+            return Err((StatusCode::TOO_MANY_REQUESTS, self.too_many_dedicated()));
+        };
+        let config = redis::AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(Duration::from_secs(2)))
+            .set_response_timeout(None);
+        let mut conn = self.client.get_multiplexed_async_connection_with_config(&config).await.map_err(redis_error)?;
+        match tokio::time::timeout(self.block_max, cmd.query_async::<redis::Value>(&mut conn)).await {
+            Ok(result) => result.map_err(redis_error),
+            Err(_) => Ok(redis::Value::Nil),
+        }
+    }
+
+    fn too_many_dedicated(&self) -> String {
+        format!(
+            "ERR too many blocking commands and event streams at once (at most {}, each on a connection of its own)",
+            self.dedicated_max
+        )
+    }
+
+    /// `/pipeline`: one result or error per command, in order, never atomic. Commands that cannot
+    /// block go to Redis as one pipeline.
+    async fn pipeline(&self, commands: Vec<Value>, format: Format) -> Response<Out> {
+        let mut parsed = Vec::with_capacity(commands.len());
+        for command in &commands {
+            parsed.push(protocol::command_of_json(command));
+        }
+        let results: Vec<Result<redis::Value, String>> =
+            if parsed.iter().any(|a| a.as_ref().is_ok_and(protocol::blocks)) {
+                let mut results = Vec::with_capacity(parsed.len());
+                for args in parsed {
+                    results.push(match args {
+                        Ok(args) => self.run(args).await.map_err(|(_, m)| m),
+                        Err(m) => Err(m),
+                    });
+                }
+                results
+            } else {
+                let mut pipe = redis::pipe();
+                pipe.ignore_errors();
+                let mut slots: Vec<Result<(), String>> = Vec::with_capacity(parsed.len());
+                for args in parsed {
+                    slots.push(match args {
+                        Ok(args) => match protocol::refused(&args) {
+                            Some(why) => Err(protocol::refusal(&args, why)),
+                            None => {
+                                pipe.add_command(self.build(args));
+                                Ok(())
+                            }
+                        },
+                        Err(m) => Err(m),
+                    });
+                }
+                let mut replies = if pipe.is_empty() {
+                    Vec::new().into_iter()
+                } else {
+                    let mut conn = self.redis.clone();
+                    match pipe.query_async::<redis::Value>(&mut conn).await {
+                        Ok(redis::Value::Array(values)) => values.into_iter(),
+                        Ok(_) => return error(StatusCode::INTERNAL_SERVER_ERROR, "ERR unexpected pipeline reply"),
+                        Err(e) => {
+                            let (status, message) = redis_error(e);
+                            return error(status, message);
+                        }
+                    }
+                };
+                slots
+                    .into_iter()
+                    .map(|slot| match slot {
+                        Ok(()) => match replies.next() {
+                            Some(redis::Value::ServerError(e)) => Err(protocol::server_error_text(&e)),
+                            Some(v) => Ok(v),
+                            None => Err("ERR no reply".into()),
+                        },
+                        Err(m) => Err(m),
+                    })
+                    .collect()
+            };
+        if format == Format::Resp2 {
+            let mut out = Vec::new();
+            for r in &results {
+                match r {
+                    Ok(v) => protocol::to_resp2(v, &mut out),
+                    Err(m) => protocol::resp2_error(m, &mut out),
+                }
+            }
+            return bytes(StatusCode::OK, "application/octet-stream", out);
+        }
+        let entries = results
+            .into_iter()
+            .map(|r| match r {
+                Ok(v) => json!({ "result": protocol::to_json(v, format) }),
+                Err(m) => json!({ "error": m }),
+            })
+            .collect();
+        reply(StatusCode::OK, Value::Array(entries))
+    }
+
+    /// `/multi-exec`: the commands as one transaction. Run-time errors are per command (every other
+    /// command is applied, 200); a transaction Redis discards at queue time is one 400 error that
+    /// names the command and Redis's reason.
+    async fn multi_exec(&self, commands: Vec<Value>, format: Format) -> Response<Out> {
+        let mut pipe = redis::pipe();
+        pipe.ignore_errors();
+        pipe.cmd("MULTI");
+        for (i, command) in commands.iter().enumerate() {
+            let args = match protocol::command_of_json(command) {
+                Ok(a) => a,
+                Err(m) => {
+                    return error(StatusCode::BAD_REQUEST, format!("{m} (command {}, transaction discarded)", i + 1))
+                }
+            };
+            if let Some(why) = protocol::refused(&args) {
+                let m = protocol::refusal(&args, why);
+                return error(StatusCode::BAD_REQUEST, format!("{m} (command {}, transaction discarded)", i + 1));
+            }
+            pipe.add_command(self.build(args));
+        }
+        pipe.cmd("EXEC");
+        let mut conn = self.redis.clone();
+        let replies = match pipe.query_async::<redis::Value>(&mut conn).await {
+            Ok(redis::Value::Array(values)) => values,
+            Ok(_) => return error(StatusCode::INTERNAL_SERVER_ERROR, "ERR unexpected transaction reply"),
             Err(e) => {
                 let (status, message) = redis_error(e);
-                error(status, message)
+                return error(status, message);
             }
+        };
+        // MULTI's OK, one QUEUED (or the queue-time error) per command, then EXEC's array.
+        let queued = replies.get(1..replies.len().saturating_sub(1)).unwrap_or_default();
+        if let Some((i, redis::Value::ServerError(e))) =
+            queued.iter().enumerate().find(|(_, v)| matches!(v, redis::Value::ServerError(_)))
+        {
+            let reason = protocol::server_error_text(e);
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("EXECABORT Transaction discarded because of previous errors: {reason} (command {})", i + 1),
+            );
+        }
+        match replies.into_iter().last() {
+            Some(redis::Value::Array(results)) => reply(
+                StatusCode::OK,
+                Value::Array(
+                    results
+                        .into_iter()
+                        .map(|v| match v {
+                            redis::Value::ServerError(e) => json!({ "error": protocol::server_error_text(&e) }),
+                            v => json!({ "result": protocol::to_json(v, format) }),
+                        })
+                        .collect(),
+                ),
+            ),
+            Some(redis::Value::ServerError(e)) => error(StatusCode::BAD_REQUEST, protocol::server_error_text(&e)),
+            Some(redis::Value::Nil) => error(StatusCode::BAD_REQUEST, "EXECABORT Transaction aborted"),
+            _ => error(StatusCode::INTERNAL_SERVER_ERROR, "ERR unexpected transaction reply"),
         }
     }
 
-    /// A Redis command from a JSON array, with script flags and SHAs translated.
-    fn build(&self, command: &Value) -> Result<redis::Cmd, String> {
-        let items = command.as_array().filter(|a| !a.is_empty()).ok_or("ERR a command is a non-empty JSON array")?;
-        let mut args: Vec<String> = Vec::with_capacity(items.len());
-        for item in items {
-            args.push(match item {
-                Value::String(s) => s.clone(),
-                Value::Number(n) => n.to_string(),
-                Value::Bool(b) => b.to_string(),
-                other => return Err(format!("ERR unsupported argument {other}")),
-            });
+    /// `/subscribe/<channel>…` and `/psubscribe/<pattern>…`: an event stream on a connection of its own,
+    /// `subscribe,<channel>,<count>` first, then `message,<channel>,<payload>` (or
+    /// `pmessage,<pattern>,<channel>,<payload>`), until the client goes away.
+    async fn subscribe(&self, pattern: bool, names: Vec<String>) -> Response<Out> {
+        let Ok(permit) = self.dedicated.clone().try_acquire_owned() else {
+            return error(StatusCode::TOO_MANY_REQUESTS, self.too_many_dedicated());
+        };
+        let mut pubsub = match self.client.get_async_pubsub().await {
+            Ok(p) => p,
+            Err(e) => return redis_failure(e),
+        };
+        for name in &names {
+            let done = if pattern { pubsub.psubscribe(name).await } else { pubsub.subscribe(name).await };
+            if let Err(e) = done {
+                return redis_failure(e);
+            }
         }
-        let name = args[0].to_ascii_uppercase();
+        let (tx, rx) = mpsc::channel::<Bytes>(256);
+        tokio::spawn(async move {
+            let _permit = permit;
+            let kind = if pattern { "psubscribe" } else { "subscribe" };
+            for (i, name) in names.iter().enumerate() {
+                if tx.send(Bytes::from(protocol::sse_event(&format!("{kind},{name},{}", i + 1)))).await.is_err() {
+                    return;
+                }
+            }
+            let mut messages = pubsub.into_on_message();
+            loop {
+                let msg = tokio::select! {
+                    m = messages.next() => m,
+                    () = tx.closed() => None,
+                };
+                let Some(msg) = msg else { return };
+                let payload = String::from_utf8_lossy(msg.get_payload_bytes());
+                let text = match msg.get_pattern::<String>() {
+                    Ok(p) if msg.from_pattern() => format!("pmessage,{p},{},{payload}", msg.get_channel_name()),
+                    _ => format!("message,{},{payload}", msg.get_channel_name()),
+                };
+                if tx.send(Bytes::from(protocol::sse_event(&text))).await.is_err() {
+                    return;
+                }
+            }
+        });
+        event_stream(rx)
+    }
+
+    /// `/monitor`: every command Redis runs, as an event stream (`"OK"` first).
+    async fn monitor(&self) -> Response<Out> {
+        let Ok(permit) = self.dedicated.clone().try_acquire_owned() else {
+            return error(StatusCode::TOO_MANY_REQUESTS, self.too_many_dedicated());
+        };
+        let monitor = match self.client.get_async_monitor().await {
+            Ok(m) => m,
+            Err(e) => return redis_failure(e),
+        };
+        let (tx, rx) = mpsc::channel::<Bytes>(256);
+        tokio::spawn(async move {
+            let _permit = permit;
+            if tx.send(Bytes::from(protocol::sse_event("\"OK\""))).await.is_err() {
+                return;
+            }
+            let mut lines = monitor.into_on_message::<String>();
+            loop {
+                let line = tokio::select! {
+                    l = lines.next() => l,
+                    () = tx.closed() => None,
+                };
+                let Some(line) = line else { return };
+                if tx.send(Bytes::from(protocol::sse_event(&line))).await.is_err() {
+                    return;
+                }
+            }
+        });
+        event_stream(rx)
+    }
+
+    /// A Redis command from its arguments, with script flags and SHAs translated.
+    fn build(&self, mut args: Args) -> redis::Cmd {
+        let name = String::from_utf8_lossy(&args[0]).to_ascii_uppercase();
         *self.commands.lock().unwrap_or_else(|p| p.into_inner()).entry(name.clone()).or_default() += 1;
+        let script_at = match name.as_str() {
+            "EVAL" | "EVAL_RO" if args.len() > 1 => Some(1),
+            "SCRIPT" if args.len() > 2 && args[1].eq_ignore_ascii_case(b"LOAD") => Some(2),
+            _ => None,
+        };
+        if let Some(i) = script_at {
+            let script = String::from_utf8_lossy(&args[i]).into_owned();
+            if let Some(stripped) = shebang::strip_upstash_flags(&script) {
+                let sent = sha1_smol::Sha1::from(&args[i]).digest().to_string();
+                let stored = sha1_smol::Sha1::from(stripped.as_bytes()).digest().to_string();
+                self.scripts.write().unwrap_or_else(|p| p.into_inner()).insert(sent, stored);
+                args[i] = stripped.into_bytes();
+            }
+        }
         match name.as_str() {
-            "EVAL" | "EVAL_RO" if args.len() > 1 => {
-                if let Some(stripped) = shebang::strip_upstash_flags(&args[1]) {
-                    let sent = sha1_smol::Sha1::from(args[1].as_bytes()).digest().to_string();
-                    let stored = sha1_smol::Sha1::from(stripped.as_bytes()).digest().to_string();
-                    self.scripts.write().unwrap_or_else(|p| p.into_inner()).insert(sent, stored);
-                    args[1] = stripped;
-                }
-            }
             "EVALSHA" | "EVALSHA_RO" if args.len() > 1 => args[1] = self.stored_sha(&args[1]),
-            "SCRIPT" if args.len() > 2 && args[1].eq_ignore_ascii_case("LOAD") => {
-                if let Some(stripped) = shebang::strip_upstash_flags(&args[2]) {
-                    let sent = sha1_smol::Sha1::from(args[2].as_bytes()).digest().to_string();
-                    let stored = sha1_smol::Sha1::from(stripped.as_bytes()).digest().to_string();
-                    self.scripts.write().unwrap_or_else(|p| p.into_inner()).insert(sent, stored);
-                    args[2] = stripped;
-                }
-            }
-            "SCRIPT" if args.len() > 2 && args[1].eq_ignore_ascii_case("EXISTS") => {
+            "SCRIPT" if args.len() > 2 && args[1].eq_ignore_ascii_case(b"EXISTS") => {
                 for sha in &mut args[2..] {
                     *sha = self.stored_sha(sha);
                 }
             }
             _ => {}
         }
-        let mut cmd = redis::cmd(&args[0]);
+        let mut cmd = redis::cmd(&String::from_utf8_lossy(&args[0]));
         for arg in &args[1..] {
-            cmd.arg(arg.as_bytes());
+            cmd.arg(arg.as_slice());
         }
-        Ok(cmd)
+        cmd
     }
 
-    fn stored_sha(&self, sent: &str) -> String {
+    fn stored_sha(&self, sent: &[u8]) -> Vec<u8> {
         let scripts = self.scripts.read().unwrap_or_else(|p| p.into_inner());
-        scripts.get(&sent.to_ascii_lowercase()).cloned().unwrap_or_else(|| sent.to_string())
+        let key = String::from_utf8_lossy(sent).to_ascii_lowercase();
+        scripts.get(&key).map(|s| s.clone().into_bytes()).unwrap_or_else(|| sent.to_vec())
     }
 
-    fn stats(&self) -> Response<Full<Bytes>> {
+    fn stats(&self) -> Response<Out> {
         let commands = self.commands.lock().unwrap_or_else(|p| p.into_inner()).clone();
         reply(StatusCode::OK, json!({ "calls": self.calls.load(Ordering::Relaxed), "commands": commands }))
     }
 
-    fn set_faults(&self, body: &[u8]) -> Response<Full<Bytes>> {
+    fn set_faults(&self, body: &[u8]) -> Response<Out> {
         let Some(faults) = &self.faults else {
             return error(StatusCode::NOT_FOUND, "ERR fault injection is off (start with --faults)");
         };
@@ -327,7 +640,7 @@ impl Server {
         reply(StatusCode::OK, json!({ "result": "OK" }))
     }
 
-    async fn injected_fault(&self) -> Option<Response<Full<Bytes>>> {
+    async fn injected_fault(&self) -> Option<Response<Out>> {
         let faults = self.faults.as_ref()?.lock().unwrap_or_else(|p| p.into_inner()).clone();
         if faults.hang {
             // Never answer; the connection stays open until the client gives up.
@@ -337,12 +650,54 @@ impl Server {
             tokio::time::sleep(Duration::from_millis(faults.latency_ms)).await;
         }
         if faults.status != 0 {
-            let mut response = Response::new(Full::new(Bytes::from(faults.body.unwrap_or_default())));
+            let mut response = Response::new(Out::full(faults.body.unwrap_or_default().into_bytes()));
             *response.status_mut() = StatusCode::from_u16(faults.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
             return Some(response);
         }
-        faults.body.map(|b| Response::new(Full::new(Bytes::from(b))))
+        faults.body.map(|b| Response::new(Out::full(b.into_bytes())))
     }
+}
+
+/// Which call a request names: the JSON endpoints, the event streams, or a path-style command.
+fn call_of(method: &Method, path: &str, query: Option<&str>, body: &[u8]) -> Result<Call, String> {
+    let json_body = || -> Result<Value, String> {
+        serde_json::from_slice(body).map_err(|e| format!("ERR failed to parse the command: {e}"))
+    };
+    let commands = |v: Value| match v {
+        Value::Array(commands) => Ok(commands),
+        _ => Err("ERR the body must be an array of commands".to_string()),
+    };
+    let with_body = matches!(*method, Method::POST | Method::PUT);
+    match path.trim_end_matches('/') {
+        "" if with_body => Ok(Call::One(protocol::command_of_json(&json_body()?)?)),
+        "/pipeline" if with_body => Ok(Call::Pipeline(commands(json_body()?)?)),
+        "/multi-exec" if with_body => Ok(Call::MultiExec(commands(json_body()?)?)),
+        "/pipeline" | "/multi-exec" => Err("ERR POST a JSON array of commands".into()),
+        "/monitor" => Ok(Call::Monitor),
+        p => {
+            for (prefix, pattern) in [("/subscribe/", false), ("/psubscribe/", true)] {
+                if let Some(rest) = p.strip_prefix(prefix) {
+                    let names = protocol::command_of_path(rest, None, b"")?;
+                    let names = names.into_iter().map(|n| String::from_utf8_lossy(&n).into_owned()).collect();
+                    return Ok(Call::Subscribe { pattern, names });
+                }
+            }
+            Ok(Call::One(protocol::command_of_path(p, query, if with_body { body } else { b"" })?))
+        }
+    }
+}
+
+fn event_stream(rx: mpsc::Receiver<Bytes>) -> Response<Out> {
+    let mut response = Response::new(Out::Stream(rx));
+    let h = response.headers_mut();
+    h.insert("content-type", HeaderValue::from_static("text/event-stream"));
+    h.insert("cache-control", HeaderValue::from_static("no-cache"));
+    response
+}
+
+fn redis_failure(e: redis::RedisError) -> Response<Out> {
+    let (status, message) = redis_error(e);
+    error(status, message)
 }
 
 /// Redis's error text as Upstash relays it ("NOSCRIPT No matching script…"), with its status.
@@ -356,26 +711,4 @@ fn redis_error(e: redis::RedisError) -> (StatusCode, String) {
         _ => format!("ERR {e}"),
     };
     (StatusCode::BAD_REQUEST, message)
-}
-
-fn to_json(value: redis::Value) -> Value {
-    use redis::Value as R;
-    match value {
-        R::Nil => Value::Null,
-        R::Int(i) => json!(i),
-        R::BulkString(bytes) => Value::String(String::from_utf8_lossy(&bytes).into_owned()),
-        R::SimpleString(s) => Value::String(s),
-        R::Okay => Value::String("OK".into()),
-        R::Array(items) | R::Set(items) | R::Push { data: items, .. } => {
-            Value::Array(items.into_iter().map(to_json).collect())
-        }
-        R::Map(pairs) => Value::Array(pairs.into_iter().flat_map(|(k, v)| [to_json(k), to_json(v)]).collect()),
-        R::Double(d) => json!(d),
-        R::Boolean(b) => json!(b),
-        R::VerbatimString { text, .. } => Value::String(text),
-        R::BigNumber(n) => Value::String(String::from_utf8_lossy(&n).into_owned()),
-        R::Attribute { data, .. } => to_json(*data),
-        R::ServerError(e) => json!({ "error": format!("{} {}", e.code(), e.details().unwrap_or_default()) }),
-        _ => Value::Null,
-    }
 }
