@@ -156,7 +156,33 @@ describe("@upstash/ratelimit as published", () => {
     });
   }
 
-  test("multi-region over three endpoints: exact when each sync is awaited; a flushed region is repaired with the same request ids", async () => {
+  test("cachedFixedWindow: exact for sequential requests; a second instance reads the count from Redis", async () => {
+    const make = () => new Ratelimit({ redis, limiter: Ratelimit.cachedFixedWindow(10, "30 s"), prefix: "rl:cached", ephemeralCache: new Map() });
+    const rl = make();
+    let admitted = 0;
+    for (let i = 0; i < 15; i++) {
+      const r = await rl.limit("frank");
+      await r.pending;
+      if (r.success) admitted++;
+    }
+    assert.equal(admitted, 10);
+    assert.equal((await make().limit("frank")).success, false);
+  });
+
+  test("multi-region sliding window over three endpoints: exact when each sync is awaited", async () => {
+    const regions = [];
+    for (let i = 0; i < 3; i++) regions.push(new Redis({ url: (await endpoint()).url, token: TOKEN }));
+    const rl = new MultiRegionRatelimit({ redis: regions, limiter: MultiRegionRatelimit.slidingWindow(5, "30 s"), prefix: "mrs" });
+    let admitted = 0;
+    for (let i = 0; i < 8; i++) {
+      const r = await rl.limit("gina");
+      await r.pending;
+      if (r.success) admitted++;
+    }
+    assert.equal(admitted, 5);
+  });
+
+  test("multi-region fixed window over three endpoints: exact when each sync is awaited; a flushed region is repaired with the same request ids", async () => {
     const rests = [];
     for (let i = 0; i < 3; i++) rests.push(await endpoint());
     const regions = rests.map((rest) => new Redis({ url: rest.url, token: TOKEN }));
