@@ -159,7 +159,11 @@ fn rate_limited(decision: &Decision, degraded_by: Option<&Failure>) -> Response 
     detail.push_str(" s.");
     let mut r = problem_fast(429, "rate-limited", "Too Many Requests", &detail);
     r.headers.extend(rate_limit_headers(decision));
-    r.headers.extend(degraded_by.map(degraded));
+    if let Some(failure) = degraded_by {
+        // One status: that Redis was not asked says more than what a shadow limit would have done.
+        r.headers.retain(|(name, _)| *name != "x-ratelimit-status");
+        r.headers.push(degraded(failure));
+    }
     r
 }
 
@@ -313,6 +317,19 @@ mod tests {
         assert_eq!(h[0].1, "\"user\";q=5;w=60");
         assert_eq!(h[1].1, "\"user\";r=3;t=24");
         assert_eq!(h[2], ("x-ratelimit-status", "shadow; limit=\"trial\"".to_string()));
+    }
+
+    #[test]
+    fn a_local_denial_has_one_status_field_even_beside_a_shadow_denial() {
+        let (a, b) = (limit(), limit());
+        let d = decision(
+            &[0, 2, 0, 12_000, 60_000, 5, 60, 0, 24_000, 60_000, 5, 60],
+            &[("trial", &a, true), ("user", &b, false)],
+        );
+        let Answer::Respond(r) = answer(&Outcome::DeniedLocally(d, Failure::Timeout)) else { panic!("a 429") };
+        let statuses: Vec<&str> =
+            r.headers.iter().filter(|(n, _)| *n == "x-ratelimit-status").map(|(_, v)| v.as_str()).collect();
+        assert_eq!(statuses, ["degraded; reason=timeout"]);
     }
 
     #[test]

@@ -239,6 +239,15 @@ pub fn carry(gw: &mut Gateway<'_>, rest: &Rest, req: &Req, mut step: Step, now: 
                 gw.resume(ticket, Reply::Body(body), now)
             }
             Step::Respond { ref report, .. } | Step::Forward { ref report, .. } => {
+                // The executor hands a response's headers to the runtime in one go: no name twice.
+                let names: Vec<&str> = match &step {
+                    Step::Respond { response, .. } => response.headers.iter().map(|(n, _)| *n).collect(),
+                    Step::Forward { headers, .. } => headers.iter().map(|(n, _)| *n).collect(),
+                    _ => Vec::new(),
+                };
+                for (i, n) in names.iter().enumerate() {
+                    assert!(!names[..i].contains(n), "the header {n} twice in {step:?}");
+                }
                 if let Some(f) = report {
                     let (status, body) = rest.answer(f);
                     assert_eq!(gw.resume(f.ticket, Reply::Http { status, body: &body }, now), Step::Done);
