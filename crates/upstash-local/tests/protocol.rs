@@ -262,23 +262,19 @@ fn no_request_changes_the_connection_every_caller_shares() {
 
 #[test]
 fn a_blocking_command_waits_on_its_own_connection_for_a_bounded_time() {
-    let s = stack(&["--block-max-ms", "1500", "--dedicated", "1"]);
+    let s = stack(&["--block-max-ms", "3000", "--dedicated", "1"]);
     std::thread::scope(|scope| {
-        let blocked = scope.spawn(|| {
-            let t = Instant::now();
-            (s.result(json!(["BLPOP", "never", "0"])), t.elapsed())
-        });
+        let blocked = scope.spawn(|| s.result(json!(["BLPOP", "never", "0"])));
         std::thread::sleep(Duration::from_millis(200));
-        // Others are not stalled meanwhile.
-        let t = Instant::now();
+        // Others are answered while it waits (on the shared connection it would hold them all).
         assert_eq!(s.result(json!(["SET", "x", "1"])), json!("OK"));
-        assert!(t.elapsed() < Duration::from_millis(500), "{:?}", t.elapsed());
+        assert!(!blocked.is_finished(), "the blocking call ended before the others were answered");
         // Only one dedicated connection here: a second blocking call is refused at once.
         let second = s.command(json!(["BLPOP", "never", "0"]), &[]);
         assert_eq!(second.status, 429, "{}", second.json());
-        let (value, waited) = blocked.join().expect("the blocked call ends");
-        assert_eq!(value, Value::Null);
-        assert!(waited >= Duration::from_millis(1400) && waited < Duration::from_secs(5), "{waited:?}");
+        // `BLPOP … 0` waits forever in Redis; here it ends, with null, as if its timeout had passed
+        // (without the bound this read gives up after 20 s and the test fails).
+        assert_eq!(blocked.join().expect("the blocked call ends"), Value::Null);
     });
     // A push wakes a waiting pop with the value.
     std::thread::scope(|scope| {
