@@ -23,11 +23,22 @@ struct Split {
     encoded_separators: bool,
     /// `\` separates segments.
     backslash: bool,
-    /// Everything from `;` to the end of a segment is a path parameter, not part of the path.
-    cut_parameters: bool,
+    /// Which `;` starts a path parameter (everything from it to the end of its segment is not part
+    /// of the path).
+    parameters: Parameters,
 }
 
-const CANONICAL: Split = Split { encoded_separators: true, backslash: true, cut_parameters: true };
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Parameters {
+    /// None: `;` is data.
+    Kept,
+    /// A `;` in the decoded segment, `%3B` too (the canonical form).
+    CutDecoded,
+    /// Only a literal `;` in the raw path, cut before decoding: `%3B` is data (Spring, Tomcat).
+    CutRaw,
+}
+
+const CANONICAL: Split = Split { encoded_separators: true, backslash: true, parameters: Parameters::CutDecoded };
 
 /// The canonical form of the path in `target` (anything from `?` or `#` on is ignored).
 pub fn normalize(target: &str) -> String {
@@ -63,8 +74,8 @@ pub fn views_of(target: &str, canonical: &str, fold_case: bool) -> Vec<String> {
     }
     for encoded_separators in [true, false] {
         for backslash in [true, false] {
-            for cut_parameters in [true, false] {
-                let view = render(raw, Split { encoded_separators, backslash, cut_parameters }, fold_case);
+            for parameters in [Parameters::CutDecoded, Parameters::CutRaw, Parameters::Kept] {
+                let view = render(raw, Split { encoded_separators, backslash, parameters }, fold_case);
                 if !out.contains(&view) {
                     out.push(view);
                 }
@@ -80,6 +91,26 @@ fn raw_path(target: &str) -> &str {
 
 fn render(raw: &str, split: Split, fold_case: bool) -> String {
     let separator = |b: u8| b == b'/' || (split.backslash && b == b'\\');
+    let raw = if split.parameters == Parameters::CutRaw {
+        // Each raw segment up to its first literal `;`, before anything is decoded.
+        let mut cut = String::with_capacity(raw.len());
+        let mut in_parameter = false;
+        for c in raw.chars() {
+            match c {
+                '/' => in_parameter = false,
+                '\\' if split.backslash => in_parameter = false,
+                ';' => in_parameter = true,
+                _ => {}
+            }
+            if !in_parameter {
+                cut.push(c);
+            }
+        }
+        std::borrow::Cow::Owned(cut)
+    } else {
+        std::borrow::Cow::Borrowed(raw)
+    };
+    let raw: &str = &raw;
     let decoded;
     let pieces: Vec<std::borrow::Cow<'_, [u8]>> = if split.encoded_separators {
         decoded = percent_decode(raw.as_bytes());
@@ -90,7 +121,7 @@ fn render(raw: &str, split: Split, fold_case: bool) -> String {
     let mut segments: Vec<&[u8]> = Vec::with_capacity(pieces.len());
     for piece in &pieces {
         let mut segment: &[u8] = piece;
-        if split.cut_parameters {
+        if split.parameters == Parameters::CutDecoded {
             if let Some(at) = segment.iter().position(|&b| b == b';') {
                 segment = &segment[..at];
             }
@@ -283,6 +314,12 @@ mod tests {
         assert!(v.contains(&"/users/7/orders;v=1".to_string()), "{v:?}");
         let v = views("/users/;x/orders", false);
         assert!(v.contains(&"/users/;x/orders".to_string()), "{v:?}");
+        // Spring cuts a literal `;v` before decoding and keeps an encoded `%3B` as data: `/a/1/b/.;x` here
+        // is segment `.;x` (found by the fuzz target `request`).
+        let v = views("/a/1/b/.%3bx/;T", false);
+        assert!(v.contains(&"/a/1/b/.;x".to_string()), "{v:?}");
+        let v = views("/a;p\\b;q/c", false);
+        assert!(v.contains(&"/a/b/c".to_string()) && v.contains(&"/a/c".to_string()), "{v:?}");
         let v = views("/a\\b%5Cc", false);
         assert_eq!(v[0], "/a/b/c");
         assert!(v.contains(&"/a%5Cb%5Cc".to_string()) && v.contains(&"/a/b%5Cc".to_string()), "{v:?}");

@@ -71,6 +71,9 @@ fn a_rule_counts_every_spelling_an_origin_may_route_to_it() {
         "/users/7/orders%3Bv",
         "/users/7%2F..%2F8/orders",
         "//users/7/./orders?x=1",
+        // Spring and Tomcat cut the literal `;v` before decoding and keep `%3B` as data: user `.;x`.
+        // Found by the fuzz target `request` after issue 10 (the views cut only decoded parameters).
+        "/users/.%3Bx/orders;v",
     ] {
         assert_eq!(keys(&mut gw, "GET", spelling, &[]), orders, "{spelling} escaped the rule");
     }
