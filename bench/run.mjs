@@ -51,12 +51,28 @@ async function startWorker(name, options, extra = {}) {
   const pid = [...workerdPids()].find((p) => !before.has(p));
   return { name, mf, url, pid };
 }
-const js = Object.fromEntries(["anchor", "forward", "limit", "deny", "deny-fields"].map((n) => [n, bundle(n)]));
+/** A caller Worker bound to edge-ratelimit's RateLimiter entrypoint, both in one workerd (requests go to the caller). */
+async function startRpcWorker(name, callerFile) {
+  const before = workerdPids();
+  const mf = new Miniflare({
+    workers: [
+      { name: "caller", modules: true, scriptPath: callerFile, compatibilityDate: "2025-09-01", bindings: { ORIGIN_URL },
+        serviceBindings: { LIMITER: { name: "edge-ratelimit", entrypoint: "RateLimiter" } } },
+      { name: "edge-ratelimit", ...rustOptions(), compatibilityDate: "2025-09-01", bindings: vars },
+    ],
+  });
+  const url = (await mf.ready).toString().replace(/\/$/, "");
+  const pid = [...workerdPids()].find((p) => !before.has(p));
+  return { name, mf, url, pid };
+}
+const js = Object.fromEntries(["anchor", "forward", "limit", "deny", "deny-fields", "rpc-caller"].map((n) => [n, bundle(n)]));
 const workers = {
   "edge-ratelimit": await startWorker("edge-ratelimit", rustOptions()),
   // The same Worker with the admin API on: metrics counted per request, reported every 10 s (waitUntil).
   "edge-ratelimit + metrics": await startWorker("edge-ratelimit + metrics", rustOptions(), { ADMIN_TOKEN: "bench-admin-token-0123456789" }),
   "@upstash/ratelimit": await startWorker("@upstash/ratelimit", jsOptions(js.anchor)),
+  // A user's Worker calling env.LIMITER.limit({ key }) over a service binding, then forwarding itself.
+  "RPC caller → edge-ratelimit": await startRpcWorker("RPC caller → edge-ratelimit", js["rpc-caller"]),
   "limit Worker": await startWorker("limit Worker", jsOptions(js.limit)),
   "forward-only": await startWorker("forward-only", jsOptions(js.forward)),
   "answers 429": await startWorker("answers 429", jsOptions(js.deny)),
@@ -109,10 +125,10 @@ async function measure(worker, scenario) {
 
 const ONLY = process.env.ONLY ? process.env.ONLY.split(",") : null; // e.g. ONLY=many,hot
 const allScenarios = [
-  { id: "many", title: "many users (all allowed)", workers: ["edge-ratelimit", "edge-ratelimit + metrics", "@upstash/ratelimit", "limit Worker", "wasm limit floor", "forward-only"], base: "limit Worker" },
-  { id: "hot", title: "one hot user (denied)", workers: ["edge-ratelimit", "edge-ratelimit + metrics", "@upstash/ratelimit", "answers 429", "answers our 429", "wasm 429 floor"], base: "answers 429" },
+  { id: "many", title: "many users (all allowed)", workers: ["edge-ratelimit", "edge-ratelimit + metrics", "RPC caller → edge-ratelimit", "@upstash/ratelimit", "limit Worker", "wasm limit floor", "forward-only"], base: "limit Worker" },
+  { id: "hot", title: "one hot user (denied)", workers: ["edge-ratelimit", "edge-ratelimit + metrics", "RPC caller → edge-ratelimit", "@upstash/ratelimit", "answers 429", "answers our 429", "wasm 429 floor"], base: "answers 429" },
   { id: "mix", title: "mix (half new users, half one hot user)", workers: ["edge-ratelimit", "@upstash/ratelimit", "limit Worker", "forward-only"], base: "limit Worker" },
-  { id: "many", title: "many users, +20 ms REST latency", latency: 20, workers: ["edge-ratelimit", "@upstash/ratelimit", "limit Worker"], base: "limit Worker", tag: "latency" },
+  { id: "many", title: "many users, +20 ms REST latency", latency: 20, workers: ["edge-ratelimit", "RPC caller → edge-ratelimit", "@upstash/ratelimit", "limit Worker"], base: "limit Worker", tag: "latency" },
 ];
 const scenarios = allScenarios.filter((sc) => !ONLY || ONLY.includes(sc.tag ?? sc.id));
 
@@ -181,6 +197,11 @@ for (const sc of results) {
   if (sc.base === "limit Worker") {
     const added = (w) => sc.med[w].cpu - base.cpu;
     lines.push("", `CPU added above the limit Worker: edge-ratelimit ${fmt(added("edge-ratelimit"))} µs, @upstash/ratelimit ${fmt(added("@upstash/ratelimit"))} µs (ratio ${fmt(added("edge-ratelimit") / added("@upstash/ratelimit"), 2)}).`);
+  }
+  if (sc.med["RPC caller → edge-ratelimit"]) {
+    const rpc = sc.med["RPC caller → edge-ratelimit"];
+    const http = sc.med["edge-ratelimit"];
+    lines.push("", `RPC next to HTTP: the RPC caller at ${fmt(rpc.rps / http.rps, 2)}× the gateway's req/s, p50 ${fmt(rpc.p50 - http.p50, 2)} ms and CPU ${fmt(Math.abs(rpc.cpu - http.cpu))} µs/req ${rpc.cpu >= http.cpu ? "more" : "less"} (caller and limiter together), REST calls/req ${fmt(rpc.rest, 2)} against ${fmt(http.rest, 2)}.`);
   }
 }
 lines.push("", `Cold start (first request of a fresh isolate, median of ${COLD}, interleaved): ` +

@@ -62,9 +62,30 @@ pub struct Config {
     pub metrics_flush_ms: u32,
     /// How long a cached denial stands at most before Redis is asked again.
     pub deny_cache_max_ms: u32,
+    /// How log lines name callers (`LOG_CALLER_IDS`).
+    pub log_caller_ids: LogCallerIds,
     /// Benchmark only (`BENCH_FLOOR`): do nothing but a floor's work.
     #[cfg(feature = "bench-floor")]
     pub bench_floor: Option<BenchFloor>,
+}
+
+/// How the gateway's log lines name a caller.
+#[derive(Clone, PartialEq, Eq)]
+pub enum LogCallerIds {
+    /// A short keyed hash (see [`crate::log`]): the same caller has the same hash in every isolate of one
+    /// deployment, and nobody without the REST token can test a guess (an IP address, an email) against it.
+    Hashed { key: [u8; 32] },
+    /// As in bucket keys (`alice`, `@ip/203.0.113.7`).
+    Plain,
+}
+
+impl fmt::Debug for LogCallerIds {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            LogCallerIds::Hashed { .. } => "Hashed",
+            LogCallerIds::Plain => "Plain",
+        })
+    }
 }
 
 /// The benchmark's floors (feature `bench-floor`, never in a deployed build).
@@ -78,7 +99,7 @@ pub enum BenchFloor {
 }
 
 /// Every variable the configuration reads (the executor passes these, and only these, from `env`).
-pub const VARIABLES: [&str; 28] = [
+pub const VARIABLES: [&str; 29] = [
     "UPSTASH_REDIS_REST_URL",
     "UPSTASH_REDIS_REST_TOKEN",
     "RATE_LIMIT_CAPACITY",
@@ -106,6 +127,7 @@ pub const VARIABLES: [&str; 28] = [
     "ADMIN_PREFIX",
     "METRICS_FLUSH_MS",
     "DENY_CACHE_MAX_MS",
+    "LOG_CALLER_IDS",
     "BENCH_FLOOR",
 ];
 
@@ -318,6 +340,19 @@ impl Config {
         let metrics_flush_ms = whole_ms("METRICS_FLUSH_MS", DEFAULT_METRICS_FLUSH_MS, 3_600_000)?;
         let deny_cache_max_ms = whole_ms("DENY_CACHE_MAX_MS", DEFAULT_DENY_CACHE_MAX_MS, 86_400_000)?;
 
+        let log_caller_ids = match optional(&var, "LOG_CALLER_IDS").as_deref().map(str::trim) {
+            None | Some("hashed") => {
+                // Keyed by the REST token, so a hash cannot be reversed by hashing guesses.
+                let key: [u8; 32] =
+                    Sha256::new().chain_update(b"edge-ratelimit log ").chain_update(&redis_token).finalize().into();
+                LogCallerIds::Hashed { key }
+            }
+            Some("plain") => LogCallerIds::Plain,
+            Some(other) => {
+                return Err(err("LOG_CALLER_IDS", format!("must be \"hashed\" or \"plain\", got {}", Q(other))));
+            }
+        };
+
         #[cfg(feature = "bench-floor")]
         let bench_floor = match optional(&var, "BENCH_FLOOR").as_deref() {
             Some("deny") => Some(BenchFloor::Deny),
@@ -332,6 +367,7 @@ impl Config {
             admin_prefix,
             metrics_flush_ms,
             deny_cache_max_ms,
+            log_caller_ids,
             jwt,
             policy,
             redis_authorization: Secret(format!("Bearer {redis_token}")),

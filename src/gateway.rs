@@ -13,13 +13,16 @@ use std::collections::HashMap;
 
 use crate::admin::{self, Action, AdminBody, AdminRequest, Peek, Then, MAX_BODY_BYTES};
 use crate::config::{Config, ConfigError};
+use crate::decision::Decision;
 use crate::http::{self, Answer, Body, Header, Response};
 use crate::jwt::{JwtMode, SignatureCheck};
 use crate::limiter::{Failure, Limiter, Next, ScriptCall, TransportError};
+use crate::log::Line;
 use crate::metrics::Metrics;
 use crate::path::{normalize_with, path_and_query};
 use crate::plan::{bearer, plan, Limited, Plan, RequestFacts, METHOD_OVERRIDE_HEADERS};
 use crate::policy::CountBy;
+use crate::rpc::{self, CallError, ErrorKind, Method};
 
 /// A request as the executor read it.
 #[derive(Clone, Copy, Debug)]
@@ -47,6 +50,10 @@ pub enum Step {
     Verify { ticket: u32, check: SignatureCheck },
     /// Read the request's body, at most `max` + 1 bytes, then resume with [`Reply::Body`].
     ReadBody { ticket: u32, max: usize },
+    /// Return this JSON value to an RPC caller; then send `report`, if any.
+    Return { value: String, note: Option<String>, report: Option<Fetch> },
+    /// Throw this error to an RPC caller.
+    Throw { error: CallError, note: Option<String> },
     /// Nothing more (after a report).
     Done,
 }
@@ -103,6 +110,10 @@ enum Work<'c> {
     Peek { call: ScriptCall, peek: Peek<'c> },
     /// An admin pipeline.
     Admin { then: Then, head: bool },
+    /// An RPC `limit` or `peek`'s script call.
+    Call { call: ScriptCall, limited: Limited<'c>, method: Method, started_ms: f64 },
+    /// An RPC `reset`: these keys deleted.
+    Reset { keys: Vec<String> },
     /// A metrics report.
     Report { counts: Box<Metrics> },
     /// A token's signature; the request is planned again with the verdict.
@@ -117,7 +128,7 @@ enum Work<'c> {
 impl Work<'_> {
     fn call(&mut self) -> Option<&mut ScriptCall> {
         match self {
-            Work::Decide { call, .. } | Work::Peek { call, .. } => Some(call),
+            Work::Decide { call, .. } | Work::Peek { call, .. } | Work::Call { call, .. } => Some(call),
             _ => None,
         }
     }
@@ -231,7 +242,7 @@ impl<'c> Gateway<'c> {
         }
         let deadline = p.deadline_ms;
         match p.work {
-            mut work @ (Work::Decide { .. } | Work::Peek { .. }) => {
+            mut work @ (Work::Decide { .. } | Work::Peek { .. } | Work::Call { .. }) => {
                 let Some(call) = work.call() else { return Step::Done };
                 let next = match http {
                     Some(r) => call.on_reply(&self.limiter, r, now_ms, deadline),
@@ -242,6 +253,20 @@ impl<'c> Gateway<'c> {
             Work::Admin { then, head } => {
                 let reply = http.unwrap_or(Err(TransportError::Unreachable)).map_err(Failure::from);
                 respond(head_only(admin::finish(self.config, &self.limiter, then, reply, now_ms), head))
+            }
+            Work::Reset { keys } => {
+                let deleted = match http {
+                    Some(Ok((status, body))) => {
+                        crate::upstash::parse_integer_reply(status, body).map_err(Failure::Rest)
+                    }
+                    Some(Err(e)) => Err(Failure::from(e)),
+                    None => Err(Failure::Unreachable),
+                };
+                if deleted.is_ok() {
+                    self.limiter.forget(Some(&keys));
+                }
+                let note = deleted.as_ref().err().map(|f| self.degraded_line(f, "rpc", None, "reset"));
+                Step::Return { value: rpc::reset_result(deleted.as_ref().copied()), note, report: None }
             }
             Work::Report { counts } => {
                 let sent = matches!(http, Some(Ok((200, body))) if !body.contains("\"error\""));
@@ -254,7 +279,12 @@ impl<'c> Gateway<'c> {
                 let now_s = (now_ms / 1000.0).floor() as i64;
                 let (verdict, note) = match reply {
                     Reply::Signature(Some(valid)) => (valid, None),
-                    _ => (false, Some("a JWT_JWKS key could not be used by WebCrypto; its tokens are refused".into())),
+                    _ => {
+                        let line = Line::new("jwks_key_unusable", "error")
+                            .str("variable", "JWT_JWKS")
+                            .str("reason", "a key could not be used by WebCrypto; its tokens are refused");
+                        (false, Some(line.finish()))
+                    }
                 };
                 let headers: Vec<Option<&str>> = request.headers.iter().map(|h| h.as_deref()).collect();
                 let req = Request { method: &request.method, url: &request.url, headers: &headers };
@@ -341,6 +371,14 @@ impl<'c> Gateway<'c> {
                 self.decided(limited, &target, result, started_ms, now_ms)
             }
             Work::Peek { peek, .. } => respond(admin::peeked(&peek, self.limiter.peeked(&peek.checks, result))),
+            Work::Call { limited, method: Method::Peek, .. } => {
+                let peeked = self.limiter.peeked(&limited.checks, result);
+                self.peek_result(&limited, peeked)
+            }
+            Work::Call { limited, started_ms, .. } => {
+                let result = self.limiter.decided(&limited.checks, result, now_ms);
+                self.rpc_decided(limited, result, started_ms, now_ms)
+            }
             _ => Step::Done,
         }
     }
@@ -365,23 +403,122 @@ impl<'c> Gateway<'c> {
         started_ms: f64,
         now_ms: f64,
     ) -> Step {
-        let note = match &result {
-            Err(failure) => Some(format!("rate limiter degraded ({}): {failure}", failure.reason())),
-            Ok(d) => d
-                .shadow_denial()
-                .map(|l| format!("shadow limit \"{}\" would have denied {}", l.policy, limited.subject)),
-        };
+        let note = self.decision_note(&limited, &result, "http");
         let outcome = self.limiter.outcome(result, self.config.fail_mode, &limited.checks, now_ms);
-        let mut report = None;
-        if self.config.admin_token_sha256.is_some() {
-            self.metrics.record(&outcome, &limited.checks, limited.tier.as_deref(), &limited.subject);
-            self.metrics.decision.observe(now_ms - started_ms);
-            self.metrics.add_limiter_counts(self.limiter.take_counts());
-            report = self.report(now_ms);
-        }
+        let report = self.count(&outcome, &limited, started_ms, now_ms);
         match http::answer(&outcome) {
             Answer::Forward(headers) => self.forward(target, headers, note, report),
             Answer::Respond(response) => Step::Respond { response, note, report },
+        }
+    }
+
+    /// The log line of a decision attempt, if it deserves one: Redis failed, or a shadow limit would
+    /// have denied.
+    fn decision_note(&self, limited: &Limited<'_>, result: &Result<Decision, Failure>, via: &str) -> Option<String> {
+        let rule = limited.checks.first().map_or("", |c| c.rule);
+        match result {
+            Err(failure) => Some(self.degraded_line(failure, via, Some(&limited.subject), rule)),
+            Ok(d) => {
+                let i = d.limits.iter().position(|l| l.shadow && l.retry_ms > 0)?;
+                let line = Line::new("shadow_denied", "info")
+                    .str("via", via)
+                    .str("rule", limited.checks.get(i).map_or("", |c| c.rule))
+                    .str("limit", &d.limits[i].policy)
+                    .caller(&self.config.log_caller_ids, &limited.subject);
+                Some(line.finish())
+            }
+        }
+    }
+
+    /// The log line of a call Redis did not answer.
+    fn degraded_line(&self, failure: &Failure, via: &str, subject: Option<&str>, rule: &str) -> String {
+        let mut line = Line::new("degraded", "warn")
+            .str("via", via)
+            .str("reason", failure.reason())
+            .str("detail", &failure.to_string())
+            .str("fail_mode", if self.config.fail_mode == crate::config::FailMode::Open { "open" } else { "closed" })
+            .str("rule", rule);
+        if let Some(s) = subject {
+            line = line.caller(&self.config.log_caller_ids, s);
+        }
+        line.finish()
+    }
+
+    /// Counts a decision in the metrics (when they are kept); the report due now, if any.
+    fn count(
+        &mut self,
+        outcome: &crate::limiter::Outcome,
+        limited: &Limited<'_>,
+        started_ms: f64,
+        now_ms: f64,
+    ) -> Option<Fetch> {
+        self.config.admin_token_sha256.as_ref()?; // metrics are kept only with the admin API on
+        self.metrics.record(outcome, &limited.checks, limited.tier.as_deref(), &limited.subject);
+        self.metrics.decision.observe(now_ms - started_ms);
+        self.metrics.add_limiter_counts(self.limiter.take_counts());
+        self.report(now_ms)
+    }
+
+    /// An RPC call (`method` with its options as JSON, `""` for none) arriving at `now_ms`: the same
+    /// decision as a request's — deny cache, one script call, fail mode, metrics — returned as a plain
+    /// object ([`rpc::result_json`]), or an error to throw for bad arguments.
+    pub fn call(&mut self, method: &str, args: &str, now_ms: f64) -> Step {
+        self.collect(now_ms);
+        let call = match rpc::parse(self.config, method, args) {
+            Ok(call) => call,
+            Err(error) => return Step::Throw { error, note: None },
+        };
+        let limited = call.limited;
+        match call.method {
+            Method::Reset => {
+                let keys: Vec<String> = limited.checks.into_iter().map(|c| c.key).collect();
+                let mut del = vec!["DEL".to_string()];
+                del.extend(keys.iter().cloned());
+                let body = crate::json::strings(&del);
+                let ticket = self.park(Work::Reset { keys }, now_ms);
+                Step::Fetch(Fetch { ticket, pipeline: false, body, timeout_ms: self.config.redis_timeout_ms })
+            }
+            method => {
+                let peek = method == Method::Peek;
+                if !peek {
+                    if let Some(denied) = self.limiter.cached_denial(&limited.checks, now_ms) {
+                        return self.rpc_decided(limited, Ok(denied), now_ms, now_ms);
+                    }
+                }
+                let (call, body) = ScriptCall::start(&self.limiter, &limited.checks, self.config.clock, now_ms, peek);
+                let ticket = self.park(Work::Call { call, limited, method, started_ms: now_ms }, now_ms);
+                Step::Fetch(Fetch { ticket, pipeline: false, body, timeout_ms: self.config.redis_timeout_ms })
+            }
+        }
+    }
+
+    fn rpc_decided(
+        &mut self,
+        limited: Limited<'c>,
+        result: Result<Decision, Failure>,
+        started_ms: f64,
+        now_ms: f64,
+    ) -> Step {
+        let note = self.decision_note(&limited, &result, "rpc");
+        let outcome = self.limiter.outcome(result, self.config.fail_mode, &limited.checks, now_ms);
+        let report = self.count(&outcome, &limited, started_ms, now_ms);
+        Step::Return { value: rpc::limit_result(&outcome, &limited.checks), note, report }
+    }
+
+    /// A peek's result: what a `limit` of the same cost would get now. Redis failing, the fail mode
+    /// says what to expect (open: success, closed: not), marked degraded.
+    fn peek_result(&self, limited: &Limited<'_>, peeked: Result<Decision, Failure>) -> Step {
+        let checks = &limited.checks;
+        match peeked {
+            Ok(d) => {
+                Step::Return { value: rpc::result_json(d.allowed, Some(&d), checks, None), note: None, report: None }
+            }
+            Err(f) => {
+                let open = self.config.fail_mode == crate::config::FailMode::Open;
+                let rule = checks.first().map_or("", |c| c.rule);
+                let note = Some(self.degraded_line(&f, "rpc", Some(&limited.subject), rule));
+                Step::Return { value: rpc::result_json(open, None, checks, Some(&f)), note, report: None }
+            }
         }
     }
 
@@ -530,12 +667,23 @@ impl Isolate {
             Isolate::Misconfigured(e) => self::misconfigured(e),
         }
     }
+
+    /// An RPC call ([`Gateway::call`]); a misconfigured isolate throws an `Error` naming the variable.
+    pub fn call(&mut self, method: &str, args: &str, now_ms: f64) -> Step {
+        match self {
+            Isolate::Ready(g) => g.call(method, args, now_ms),
+            Isolate::Misconfigured(e) => Step::Throw {
+                error: CallError { kind: ErrorKind::Error, message: format!("edge-ratelimit is misconfigured: {e}") },
+                note: Some(misconfigured_line(e)),
+            },
+        }
+    }
+}
+
+fn misconfigured_line(e: &ConfigError) -> String {
+    Line::new("misconfigured", "error").str("variable", e.variable).str("reason", &e.message).finish()
 }
 
 fn misconfigured(e: &ConfigError) -> Step {
-    Step::Respond {
-        response: http::misconfigured(e),
-        note: Some(format!("edge-ratelimit is misconfigured: {e}")),
-        report: None,
-    }
+    Step::Respond { response: http::misconfigured(e), note: Some(misconfigured_line(e)), report: None }
 }

@@ -126,7 +126,7 @@ pub fn answer(outcome: &Outcome) -> Answer {
         Outcome::Allowed(d) => Answer::Forward(rate_limit_headers(d)),
         Outcome::Denied(d) => Answer::Respond(rate_limited(d, None)),
         Outcome::DeniedLocally(d, failure) => Answer::Respond(rate_limited(d, Some(failure))),
-        Outcome::FailedOpen(failure) => Answer::Forward(vec![degraded(failure)]),
+        Outcome::FailedOpen(failure, _) => Answer::Forward(vec![degraded(failure)]),
         Outcome::FailedClosed(failure) => Answer::Respond(
             problem(
                 503,

@@ -6,11 +6,13 @@
 //!
 //! Module map (dependencies point down; only `edge` names `worker`, and nothing reads a clock or the
 //! network: time comes in as an argument, I/O goes out as a [`Step`]):
-//! - `edge`      — the executor's Rust half (wasm32 only): three synchronous exports around an
+//! - `edge`      — the executor's Rust half (wasm32 only): four synchronous exports around an
 //!   [`Isolate`]; `js/shim.mjs` is the other half, and carries out the steps.
 //! - `wire`      — steps and replies as the executor's text.
 //! - `gateway`   — the whole request: [`Gateway::begin`] / [`Gateway::resume`], step by step.
 //! - `http`      — every response and every header the gateway renders.
+//! - `rpc`       — the RPC entry's arguments and results (`env.LIMITER.limit({ key })`).
+//! - `log`       — the JSON log lines, callers named by a keyed hash.
 //! - `plan`      — a request's plan: identity (token, header, IP), lists, the limits that apply.
 //! - `admin`     — the admin API: routes, auth, peek/reset, overrides, metrics and status.
 //! - `limiter`   — one isolate's limiter: the script call and its NOSCRIPT recovery, deny cache,
@@ -39,12 +41,14 @@ mod jwt;
 mod key;
 mod limit;
 mod limiter;
+mod log;
 mod metrics;
 mod overrides;
 mod path;
 mod plan;
 mod policy;
 mod rate;
+mod rpc;
 mod script;
 mod upstash;
 mod wire;
@@ -55,7 +59,7 @@ pub mod bucket;
 mod edge;
 
 pub use admin::{admin_target, authorized, wants_body, AdminBody, MAX_BODY_BYTES};
-pub use config::{Clock, Config, ConfigError, FailMode, VARIABLES};
+pub use config::{Clock, Config, ConfigError, FailMode, LogCallerIds, VARIABLES};
 pub use decision::{Decision, LimitStatus, MAX_SF_INTEGER};
 pub use gateway::{Fetch, Gateway, Isolate, Reply, Request, Step};
 pub use http::{rate_limit_headers, Asset, Body, Header, Response};
@@ -67,12 +71,14 @@ pub use limiter::{
     script_call, Check, Failure, Limiter, Next, Outcome, ScriptCall, TransportError, DEFAULT_DENY_CACHE_MAX_MS,
     DENY_CACHE_ENTRIES, LOAD_EPISODE_MS, LOCAL_BUCKETS,
 };
+pub use log::caller_id;
 pub use metrics::{Event, Histogram, Metrics, Report, Totals, DENIED_KEY, LATENCY_BUCKETS_MS, METRICS_KEY};
 pub use overrides::{Override, Scope};
 pub use path::{normalize, normalize_with, path_and_query, views};
 pub use plan::{limits_for, plan, Limited, Plan, RequestFacts, Target, DEFAULT_POLICY};
 pub use policy::{parse_net, Applied, CountBy, Facts, LimitRule, Lists, Policy, Rule, Tiered};
 pub use rate::Refill;
+pub use rpc::{CallError, ErrorKind, Method, MAX_KEY_BYTES};
 pub use script::{Variant, SCRIPT_FLAGGED, SCRIPT_FLAGGED_SHA, SCRIPT_PLAIN, SCRIPT_PLAIN_SHA};
 pub use upstash::{eval_body, evalsha_body, parse_script_reply, RestError};
 pub use wire::{decode_request, decode_step, decode_vars, encode_start, encode_step, reply};

@@ -98,8 +98,9 @@ impl Failure {
 pub enum Outcome {
     Allowed(Decision),
     Denied(Decision),
-    /// Redis failed and the fail mode is open: forward, marked as not rate-limited by Redis.
-    FailedOpen(Failure),
+    /// Redis failed and the fail mode is open: forward, marked as not rate-limited by Redis (with what
+    /// this isolate's local bucket said, when it could say it).
+    FailedOpen(Failure, Option<Decision>),
     /// Redis failed, the fail mode is open, and this isolate's local bucket is empty: 429.
     DeniedLocally(Decision, Failure),
     /// Redis failed and the fail mode is closed: 503.
@@ -467,13 +468,10 @@ impl Limiter {
                 local.insert(c.key.clone(), state);
             }
         }
-        if reply.allowed {
-            return Outcome::FailedOpen(failure);
-        }
         let limits: Vec<(&str, &Limit, bool)> = checks.iter().map(|c| (c.policy, c.limit, c.shadow)).collect();
         match Decision::from_script(&reply.to_flat(), &limits) {
-            Ok(decision) => Outcome::DeniedLocally(decision, failure),
-            Err(_) => Outcome::FailedOpen(failure),
+            Ok(decision) if !reply.allowed => Outcome::DeniedLocally(decision, failure),
+            local => Outcome::FailedOpen(failure, local.ok()),
         }
     }
 
@@ -486,7 +484,8 @@ impl Limiter {
         }
         let max_age = self.deny_cache_max_ms;
         let (i, denial) = checks.iter().enumerate().find_map(|(i, c)| {
-            let d = denials.get_mut(&c.key)?;
+            // A shadow limit never denies, whatever another call learnt about its bucket.
+            let d = denials.get_mut(&c.key).filter(|_| !c.shadow)?;
             if c.cost < d.cost || now_ms >= d.retry_at_ms {
                 return None;
             }

@@ -150,7 +150,7 @@ impl Metrics {
                     self.denied_callers.insert(subject.to_string(), 1);
                 }
             }
-            Outcome::FailedOpen(_) => rules.iter().for_each(|r| count(r, Event::FailedOpen)),
+            Outcome::FailedOpen(..) => rules.iter().for_each(|r| count(r, Event::FailedOpen)),
             Outcome::FailedClosed(_) => rules.iter().for_each(|r| count(r, Event::FailedClosed)),
         }
     }

@@ -228,7 +228,17 @@ pub fn limits_for<'c, 'h>(
         client,
         tier: tier.as_deref(),
     };
-    let applied = policy.applied(&facts, header);
+    limited_by(policy, policy.applied(&facts, header), subject, tier)
+}
+
+/// The checks for `applied` (limits of `policy`'s rules) of the caller `subject` in `tier`, with the
+/// override keys that may replace their numbers; `None` when nothing applies.
+pub fn limited_by<'c>(
+    policy: &'c crate::policy::Policy,
+    applied: Vec<crate::policy::Applied<'c>>,
+    subject: String,
+    tier: Option<String>,
+) -> Option<Limited<'c>> {
     if applied.is_empty() {
         return None;
     }

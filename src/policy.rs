@@ -129,9 +129,25 @@ pub struct Facts<'a> {
 impl Policy {
     /// The limits of every rule that matches, in policy order.
     pub fn applied<'p, 'h>(&'p self, facts: &Facts<'_>, header: impl Fn(&str) -> Option<&'h str>) -> Vec<Applied<'p>> {
+        let rules = self.rules.iter().filter(|r| r.matches(facts.method, facts.method_overrides, facts.paths));
+        self.applied_rules(rules, facts, header)
+    }
+
+    /// The rule named `name`, if the policy has one.
+    pub fn rule(&self, name: &str) -> Option<&Rule> {
+        self.rules.iter().find(|r| r.name == name)
+    }
+
+    /// The limits of `rules` for the caller of `facts` (whatever its method and path).
+    pub fn applied_rules<'p, 'h>(
+        &'p self,
+        rules: impl IntoIterator<Item = &'p Rule>,
+        facts: &Facts<'_>,
+        header: impl Fn(&str) -> Option<&'h str>,
+    ) -> Vec<Applied<'p>> {
         let tier = facts.tier.or(self.default_tier.as_deref());
         let mut out = Vec::new();
-        for rule in self.rules.iter().filter(|r| r.matches(facts.method, facts.method_overrides, facts.paths)) {
+        for rule in rules {
             for l in &rule.limits {
                 let subject = match &l.by {
                     CountBy::User => subject_key(facts.caller),

@@ -73,18 +73,40 @@ fn integers_fast(body: &str) -> Option<Vec<i64>> {
 
 /// Classifies an HTTP reply to a script call; `Ok` is the script's integer array.
 pub fn parse_script_reply(status: u16, body: &str) -> Result<Vec<i64>, RestError> {
-    match status {
-        401 | 403 => return Err(RestError::Unauthorized),
-        429 => return Err(RestError::Throttled),
-        300..=399 => return Err(RestError::Redirect(status)),
-        500..=599 => return Err(RestError::Server(status)),
-        _ => {}
-    }
+    classify_status(status)?;
     if status == 200 {
         if let Some(values) = integers_fast(body) {
             return Ok(values);
         }
     }
+    let items = match result_of(status, body)? {
+        serde_json::Value::Array(items) => items,
+        _ => return Err(RestError::Malformed("the result is not an array".into())),
+    };
+    items
+        .iter()
+        .map(|v| v.as_i64().ok_or_else(|| RestError::Malformed("a result item is not an integer".into())))
+        .collect()
+}
+
+/// Classifies an HTTP reply to a command that answers an integer (`DEL`).
+pub fn parse_integer_reply(status: u16, body: &str) -> Result<i64, RestError> {
+    classify_status(status)?;
+    result_of(status, body)?.as_i64().ok_or_else(|| RestError::Malformed("the result is not an integer".into()))
+}
+
+fn classify_status(status: u16) -> Result<(), RestError> {
+    match status {
+        401 | 403 => Err(RestError::Unauthorized),
+        429 => Err(RestError::Throttled),
+        300..=399 => Err(RestError::Redirect(status)),
+        500..=599 => Err(RestError::Server(status)),
+        _ => Ok(()),
+    }
+}
+
+/// The `result` of a reply envelope, or its classified `error`.
+fn result_of(status: u16, body: &str) -> Result<serde_json::Value, RestError> {
     let not_an_object = || RestError::Malformed(format!("HTTP {status}: not a JSON object"));
     let envelope: serde_json::Value = serde_json::from_str(body).map_err(|_| not_an_object())?;
     let serde_json::Value::Object(mut envelope) = envelope else { return Err(not_an_object()) };
@@ -96,15 +118,10 @@ pub fn parse_script_reply(status: u16, body: &str) -> Result<Vec<i64>, RestError
     if status != 200 {
         return Err(RestError::Malformed(format!("HTTP {status} without an error")));
     }
-    let items = match envelope.remove("result").filter(|v| !v.is_null()) {
-        Some(serde_json::Value::Array(items)) => items,
-        Some(_) => return Err(RestError::Malformed("the result is not an array".into())),
-        None => return Err(RestError::Malformed("the reply has no result".into())),
-    };
-    items
-        .iter()
-        .map(|v| v.as_i64().ok_or_else(|| RestError::Malformed("a result item is not an integer".into())))
-        .collect()
+    envelope
+        .remove("result")
+        .filter(|v| !v.is_null())
+        .ok_or_else(|| RestError::Malformed("the reply has no result".into()))
 }
 
 fn classify_error(error: String) -> RestError {
@@ -123,6 +140,16 @@ fn classify_error(error: String) -> RestError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_integer_reply_is_classified_like_a_script_reply() {
+        assert_eq!(parse_integer_reply(200, r#"{"result":2}"#), Ok(2));
+        assert_eq!(parse_integer_reply(401, ""), Err(RestError::Unauthorized));
+        assert_eq!(parse_integer_reply(307, ""), Err(RestError::Redirect(307)));
+        assert_eq!(parse_integer_reply(400, r#"{"error":"ERR wrong"}"#), Err(RestError::Redis("ERR wrong".into())));
+        assert!(matches!(parse_integer_reply(200, r#"{"result":"2"}"#), Err(RestError::Malformed(_))));
+        assert!(matches!(parse_integer_reply(200, "{"), Err(RestError::Malformed(_))));
+    }
 
     #[test]
     fn the_fast_path_reads_exactly_what_serde_json_reads() {

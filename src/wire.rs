@@ -15,6 +15,10 @@
 //! - `V` verify: ticket, algorithm (`RS256`, `ES256`, `EdDSA`), kid, signature (base64url); `extra`
 //!   is the public JWK, `body` the signed data.
 //! - `B` read the body: ticket, the most bytes to accept.
+//! - `J` return to an RPC caller: note, report ticket, report timeout; `extra` is the report's body,
+//!   `body` the JSON value to return.
+//! - `T` throw to an RPC caller: the error's constructor (`TypeError`, `RangeError`, `Error`), note;
+//!   `body` is the message.
 //! - `D` done.
 //!
 //! `extra` never holds NUL (it is JSON from [`crate::json`], which escapes control characters), so
@@ -126,6 +130,18 @@ pub fn encode_step(step: &Step) -> String {
             line(&mut head, &ticket.to_string());
             line(&mut head, &max.to_string());
             ("", "")
+        }
+        Step::Return { value, note, report } => {
+            line(&mut head, "J");
+            note_line(&mut head, note.as_deref());
+            let extra = report_lines(&mut head, report.as_ref());
+            (extra, value.as_str())
+        }
+        Step::Throw { error, note } => {
+            line(&mut head, "T");
+            line(&mut head, error.kind.name());
+            note_line(&mut head, note.as_deref());
+            ("", error.message.as_str())
         }
         Step::Done => {
             line(&mut head, "D");
@@ -244,6 +260,20 @@ mod tests {
             ["B", "6", "16384"]
         );
         assert_eq!(decode_step(&encode_step(&Step::Done)).unwrap().0, ["D"]);
+
+        let report = Fetch { ticket: 11, pipeline: true, body: "[[\"HINCRBY\"]]".into(), timeout_ms: 400 };
+        let j = Step::Return {
+            value: "{\"success\":true}".into(),
+            note: Some("{\"event\":\"x\"}".into()),
+            report: Some(report),
+        };
+        assert_eq!(
+            decode_step(&encode_step(&j)).unwrap(),
+            (vec!["J", "{\"event\":\"x\"}", "11", "400"], "[[\"HINCRBY\"]]", "{\"success\":true}")
+        );
+        let error = crate::rpc::CallError { kind: crate::rpc::ErrorKind::Range, message: "options.cost\nmust".into() };
+        let t = Step::Throw { error, note: None };
+        assert_eq!(decode_step(&encode_step(&t)).unwrap(), (vec!["T", "RangeError", ""], "", "options.cost\nmust"));
     }
 
     #[test]

@@ -186,7 +186,7 @@ fn failures_are_classified_and_follow_the_fail_mode() {
         assert_eq!(failure.reason(), reason);
         assert_eq!(calls.get(), 1, "a failure is not retried past the deadline");
         let limiter = Limiter::default();
-        assert!(matches!(limiter.outcome(Err(failure.clone()), FailMode::Open, &checks, 0.0), Outcome::FailedOpen(_)));
+        assert!(matches!(limiter.outcome(Err(failure.clone()), FailMode::Open, &checks, 0.0), Outcome::FailedOpen(..)));
         assert!(matches!(limiter.outcome(Err(failure), FailMode::Closed, &checks, 0.0), Outcome::FailedClosed(_)));
     }
 }
@@ -327,13 +327,16 @@ fn fail_open_is_still_bounded_by_a_local_bucket_per_key() {
     let down = || Err(Failure::Timeout);
     let now = 1_800_000_000_000.0;
     for _ in 0..3 {
-        assert!(matches!(limiter.outcome(down(), FailMode::Open, &checks, now), Outcome::FailedOpen(Failure::Timeout)));
+        assert!(matches!(
+            limiter.outcome(down(), FailMode::Open, &checks, now),
+            Outcome::FailedOpen(Failure::Timeout, _)
+        ));
     }
     match limiter.outcome(down(), FailMode::Open, &checks, now) {
         Outcome::DeniedLocally(d, Failure::Timeout) => assert_eq!(d.retry_after_s(), 1),
         other => panic!("expected a local denial, got {other:?}"),
     }
-    assert!(matches!(limiter.outcome(down(), FailMode::Open, &other, now), Outcome::FailedOpen(_)), "per key");
-    assert!(matches!(limiter.outcome(down(), FailMode::Open, &checks, now + 1000.0), Outcome::FailedOpen(_)));
+    assert!(matches!(limiter.outcome(down(), FailMode::Open, &other, now), Outcome::FailedOpen(..)), "per key");
+    assert!(matches!(limiter.outcome(down(), FailMode::Open, &checks, now + 1000.0), Outcome::FailedOpen(..)));
     assert!(matches!(limiter.outcome(down(), FailMode::Closed, &checks, now), Outcome::FailedClosed(_)));
 }

@@ -1,4 +1,4 @@
-//! The executor's Rust half: three synchronous exports around this isolate's [`Isolate`], each taking
+//! The executor's Rust half: four synchronous exports around this isolate's [`Isolate`], each taking
 //! and giving one string (see [`crate::wire`]). `js/shim.mjs` is the other half: it reads the facts,
 //! carries out each step (the REST fetch with its deadline, the forward, the Response, WebCrypto,
 //! `waitUntil`) and hands the results back. Nothing here decides; nothing here awaits.
@@ -44,6 +44,13 @@ pub fn begin(facts: &str, now: f64) -> String {
 #[wasm_bindgen(wasm_bindgen = ::worker::wasm_bindgen)]
 pub fn resume(ticket: u32, code: i32, text: &str, now: f64) -> String {
     with_isolate(|isolate| isolate.resume(ticket, reply(code, text), now))
+}
+
+/// An RPC call (`limit`, `peek`, `reset` with its options as JSON) arriving at `now` (epoch ms): its
+/// first step (see [`crate::Gateway::call`]); it goes on with [`resume`].
+#[wasm_bindgen(wasm_bindgen = ::worker::wasm_bindgen)]
+pub fn call(method: &str, args: &str, now: f64) -> String {
+    with_isolate(|isolate| isolate.call(method, args, now))
 }
 
 fn with_isolate(f: impl FnOnce(&mut Isolate) -> Step) -> String {

@@ -254,7 +254,14 @@ pub fn carry(gw: &mut Gateway<'_>, rest: &Rest, req: &Req, mut step: Step, now: 
                 }
                 return step;
             }
-            Step::Done => return Step::Done,
+            Step::Return { ref report, .. } => {
+                if let Some(f) = report {
+                    let (status, body) = rest.answer(f);
+                    assert_eq!(gw.resume(f.ticket, Reply::Http { status, body: &body }, now), Step::Done);
+                }
+                return step;
+            }
+            Step::Throw { .. } | Step::Done => return step,
         };
     }
     panic!("the request did not finish within 100 steps");

@@ -144,19 +144,22 @@ export async function startBlackHole() {
   };
 }
 
+/** Miniflare's options for the built Worker (build/worker) with `vars` as its environment. */
+const gatewayWorker = (vars) => ({
+  modules: true,
+  scriptPath: path.join(WORKER_DIR, "shim.mjs"),
+  modulesRoot: WORKER_DIR,
+  modulesRules: [
+    { type: "ESModule", include: ["**/*.js", "**/*.mjs"] },
+    { type: "CompiledWasm", include: ["**/*.wasm"] },
+  ],
+  compatibilityDate: "2025-09-01",
+  bindings: vars,
+});
+
 /** The built Worker (build/worker) in Miniflare with `vars` as its environment. */
 export async function startGateway(vars) {
-  const mf = new Miniflare({
-    modules: true,
-    scriptPath: path.join(WORKER_DIR, "shim.mjs"),
-    modulesRoot: WORKER_DIR,
-    modulesRules: [
-      { type: "ESModule", include: ["**/*.js", "**/*.mjs"] },
-      { type: "CompiledWasm", include: ["**/*.wasm"] },
-    ],
-    compatibilityDate: "2025-09-01",
-    bindings: vars,
-  });
+  const mf = new Miniflare(gatewayWorker(vars));
   await mf.ready;
   return {
     mf,
@@ -168,6 +171,91 @@ export async function startGateway(vars) {
       });
       const text = await res.text();
       return { status: res.status, headers: res.headers, text, json: () => JSON.parse(text) };
+    },
+    stop: () => mf.dispose(),
+  };
+}
+
+/**
+ * A caller Worker (JavaScript) bound to the gateway by a service binding, as another team's Worker
+ * would be: `POST /` with `{ method, options, times }` calls `env.LIMITER[method](options)` `times`
+ * times at once and answers `[{ value } | { error: { name, message } }]`. `options` "undefined"
+ * calls with no argument, "bigint" with a value JSON cannot carry.
+ */
+const CALLER = `
+export default {
+  async fetch(request, env) {
+    const { method, options, times = 1 } = await request.json();
+    const arg = options === "undefined" ? undefined : options === "bigint" ? { key: "k", cost: 1n } : options;
+    const one = async () => {
+      try {
+        return { value: await env.LIMITER[method](arg) };
+      } catch (e) {
+        return { error: { name: e.name, message: e.message, isTypeError: e instanceof TypeError, isRangeError: e instanceof RangeError } };
+      }
+    };
+    const started = Date.now();
+    const results = await Promise.all(Array.from({ length: times }, one));
+    return Response.json({ results, ms: Date.now() - started });
+  },
+};`;
+
+/**
+ * The gateway Worker and a caller Worker bound to its `RateLimiter` entrypoint, in one Miniflare.
+ * `call(method, options)` → the result (or `{ error }`); `calls(n, …)` → n results made at once;
+ * `fetch` is an HTTP request to the gateway itself; `logs` every line the Workers printed.
+ */
+export async function startWithCaller(vars, { callerScript = CALLER } = {}) {
+  const logs = []; // stdout: what the Workers console.log-ged
+  const collect = (stream, into = logs) => {
+    let rest = "";
+    stream.on("data", (chunk) => {
+      rest += chunk;
+      const lines = rest.split("\n");
+      rest = lines.pop();
+      into.push(...lines.filter((l) => l.trim() !== ""));
+    });
+  };
+  const mf = new Miniflare({
+    handleRuntimeStdio: (stdout, stderr) => {
+      collect(stdout);
+      collect(stderr, []); // workerd's own diagnostics (an origin that cannot be resolved, say)
+    },
+    workers: [
+      { name: "edge-ratelimit", ...gatewayWorker(vars) },
+      {
+        name: "caller",
+        modules: true,
+        script: callerScript,
+        compatibilityDate: "2025-09-01",
+        serviceBindings: { LIMITER: { name: "edge-ratelimit", entrypoint: "RateLimiter" } },
+      },
+    ],
+  });
+  await mf.ready;
+  const caller = await mf.getWorker("caller");
+  const calls = async (times, method, options) => {
+    const res = await caller.fetch("http://caller.test/", { method: "POST", body: JSON.stringify({ method, options, times }) });
+    const text = await res.text();
+    if (res.status !== 200) throw new Error(`caller Worker answered ${res.status}: ${text}`);
+    return JSON.parse(text);
+  };
+  return {
+    mf,
+    logs,
+    /** The caller Worker's own fetch (for a caller script of one's own). */
+    callerFetch: (url, init) => caller.fetch(url, init),
+    calls: async (times, method, options) => (await calls(times, method, options)).results,
+    /** One call: its value, or `{ error }` when it threw; `ms` how long it took inside workerd. */
+    async call(method, options) {
+      const { results, ms } = await calls(1, method, options);
+      const r = results[0];
+      return { ...(r.value ?? { error: r.error }), ms };
+    },
+    async fetch(pathname, { ip = "203.0.113.7", headers = {}, ...init } = {}) {
+      const res = await mf.dispatchFetch(`http://gateway.test${pathname}`, { ...init, headers: { "cf-connecting-ip": ip, ...headers } });
+      const text = await res.text();
+      return { status: res.status, headers: res.headers, text };
     },
     stop: () => mf.dispose(),
   };
