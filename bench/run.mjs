@@ -31,7 +31,7 @@ const vars = { UPSTASH_REDIS_REST_URL: rest.url, UPSTASH_REDIS_REST_TOKEN: TOKEN
 const bundle = (name) => {
   const out = path.join(OUT, `${name}.bundle.js`);
   execFileSync(path.join(ROOT, "node_modules/.bin/esbuild"), [path.join(ROOT, `bench/workers/${name}.js`), "--bundle",
-    "--format=esm", "--platform=neutral", "--main-fields=module,main", "--conditions=workerd,worker,browser", `--outfile=${out}`, "--log-level=warning"]);
+    "--format=esm", "--platform=neutral", "--main-fields=module,main", "--conditions=workerd,worker,browser", "--external:cloudflare:workers", `--outfile=${out}`, "--log-level=warning"]);
   return out;
 };
 const workerdPids = () => new Set(readdirSync("/proc").filter((p) => /^\d+$/.test(p)).filter((p) => {
@@ -51,21 +51,21 @@ async function startWorker(name, options, extra = {}) {
   const pid = [...workerdPids()].find((p) => !before.has(p));
   return { name, mf, url, pid };
 }
-/** A caller Worker bound to edge-ratelimit's RateLimiter entrypoint, both in one workerd (requests go to the caller). */
-async function startRpcWorker(name, callerFile) {
+/** A caller Worker bound to a RateLimiter entrypoint (edge-ratelimit's, or `limiter`), both in one workerd (requests go to the caller). */
+async function startRpcWorker(name, callerFile, limiter = { ...rustOptions(), bindings: vars }) {
   const before = workerdPids();
   const mf = new Miniflare({
     workers: [
       { name: "caller", modules: true, scriptPath: callerFile, compatibilityDate: "2025-09-01", bindings: { ORIGIN_URL },
         serviceBindings: { LIMITER: { name: "edge-ratelimit", entrypoint: "RateLimiter" } } },
-      { name: "edge-ratelimit", ...rustOptions(), compatibilityDate: "2025-09-01", bindings: vars },
+      { name: "edge-ratelimit", compatibilityDate: "2025-09-01", ...limiter },
     ],
   });
   const url = (await mf.ready).toString().replace(/\/$/, "");
   const pid = [...workerdPids()].find((p) => !before.has(p));
   return { name, mf, url, pid };
 }
-const js = Object.fromEntries(["anchor", "forward", "limit", "deny", "deny-fields", "rpc-caller"].map((n) => [n, bundle(n)]));
+const js = Object.fromEntries(["anchor", "forward", "limit", "deny", "deny-fields", "rpc-caller", "rpc-floor"].map((n) => [n, bundle(n)]));
 const workers = {
   "edge-ratelimit": await startWorker("edge-ratelimit", rustOptions()),
   // The same Worker with the admin API on: metrics counted per request, reported every 10 s (waitUntil).
@@ -73,6 +73,9 @@ const workers = {
   "@upstash/ratelimit": await startWorker("@upstash/ratelimit", jsOptions(js.anchor)),
   // A user's Worker calling env.LIMITER.limit({ key }) over a service binding, then forwarding itself.
   "RPC caller → edge-ratelimit": await startRpcWorker("RPC caller → edge-ratelimit", js["rpc-caller"]),
+  // The same caller bound to an entrypoint that only makes one REST call (or, for the hot user, denies at once).
+  "RPC caller → RPC floor": await startRpcWorker("RPC caller → RPC floor", js["rpc-caller"], { modules: true, scriptPath: js["rpc-floor"], bindings: { ...vars, FLOOR: "limit" } }),
+  "RPC caller → RPC 429 floor": await startRpcWorker("RPC caller → RPC 429 floor", js["rpc-caller"], { modules: true, scriptPath: js["rpc-floor"], bindings: { ...vars, FLOOR: "deny" } }),
   "limit Worker": await startWorker("limit Worker", jsOptions(js.limit)),
   "forward-only": await startWorker("forward-only", jsOptions(js.forward)),
   "answers 429": await startWorker("answers 429", jsOptions(js.deny)),
@@ -82,6 +85,10 @@ const workers = {
   "wasm limit floor": await startWorker("wasm limit floor", rustOptions("build/floor"), { BENCH_FLOOR: "limit" }),
   "wasm 429 floor": await startWorker("wasm 429 floor", rustOptions("build/floor"), { BENCH_FLOOR: "deny" }),
 };
+
+// COMPARE_DIR=build/<dir>: another build of the Worker beside this one in every scenario (an A/B of a change).
+const COMPARE = process.env.COMPARE_DIR ? `edge-ratelimit @ ${process.env.COMPARE_DIR}` : null;
+if (COMPARE) workers[COMPARE] = await startWorker(COMPARE, rustOptions(process.env.COMPARE_DIR));
 
 const cpuTicks = (pid) => {
   const f = readFileSync(`/proc/${pid}/stat`, "utf8").split(") ")[1].split(" ");
@@ -125,12 +132,13 @@ async function measure(worker, scenario) {
 
 const ONLY = process.env.ONLY ? process.env.ONLY.split(",") : null; // e.g. ONLY=many,hot
 const allScenarios = [
-  { id: "many", title: "many users (all allowed)", workers: ["edge-ratelimit", "edge-ratelimit + metrics", "RPC caller → edge-ratelimit", "@upstash/ratelimit", "limit Worker", "wasm limit floor", "forward-only"], base: "limit Worker" },
-  { id: "hot", title: "one hot user (denied)", workers: ["edge-ratelimit", "edge-ratelimit + metrics", "RPC caller → edge-ratelimit", "@upstash/ratelimit", "answers 429", "answers our 429", "wasm 429 floor"], base: "answers 429" },
+  { id: "many", title: "many users (all allowed)", workers: ["edge-ratelimit", "edge-ratelimit + metrics", "RPC caller → edge-ratelimit", "RPC caller → RPC floor", "@upstash/ratelimit", "limit Worker", "wasm limit floor", "forward-only"], base: "limit Worker" },
+  { id: "hot", title: "one hot user (denied)", workers: ["edge-ratelimit", "edge-ratelimit + metrics", "RPC caller → edge-ratelimit", "RPC caller → RPC 429 floor", "@upstash/ratelimit", "answers 429", "answers our 429", "wasm 429 floor"], base: "answers 429" },
   { id: "mix", title: "mix (half new users, half one hot user)", workers: ["edge-ratelimit", "@upstash/ratelimit", "limit Worker", "forward-only"], base: "limit Worker" },
   { id: "many", title: "many users, +20 ms REST latency", latency: 20, workers: ["edge-ratelimit", "RPC caller → edge-ratelimit", "@upstash/ratelimit", "limit Worker"], base: "limit Worker", tag: "latency" },
 ];
 const scenarios = allScenarios.filter((sc) => !ONLY || ONLY.includes(sc.tag ?? sc.id));
+if (COMPARE) for (const sc of scenarios) sc.workers.splice(1, 0, COMPARE);
 
 // Warm every worker (compile, first isolate) before measuring.
 for (const w of Object.values(workers)) for (let i = 0; i < 20; i++) await fetch(w.url + "/warm", { headers: { "x-user-id": `warm-${i}` } }).then((r) => r.text());
@@ -202,6 +210,8 @@ for (const sc of results) {
     const rpc = sc.med["RPC caller → edge-ratelimit"];
     const http = sc.med["edge-ratelimit"];
     lines.push("", `RPC next to HTTP: the RPC caller at ${fmt(rpc.rps / http.rps, 2)}× the gateway's req/s, p50 ${fmt(rpc.p50 - http.p50, 2)} ms and CPU ${fmt(Math.abs(rpc.cpu - http.cpu))} µs/req ${rpc.cpu >= http.cpu ? "more" : "less"} (caller and limiter together), REST calls/req ${fmt(rpc.rest, 2)} against ${fmt(http.rest, 2)}.`);
+    const floor = sc.med["RPC caller → RPC floor"] ?? sc.med["RPC caller → RPC 429 floor"];
+    if (floor) lines.push("", `RPC next to its floor (the same caller, an entrypoint doing only the floor's work): ${fmt(rpc.rps / floor.rps, 2)}× its req/s, CPU ${fmt(rpc.cpu - floor.cpu)} µs/req above it.`);
   }
 }
 lines.push("", `Cold start (first request of a fresh isolate, median of ${COLD}, interleaved): ` +

@@ -18,7 +18,10 @@
 --   ARGV[a+2]        rate (tokens per second, > 0); a window lasts capacity / rate seconds
 --   ARGV[a+3]        TTL in whole seconds (>= the time to refill fully; 2 windows for a window)
 --   ARGV[a+4]        cost of this request (tokens, > 0)
---   ARGV[a+5]        "1" if limit i is in shadow mode: it never denies, and it is debited only when it can pay
+--   ARGV[a+5]        limit i's mode: "0" enforcing; "1" shadow: it never denies, and it is debited only when
+--                    the call is allowed and it can pay; "2" candidate (a policy being tried on live
+--                    traffic): it never denies, and the candidate limits are debited all or nothing among
+--                    themselves, whatever the enforcing limits say; "3" report only: never denies, never debited
 --   ARGV[a+6]        override KEYS indexes, most specific first, space-separated ("" = none): the first
 --                    override key that exists replaces capacity and rate (the TTL grows to match);
 --                    one whose numbers the gateway would refuse (capacity above 1e9, a full refill
@@ -54,8 +57,9 @@ if #KEYS > n then
   for j = 1, #names do overrides[n + j] = values[j] end
 end
 
-local algo, level, stamp, cap, rate, ttl, cost, win = {}, {}, {}, {}, {}, {}, {}, {}
+local algo, level, stamp, cap, rate, ttl, cost, win, mode = {}, {}, {}, {}, {}, {}, {}, {}, {}
 local denied_by = 0
+local candidate_denied = false
 
 for i = 1, n do
   local a = 4 + (i - 1) * 7
@@ -110,14 +114,25 @@ for i = 1, n do
     ttl_i = math.max(ttl_i, math.ceil(c / r))
   end
   if not (ttl_i <= 2 * MAX_WINDOW) then ttl_i = 2 * MAX_WINDOW end
-  level[i], stamp[i], ttl[i] = tokens, t, ttl_i
-  if denied_by == 0 and tokens < k and ARGV[a + 5] ~= "1" then denied_by = i end
+  level[i], stamp[i], ttl[i], mode[i] = tokens, t, ttl_i, ARGV[a + 5]
+  if tokens < k then
+    if mode[i] == "2" then
+      candidate_denied = true
+    elseif denied_by == 0 and mode[i] ~= "1" and mode[i] ~= "3" then
+      denied_by = i
+    end
+  end
 end
 
 local out = { denied_by == 0 and 1 or 0, denied_by }
 for i = 1, n do
   local tokens, c, r, k, t = level[i], cap[i], rate[i], cost[i], stamp[i]
   local consume = denied_by == 0 and tokens >= k and not peek
+  if mode[i] == "2" then
+    consume = not candidate_denied and not peek
+  elseif mode[i] == "3" then
+    consume = false
+  end
   local retry, reset = 0, 0
   if algo[i] == "w" then
     local start, cur, prev, w = win[i][1], win[i][2], win[i][3], win[i][4]

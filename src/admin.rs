@@ -14,7 +14,7 @@
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-use crate::config::{Clock, Config, FailMode};
+use crate::config::{Candidate, Clock, Config, FailMode};
 use crate::decision::Decision;
 use crate::http::{problem, problem_with, Asset, Body, Response};
 use crate::identity::{identify, Caller};
@@ -106,7 +106,7 @@ fn ok(body: String) -> Response {
     Response::json(200, body)
 }
 
-fn bad_request(field: &str, detail: &str) -> Response {
+pub(crate) fn bad_request(field: &str, detail: &str) -> Response {
     problem_with(400, "bad-request", "Bad Request", detail, |o| o.str("field", field))
 }
 
@@ -122,7 +122,7 @@ fn no_override() -> Response {
     problem(404, "not-found", "Not Found", "there is no such override")
 }
 
-fn method_not_allowed(allow: &'static str) -> Response {
+pub(crate) fn method_not_allowed(allow: &'static str) -> Response {
     problem(405, "method-not-allowed", "Method Not Allowed", &format!("this resource allows {allow}"))
         .with("allow", allow)
 }
@@ -151,7 +151,10 @@ pub struct Peek<'c> {
 #[derive(Clone, Debug)]
 pub enum Then {
     Metrics,
-    Status,
+    /// The status page's data: 3 commands, then the candidate's.
+    Status(usize),
+    /// The candidate policy's report: its hash, then each limit's callers (this many commands).
+    Candidate(usize),
     List,
     Get,
     Put(String),
@@ -202,15 +205,33 @@ pub fn route<'c>(config: &'c Config, req: &AdminRequest<'_>, now_ms: f64) -> Act
         }
         (["policy"], "GET") => done(ok(effective_policy(config))),
         (["metrics"], "GET") => Action::Redis(vec![cmd(&["HGETALL", METRICS_KEY])], Then::Metrics),
-        (["status.json"], "GET") => Action::Redis(
-            vec![
+        (["status.json"], "GET") => {
+            let mut commands = vec![
                 cmd(&["HGETALL", METRICS_KEY]),
                 cmd(&["ZREVRANGE", DENIED_KEY, "0", "9", "WITHSCORES"]),
                 cmd(&["HGETALL", INDEX_KEY]),
-            ],
-            Then::Status,
-        ),
-        (["openapi.json" | "policy" | "metrics" | "status.json"], _) => done(method_not_allowed("GET")),
+            ];
+            if let Ok(Some(c)) = &config.candidate {
+                commands.extend(candidate_commands(c));
+            }
+            let n = commands.len();
+            Action::Redis(commands, Then::Status(n))
+        }
+        (["candidate"], "GET") => match &config.candidate {
+            Ok(Some(c)) => {
+                let commands = candidate_commands(c);
+                let n = commands.len();
+                Action::Redis(commands, Then::Candidate(n))
+            }
+            Ok(None) => done(problem(
+                404,
+                "not-found",
+                "Not Found",
+                "no candidate policy is set: set RATE_LIMIT_POLICY_CANDIDATE (same format as RATE_LIMIT_POLICY)",
+            )),
+            Err(e) => done(candidate_invalid(e)),
+        },
+        (["openapi.json" | "policy" | "metrics" | "status.json" | "candidate"], _) => done(method_not_allowed("GET")),
         (["buckets"], "GET") => {
             let query = query_pairs(req.query, &["user", "ip", "path", "method", "tier"]);
             match query.and_then(|p| bucket_query(config, &p)) {
@@ -273,7 +294,11 @@ pub fn finish(
             "text/plain; version=0.0.4; charset=utf-8",
             Totals::from_fields(&strings(&replies[0])).prometheus(),
         ),
-        Then::Status => status_json(config, replies, now_ms),
+        Then::Status(_) => status_json(config, replies, now_ms),
+        Then::Candidate(_) => match &config.candidate {
+            Ok(Some(c)) => ok(candidate_json(config, c, replies)),
+            _ => not_found(),
+        },
         Then::List => {
             let list = live_overrides(&strings(&replies[0]), now_ms);
             ok(Obj::new().raw("overrides", &json::array(list.iter().map(Override::to_json))).finish())
@@ -336,7 +361,8 @@ impl Then {
     /// How many commands the pipeline of this step sent.
     fn commands(&self) -> usize {
         match self {
-            Then::Status => 3,
+            Then::Status(n) => *n,
+            Then::Candidate(n) => *n,
             Then::Get | Then::Put(_) | Then::Delete => 2,
             Then::Metrics | Then::List | Then::Reset(_) => 1,
         }
@@ -399,7 +425,7 @@ struct BucketQuery {
     tier: Option<String>,
 }
 
-fn query_pairs(query: &str, allowed: &[&'static str]) -> Result<Vec<(&'static str, String)>, Response> {
+pub(crate) fn query_pairs(query: &str, allowed: &[&'static str]) -> Result<Vec<(&'static str, String)>, Response> {
     let mut out: Vec<(&'static str, String)> = Vec::new();
     for part in query.split('&').filter(|p| !p.is_empty()) {
         let (k, v) = part.split_once('=').unwrap_or((part, ""));
@@ -480,7 +506,7 @@ pub fn peeked(p: &Peek<'_>, decision: Result<Decision, Failure>) -> Response {
             .str("rule", c.rule)
             .str("limit", c.policy)
             .str("algorithm", c.limit.algorithm().name())
-            .bool("shadow", c.shadow)
+            .bool("shadow", c.shadow())
             .int("capacity", l.capacity)
             .int("window_seconds", l.window_s)
             .int("remaining", l.remaining)
@@ -579,7 +605,7 @@ fn status_json(config: &Config, replies: &[Value], now_ms: f64) -> Response {
     };
     let latency = Obj::new().raw("decision_ms", &latency(&totals.decision)).raw("redis_ms", &latency(&totals.redis));
     let overrides = json::array(live_overrides(&strings(&replies[2]), now_ms).iter().map(Override::to_json));
-    ok(Obj::new()
+    let body = Obj::new()
         .int("generated_ms", now_ms as u64)
         .int("flush_interval_ms", config.metrics_flush_ms)
         .raw("rules", &rules)
@@ -587,8 +613,80 @@ fn status_json(config: &Config, replies: &[Value], now_ms: f64) -> Response {
         .raw("top_denied", &top)
         .raw("overrides", &overrides)
         .int("noscript", totals.noscript)
-        .int("deny_cache_hits", totals.deny_cache_hits)
-        .finish())
+        .int("deny_cache_hits", totals.deny_cache_hits);
+    let body = match &config.candidate {
+        Ok(Some(c)) => body.raw("candidate", &candidate_json(config, c, &replies[3..])),
+        Ok(None) => body.raw("candidate", "null"),
+        Err(e) => body.raw("candidate", &Obj::new().str("error", &e.to_string()).finish()),
+    };
+    ok(body.finish())
+}
+
+// ---- the candidate policy ----
+
+/// The candidate's limits as (rule, limit, whether adopting it keeps a live bucket): a limit keeps its
+/// bucket when the live policy has a limit of the same name, count and route (the same keys).
+fn candidate_limits<'c>(config: &Config, c: &'c Candidate) -> Vec<(&'c str, &'c str, bool)> {
+    let live = config.policy.as_ref();
+    c.policy
+        .rules
+        .iter()
+        .flat_map(|r| r.limits.iter().map(move |l| (r, l)))
+        .map(|(r, l)| {
+            let kept = live.is_some_and(|p| {
+                p.rules
+                    .iter()
+                    .any(|lr| lr.route == r.route && lr.limits.iter().any(|ll| ll.name == l.name && ll.by == l.by))
+            });
+            (r.name.as_str(), l.name.as_str(), kept)
+        })
+        .collect()
+}
+
+/// The pipeline that reads the candidate's report: its counters, then each limit's top callers.
+fn candidate_commands(c: &Candidate) -> Vec<Vec<String>> {
+    let mut commands = vec![cmd(&["HGETALL", &crate::metrics::candidate_key(&c.digest)])];
+    for r in &c.policy.rules {
+        for l in &r.limits {
+            let key = crate::metrics::candidate_callers_key(&c.digest, &r.name, &l.name);
+            commands.push(cmd(&["ZREVRANGE", &key, "0", "4", "WITHSCORES"]));
+        }
+    }
+    commands
+}
+
+/// The candidate's report: `{ digest, since_ms, unevaluated, limits: [{ rule, limit, would_deny,
+/// would_allow, top_callers, on_adoption }] }` from [`candidate_commands`]'s replies.
+fn candidate_json(config: &Config, c: &Candidate, replies: &[Value]) -> String {
+    let fields = replies.first().map(strings).unwrap_or_default();
+    let field = |name: &str| fields.chunks_exact(2).find(|p| p[0] == name).map(|p| p[1].clone());
+    let count = |name: String| field(&name).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    let limits = json::array(candidate_limits(config, c).into_iter().enumerate().map(|(i, (rule, limit, kept))| {
+        let callers = replies.get(1 + i).map(strings).unwrap_or_default();
+        let top = json::array(callers.chunks_exact(2).map(|p| {
+            Obj::new().str("caller", &p[0]).int("requests", p[1].parse::<f64>().unwrap_or(0.0) as u64).finish()
+        }));
+        Obj::new()
+            .str("rule", rule)
+            .str("limit", limit)
+            .int("would_deny", count(format!("d|{rule}|{limit}")))
+            .int("would_allow", count(format!("a|{rule}|{limit}")))
+            .raw("top_callers", &top)
+            .str("on_adoption", if kept { "keeps its live bucket" } else { "starts fresh" })
+            .finish()
+    }));
+    Obj::new()
+        .str("variable", "RATE_LIMIT_POLICY_CANDIDATE")
+        .str("digest", &c.digest)
+        .opt_int("since_ms", field("since_ms").and_then(|v| v.parse::<u64>().ok()))
+        .int("unevaluated", count("unevaluated".into()))
+        .raw("limits", &limits)
+        .finish()
+}
+
+/// 422: the candidate document does not parse; the message names the variable (the live policy works).
+fn candidate_invalid(e: &crate::config::ConfigError) -> Response {
+    problem_with(422, "candidate-invalid", "Unprocessable Content", &e.to_string(), |o| o.str("variable", e.variable))
 }
 
 /// Percent-decoding of a path segment or (with `plus_as_space`) a query component; `None` when the

@@ -15,6 +15,32 @@ pub enum State {
     Window { start: f64, count: f64, previous: f64 },
 }
 
+/// How a limit takes part in a call (the script's `ARGV[a+5]`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// It denies when it cannot pay; debited when the call is allowed.
+    Enforce,
+    /// It never denies; debited only when the call is allowed and it can pay.
+    Shadow,
+    /// A limit of a candidate policy: it never denies, and the candidate limits of a call are debited
+    /// all or nothing among themselves, whatever the enforcing limits say.
+    Candidate,
+    /// Reported, never denying, never debited.
+    Report,
+}
+
+impl Mode {
+    /// Its code in the script's arguments.
+    pub fn code(self) -> &'static str {
+        match self {
+            Mode::Enforce => "0",
+            Mode::Shadow => "1",
+            Mode::Candidate => "2",
+            Mode::Report => "3",
+        }
+    }
+}
+
 /// One limit's parameters for one call (ARGV of the script, overrides applied).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Spec {
@@ -22,8 +48,7 @@ pub struct Spec {
     pub capacity: f64,
     pub rate: f64,
     pub cost: f64,
-    /// A shadow limit never denies; it is debited only when it can pay.
-    pub shadow: bool,
+    pub mode: Mode,
 }
 
 /// What the script returns for one limit.
@@ -108,13 +133,22 @@ fn level(state: &Option<State>, spec: &Spec, now: f64) -> Level {
 pub fn call_with(states: &mut [Option<State>], specs: &[Spec], now: f64, peek: bool) -> Reply {
     debug_assert_eq!(states.len(), specs.len(), "one spec per limit");
     let levels: Vec<Level> = states.iter().zip(specs).map(|(s, spec)| level(s, spec, now)).collect();
-    let denied_by =
-        levels.iter().zip(specs).position(|(l, spec)| l.tokens < spec.cost && !spec.shadow).map_or(0, |i| i + 1);
+    let denied_by = levels
+        .iter()
+        .zip(specs)
+        .position(|(l, spec)| l.tokens < spec.cost && spec.mode == Mode::Enforce)
+        .map_or(0, |i| i + 1);
+    let candidate_denied =
+        levels.iter().zip(specs).any(|(l, spec)| l.tokens < spec.cost && spec.mode == Mode::Candidate);
     let mut buckets = Vec::with_capacity(specs.len());
     for ((state, spec), l) in states.iter_mut().zip(specs).zip(levels) {
         let (c, r, k) = (spec.capacity, spec.rate, spec.cost);
         let mut tokens = l.tokens;
-        let consume = denied_by == 0 && tokens >= k && !peek;
+        let consume = match spec.mode {
+            Mode::Enforce | Mode::Shadow => denied_by == 0 && tokens >= k && !peek,
+            Mode::Candidate => !candidate_denied && !peek,
+            Mode::Report => false,
+        };
         let (mut retry, mut reset) = (0.0, 0.0);
         match l.window {
             Some((start, mut count, previous, w)) => {
@@ -181,7 +215,7 @@ mod tests {
     }
 
     const FIVE_PER_MIN: Spec =
-        Spec { algorithm: Algorithm::TokenBucket, capacity: 5.0, rate: 5.0 / 60.0, cost: 1.0, shadow: false };
+        Spec { algorithm: Algorithm::TokenBucket, capacity: 5.0, rate: 5.0 / 60.0, cost: 1.0, mode: Mode::Enforce };
 
     #[test]
     fn a_fresh_bucket_admits_capacity_then_denies() {
@@ -243,7 +277,7 @@ mod tests {
 
     #[test]
     fn a_shadow_bucket_never_denies_and_pays_only_when_it_can() {
-        let shadow = Spec { capacity: 1.0, rate: 1.0, shadow: true, ..FIVE_PER_MIN };
+        let shadow = Spec { capacity: 1.0, rate: 1.0, mode: Mode::Shadow, ..FIVE_PER_MIN };
         let mut s = [Some(State::Bucket { tokens: 0.0, last_refill: 0.0 }), None];
         let r = call(&mut s, &[shadow, FIVE_PER_MIN], 0.0);
         assert_eq!((r.allowed, r.denied_by), (true, 0));
@@ -253,13 +287,34 @@ mod tests {
     }
 
     #[test]
+    fn candidate_limits_never_deny_and_pay_all_or_nothing_among_themselves() {
+        let candidate = Spec { capacity: 2.0, rate: 1.0 / 60.0, mode: Mode::Candidate, ..FIVE_PER_MIN };
+        let roomy = Spec { capacity: 10.0, ..candidate };
+        let report = Spec { mode: Mode::Report, ..FIVE_PER_MIN };
+        let tight = Spec { capacity: 1.0, rate: 1.0 / 60.0, ..FIVE_PER_MIN };
+        let mut s = [None, None, None, None];
+        // Live limit `tight` admits one; the candidates pay regardless of it, two times, then neither pays.
+        let specs = [tight, candidate, roomy, report];
+        let r = call(&mut s, &specs, 0.0);
+        assert!(r.allowed);
+        let r = call(&mut s, &specs, 0.0);
+        assert_eq!((r.allowed, r.denied_by), (false, 1), "the live limit denies");
+        assert_eq!(r.buckets[1].remaining, 0, "the candidate paid although the live limit denied");
+        let r = call(&mut s, &specs, 0.0);
+        assert!(r.buckets[1].retry_ms > 0, "the candidate would deny");
+        assert_eq!(r.buckets[2].remaining, 8, "and its other limit paid nothing: all or nothing");
+        assert_eq!(r.buckets[3].remaining, 5, "a reported limit is never debited");
+        assert_eq!(s[3], None, "nor written");
+    }
+
+    #[test]
     fn unreadable_state_counts_as_empty() {
         let mut s = [Some(State::Bucket { tokens: f64::NAN, last_refill: 0.0 })];
         assert!(!call(&mut s, &[FIVE_PER_MIN], 0.0).allowed);
     }
 
     const TEN_PER_MIN_WINDOW: Spec =
-        Spec { algorithm: Algorithm::SlidingWindow, capacity: 10.0, rate: 10.0 / 60.0, cost: 1.0, shadow: false };
+        Spec { algorithm: Algorithm::SlidingWindow, capacity: 10.0, rate: 10.0 / 60.0, cost: 1.0, mode: Mode::Enforce };
 
     fn admitted(s: &mut [Option<State>; 1], spec: Spec, at: f64, tries: u32) -> u32 {
         (0..tries).filter(|_| call(s, &[spec], at).allowed).count() as u32

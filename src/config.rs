@@ -52,6 +52,13 @@ pub struct Config {
     /// IPv6 callers are grouped by this prefix length (one /64 is usually one site).
     pub ipv6_prefix: u8,
     pub jwt: JwtConfig,
+    /// A policy tried beside the live one (`RATE_LIMIT_POLICY_CANDIDATE`): `Ok(None)` none, `Err` a
+    /// document that does not parse (the live policy keeps working; the admin API and the log say why).
+    pub candidate: Result<Option<Candidate>, ConfigError>,
+    /// Where callers read their own quota (`QUOTA_PATH`, a canonical path); `None`: off.
+    pub quota_path: Option<String>,
+    /// The quota endpoint's own bucket per caller ([`crate::quota::QUOTA_CAPACITY`]).
+    pub quota_limit: Limit,
     /// Rules from `RATE_LIMIT_POLICY`; `None`: one bucket per caller and path with [`Config::limit`].
     pub policy: Option<Policy>,
     /// SHA-256 of `ADMIN_TOKEN`; `None`: the admin API is off (its paths answer 404) and no metrics are kept.
@@ -67,6 +74,15 @@ pub struct Config {
     /// Benchmark only (`BENCH_FLOOR`): do nothing but a floor's work.
     #[cfg(feature = "bench-floor")]
     pub bench_floor: Option<BenchFloor>,
+}
+
+/// A candidate policy and the short digest of its document (its counters are kept under it, so a
+/// changed candidate starts counting afresh).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Candidate {
+    pub policy: Policy,
+    /// 16 hex digits of the document's SHA-256.
+    pub digest: String,
 }
 
 /// How the gateway's log lines name a caller.
@@ -99,7 +115,7 @@ pub enum BenchFloor {
 }
 
 /// Every variable the configuration reads (the executor passes these, and only these, from `env`).
-pub const VARIABLES: [&str; 29] = [
+pub const VARIABLES: [&str; 31] = [
     "UPSTASH_REDIS_REST_URL",
     "UPSTASH_REDIS_REST_TOKEN",
     "RATE_LIMIT_CAPACITY",
@@ -123,6 +139,8 @@ pub const VARIABLES: [&str; 29] = [
     "JWT_SUBJECT_CLAIM",
     "JWT_TIER_CLAIM",
     "RATE_LIMIT_POLICY",
+    "RATE_LIMIT_POLICY_CANDIDATE",
+    "QUOTA_PATH",
     "ADMIN_TOKEN",
     "ADMIN_PREFIX",
     "METRICS_FLUSH_MS",
@@ -300,6 +318,20 @@ impl Config {
             ),
         };
 
+        let candidate = match optional(&var, "RATE_LIMIT_POLICY_CANDIDATE") {
+            None => Ok(None),
+            Some(doc) => match Policy::parse(&doc, limit.ttl_seconds(), path_case_insensitive) {
+                Ok(policy) => {
+                    let mut digest = String::with_capacity(16);
+                    for b in &Sha256::digest(doc.as_bytes())[..8] {
+                        digest.push_str(&format!("{b:02x}"));
+                    }
+                    Ok(Some(Candidate { policy, digest }))
+                }
+                Err(m) => Err(err("RATE_LIMIT_POLICY_CANDIDATE", m)),
+            },
+        };
+
         // A secret: messages never repeat it, and only its digest is kept.
         let admin_token_sha256 = match var("ADMIN_TOKEN").map(|t| t.trim().to_string()).filter(|t| !t.is_empty()) {
             None => None,
@@ -337,6 +369,26 @@ impl Config {
                 },
             }
         };
+        let quota_path = match optional(&var, "QUOTA_PATH") {
+            None => None,
+            Some(p) => {
+                let canonical = crate::path::normalize_with(&p, path_case_insensitive);
+                if !p.starts_with('/') || canonical != p || p == "/" || p.contains(['?', '#', ';', '%']) {
+                    return Err(err(
+                        "QUOTA_PATH",
+                        format!(
+                            "must be a plain path like \"/.well-known/ratelimit\" (canonical, not /), got {}",
+                            Q(&p)
+                        ),
+                    ));
+                }
+                let under_admin = format!("{p}/").to_ascii_lowercase().starts_with(&admin_prefix.to_ascii_lowercase());
+                if under_admin {
+                    return Err(err("QUOTA_PATH", format!("must not be under ADMIN_PREFIX ({})", Q(&admin_prefix))));
+                }
+                Some(p)
+            }
+        };
         let metrics_flush_ms = whole_ms("METRICS_FLUSH_MS", DEFAULT_METRICS_FLUSH_MS, 3_600_000)?;
         let deny_cache_max_ms = whole_ms("DENY_CACHE_MAX_MS", DEFAULT_DENY_CACHE_MAX_MS, 86_400_000)?;
 
@@ -368,6 +420,9 @@ impl Config {
             metrics_flush_ms,
             deny_cache_max_ms,
             log_caller_ids,
+            candidate,
+            quota_path,
+            quota_limit: crate::quota::limit(),
             jwt,
             policy,
             redis_authorization: Secret(format!("Bearer {redis_token}")),

@@ -16,12 +16,13 @@ use crate::config::{Config, ConfigError};
 use crate::decision::Decision;
 use crate::http::{self, Answer, Body, Header, Response};
 use crate::jwt::{JwtMode, SignatureCheck};
-use crate::limiter::{Failure, Limiter, Next, ScriptCall, TransportError};
+use crate::limiter::{Check, Failure, Limiter, Next, ScriptCall, TransportError};
 use crate::log::Line;
 use crate::metrics::Metrics;
 use crate::path::{normalize_with, path_and_query};
-use crate::plan::{bearer, plan, Limited, Plan, RequestFacts, METHOD_OVERRIDE_HEADERS};
+use crate::plan::{bearer, plan_select, Limited, Plan, RequestFacts, Select, METHOD_OVERRIDE_HEADERS};
 use crate::policy::CountBy;
+use crate::quota::{self, Asked};
 use crate::rpc::{self, CallError, ErrorKind, Method};
 
 /// A request as the executor read it.
@@ -114,6 +115,8 @@ enum Work<'c> {
     Call { call: ScriptCall, limited: Limited<'c>, method: Method, started_ms: f64 },
     /// An RPC `reset`: these keys deleted.
     Reset { keys: Vec<String> },
+    /// A quota read's script call: `all` is the endpoint's own bucket then `listed` (reported only).
+    Quota { call: ScriptCall, listed: Vec<Check<'c>>, all: Vec<Check<'c>>, head: bool },
     /// A metrics report.
     Report { counts: Box<Metrics> },
     /// A token's signature; the request is planned again with the verdict.
@@ -128,7 +131,10 @@ enum Work<'c> {
 impl Work<'_> {
     fn call(&mut self) -> Option<&mut ScriptCall> {
         match self {
-            Work::Decide { call, .. } | Work::Peek { call, .. } | Work::Call { call, .. } => Some(call),
+            Work::Decide { call, .. }
+            | Work::Peek { call, .. }
+            | Work::Call { call, .. }
+            | Work::Quota { call, .. } => Some(call),
             _ => None,
         }
     }
@@ -155,6 +161,8 @@ pub struct Gateway<'c> {
     metrics: Metrics,
     pending: HashMap<u32, Pending<'c>>,
     next_ticket: u32,
+    /// Whether this isolate has logged that the candidate policy is refused (once is enough).
+    candidate_refusal_logged: bool,
 }
 
 impl<'c> Gateway<'c> {
@@ -165,6 +173,7 @@ impl<'c> Gateway<'c> {
             metrics: Metrics::default(),
             pending: HashMap::new(),
             next_ticket: 0,
+            candidate_refusal_logged: false,
             config,
         }
     }
@@ -212,20 +221,65 @@ impl<'c> Gateway<'c> {
                 None => respond(http::not_found()),
             };
         }
+        if self.config.quota_path.as_deref() == Some(canonical.as_str()) {
+            return self.quota(req, target, now_ms, verified);
+        }
         let header = |name: &str| self.header(req, name);
         let facts = RequestFacts { method: req.method, target, canonical: &canonical, header: &header, now_ms };
-        match plan(self.config, &facts, verified) {
+        match plan_select(self.config, &facts, verified, Select::Request) {
             Plan::Limit(limited) => self.decide(limited, target, now_ms),
             Plan::Unlimited => self.forward(target, Vec::new(), None, None),
             Plan::Unauthorized(e) => respond(http::unauthorized(e)),
             Plan::Unidentified(e) => respond(http::unidentified(e)),
             Plan::Forbidden => respond(http::forbidden()),
-            Plan::Signature(check) => {
-                let token = bearer(self.header(req, "authorization")).unwrap_or_default().to_string();
-                let ticket = self.park(Work::Token { request: OwnedRequest::of(req), token }, now_ms);
-                Step::Verify { ticket, check }
-            }
+            Plan::Signature(check) => self.verify(req, check, now_ms),
         }
+    }
+
+    /// Parks `req` until WebCrypto has checked its token's signature; it is planned again with the verdict.
+    fn verify(&mut self, req: &Request<'_>, check: crate::jwt::SignatureCheck, now_ms: f64) -> Step {
+        let token = bearer(self.header(req, "authorization")).unwrap_or_default().to_string();
+        let ticket = self.park(Work::Token { request: OwnedRequest::of(req), token }, now_ms);
+        Step::Verify { ticket, check }
+    }
+
+    /// A read of the caller's own quota (`QUOTA_PATH`): the caller identified as a request would be, the
+    /// limits of the asked method and path (or of every rule) reported in one script call that also
+    /// takes a token from the endpoint's own bucket.
+    fn quota(&mut self, req: &Request<'_>, target: &str, now_ms: f64, verified: Option<crate::jwt::Verified>) -> Step {
+        let head = req.method.eq_ignore_ascii_case("HEAD");
+        if !head && !req.method.eq_ignore_ascii_case("GET") {
+            return respond(admin::method_not_allowed("GET"));
+        }
+        let query = target.split('#').next().unwrap_or("").split_once('?').map_or("", |(_, q)| q);
+        let asked = match quota::asked(query, self.config.policy.is_some()) {
+            Ok(a) => a,
+            Err(r) => return respond(head_only(r, head)),
+        };
+        let (method, path, select) = match &asked {
+            Asked::Request { method, path } => (method.as_str(), path.as_str(), Select::Request),
+            Asked::EveryRule => ("GET", "/", Select::EveryRule),
+        };
+        let canonical = normalize_with(path, self.config.path_case_insensitive);
+        let header = |name: &str| self.header(req, name);
+        let facts = RequestFacts { method, target: path, canonical: &canonical, header: &header, now_ms };
+        let limited = match plan_select(self.config, &facts, verified, select) {
+            Plan::Limit(limited) => limited,
+            Plan::Unlimited => return respond(head_only(quota::unlimited(), head)),
+            Plan::Unauthorized(e) => return respond(http::unauthorized(e)),
+            Plan::Unidentified(e) => return respond(http::unidentified(e)),
+            Plan::Forbidden => return respond(http::forbidden()),
+            Plan::Signature(check) => return self.verify(req, check, now_ms),
+        };
+        let mut all = Vec::with_capacity(1 + limited.checks.len());
+        all.push(quota::own_check(&limited.subject, &self.config.quota_limit));
+        all.extend(limited.checks.iter().cloned().map(|mut c| {
+            c.mode = crate::bucket::Mode::Report;
+            c
+        }));
+        let (call, body) = ScriptCall::start(&self.limiter, &all, self.config.clock, now_ms, false);
+        let ticket = self.park(Work::Quota { call, listed: limited.checks, all, head }, now_ms);
+        Step::Fetch(Fetch { ticket, pipeline: false, body, timeout_ms: self.config.redis_timeout_ms })
     }
 
     /// The next step for `ticket`, with what its last step brought back at `now_ms`.
@@ -242,7 +296,7 @@ impl<'c> Gateway<'c> {
         }
         let deadline = p.deadline_ms;
         match p.work {
-            mut work @ (Work::Decide { .. } | Work::Peek { .. } | Work::Call { .. }) => {
+            mut work @ (Work::Decide { .. } | Work::Peek { .. } | Work::Call { .. } | Work::Quota { .. }) => {
                 let Some(call) = work.call() else { return Step::Done };
                 let next = match http {
                     Some(r) => call.on_reply(&self.limiter, r, now_ms, deadline),
@@ -367,10 +421,14 @@ impl<'c> Gateway<'c> {
     fn script_done(&mut self, work: Work<'c>, result: Result<Vec<i64>, Failure>, now_ms: f64) -> Step {
         match work {
             Work::Decide { limited, target, started_ms, .. } => {
+                let (result, candidate) = self.split_candidates(&limited, result);
                 let result = self.limiter.decided(&limited.checks, result, now_ms);
-                self.decided(limited, &target, result, started_ms, now_ms)
+                self.decided(limited, &target, result, candidate, started_ms, now_ms)
             }
             Work::Peek { peek, .. } => respond(admin::peeked(&peek, self.limiter.peeked(&peek.checks, result))),
+            Work::Quota { listed, all, head, .. } => {
+                respond(head_only(quota::answer(&listed, self.limiter.peeked(&all, result)), head))
+            }
             Work::Call { limited, method: Method::Peek, .. } => {
                 let peeked = self.limiter.peeked(&limited.checks, result);
                 self.peek_result(&limited, peeked)
@@ -386,24 +444,73 @@ impl<'c> Gateway<'c> {
     /// Decides `limited`: from the deny cache at once, or with one script call.
     fn decide(&mut self, limited: Limited<'c>, target: &str, now_ms: f64) -> Step {
         if let Some(denied) = self.limiter.cached_denial(&limited.checks, now_ms) {
-            return self.decided(limited, target, Ok(denied), now_ms, now_ms);
+            if let (Some(digest), false) = (self.candidate_digest(), limited.candidates.is_empty()) {
+                self.metrics.record_unevaluated(digest, now_ms);
+            }
+            return self.decided(limited, target, Ok(denied), None, now_ms, now_ms);
         }
-        let (call, body) = ScriptCall::start(&self.limiter, &limited.checks, self.config.clock, now_ms, false);
+        let (call, body) = if limited.candidates.is_empty() || self.candidate_digest().is_none() {
+            ScriptCall::start(&self.limiter, &limited.checks, self.config.clock, now_ms, false)
+        } else {
+            // The candidate's limits ride in the same call, after the live ones.
+            let all = [&limited.checks[..], &limited.candidates[..]].concat();
+            ScriptCall::start(&self.limiter, &all, self.config.clock, now_ms, false)
+        };
         let work = Work::Decide { call, limited, target: target.to_string(), started_ms: now_ms };
         let ticket = self.park(work, now_ms);
         Step::Fetch(Fetch { ticket, pipeline: false, body, timeout_ms: self.config.redis_timeout_ms })
     }
 
-    /// The answer to a decision attempt: the fail mode applied, metrics counted, headers rendered.
+    /// The digest of the candidate policy, when one is set and counted (the admin API reads its report).
+    fn candidate_digest(&self) -> Option<&'c str> {
+        match &self.config.candidate {
+            Ok(Some(c)) if self.config.admin_token_sha256.is_some() => Some(c.digest.as_str()),
+            _ => None,
+        }
+    }
+
+    /// A script reply for live limits followed by the candidate's: the live part, and what the script
+    /// said of each candidate limit (`None` when no candidate rode along or the call failed).
+    fn split_candidates(
+        &self,
+        limited: &Limited<'_>,
+        result: Result<Vec<i64>, Failure>,
+    ) -> (Result<Vec<i64>, Failure>, Option<Vec<crate::decision::LimitStatus>>) {
+        if limited.candidates.is_empty() || self.candidate_digest().is_none() {
+            return (result, None);
+        }
+        let Ok(mut ints) = result else { return (result, None) };
+        let live = 2 + 5 * limited.checks.len();
+        if ints.len() != live + 5 * limited.candidates.len() {
+            let e = crate::upstash::RestError::Malformed(format!("script returned {} integers", ints.len()));
+            return (Err(Failure::Rest(e)), None);
+        }
+        let mut candidate = vec![1, 0];
+        candidate.extend(ints.drain(live..));
+        let limits: Vec<_> = limited.candidates.iter().map(|c| (c.policy, c.limit, true)).collect();
+        let statuses = Decision::from_script(&candidate, &limits).ok().map(|d| d.limits);
+        (Ok(ints), statuses)
+    }
+
+    /// The answer to a decision attempt: the fail mode applied, metrics counted (the candidate's
+    /// differences too), headers rendered.
     fn decided(
         &mut self,
         limited: Limited<'c>,
         target: &str,
         result: Result<crate::decision::Decision, Failure>,
+        candidate: Option<Vec<crate::decision::LimitStatus>>,
         started_ms: f64,
         now_ms: f64,
     ) -> Step {
-        let note = self.decision_note(&limited, &result, "http");
+        let mut note = self.decision_note(&limited, &result, "http");
+        if let (Err(e), None, false) = (&self.config.candidate, &note, self.candidate_refusal_logged) {
+            self.candidate_refusal_logged = true;
+            note = Some(misconfigured_line(e));
+        }
+        if let (Some(digest), Some(statuses), Ok(d)) = (self.candidate_digest(), &candidate, &result) {
+            self.metrics.record_candidate(digest, d.allowed, &limited.candidates, statuses, &limited.subject, now_ms);
+        }
         let outcome = self.limiter.outcome(result, self.config.fail_mode, &limited.checks, now_ms);
         let report = self.count(&outcome, &limited, started_ms, now_ms);
         match http::answer(&outcome) {

@@ -13,6 +13,7 @@
 //! - `http`      — every response and every header the gateway renders.
 //! - `rpc`       — the RPC entry's arguments and results (`env.LIMITER.limit({ key })`).
 //! - `log`       — the JSON log lines, callers named by a keyed hash.
+//! - `quota`     — the caller quota endpoint (`QUOTA_PATH`): its query and its answer.
 //! - `plan`      — a request's plan: identity (token, header, IP), lists, the limits that apply.
 //! - `admin`     — the admin API: routes, auth, peek/reset, overrides, metrics and status.
 //! - `limiter`   — one isolate's limiter: the script call and its NOSCRIPT recovery, deny cache,
@@ -47,6 +48,7 @@ mod overrides;
 mod path;
 mod plan;
 mod policy;
+mod quota;
 mod rate;
 mod rpc;
 mod script;
@@ -59,7 +61,7 @@ pub mod bucket;
 mod edge;
 
 pub use admin::{admin_target, authorized, wants_body, AdminBody, MAX_BODY_BYTES};
-pub use config::{Clock, Config, ConfigError, FailMode, LogCallerIds, VARIABLES};
+pub use config::{Candidate, Clock, Config, ConfigError, FailMode, LogCallerIds, VARIABLES};
 pub use decision::{Decision, LimitStatus, MAX_SF_INTEGER};
 pub use gateway::{Fetch, Gateway, Isolate, Reply, Request, Step};
 pub use http::{rate_limit_headers, Asset, Body, Header, Response};
@@ -75,7 +77,10 @@ pub use log::caller_id;
 pub use metrics::{Event, Histogram, Metrics, Report, Totals, DENIED_KEY, LATENCY_BUCKETS_MS, METRICS_KEY};
 pub use overrides::{Override, Scope};
 pub use path::{normalize, normalize_with, path_and_query, views};
-pub use plan::{limits_for, plan, Limited, Plan, RequestFacts, Target, DEFAULT_POLICY};
+pub use plan::{
+    limits_for, plan, plan_select, Limited, Plan, RequestFacts, Select, Target, CANDIDATE_SUBJECT_PREFIX,
+    DEFAULT_POLICY,
+};
 pub use policy::{parse_net, Applied, CountBy, Facts, LimitRule, Lists, Policy, Rule, Tiered};
 pub use rate::Refill;
 pub use rpc::{CallError, ErrorKind, Method, MAX_KEY_BYTES};

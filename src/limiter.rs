@@ -11,7 +11,7 @@
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 
-use crate::bucket::{self, Spec, State};
+use crate::bucket::{self, Mode, Spec, State};
 use crate::config::{Clock, FailMode};
 use crate::decision::{Decision, LimitStatus};
 use crate::limit::Limit;
@@ -35,13 +35,20 @@ pub struct Check<'a> {
     pub policy: &'a str,
     pub limit: &'a Limit,
     pub cost: u32,
-    /// Reported but never denying.
-    pub shadow: bool,
+    /// Enforcing, shadow (reported but never denying), a candidate policy's, or only reported.
+    pub mode: Mode,
     /// The rule the limit belongs to (for metrics).
     pub rule: &'a str,
     /// Override keys that may replace the limit's capacity and refill, most specific first
     /// (see [`crate::overrides`]); the script reads them in the same call.
     pub overrides: Vec<String>,
+}
+
+impl Check<'_> {
+    /// Whether it never denies (shadow, a candidate's, or only reported).
+    pub fn shadow(&self) -> bool {
+        self.mode != Mode::Enforce
+    }
 }
 
 /// Why no decision came from Redis.
@@ -188,7 +195,7 @@ pub fn script_call(checks: &[Check<'_>], clock: Clock, now_ms: f64, peek: bool) 
         args.push(c.limit.algorithm().code().to_string());
         args.extend(c.limit.script_args().iter().cloned());
         args.push(c.cost.to_string());
-        args.push(if c.shadow { "1" } else { "0" }.to_string());
+        args.push(c.mode.code().to_string());
         let mut indexes = String::new();
         for o in &c.overrides {
             let at = match keys[checks.len()..].iter().position(|k| k == o) {
@@ -406,7 +413,7 @@ impl Limiter {
         reply: Result<Vec<i64>, Failure>,
         now_ms: f64,
     ) -> Result<Decision, Failure> {
-        let limits: Vec<(&str, &Limit, bool)> = checks.iter().map(|c| (c.policy, c.limit, c.shadow)).collect();
+        let limits: Vec<(&str, &Limit, bool)> = checks.iter().map(|c| (c.policy, c.limit, c.shadow())).collect();
         let decision = Decision::from_script(&reply?, &limits).map_err(Failure::Rest)?;
         match decision.denied_by {
             Some(i) => self.remember_denial(&checks[i], &decision.limits[i], now_ms),
@@ -424,7 +431,7 @@ impl Limiter {
 
     /// The script's integers for a peek (the admin API): nothing remembered.
     pub fn peeked(&self, checks: &[Check<'_>], reply: Result<Vec<i64>, Failure>) -> Result<Decision, Failure> {
-        let limits: Vec<(&str, &Limit, bool)> = checks.iter().map(|c| (c.policy, c.limit, c.shadow)).collect();
+        let limits: Vec<(&str, &Limit, bool)> = checks.iter().map(|c| (c.policy, c.limit, c.shadow())).collect();
         Decision::from_script(&reply?, &limits).map_err(Failure::Rest)
     }
 
@@ -459,7 +466,7 @@ impl Limiter {
                 capacity: f64::from(c.limit.capacity()),
                 rate: c.limit.refill().tokens_per_second(),
                 cost: f64::from(c.cost),
-                shadow: c.shadow,
+                mode: c.mode,
             })
             .collect();
         let reply = bucket::call(&mut states, &specs, now_ms / 1000.0);
@@ -468,7 +475,7 @@ impl Limiter {
                 local.insert(c.key.clone(), state);
             }
         }
-        let limits: Vec<(&str, &Limit, bool)> = checks.iter().map(|c| (c.policy, c.limit, c.shadow)).collect();
+        let limits: Vec<(&str, &Limit, bool)> = checks.iter().map(|c| (c.policy, c.limit, c.shadow())).collect();
         match Decision::from_script(&reply.to_flat(), &limits) {
             Ok(decision) if !reply.allowed => Outcome::DeniedLocally(decision, failure),
             local => Outcome::FailedOpen(failure, local.ok()),
@@ -485,7 +492,7 @@ impl Limiter {
         let max_age = self.deny_cache_max_ms;
         let (i, denial) = checks.iter().enumerate().find_map(|(i, c)| {
             // A shadow limit never denies, whatever another call learnt about its bucket.
-            let d = denials.get_mut(&c.key).filter(|_| !c.shadow)?;
+            let d = denials.get_mut(&c.key).filter(|_| !c.shadow())?;
             if c.cost < d.cost || now_ms >= d.retry_at_ms {
                 return None;
             }
@@ -519,7 +526,7 @@ impl Limiter {
                 };
                 LimitStatus {
                     policy: c.policy.to_string(),
-                    shadow: c.shadow,
+                    shadow: c.shadow(),
                     capacity,
                     window_s,
                     remaining,

@@ -112,7 +112,31 @@ pub struct Metrics {
     noscript: u64,
     deny_cache_hits: u64,
     denied_callers: HashMap<String, u64>,
+    /// The candidate policy's differences from the live one: (rule, limit, would deny) → requests; and
+    /// per (rule, limit) the callers they were (bounded per batch like the denied callers).
+    candidate: HashMap<(String, String, bool), u64>,
+    candidate_callers: HashMap<(String, String, String), u64>,
+    /// Requests answered without Redis (the deny cache) while a candidate is set: never compared.
+    unevaluated: u64,
+    /// The candidate's counters' key (`ratelimit:candidate:<digest>`), and when this batch began counting.
+    candidate_key: Option<String>,
+    candidate_since_ms: f64,
     last_report_ms: f64,
+}
+
+/// How long a candidate's counters live after their last report (a retired candidate's fade away).
+pub const CANDIDATE_TTL_SECONDS: u64 = 30 * 86_400;
+/// Callers kept per candidate limit.
+pub const CANDIDATE_CALLERS_KEPT: usize = 100;
+
+/// The hash of a candidate policy's counters.
+pub fn candidate_key(digest: &str) -> String {
+    format!("ratelimit:candidate:{digest}")
+}
+
+/// The sorted set of the callers a candidate limit treated differently.
+pub fn candidate_callers_key(digest: &str, rule: &str, limit: &str) -> String {
+    format!("ratelimit:candidate:{digest}:callers:{rule}#{limit}")
 }
 
 /// A report on its way to Redis: the pipeline body, and the counts it carries (to put back if it fails).
@@ -155,6 +179,52 @@ impl Metrics {
         }
     }
 
+    /// Counts what the candidate policy (its counters under `digest`) would have done differently for one
+    /// request the live policy `live_allowed` or not: a denial by its first limit short of tokens, or,
+    /// when the live policy denied, an admission by each of its limits.
+    pub fn record_candidate(
+        &mut self,
+        digest: &str,
+        live_allowed: bool,
+        candidates: &[Check<'_>],
+        statuses: &[crate::decision::LimitStatus],
+        subject: &str,
+        now_ms: f64,
+    ) {
+        if candidates.is_empty() {
+            return;
+        }
+        self.candidate_key.get_or_insert_with(|| digest.to_string());
+        if self.candidate_since_ms == 0.0 {
+            self.candidate_since_ms = now_ms;
+        }
+        let denying = statuses.iter().position(|l| l.retry_ms > 0);
+        let differs: Vec<(&Check<'_>, bool)> = match (live_allowed, denying) {
+            (true, Some(i)) => candidates.get(i).map(|c| (c, true)).into_iter().collect(),
+            (false, None) => candidates.iter().map(|c| (c, false)).collect(),
+            _ => Vec::new(),
+        };
+        for (c, would_deny) in differs {
+            *self.candidate.entry((c.rule.to_string(), c.policy.to_string(), would_deny)).or_default() += 1;
+            let key = (c.rule.to_string(), c.policy.to_string(), subject.to_string());
+            let room = self.candidate_callers.len() < DENIED_CALLERS_PER_BATCH;
+            if let Some(n) = self.candidate_callers.get_mut(&key) {
+                *n += 1;
+            } else if room {
+                self.candidate_callers.insert(key, 1);
+            }
+        }
+    }
+
+    /// A request the candidate could not be compared on (decided without Redis).
+    pub fn record_unevaluated(&mut self, digest: &str, now_ms: f64) {
+        self.candidate_key.get_or_insert_with(|| digest.to_string());
+        if self.candidate_since_ms == 0.0 {
+            self.candidate_since_ms = now_ms;
+        }
+        self.unevaluated += 1;
+    }
+
     /// Adds the limiter's NOSCRIPT fallbacks and deny-cache hits.
     pub fn add_limiter_counts(&mut self, (noscript, deny_cache_hits): (u64, u64)) {
         self.noscript += noscript;
@@ -167,6 +237,8 @@ impl Metrics {
             && self.redis.count == 0
             && self.noscript == 0
             && self.deny_cache_hits == 0
+            && self.candidate.is_empty()
+            && self.unevaluated == 0
     }
 
     /// The report to send now, if there is something to report and `interval_ms` has passed since
@@ -192,6 +264,21 @@ impl Metrics {
         self.redis.merge(&counts.redis);
         self.noscript += counts.noscript;
         self.deny_cache_hits += counts.deny_cache_hits;
+        for (k, n) in counts.candidate {
+            *self.candidate.entry(k).or_default() += n;
+        }
+        for (k, n) in counts.candidate_callers {
+            *self.candidate_callers.entry(k).or_default() += n;
+        }
+        self.unevaluated += counts.unevaluated;
+        if self.candidate_key.is_none() {
+            self.candidate_key = counts.candidate_key;
+        }
+        if self.candidate_since_ms == 0.0
+            || (counts.candidate_since_ms > 0.0 && counts.candidate_since_ms < self.candidate_since_ms)
+        {
+            self.candidate_since_ms = counts.candidate_since_ms;
+        }
     }
 
     /// The Upstash pipeline (`POST /pipeline`) that adds these counts.
@@ -224,6 +311,37 @@ impl Metrics {
         if !callers.is_empty() {
             let keep = format!("-{}", DENIED_KEEP + 1);
             commands.push(vec!["ZREMRANGEBYRANK".into(), DENIED_KEY.into(), "0".into(), keep]);
+        }
+        if let Some(digest) = &self.candidate_key {
+            let key = candidate_key(digest);
+            let ttl = CANDIDATE_TTL_SECONDS.to_string();
+            let since = format!("{}", self.candidate_since_ms.floor());
+            commands.push(vec!["HSETNX".into(), key.clone(), "since_ms".into(), since]);
+            let mut diffs: Vec<_> = self.candidate.iter().collect();
+            diffs.sort_by(|a, b| a.0.cmp(b.0));
+            for ((rule, limit, would_deny), n) in diffs {
+                let field = format!("{}|{rule}|{limit}", if *would_deny { "d" } else { "a" });
+                commands.push(vec!["HINCRBY".into(), key.clone(), field, n.to_string()]);
+            }
+            if self.unevaluated > 0 {
+                commands.push(vec!["HINCRBY".into(), key.clone(), "unevaluated".into(), self.unevaluated.to_string()]);
+            }
+            commands.push(vec!["EXPIRE".into(), key, ttl.clone()]);
+            let mut callers: Vec<_> = self.candidate_callers.iter().collect();
+            callers.sort();
+            let mut sets: Vec<String> = Vec::new();
+            for ((rule, limit, caller), n) in callers {
+                let set = candidate_callers_key(digest, rule, limit);
+                commands.push(vec!["ZINCRBY".into(), set.clone(), n.to_string(), caller.clone()]);
+                if !sets.contains(&set) {
+                    sets.push(set);
+                }
+            }
+            for set in sets {
+                let keep = format!("-{}", CANDIDATE_CALLERS_KEPT + 1);
+                commands.push(vec!["ZREMRANGEBYRANK".into(), set.clone(), "0".into(), keep]);
+                commands.push(vec!["EXPIRE".into(), set, ttl.clone()]);
+            }
         }
         crate::json::array(commands.iter().map(|c| crate::json::strings(c)))
     }
@@ -347,8 +465,15 @@ mod tests {
     #[test]
     fn outcomes_are_counted_per_rule_and_reported_as_one_pipeline() {
         let l = Limit::new(5, Refill::parse("5/min").unwrap(), 60).unwrap();
-        let check =
-            |rule| Check { key: "k".into(), policy: "p", limit: &l, cost: 1, shadow: false, rule, overrides: vec![] };
+        let check = |rule| Check {
+            key: "k".into(),
+            policy: "p",
+            limit: &l,
+            cost: 1,
+            mode: crate::bucket::Mode::Enforce,
+            rule,
+            overrides: vec![],
+        };
         let checks = [check("orders"), check("orders"), check("all")];
         let mut m = Metrics::default();
         let allowed = Decision {

@@ -4,6 +4,7 @@
 
 use std::net::IpAddr;
 
+use crate::bucket::Mode;
 use crate::config::Config;
 use crate::identity::{identify, Caller, IdentityError};
 use crate::jwt::{JwtError, JwtMode, SignatureCheck, Verification, Verified};
@@ -49,6 +50,9 @@ pub enum Plan<'c> {
 #[derive(Debug)]
 pub struct Limited<'c> {
     pub checks: Vec<Check<'c>>,
+    /// The candidate policy's limits for the same request (`RATE_LIMIT_POLICY_CANDIDATE`), in keys of
+    /// their own: asked in the same script call, never deciding anything.
+    pub candidates: Vec<Check<'c>>,
     /// The caller as in keys (`alice`, `@ip/…`).
     pub subject: String,
     pub tier: Option<String>,
@@ -60,9 +64,28 @@ pub fn bearer(authorization: Option<&str>) -> Option<&str> {
     v.get(..7).filter(|p| p.eq_ignore_ascii_case("bearer ")).map(|_| v[7..].trim())
 }
 
+/// Which limits a plan lists.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Select {
+    /// Those of the rules the request matches, and the candidate policy's beside them.
+    Request,
+    /// Every limit of every rule of the policy, for the caller (the quota endpoint without a path).
+    EveryRule,
+}
+
 /// The plan for a request. `verified` is the caller its token proved, once the executor has checked
 /// the token's signature ([`Plan::Signature`]).
 pub fn plan<'c>(config: &'c Config, req: &RequestFacts<'_>, verified: Option<Verified>) -> Plan<'c> {
+    plan_select(config, req, verified, Select::Request)
+}
+
+/// [`plan`], listing the limits `select` says.
+pub fn plan_select<'c>(
+    config: &'c Config,
+    req: &RequestFacts<'_>,
+    verified: Option<Verified>,
+    select: Select,
+) -> Plan<'c> {
     let header = req.header;
     let mut tier = None;
     let mut caller = None;
@@ -125,10 +148,56 @@ pub fn plan<'c>(config: &'c Config, req: &RequestFacts<'_>, verified: Option<Ver
         None => (None, Vec::new()),
     };
     let on = Target { method: req.method, method_overrides: &method_overrides, paths: &paths };
-    match limits_for(config, &caller, client.as_ref(), tier, &on, header) {
+    let limited = match (select, &config.policy) {
+        (Select::EveryRule, Some(policy)) => {
+            let facts = Facts {
+                method: req.method,
+                method_overrides: &[],
+                paths: &paths,
+                caller: &caller,
+                client: client.as_ref(),
+                tier: tier.as_deref(),
+            };
+            limited_by(policy, policy.applied_rules(&policy.rules, &facts, header), subject_key(&caller), tier)
+        }
+        _ => {
+            let candidates = match &config.candidate {
+                // Only counted with the admin API on (its report is read there): otherwise not asked at all.
+                Ok(Some(candidate)) if select == Select::Request && config.admin_token_sha256.is_some() => {
+                    policy_limits(&candidate.policy, &caller, client.as_ref(), tier.clone(), &on, header)
+                        .map(as_candidates)
+                        .unwrap_or_default()
+                }
+                _ => Vec::new(),
+            };
+            limits_for(config, &caller, client.as_ref(), tier, &on, header).map(|mut l| {
+                l.candidates = candidates;
+                l
+            })
+        }
+    };
+    match limited {
         Some(limited) => Plan::Limit(limited),
         None => Plan::Unlimited,
     }
+}
+
+/// The prefix of a candidate policy's keys: `rate:@candidate/<subject>:<route>#<limit>` (no HTTP or RPC
+/// subject starts with `@candidate/`, so its counters never touch a live bucket).
+pub const CANDIDATE_SUBJECT_PREFIX: &str = "@candidate/";
+
+/// A candidate policy's limits for a request (matched as the live ones are), as checks in keys of their
+/// own, each in [`Mode::Candidate`].
+fn as_candidates(limited: Limited<'_>) -> Vec<Check<'_>> {
+    limited
+        .checks
+        .into_iter()
+        .map(|mut c| {
+            c.key = format!("rate:{CANDIDATE_SUBJECT_PREFIX}{}", &c.key["rate:".len()..]);
+            c.mode = Mode::Candidate;
+            c
+        })
+        .collect()
 }
 
 /// Request headers that name a method the origin may run instead of the request's own: Rails and
@@ -214,12 +283,24 @@ pub fn limits_for<'c, 'h>(
             policy: DEFAULT_POLICY,
             limit: &config.limit,
             cost: 1,
-            shadow: false,
+            mode: Mode::Enforce,
             rule: DEFAULT_POLICY,
             overrides,
         };
-        return Some(Limited { checks: vec![check], subject, tier });
+        return Some(Limited { checks: vec![check], candidates: Vec::new(), subject, tier });
     };
+    policy_limits(policy, caller, client, tier, on, header)
+}
+
+/// The limits of `policy`'s rules that match `on`, for `caller`.
+fn policy_limits<'c, 'h>(
+    policy: &'c crate::policy::Policy,
+    caller: &Caller,
+    client: Option<&Caller>,
+    tier: Option<String>,
+    on: &Target<'_>,
+    header: &dyn Fn(&str) -> Option<&'h str>,
+) -> Option<Limited<'c>> {
     let facts = Facts {
         method: on.method,
         method_overrides: on.method_overrides,
@@ -228,7 +309,7 @@ pub fn limits_for<'c, 'h>(
         client,
         tier: tier.as_deref(),
     };
-    limited_by(policy, policy.applied(&facts, header), subject, tier)
+    limited_by(policy, policy.applied(&facts, header), subject_key(caller), tier)
 }
 
 /// The checks for `applied` (limits of `policy`'s rules) of the caller `subject` in `tier`, with the
@@ -258,11 +339,11 @@ pub fn limited_by<'c>(
                 policy: a.name,
                 limit: a.limit,
                 cost: a.cost,
-                shadow: a.shadow,
+                mode: if a.shadow { Mode::Shadow } else { Mode::Enforce },
                 rule: a.rule,
                 overrides,
             }
         })
         .collect();
-    Some(Limited { checks, subject, tier })
+    Some(Limited { checks, candidates: Vec::new(), subject, tier })
 }

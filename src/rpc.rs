@@ -10,6 +10,7 @@
 
 use serde_json::{Map, Value};
 
+use crate::bucket::Mode;
 use crate::config::Config;
 use crate::decision::{Decision, LimitStatus};
 use crate::identity::Caller;
@@ -183,7 +184,9 @@ pub fn parse<'c>(config: &'c Config, method: &str, args: &str) -> Result<Call<'c
         if let Some(cost) = cost {
             check.cost = cost;
         }
-        check.shadow |= shadow;
+        if shadow {
+            check.mode = Mode::Shadow;
+        }
     }
     Ok(Call { method: m, limited })
 }
@@ -207,11 +210,11 @@ fn zero_config<'c>(config: &'c Config, key: &str) -> Limited<'c> {
         policy: DEFAULT_POLICY,
         limit: &config.limit,
         cost: 1,
-        shadow: false,
+        mode: Mode::Enforce,
         rule: DEFAULT_POLICY,
         overrides: vec![crate::overrides::caller_key(&subject)],
     };
-    Limited { checks: vec![check], subject, tier: None }
+    Limited { checks: vec![check], candidates: Vec::new(), subject, tier: None }
 }
 
 /// The limits of a rule — named, or matched by `{ method, path }` as the gateway matches a request —
@@ -401,7 +404,7 @@ mod tests {
         assert_eq!(route_keys, keys);
         let costly =
             parse(&c, "limit", r#"{"key":"alice","rule":"export","cost":7,"shadow":true,"tier":"pro"}"#).unwrap();
-        assert!(costly.limited.checks.iter().all(|c| c.cost == 7 && c.shadow));
+        assert!(costly.limited.checks.iter().all(|c| c.cost == 7 && c.shadow()));
         assert_eq!(costly.limited.checks[0].limit.capacity(), 100);
     }
 

@@ -8,6 +8,7 @@ use std::cell::Cell;
 use std::collections::VecDeque;
 
 use common::{header, status, Req, Rest};
+use edge_ratelimit::bucket::Mode;
 use edge_ratelimit::{
     bucket_key, Caller, Check, Clock, Config, Decision, FailMode, Failure, Fetch, Gateway, Limit, Limiter, Next,
     Outcome, Refill, Reply, Request, RestError, ScriptCall, Step, TransportError, Variant,
@@ -19,7 +20,7 @@ fn limit(capacity: u32, refill: &str) -> Limit {
 
 /// One default-policy limit on `key`, without overrides.
 fn check(key: String, limit: &Limit, cost: u32) -> Check<'_> {
-    Check { key, policy: "default", limit, cost, shadow: false, rule: "default", overrides: vec![] }
+    Check { key, policy: "default", limit, cost, mode: Mode::Enforce, rule: "default", overrides: vec![] }
 }
 
 fn key(name: &str) -> String {

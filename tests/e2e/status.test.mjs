@@ -351,3 +351,47 @@ describe("status page against the real Worker", () => {
     }
   });
 });
+
+describe("status page with a candidate policy", () => {
+  let stack, gw, proxy;
+  const POLICY = { rules: [{ name: "orders", route: "/api/*", limits: [{ name: "orders-per-user", capacity: 5, refill: "5/h" }] }] };
+  const CANDIDATE = { rules: [{ name: "orders", route: "/api/*", limits: [{ name: "orders-per-user", capacity: 2, refill: "2/h" }] }] };
+  before(async () => {
+    stack = await startStack();
+    gw = await stack.gateway({
+      ADMIN_TOKEN,
+      METRICS_FLUSH_MS: "0",
+      RATE_LIMIT_POLICY: JSON.stringify(POLICY),
+      RATE_LIMIT_POLICY_CANDIDATE: JSON.stringify(CANDIDATE),
+    });
+    proxy = await startProxy(gw.mf);
+  });
+  after(async () => {
+    await proxy?.stop();
+    await stack?.stop();
+  });
+
+  test("shows what the candidate would have done differently (and a screenshot of it)", async () => {
+    const codes = [];
+    for (let i = 0; i < 5; i++) codes.push((await gw.fetch("/api/orders", { headers: { "x-user-id": "alice" } })).status);
+    assert.deepEqual(codes, [200, 200, 200, 200, 200]);
+    const { context, page, seen } = await openPage();
+    try {
+      await page.goto(`${proxy.url}${PREFIX}status`);
+      await login(page, ADMIN_TOKEN);
+      await page.locator("#candidate-section").waitFor({ state: "visible" });
+      await page.waitForFunction(() => document.querySelector('#candidate tr[data-limit="orders-per-user"] [data-col=would_deny]')?.textContent === "3", null, { timeout: 15_000 });
+      const row = await page.locator('#candidate tr[data-limit="orders-per-user"] td').allTextContents();
+      assert.deepEqual(row, ["orders-per-user", "3", "0", "alice (3)", "keeps its live bucket"]);
+      assert.match(await page.textContent("#candidate-summary"), /Counting since .* \(document [0-9a-f]{16}\)/);
+      mkdirSync(OUT, { recursive: true });
+      const shot = path.join(OUT, "status-candidate.png");
+      await page.locator("#candidate-section").scrollIntoViewIfNeeded();
+      await page.screenshot({ path: shot, fullPage: true });
+      console.log(`status page screenshot with the candidate's diff: ${shot}`);
+      assertCleanConsole(seen);
+    } finally {
+      await context.close();
+    }
+  });
+});
