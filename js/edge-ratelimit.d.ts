@@ -15,7 +15,7 @@
 export type RuleRef = string | { method?: string; path: string };
 
 export interface LimitOptions {
-  /** Who is counted. Without `rule`: a key space of its own (the zero-config limit). With `rule`: a caller's user id, sharing the buckets the gateway keeps for that id. 1 to 4096 bytes. */
+  /** Who is counted. Without `rule`: a key space of its own (the zero-config limit). With `rule`: a caller's user id, sharing the buckets the gateway keeps for that id. 1 to 4096 bytes, trimmed of surrounding spaces. */
   key: string;
   /** Tokens to take (default: each limit's own cost, 1 for the zero-config limit); a whole number from 1 to 1e9. */
   cost?: number;
@@ -56,7 +56,7 @@ export interface LimitResult {
   policy: string;
   /** A shadow limit (or a `shadow: true` call) would have denied this call. */
   shadowDenied: boolean;
-  /** Present when Redis could not decide: the answer is FAIL_MODE's (open: success, bounded by a local bucket; closed: not). */
+  /** Present when Redis could not decide: the answer is FAIL_MODE's (open: success, bounded by a local bucket; closed: not); `remaining` and `reset` are then the local bucket's, or 0 without one. */
   degraded?: DegradedReason;
 }
 

@@ -101,7 +101,8 @@ function call(method, options, env, ctx) {
 function failed(e) {
   if (ours.has(e)) return e;
   reset(e);
-  return new Error("edge-ratelimit failed on this call; it has been reset");
+  const again = e instanceof WebAssembly.RuntimeError ? "; it has been reset" : "";
+  return new Error(`edge-ratelimit failed on this call${again}`);
 }
 
 const ERRORS = { TypeError, RangeError, Error };
@@ -152,6 +153,8 @@ function carry(step, request, ctx) {
       throw e;
     }
     default:
+      // An RPC call whose state the core no longer has (the instance was reset meanwhile).
+      if (request === null) throw new Error("edge-ratelimit lost this call's state; try again");
       return new Response(null, { status: 204 });
   }
 }

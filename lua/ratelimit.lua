@@ -36,7 +36,8 @@
 --                                      so a shadow limit "would have denied" when > 0),
 --                            reset_ms (until limit i is full again),
 --                            capacity and window_s (ceil(capacity / rate)) in effect, overrides applied }
--- A denied call writes nothing: refill and window roll-over are pure functions of the stored state.
+-- A denied call writes nothing to its enforcing and shadow limits (candidate limits pay by their own
+-- verdict): refill and window roll-over are pure functions of the stored state.
 
 local now
 if ARGV[1] == "" then

@@ -625,7 +625,8 @@ fn status_json(config: &Config, replies: &[Value], now_ms: f64) -> Response {
 // ---- the candidate policy ----
 
 /// The candidate's limits as (rule, limit, whether adopting it keeps a live bucket): a limit keeps its
-/// bucket when the live policy has a limit of the same name, count and route (the same keys).
+/// bucket when the live policy has a limit of the same name, count, algorithm and route (the same keys,
+/// read the same way).
 fn candidate_limits<'c>(config: &Config, c: &'c Candidate) -> Vec<(&'c str, &'c str, bool)> {
     let live = config.policy.as_ref();
     c.policy
@@ -634,9 +635,12 @@ fn candidate_limits<'c>(config: &Config, c: &'c Candidate) -> Vec<(&'c str, &'c 
         .flat_map(|r| r.limits.iter().map(move |l| (r, l)))
         .map(|(r, l)| {
             let kept = live.is_some_and(|p| {
-                p.rules
-                    .iter()
-                    .any(|lr| lr.route == r.route && lr.limits.iter().any(|ll| ll.name == l.name && ll.by == l.by))
+                p.rules.iter().any(|lr| {
+                    lr.route == r.route
+                        && lr.limits.iter().any(|ll| {
+                            ll.name == l.name && ll.by == l.by && ll.base.limit.algorithm() == l.base.limit.algorithm()
+                        })
+                })
             });
             (r.name.as_str(), l.name.as_str(), kept)
         })

@@ -249,7 +249,7 @@ impl<'c> Gateway<'c> {
     fn quota(&mut self, req: &Request<'_>, target: &str, now_ms: f64, verified: Option<crate::jwt::Verified>) -> Step {
         let head = req.method.eq_ignore_ascii_case("HEAD");
         if !head && !req.method.eq_ignore_ascii_case("GET") {
-            return respond(admin::method_not_allowed("GET"));
+            return respond(admin::method_not_allowed("GET, HEAD"));
         }
         let query = target.split('#').next().unwrap_or("").split_once('?').map_or("", |(_, q)| q);
         let asked = match quota::asked(query, self.config.policy.is_some()) {
@@ -266,9 +266,9 @@ impl<'c> Gateway<'c> {
         let limited = match plan_select(self.config, &facts, verified, select) {
             Plan::Limit(limited) => limited,
             Plan::Unlimited => return respond(head_only(quota::unlimited(), head)),
-            Plan::Unauthorized(e) => return respond(http::unauthorized(e)),
-            Plan::Unidentified(e) => return respond(http::unidentified(e)),
-            Plan::Forbidden => return respond(http::forbidden()),
+            Plan::Unauthorized(e) => return respond(head_only(http::unauthorized(e), head)),
+            Plan::Unidentified(e) => return respond(head_only(http::unidentified(e), head)),
+            Plan::Forbidden => return respond(head_only(http::forbidden(), head)),
             Plan::Signature(check) => return self.verify(req, check, now_ms),
         };
         let mut all = Vec::with_capacity(1 + limited.checks.len());
@@ -511,6 +511,14 @@ impl<'c> Gateway<'c> {
         if let (Some(digest), Some(statuses), Ok(d)) = (self.candidate_digest(), &candidate, &result) {
             self.metrics.record_candidate(digest, d.allowed, &limited.candidates, statuses, &limited.subject, now_ms);
         }
+        if limited.checks.is_empty() {
+            // Only the candidate was asked: the live policy does not limit this request, whatever Redis said.
+            let report = match self.config.admin_token_sha256 {
+                Some(_) => self.report(now_ms),
+                None => None,
+            };
+            return self.forward(target, Vec::new(), None, report);
+        }
         let outcome = self.limiter.outcome(result, self.config.fail_mode, &limited.checks, now_ms);
         let report = self.count(&outcome, &limited, started_ms, now_ms);
         match http::answer(&outcome) {
@@ -578,7 +586,14 @@ impl<'c> Gateway<'c> {
         let limited = call.limited;
         match call.method {
             Method::Reset => {
-                let keys: Vec<String> = limited.checks.into_iter().map(|c| c.key).collect();
+                // Only the key's own buckets: a rule's `by: "global"` bucket is everyone's.
+                let own = format!("rate:{}", limited.subject);
+                let keys: Vec<String> = limited
+                    .checks
+                    .into_iter()
+                    .map(|c| c.key)
+                    .filter(|k| *k == own || k.strip_prefix(own.as_str()).is_some_and(|rest| rest.starts_with(':')))
+                    .collect();
                 let mut del = vec!["DEL".to_string()];
                 del.extend(keys.iter().cloned());
                 let body = crate::json::strings(&del);
@@ -716,7 +731,12 @@ fn header_names(config: &Config) -> Vec<String> {
     if config.jwt.mode != JwtMode::Off || config.admin_token_sha256.is_some() {
         names.push("authorization".into());
     }
-    if let Some(policy) = &config.policy {
+    // The live policy's and the candidate's: a candidate may count by a header the live one does not.
+    let candidate = match &config.candidate {
+        Ok(Some(c)) => Some(&c.policy),
+        _ => None,
+    };
+    for policy in config.policy.iter().chain(candidate) {
         names.extend(METHOD_OVERRIDE_HEADERS.iter().map(|h| h.to_string()));
         names.push("content-type".into());
         for limit in policy.rules.iter().flat_map(|r| &r.limits) {

@@ -198,10 +198,11 @@ impl Metrics {
         if self.candidate_since_ms == 0.0 {
             self.candidate_since_ms = now_ms;
         }
-        let denying = statuses.iter().position(|l| l.retry_ms > 0);
+        let counted = |c: &&Check<'_>| c.mode == crate::bucket::Mode::Candidate; // not its shadow limits
+        let denying = candidates.iter().zip(statuses).position(|(c, l)| counted(&c) && l.retry_ms > 0);
         let differs: Vec<(&Check<'_>, bool)> = match (live_allowed, denying) {
             (true, Some(i)) => candidates.get(i).map(|c| (c, true)).into_iter().collect(),
-            (false, None) => candidates.iter().map(|c| (c, false)).collect(),
+            (false, None) => candidates.iter().filter(counted).map(|c| (c, false)).collect(),
             _ => Vec::new(),
         };
         for (c, would_deny) in differs {

@@ -120,11 +120,17 @@ pub fn plan_select<'c>(
             }
         }
     };
-    // With a policy, every view of the path is matched against the rules; without, only the canonical
-    // path (the bucket key) matters.
-    let paths = match config.policy {
-        Some(_) => views_of(req.target, req.canonical, config.path_case_insensitive),
-        None => vec![req.canonical.to_string()],
+    // The candidate policy, when it is compared (only with the admin API on, where its report is read).
+    let candidate = match &config.candidate {
+        Ok(Some(c)) if select == Select::Request && config.admin_token_sha256.is_some() => Some(&c.policy),
+        _ => None,
+    };
+    // With a policy (live or candidate), every view of the path is matched against the rules; without,
+    // only the canonical path (the bucket key) matters.
+    let rules = config.policy.is_some() || candidate.is_some();
+    let paths = match rules {
+        true => views_of(req.target, req.canonical, config.path_case_insensitive),
+        false => vec![req.canonical.to_string()],
     };
 
     if let Some(policy) = &config.policy {
@@ -140,12 +146,12 @@ pub fn plan_select<'c>(
             return Plan::Unlimited;
         }
     }
-    let (client, method_overrides) = match config.policy {
-        Some(_) => (
+    let (client, method_overrides) = match rules {
+        true => (
             client_ip.and_then(|ip| identify(None, Some(ip), config.ipv6_prefix).ok()),
             method_overrides(header, req.target),
         ),
-        None => (None, Vec::new()),
+        false => (None, Vec::new()),
     };
     let on = Target { method: req.method, method_overrides: &method_overrides, paths: &paths };
     let limited = match (select, &config.policy) {
@@ -161,19 +167,21 @@ pub fn plan_select<'c>(
             limited_by(policy, policy.applied_rules(&policy.rules, &facts, header), subject_key(&caller), tier)
         }
         _ => {
-            let candidates = match &config.candidate {
-                // Only counted with the admin API on (its report is read there): otherwise not asked at all.
-                Ok(Some(candidate)) if select == Select::Request && config.admin_token_sha256.is_some() => {
-                    policy_limits(&candidate.policy, &caller, client.as_ref(), tier.clone(), &on, header)
-                        .map(as_candidates)
-                        .unwrap_or_default()
+            let candidates = candidate
+                .and_then(|p| policy_limits(p, &caller, client.as_ref(), tier.clone(), &on, header))
+                .map(as_candidates)
+                .unwrap_or_default();
+            match limits_for(config, &caller, client.as_ref(), tier.clone(), &on, header) {
+                Some(mut l) => {
+                    l.candidates = candidates;
+                    Some(l)
                 }
-                _ => Vec::new(),
-            };
-            limits_for(config, &caller, client.as_ref(), tier, &on, header).map(|mut l| {
-                l.candidates = candidates;
-                l
-            })
+                // No live limit, but the candidate has some (a new route, say): asked all the same.
+                None if !candidates.is_empty() => {
+                    Some(Limited { checks: Vec::new(), candidates, subject: subject_key(&caller), tier })
+                }
+                None => None,
+            }
         }
     };
     match limited {
@@ -187,14 +195,14 @@ pub fn plan_select<'c>(
 pub const CANDIDATE_SUBJECT_PREFIX: &str = "@candidate/";
 
 /// A candidate policy's limits for a request (matched as the live ones are), as checks in keys of their
-/// own, each in [`Mode::Candidate`].
+/// own, each in [`Mode::Candidate`] (its shadow limits only reported: they would never deny either).
 fn as_candidates(limited: Limited<'_>) -> Vec<Check<'_>> {
     limited
         .checks
         .into_iter()
         .map(|mut c| {
             c.key = format!("rate:{CANDIDATE_SUBJECT_PREFIX}{}", &c.key["rate:".len()..]);
-            c.mode = Mode::Candidate;
+            c.mode = if c.mode == Mode::Shadow { Mode::Report } else { Mode::Candidate };
             c
         })
         .collect()

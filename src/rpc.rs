@@ -121,7 +121,13 @@ pub fn parse<'c>(config: &'c Config, method: &str, args: &str) -> Result<Call<'c
     let shape = || type_error(format!("{name}(options): options must be an object such as {{ key: \"user-1\" }}"));
     let options = match serde_json::from_str::<Value>(args) {
         Ok(Value::Object(o)) => o,
-        _ => return Err(shape()),
+        Ok(_) => return Err(shape()),
+        Err(_) if !args.is_empty() => {
+            return Err(type_error(format!(
+                "{name}(options): options could not be read: strings must be well-formed Unicode (no lone surrogates)"
+            )))
+        }
+        Err(_) => return Err(shape()),
     };
     if let Some(unknown) = options.keys().find(|k| !m.options().contains(&k.as_str())) {
         return Err(type_error(format!(
@@ -134,11 +140,12 @@ pub fn parse<'c>(config: &'c Config, method: &str, args: &str) -> Result<Call<'c
         None => {
             return Err(type_error(format!("{name}(options): options.key is required (a string naming the caller)")))
         }
-        Some(Value::String(k)) => k.as_str(),
+        // Trimmed as the gateway trims a user id, so a rule's buckets are those of the same caller.
+        Some(Value::String(k)) => k.trim(),
         Some(other) => return Err(type_error(format!("options.key must be a string, got {}", kind_of(other)))),
     };
     if key.is_empty() {
-        return Err(range_error("options.key must not be empty".into()));
+        return Err(range_error("options.key must not be empty (nor only spaces)".into()));
     }
     if key.len() > MAX_KEY_BYTES {
         return Err(range_error(format!("options.key is {} bytes long; at most {MAX_KEY_BYTES}", key.len())));
@@ -212,7 +219,8 @@ fn zero_config<'c>(config: &'c Config, key: &str) -> Limited<'c> {
         cost: 1,
         mode: Mode::Enforce,
         rule: DEFAULT_POLICY,
-        overrides: vec![crate::overrides::caller_key(&subject)],
+        // No override can name this key space (the admin API's caller overrides are HTTP callers').
+        overrides: Vec::new(),
     };
     Limited { checks: vec![check], candidates: Vec::new(), subject, tier: None }
 }

@@ -141,7 +141,7 @@ fn the_quota_endpoint_is_limited_itself_and_strict_about_its_query() {
     assert_eq!(quota(&mut gw, &rest, "?method=POST", &other).1["field"], "path");
     assert_eq!(quota(&mut gw, &rest, "?path=export", &other).1["field"], "path");
     let post = send(&mut gw, &rest, "POST", QUOTA, &other);
-    assert_eq!((status(&post), header(&post, "allow")), (405, Some("GET")));
+    assert_eq!((status(&post), header(&post, "allow")), (405, Some("GET, HEAD")));
     assert!(
         matches!(send(&mut gw, &rest, "GET", &format!("{QUOTA}/more"), &other), Step::Forward { .. }),
         "only the path itself"
@@ -248,4 +248,29 @@ fn a_broken_candidate_is_refused_naming_its_variable_and_the_live_policy_keeps_w
     assert_eq!(status(&report), 422);
     assert_eq!(body_json(&report)["variable"], "RATE_LIMIT_POLICY_CANDIDATE");
     assert!(body_json(&report)["detail"].as_str().unwrap().starts_with("RATE_LIMIT_POLICY_CANDIDATE: "));
+}
+
+#[test]
+fn a_candidate_is_compared_on_new_routes_by_its_own_headers_and_its_shadow_limits_never_count() {
+    let rest = Rest::new();
+    let candidate = r#"{"rules":[
+        {"name":"beta","route":"/beta/*","limits":[{"name":"beta-per-key","by":"header:x-api-key","capacity":1,"refill":"1/h"},
+                                                    {"name":"beta-watch","capacity":1,"refill":"1/h","shadow":true}]}]}"#;
+    let c =
+        config(&rest, &[("RATE_LIMIT_POLICY_CANDIDATE", candidate), ("ADMIN_TOKEN", ADMIN), ("METRICS_FLUSH_MS", "0")]);
+    let mut gw = Gateway::new(&c);
+    assert!(gw.header_names().iter().any(|h| h == "x-api-key"), "the candidate's header is read");
+    for key in ["k1", "k1", "k2"] {
+        let step = send(&mut gw, &rest, "GET", "/beta/x", &[("x-user-id", "hal"), ("x-api-key", key)]);
+        assert_eq!(status(&step), 200, "no live rule: forwarded");
+        assert_eq!(header(&step, "ratelimit"), None, "and no live fields");
+    }
+    let keys: Vec<String> = serde_json::from_value(rest.redis(&["KEYS", "rate:*"])).unwrap();
+    assert!(keys.iter().any(|k| k.starts_with("rate:@candidate/@hdr/x-api-key=k1:")), "{keys:?}");
+    let auth = format!("Bearer {ADMIN}");
+    let r = body_json(&send(&mut gw, &rest, "GET", "/__ratelimit/candidate", &[("authorization", &auth)]));
+    let limit = |name: &str| r["limits"].as_array().unwrap().iter().find(|l| l["limit"] == name).unwrap().clone();
+    assert_eq!(limit("beta-per-key")["would_deny"], 1, "k1's second request, counted by its own key: {r}");
+    assert_eq!(limit("beta-watch")["would_deny"], 0, "a candidate's shadow limit would not have denied: {r}");
+    assert_eq!(limit("beta-per-key")["on_adoption"], "starts fresh");
 }

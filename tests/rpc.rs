@@ -253,3 +253,27 @@ fn log_lines_name_callers_by_hash_unless_plain() {
     .is_err_and(|e| e.variable == "LOG_CALLER_IDS"));
     drop(rest);
 }
+
+#[test]
+fn reset_empties_only_the_keys_own_buckets_and_keys_are_trimmed_like_user_ids() {
+    let rest = Rest::new();
+    let policy = r#"{"rules":[{"name":"api","route":"/api/*","limits":[
+        {"name":"per-user","capacity":5,"refill":"5/h"},{"name":"everyone","by":"global","capacity":100,"refill":"100/h"}]}]}"#;
+    let c = config(Some(&rest), &[("RATE_LIMIT_POLICY", policy)]);
+    let mut gw = Gateway::new(&c);
+    limit(&mut gw, &rest, json!({ "key": "ida", "rule": "api" }));
+    limit(&mut gw, &rest, json!({ "key": "  ida ", "rule": "api" }));
+    let req = Req::new(&gw, "GET", "/api/x", &[("x-user-id", "ida")]);
+    let http = run(&mut gw, &rest, &req, NOW);
+    assert!(
+        header(&http, "ratelimit").is_some_and(|f| f.starts_with("\"per-user\";r=2;")),
+        "a padded key is the same caller: {http:?}"
+    );
+    let reset = call(&mut gw, &rest, "reset", json!({ "key": "ida", "rule": "api" })).unwrap();
+    assert_eq!(reset["deleted"], 1, "ida's bucket, not everyone's");
+    assert_eq!(
+        rest.redis(&["HEXISTS", "rate:@global:/api/%2A#everyone", "tokens"]),
+        json!(1),
+        "the shared bucket stays"
+    );
+}
