@@ -145,7 +145,6 @@ fn no_http_caller_reaches_an_rpc_key_and_no_rpc_key_reaches_an_http_bucket() {
 
 #[test]
 fn redis_failing_follows_the_fail_mode_says_so_and_never_throws() {
-    let rest = Rest::new(); // not asked: every reply below is a failure
     for (mode, success) in [("open", true), ("closed", false)] {
         let c = config(None, &[("FAIL_MODE", mode)]);
         let mut gw = Gateway::new(&c);
@@ -188,7 +187,6 @@ fn redis_failing_follows_the_fail_mode_says_so_and_never_throws() {
     );
     down(&mut gw);
     assert_eq!(down(&mut gw)["success"], false, "an outage is not unlimited");
-    drop(rest);
 }
 
 #[test]
@@ -224,7 +222,6 @@ fn a_misconfigured_isolate_throws_an_error_naming_the_variable() {
 
 #[test]
 fn log_lines_name_callers_by_hash_unless_plain() {
-    let rest = Rest::new();
     for (ids, expect_plain) in [("hashed", false), ("plain", true)] {
         let c = config(None, &[("LOG_CALLER_IDS", ids)]);
         let mut gw = Gateway::new(&c);
@@ -251,7 +248,6 @@ fn log_lines_name_callers_by_hash_unless_plain() {
         _ => None,
     })
     .is_err_and(|e| e.variable == "LOG_CALLER_IDS"));
-    drop(rest);
 }
 
 #[test]

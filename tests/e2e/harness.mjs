@@ -194,9 +194,8 @@ export default {
         return { error: { name: e.name, message: e.message, isTypeError: e instanceof TypeError, isRangeError: e instanceof RangeError } };
       }
     };
-    const started = Date.now();
     const results = await Promise.all(Array.from({ length: times }, one));
-    return Response.json({ results, ms: Date.now() - started });
+    return Response.json({ results });
   },
 };`;
 
@@ -246,11 +245,10 @@ export async function startWithCaller(vars, { callerScript = CALLER } = {}) {
     /** The caller Worker's own fetch (for a caller script of one's own). */
     callerFetch: (url, init) => caller.fetch(url, init),
     calls: async (times, method, options) => (await calls(times, method, options)).results,
-    /** One call: its value, or `{ error }` when it threw; `ms` how long it took inside workerd. */
+    /** One call: its value, or `{ error }` when it threw. */
     async call(method, options) {
-      const { results, ms } = await calls(1, method, options);
-      const r = results[0];
-      return { ...(r.value ?? { error: r.error }), ms };
+      const r = (await calls(1, method, options)).results[0];
+      return r.value ?? { error: r.error };
     },
     async fetch(pathname, { ip = "203.0.113.7", headers = {}, ...init } = {}) {
       const res = await mf.dispatchFetch(`http://gateway.test${pathname}`, { ...init, headers: { "cf-connecting-ip": ip, ...headers } });
