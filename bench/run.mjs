@@ -86,6 +86,22 @@ const workers = {
   "wasm 429 floor": await startWorker("wasm 429 floor", rustOptions("build/floor"), { BENCH_FLOOR: "deny" }),
 };
 
+// The busy-key rows: one API key under a 100,000/min limit, two instances of each Worker driven at once.
+const BUSY = { RATE_LIMIT_CAPACITY: "100000", RATE_LIMIT_REFILL: "100000/min", ANCHOR_CAPACITY: "100000" };
+async function startPair(name, options, extra = {}) {
+  const a = await startWorker(`${name} #1`, options, { ...BUSY, ...extra });
+  const b = await startWorker(`${name} #2`, options, { ...BUSY, ...extra });
+  return { name, pair: [a, b] };
+}
+const pairs = {
+  "edge-ratelimit ×2": await startPair("edge-ratelimit", rustOptions()),
+  "edge-ratelimit ×2, leases off": await startPair("edge-ratelimit, leases off", rustOptions(), { RATE_LIMIT_LEASES: "off" }),
+  "@upstash/ratelimit ×2": await startPair("@upstash/ratelimit", jsOptions(js.anchor)),
+  "limit Worker ×2": await startPair("limit Worker", jsOptions(js.limit)),
+  "forward-only ×2": await startPair("forward-only", jsOptions(js.forward)),
+};
+Object.assign(workers, pairs);
+
 // COMPARE_DIR=build/<dir>: another build of the Worker beside this one in every scenario (an A/B of a change).
 const COMPARE = process.env.COMPARE_DIR ? `edge-ratelimit @ ${process.env.COMPARE_DIR}` : null;
 if (COMPARE) workers[COMPARE] = await startWorker(COMPARE, rustOptions(process.env.COMPARE_DIR));
@@ -100,22 +116,42 @@ async function redisCommands() {
   for (const m of info.matchAll(/cmdstat_([a-z|]+):calls=(\d+)/g)) if (m[1] !== "info") total += Number(m[2]);
   return total;
 }
-function wrk(url, scenario) {
+/** wrk against `url` with `connections`, to the end of its run: its RESULT line's numbers. */
+function wrk(url, scenario, connections = CONNECTIONS) {
   const script = path.join(OUT, `${scenario}.wrk.lua`);
   writeFileSync(script, readFileSync(path.join(ROOT, `bench/wrk/${scenario}.lua`), "utf8") + readFileSync(path.join(ROOT, "bench/wrk/report.lua"), "utf8"));
-  const out = execFileSync("wrk", ["-t1", `-c${CONNECTIONS}`, `-d${SECONDS}s`, "--timeout", "5s", "-s", script, url], {
-    env: { ...process.env }, maxBuffer: 1 << 20,
-  }).toString();
-  const line = out.split("\n").find((l) => l.startsWith("RESULT "));
-  return Object.fromEntries(line.slice(7).split(" ").map((kv) => kv.split("=")).map(([k, v]) => [k, Number(v)]));
+  return new Promise((resolve, reject) => {
+    const child = spawn("wrk", ["-t1", `-c${connections}`, `-d${SECONDS}s`, "--timeout", "5s", "-s", script, url], { stdio: ["ignore", "pipe", "inherit"] });
+    let out = "";
+    child.stdout.on("data", (d) => { out += d; });
+    child.on("error", reject);
+    child.on("exit", () => {
+      const line = out.split("\n").find((l) => l.startsWith("RESULT "));
+      if (!line) return reject(new Error(`wrk gave no result for ${url}: ${out}`));
+      resolve(Object.fromEntries(line.slice(7).split(" ").map((kv) => kv.split("=")).map(([k, v]) => [k, Number(v)])));
+    });
+  });
+}
+/** Both instances of a pair at once, half the connections each: requests summed, p50 the mean, p99 the worse. */
+async function wrkPair(urls, scenario) {
+  const rs = await Promise.all(urls.map((u) => wrk(u, scenario, Math.max(1, CONNECTIONS / urls.length))));
+  return {
+    requests: rs.reduce((s, r) => s + r.requests, 0),
+    seconds: Math.max(...rs.map((r) => r.seconds)),
+    p50_us: rs.reduce((s, r) => s + r.p50_us, 0) / rs.length,
+    p99_us: Math.max(...rs.map((r) => r.p99_us)),
+    errors: rs.reduce((s, r) => s + r.errors, 0),
+  };
 }
 async function measure(worker, scenario) {
   await rest.redis("FLUSHALL");
-  const cpu0 = cpuTicks(worker.pid);
+  const instances = worker.pair ?? [worker];
+  const cpu = () => instances.reduce((s, w) => s + cpuTicks(w.pid), 0);
+  const cpu0 = cpu();
   const calls0 = (await rest.stats()).calls;
   const cmds0 = await redisCommands();
-  const r = wrk(worker.url, scenario);
-  const cpu1 = cpuTicks(worker.pid);
+  const r = await wrkPair(instances.map((w) => w.url), scenario);
+  const cpu1 = cpu();
   const calls1 = (await rest.stats()).calls;
   const cmds1 = await redisCommands();
   const n = r.requests || 1;
@@ -136,12 +172,14 @@ const allScenarios = [
   { id: "hot", title: "one hot user (denied)", workers: ["edge-ratelimit", "edge-ratelimit + metrics", "RPC caller → edge-ratelimit", "RPC caller → RPC 429 floor", "@upstash/ratelimit", "answers 429", "answers our 429", "wasm 429 floor"], base: "answers 429" },
   { id: "mix", title: "mix (half new users, half one hot user)", workers: ["edge-ratelimit", "@upstash/ratelimit", "limit Worker", "forward-only"], base: "limit Worker" },
   { id: "many", title: "many users, +20 ms REST latency", latency: 20, workers: ["edge-ratelimit", "RPC caller → edge-ratelimit", "@upstash/ratelimit", "limit Worker"], base: "limit Worker", tag: "latency" },
+  { id: "busy", title: "one busy API key, 100,000/min, 2 instances each (leases)", workers: ["edge-ratelimit ×2", "edge-ratelimit ×2, leases off", "@upstash/ratelimit ×2", "limit Worker ×2", "forward-only ×2"], base: "forward-only ×2", anchor: "@upstash/ratelimit ×2" },
+  { id: "busy", title: "one busy API key, 100,000/min, 2 instances each, +20 ms REST latency", latency: 20, workers: ["edge-ratelimit ×2", "@upstash/ratelimit ×2", "forward-only ×2"], base: "forward-only ×2", anchor: "@upstash/ratelimit ×2", tag: "busy-latency" },
 ];
 const scenarios = allScenarios.filter((sc) => !ONLY || ONLY.includes(sc.tag ?? sc.id));
-if (COMPARE) for (const sc of scenarios) sc.workers.splice(1, 0, COMPARE);
+if (COMPARE) for (const sc of scenarios) if (sc.id !== "busy") sc.workers.splice(1, 0, COMPARE);
 
 // Warm every worker (compile, first isolate) before measuring.
-for (const w of Object.values(workers)) for (let i = 0; i < 20; i++) await fetch(w.url + "/warm", { headers: { "x-user-id": `warm-${i}` } }).then((r) => r.text());
+for (const w of Object.values(workers).flatMap((w) => w.pair ?? [w])) for (let i = 0; i < 20; i++) await fetch(w.url + "/warm", { headers: { "x-user-id": `warm-${i}` } }).then((r) => r.text());
 
 const results = [];
 const total = scenarios.reduce((s, sc) => s + sc.workers.length * ROUNDS, 0);
@@ -195,12 +233,16 @@ const lines = [];
 const cpuInfo = readFileSync("/proc/cpuinfo", "utf8").match(/model name\s*:\s*(.*)/)?.[1] ?? "unknown CPU";
 lines.push(`Benchmark of ${new Date().toISOString().slice(0, 10)} on ${cpuInfo}, ${execFileSync("nproc").toString().trim()} cores; Miniflare 4 / workerd, wrk -t1 -c${CONNECTIONS}, ${SECONDS} s per run, median of ${ROUNDS} interleaved rounds.`);
 for (const sc of results) {
-  const anchor = sc.med["@upstash/ratelimit"];
+  const anchor = sc.med[sc.anchor ?? "@upstash/ratelimit"];
   const base = sc.med[sc.base];
   lines.push("", `### ${sc.title}`, "", `| worker | req/s | p50 ms | p99 ms | CPU µs/req | REST calls/req | Redis cmds/req | × anchor req/s | × ${sc.base} req/s |`, "|---|---|---|---|---|---|---|---|---|");
   for (const w of sc.workers) {
     const m = sc.med[w];
     lines.push(`| ${w} | ${fmt(m.rps)} ±${fmt((m.spread * 100) / 2)}% | ${fmt(m.p50, 2)} | ${fmt(m.p99, 2)} | ${fmt(m.cpu)} | ${fmt(m.rest, 2)} | ${fmt(m.cmds, 2)} | ${fmt(m.rps / anchor.rps, 2)} | ${fmt(m.rps / base.rps, 2)} |`);
+  }
+  if (sc.id === "busy") {
+    const ours = sc.med["edge-ratelimit ×2"];
+    lines.push("", `Leases: edge-ratelimit ×2 made ${fmt(ours.rest, 4)} REST calls per request, ran at ${fmt(ours.rps / base.rps, 2)}× the forward-only floor's req/s, p50 ${fmt(ours.p50 - base.p50, 2)} ms above the floor's.`);
   }
   if (sc.base === "limit Worker") {
     const added = (w) => sc.med[w].cpu - base.cpu;
@@ -220,7 +262,7 @@ const report = lines.join("\n");
 writeFileSync(path.join(OUT, "latest.md"), report + "\n");
 console.log(report);
 
-for (const w of Object.values(workers)) await w.mf.dispose();
+for (const w of Object.values(workers).flatMap((w) => w.pair ?? [w])) await w.mf.dispose();
 origin.kill();
 await rest.stop();
 await redis.stop();

@@ -145,6 +145,7 @@ function carry(step, request, ctx) {
       return readBody(request, Number(f[2])).then((text) => next(f[1], text === null ? -7 : -6, text ?? "", request, ctx));
     case "J":
       sideEffects(f[1], f[2], f[3], step.slice(a + 1, b), ctx);
+      later(f[4], f[5], ctx);
       return JSON.parse(step.slice(b + 1));
     case "T": {
       if (f[2] !== "") console.log(f[2]);
@@ -176,6 +177,33 @@ function sideEffects(note, ticket, timeout, report, ctx) {
   }
 }
 
+/** A wake off the response path: wait, resume the ticket, and carry out what follows (leases given back). */
+function later(ticket, ms, ctx) {
+  if (ticket === "" || !ctx || typeof ctx.waitUntil !== "function") return;
+  ctx.waitUntil(new Promise((r) => setTimeout(r, Number(ms))).then(() => background(wasm.resume(Number(ticket), -2, "", Date.now()))));
+}
+
+/** Carries out steps after a response: REST calls and waits, until done. */
+async function background(step) {
+  try {
+    for (;;) {
+      const a = step.indexOf("\0");
+      const f = step.slice(0, a).split("\n");
+      if (f[0] === "Q") {
+        const [code, text] = await rest(f[2] === "p", step.slice(step.indexOf("\0", a + 1) + 1), Number(f[3]));
+        step = wasm.resume(Number(f[1]), code, text, Date.now());
+      } else if (f[0] === "W") {
+        await new Promise((r) => setTimeout(r, Number(f[2])));
+        step = wasm.resume(Number(f[1]), -2, "", Date.now());
+      } else {
+        return;
+      }
+    }
+  } catch (e) {
+    reset(e);
+  }
+}
+
 // R: status, asset, note, report ticket, report timeout, headers…
 function respond(f, report, body, ctx) {
   sideEffects(f[3], f[4], f[5], report, ctx);
@@ -186,24 +214,25 @@ function respond(f, report, body, ctx) {
   return new Response(text, { status: Number(f[1]), headers });
 }
 
-// F: url, note, report ticket, report timeout, headers to add…
+// F: url, note, report ticket, report timeout, wake ticket, wake ms, headers to add…
 function forward(f, report, request, ctx) {
   sideEffects(f[2], f[3], f[4], report, ctx);
+  later(f[5], f[6], ctx);
   const sent = f[1] === "" ? fetch(request) : fetch(f[1], request);
   return sent.then(
     (response) => {
-      if (f.length <= 5) return response;
+      if (f.length <= 7) return response;
       // A fetched response's headers are immutable: a copy of them, on a Response over the same body.
       // (Fields copied by hand: `new Response(body, response)` costs about 50 µs more CPU per request in
       // workerd, bench/run measured.)
       const headers = new Headers(response.headers);
-      for (let i = 5; i + 1 < f.length; i += 2) headers.set(f[i], f[i + 1]);
+      for (let i = 7; i + 1 < f.length; i += 2) headers.set(f[i], f[i + 1]);
       return new Response(response.body, { status: response.status, statusText: response.statusText, headers });
     },
     (e) => {
       log("origin_unreachable", "error", { status: 502, reason: String(e) });
       const out = carry(unreachable, request, null);
-      for (let i = 5; i + 1 < f.length; i += 2) out.headers.set(f[i], f[i + 1]);
+      for (let i = 7; i + 1 < f.length; i += 2) out.headers.set(f[i], f[i + 1]);
       return out;
     },
   );

@@ -10,14 +10,15 @@
 --                    sliding window `start` (epoch s), `count`, `previous`
 -- KEYS[n+1..]        override keys (strings "<capacity> <rate>"), read with one MGET
 -- ARGV[1]            clock: "" = Redis TIME (default); otherwise the caller's epoch ms (worker-clock mode)
--- ARGV[2]            "1" = peek: report every limit without consuming or writing anything
+-- ARGV[2]            the operation: "" take (decide this request); "1" peek: report every limit without
+--                    consuming or writing anything; "2" give back: return unused lease tokens (below)
 -- ARGV[3]            n, the number of limits
--- limit i's 7 arguments, from a = 4 + 7(i-1):
+-- limit i's 8 arguments, from a = 4 + 8(i-1):
 --   ARGV[a]          algorithm: "t" token bucket, "w" sliding-window counter
 --   ARGV[a+1]        capacity (tokens; for a window, requests per window), > 0
 --   ARGV[a+2]        rate (tokens per second, > 0); a window lasts capacity / rate seconds
 --   ARGV[a+3]        TTL in whole seconds (>= the time to refill fully; 2 windows for a window)
---   ARGV[a+4]        cost of this request (tokens, > 0)
+--   ARGV[a+4]        cost of this request (tokens, > 0); when giving back, the unused tokens of a lease
 --   ARGV[a+5]        limit i's mode: "0" enforcing; "1" shadow: it never denies, and it is debited only when
 --                    the call is allowed and it can pay; "2" candidate (a policy being tried on live
 --                    traffic): it never denies, and the candidate limits are debited all or nothing among
@@ -26,6 +27,13 @@
 --                    override key that exists replaces capacity and rate (the TTL grows to match);
 --                    one whose numbers the gateway would refuse (capacity above 1e9, a full refill
 --                    slower than MAX_WINDOW) is ignored
+--   ARGV[a+7]        lease: when taking, the whole tokens this isolate would like to hold beyond the cost
+--                    ("0" = none); an allowed call that debits an enforcing or shadow limit also debits
+--                    min(lease, floor(half of what is left after the cost)) and reports it as leased.
+--                    When giving back, the time (the script's epoch ms, as returned) the lease was taken:
+--                    a bucket gets the tokens back (never above capacity); a window takes them off the
+--                    count of the window they were counted in (the current or the previous one; older
+--                    ones have slid out). A key that no longer exists (expired, reset) gets nothing.
 -- Every TTL is clamped to two MAX_WINDOWs: Lua writes numbers from 1e14 on with an exponent, which
 -- EXPIRE refuses, and a failing call would mean no decision at all.
 --
@@ -35,7 +43,9 @@
 --                            retry_ms (until limit i could pay this cost; 0 if it can now,
 --                                      so a shadow limit "would have denied" when > 0),
 --                            reset_ms (until limit i is full again),
---                            capacity and window_s (ceil(capacity / rate)) in effect, overrides applied }
+--                            capacity and window_s (ceil(capacity / rate)) in effect, overrides applied,
+--                            leased (tokens debited beyond the cost for this isolate's lease),
+--     then the script's time in epoch ms (floored) }
 -- A denied call writes nothing to its enforcing and shadow limits (candidate limits pay by their own
 -- verdict): refill and window roll-over are pure functions of the stored state.
 
@@ -48,6 +58,7 @@ else
 end
 local MAX_WINDOW = 3153600000                  -- 100 years (src/limit.rs MAX_WINDOW_SECONDS)
 local peek = ARGV[2] == "1"
+local give = ARGV[2] == "2"
 local n = tonumber(ARGV[3])
 
 local overrides = {}
@@ -58,12 +69,12 @@ if #KEYS > n then
   for j = 1, #names do overrides[n + j] = values[j] end
 end
 
-local algo, level, stamp, cap, rate, ttl, cost, win, mode = {}, {}, {}, {}, {}, {}, {}, {}, {}
+local algo, level, stamp, cap, rate, ttl, cost, win, mode, known = {}, {}, {}, {}, {}, {}, {}, {}, {}, {}
 local denied_by = 0
 local candidate_denied = false
 
 for i = 1, n do
-  local a = 4 + (i - 1) * 7
+  local a = 4 + (i - 1) * 8
   local c, r, ttl_i, k = tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3]), tonumber(ARGV[a + 4])
   for j in string.gmatch(ARGV[a + 6], "%d+") do
     local v = overrides[tonumber(j)]
@@ -77,7 +88,7 @@ for i = 1, n do
     end
   end
   algo[i], cap[i], rate[i], cost[i] = ARGV[a], c, r, k
-  local tokens, t = 0, now
+  local tokens, t, usable = 0, now, true
   if ARGV[a] == "w" then
     -- Sliding-window counter: the previous window's count, weighted by how much of it still
     -- overlaps the sliding window, plus this window's count.
@@ -85,9 +96,9 @@ for i = 1, n do
     local h = redis.call("HMGET", KEYS[i], "start", "count", "previous")
     local start, cur, prev = tonumber(h[1]), tonumber(h[2]), tonumber(h[3])
     if h[1] == false and h[2] == false and h[3] == false then
-      start, cur, prev = now, 0, 0             -- a new (or expired) window is empty
+      start, cur, prev, usable = now, 0, 0, false  -- a new (or expired) window is empty
     elseif start == nil or cur == nil or prev == nil or start ~= start or cur ~= cur or prev ~= prev then
-      start, cur, prev = now, c, 0             -- unreadable state: assume full for a window
+      start, cur, prev, usable = now, c, 0, false  -- unreadable state: assume full for a window
     else
       if t < start then t = start end          -- a window's clock never runs backwards
       local moved = math.floor((t - start) / w)
@@ -105,9 +116,9 @@ for i = 1, n do
     local last = tonumber(h[2])
     tokens = tonumber(h[1])
     if h[1] == false and h[2] == false then
-      tokens = c                               -- a new (or expired) bucket is full
+      tokens, usable = c, false                -- a new (or expired) bucket is full
     elseif tokens == nil or last == nil or tokens ~= tokens or last ~= last then
-      tokens = 0                               -- unreadable state: assume empty, never full
+      tokens, usable = 0, false                -- unreadable state: assume empty, never full
     else
       if t < last then t = last end            -- a bucket's clock never runs backwards
       tokens = math.min(c, tokens + (t - last) * r)
@@ -115,8 +126,10 @@ for i = 1, n do
     ttl_i = math.max(ttl_i, math.ceil(c / r))
   end
   if not (ttl_i <= 2 * MAX_WINDOW) then ttl_i = 2 * MAX_WINDOW end
-  level[i], stamp[i], ttl[i], mode[i] = tokens, t, ttl_i, ARGV[a + 5]
-  if tokens < k then
+  level[i], stamp[i], ttl[i], mode[i], known[i] = tokens, t, ttl_i, ARGV[a + 5], usable
+  if give then
+    -- giving back decides nothing
+  elseif tokens < k then
     if mode[i] == "2" then
       candidate_denied = true
     elseif denied_by == 0 and mode[i] ~= "1" and mode[i] ~= "3" then
@@ -128,17 +141,22 @@ end
 local out = { denied_by == 0 and 1 or 0, denied_by }
 for i = 1, n do
   local tokens, c, r, k, t = level[i], cap[i], rate[i], cost[i], stamp[i]
-  local consume = denied_by == 0 and tokens >= k and not peek
+  local consume = denied_by == 0 and tokens >= k and not peek and not give
+  local lease = 0
   if mode[i] == "2" then
-    consume = not candidate_denied and not peek
+    consume = not candidate_denied and not peek and not give
   elseif mode[i] == "3" then
     consume = false
+  elseif consume then
+    lease = math.min(tonumber(ARGV[4 + (i - 1) * 8 + 7]) or 0, math.floor((tokens - k) / 2))
+    if not (lease >= 1) then lease = 0 end
   end
+  local back = give and known[i]
   local retry, reset = 0, 0
   if algo[i] == "w" then
     local start, cur, prev, w = win[i][1], win[i][2], win[i][3], win[i][4]
     local into = t - start
-    if tokens < k then
+    if tokens < k and not give then
       local need = k - tokens
       if prev > 0 and into + need * w / prev <= w then
         retry = need * w / prev                -- the previous window slides out in time
@@ -151,15 +169,25 @@ for i = 1, n do
       end
     end
     if consume then
-      tokens, cur = tokens - k, cur + k
+      tokens, cur = tokens - k - lease, cur + k + lease
+    elseif back then
+      local taken = (tonumber(ARGV[4 + (i - 1) * 8 + 7]) or 0) / 1000
+      if taken >= start then
+        cur = math.max(0, cur - k)
+      elseif taken >= start - w then
+        prev = math.max(0, prev - k)
+      end
+      tokens = c - (prev * (1 - into / w) + cur)
+    end
+    if consume or back then
       redis.call("HSET", KEYS[i], "start", start, "count", cur, "previous", prev)
       redis.call("EXPIRE", KEYS[i], ttl[i])
     end
     if cur > 0 then reset = 2 * w - into elseif prev > 0 then reset = w - into end
   else
-    if tokens < k then retry = (k - tokens) / r end
-    if consume then
-      tokens = tokens - k
+    if tokens < k and not give then retry = (k - tokens) / r end
+    if consume or back then
+      if consume then tokens = tokens - k - lease else tokens = math.min(c, tokens + k) end
       -- Lua numbers reach Redis in a round-trip-exact form, so tonumber() reads back the same double.
       redis.call("HSET", KEYS[i], "tokens", tokens, "lastRefill", t)
       redis.call("EXPIRE", KEYS[i], ttl[i])
@@ -171,5 +199,7 @@ for i = 1, n do
   out[#out + 1] = math.ceil(reset * 1000)
   out[#out + 1] = c
   out[#out + 1] = math.ceil(c / r)
+  out[#out + 1] = lease
 end
+out[#out + 1] = math.floor(now * 1000)
 return out

@@ -613,7 +613,18 @@ fn status_json(config: &Config, replies: &[Value], now_ms: f64) -> Response {
         .raw("top_denied", &top)
         .raw("overrides", &overrides)
         .int("noscript", totals.noscript)
-        .int("deny_cache_hits", totals.deny_cache_hits);
+        .int("deny_cache_hits", totals.deny_cache_hits)
+        .raw("leases", &{
+            let l = &totals.leases;
+            Obj::new()
+                .int("granted", l.granted)
+                .int("spent", l.spent)
+                .int("requests", l.requests)
+                .int("returned", l.returned)
+                .int("lost", l.lost)
+                .int("outstanding", totals.leases_outstanding())
+                .finish()
+        });
     let body = match &config.candidate {
         Ok(Some(c)) => body.raw("candidate", &candidate_json(config, c, &replies[3..])),
         Ok(None) => body.raw("candidate", "null"),

@@ -47,8 +47,34 @@ pub struct Spec {
     pub algorithm: Algorithm,
     pub capacity: f64,
     pub rate: f64,
+    /// The request's cost; when giving back, the lease's unused tokens.
     pub cost: f64,
     pub mode: Mode,
+    /// When taking: the whole tokens wanted for a lease beyond the cost (0 = none). When giving back:
+    /// the script's time (epoch ms) when the lease was taken.
+    pub lease: f64,
+}
+
+/// What a call does (the script's `ARGV[2]`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Op {
+    /// Decide a request: check, consume all or nothing, take leases.
+    Take,
+    /// Report without consuming or writing.
+    Peek,
+    /// Return unused lease tokens.
+    GiveBack,
+}
+
+impl Op {
+    /// Its code in the script's arguments.
+    pub fn code(self) -> &'static str {
+        match self {
+            Op::Take => "",
+            Op::Peek => "1",
+            Op::GiveBack => "2",
+        }
+    }
 }
 
 /// What the script returns for one limit.
@@ -59,7 +85,12 @@ pub struct BucketReply {
     pub reset_ms: i64,
     pub capacity: i64,
     pub window_s: i64,
+    /// Tokens debited beyond the cost, for the caller's lease.
+    pub leased: i64,
 }
+
+/// The integers the script returns per limit.
+pub const PER_LIMIT: usize = 6;
 
 /// What the script returns for one call.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -68,6 +99,8 @@ pub struct Reply {
     /// 1-based index of the first limit short of tokens; 0 when allowed.
     pub denied_by: usize,
     pub buckets: Vec<BucketReply>,
+    /// The call's time, epoch ms (floored).
+    pub now_ms: i64,
 }
 
 impl Reply {
@@ -75,18 +108,20 @@ impl Reply {
     pub fn to_flat(&self) -> Vec<i64> {
         let mut out = vec![i64::from(self.allowed), self.denied_by as i64];
         for b in &self.buckets {
-            out.extend([b.remaining, b.retry_ms, b.reset_ms, b.capacity, b.window_s]);
+            out.extend([b.remaining, b.retry_ms, b.reset_ms, b.capacity, b.window_s, b.leased]);
         }
+        out.push(self.now_ms);
         out
     }
 }
 
-/// A limit's level before this call: tokens available, its clock, and for a window its
-/// (start, count, previous, length) after rolling over.
+/// A limit's level before this call: tokens available, its clock, for a window its
+/// (start, count, previous, length) after rolling over, and whether it had readable state.
 struct Level {
     tokens: f64,
     t: f64,
     window: Option<(f64, f64, f64, f64)>,
+    known: bool,
 }
 
 fn level(state: &Option<State>, spec: &Spec, now: f64) -> Level {
@@ -95,6 +130,8 @@ fn level(state: &Option<State>, spec: &Spec, now: f64) -> Level {
         Algorithm::SlidingWindow => {
             let w = c / r;
             let mut t = now;
+            let known = matches!(*state, Some(State::Window { start, count, previous })
+                if !(start.is_nan() || count.is_nan() || previous.is_nan()));
             let (start, count, previous) = match *state {
                 Some(State::Window { start, count, previous })
                     if !(start.is_nan() || count.is_nan() || previous.is_nan()) =>
@@ -115,45 +152,50 @@ fn level(state: &Option<State>, spec: &Spec, now: f64) -> Level {
                 Some(_) => (now, c, 0.0), // unreadable (or another algorithm's) state: full for a window
             };
             let tokens = c - (previous * (1.0 - (t - start) / w) + count);
-            Level { tokens, t, window: Some((start, count, previous, w)) }
+            Level { tokens, t, window: Some((start, count, previous, w)), known }
         }
         Algorithm::TokenBucket => match *state {
-            None => Level { tokens: c, t: now, window: None },
+            None => Level { tokens: c, t: now, window: None, known: false },
             Some(State::Bucket { tokens, last_refill }) if !(tokens.is_nan() || last_refill.is_nan()) => {
                 let t = if now < last_refill { last_refill } else { now };
-                Level { tokens: c.min(tokens + (t - last_refill) * r), t, window: None }
+                Level { tokens: c.min(tokens + (t - last_refill) * r), t, window: None, known: true }
             }
-            Some(_) => Level { tokens: 0.0, t: now, window: None },
+            Some(_) => Level { tokens: 0.0, t: now, window: None, known: false },
         },
     }
 }
 
 /// Runs one all-or-nothing call at `now` (epoch seconds) against `states`
-/// (`None` = no such key), updating them as the script would. `peek` reports without consuming.
-pub fn call_with(states: &mut [Option<State>], specs: &[Spec], now: f64, peek: bool) -> Reply {
+/// (`None` = no such key), updating them as the script would.
+pub fn call_with(states: &mut [Option<State>], specs: &[Spec], now: f64, op: Op) -> Reply {
     debug_assert_eq!(states.len(), specs.len(), "one spec per limit");
+    let (peek, give) = (op == Op::Peek, op == Op::GiveBack);
     let levels: Vec<Level> = states.iter().zip(specs).map(|(s, spec)| level(s, spec, now)).collect();
-    let denied_by = levels
-        .iter()
-        .zip(specs)
-        .position(|(l, spec)| l.tokens < spec.cost && spec.mode == Mode::Enforce)
-        .map_or(0, |i| i + 1);
-    let candidate_denied =
-        levels.iter().zip(specs).any(|(l, spec)| l.tokens < spec.cost && spec.mode == Mode::Candidate);
+    let short = |l: &Level, spec: &Spec, mode: Mode| !give && l.tokens < spec.cost && spec.mode == mode;
+    let denied_by = levels.iter().zip(specs).position(|(l, spec)| short(l, spec, Mode::Enforce)).map_or(0, |i| i + 1);
+    let candidate_denied = levels.iter().zip(specs).any(|(l, spec)| short(l, spec, Mode::Candidate));
     let mut buckets = Vec::with_capacity(specs.len());
     for ((state, spec), l) in states.iter_mut().zip(specs).zip(levels) {
         let (c, r, k) = (spec.capacity, spec.rate, spec.cost);
         let mut tokens = l.tokens;
         let consume = match spec.mode {
-            Mode::Enforce | Mode::Shadow => denied_by == 0 && tokens >= k && !peek,
-            Mode::Candidate => !candidate_denied && !peek,
+            Mode::Enforce | Mode::Shadow => denied_by == 0 && tokens >= k && !peek && !give,
+            Mode::Candidate => !candidate_denied && !peek && !give,
             Mode::Report => false,
         };
+        let mut lease = 0.0;
+        if consume && matches!(spec.mode, Mode::Enforce | Mode::Shadow) {
+            lease = spec.lease.min(((tokens - k) / 2.0).floor());
+            if lease.is_nan() || lease < 1.0 {
+                lease = 0.0; // (as the script's `not (lease >= 1)`)
+            }
+        }
+        let back = give && l.known;
         let (mut retry, mut reset) = (0.0, 0.0);
         match l.window {
-            Some((start, mut count, previous, w)) => {
+            Some((start, mut count, mut previous, w)) => {
                 let into = l.t - start;
-                if tokens < k {
+                if tokens < k && !give {
                     let need = k - tokens;
                     retry = if previous > 0.0 && into + need * w / previous <= w {
                         need * w / previous
@@ -166,8 +208,18 @@ pub fn call_with(states: &mut [Option<State>], specs: &[Spec], now: f64, peek: b
                     };
                 }
                 if consume {
-                    tokens -= k;
-                    count += k;
+                    tokens = tokens - k - lease;
+                    count = count + k + lease;
+                } else if back {
+                    let taken = spec.lease / 1000.0;
+                    if taken >= start {
+                        count = (count - k).max(0.0);
+                    } else if taken >= start - w {
+                        previous = (previous - k).max(0.0);
+                    }
+                    tokens = c - (previous * (1.0 - into / w) + count);
+                }
+                if consume || back {
                     *state = Some(State::Window { start, count, previous });
                 }
                 if count > 0.0 {
@@ -177,11 +229,11 @@ pub fn call_with(states: &mut [Option<State>], specs: &[Spec], now: f64, peek: b
                 }
             }
             None => {
-                if tokens < k {
+                if tokens < k && !give {
                     retry = (k - tokens) / r;
                 }
-                if consume {
-                    tokens -= k;
+                if consume || back {
+                    tokens = if consume { tokens - k - lease } else { c.min(tokens + k) };
                     *state = Some(State::Bucket { tokens, last_refill: l.t });
                 }
                 reset = (c - tokens) / r;
@@ -193,14 +245,15 @@ pub fn call_with(states: &mut [Option<State>], specs: &[Spec], now: f64, peek: b
             reset_ms: (reset * 1000.0).ceil() as i64,
             capacity: c as i64,
             window_s: (c / r).ceil() as i64,
+            leased: lease as i64,
         });
     }
-    Reply { allowed: denied_by == 0, denied_by, buckets }
+    Reply { allowed: denied_by == 0, denied_by, buckets, now_ms: (now * 1000.0).floor() as i64 }
 }
 
-/// [`call_with`] that consumes.
+/// [`call_with`] that takes.
 pub fn call(states: &mut [Option<State>], specs: &[Spec], now: f64) -> Reply {
-    call_with(states, specs, now, false)
+    call_with(states, specs, now, Op::Take)
 }
 
 #[cfg(test)]
@@ -214,8 +267,14 @@ mod tests {
         }
     }
 
-    const FIVE_PER_MIN: Spec =
-        Spec { algorithm: Algorithm::TokenBucket, capacity: 5.0, rate: 5.0 / 60.0, cost: 1.0, mode: Mode::Enforce };
+    const FIVE_PER_MIN: Spec = Spec {
+        algorithm: Algorithm::TokenBucket,
+        capacity: 5.0,
+        rate: 5.0 / 60.0,
+        cost: 1.0,
+        mode: Mode::Enforce,
+        lease: 0.0,
+    };
 
     #[test]
     fn a_fresh_bucket_admits_capacity_then_denies() {
@@ -230,7 +289,7 @@ mod tests {
         assert_eq!(r.denied_by, 1);
         assert_eq!(
             r.buckets[0],
-            BucketReply { remaining: 0, retry_ms: 12_000, reset_ms: 60_000, capacity: 5, window_s: 60 }
+            BucketReply { remaining: 0, retry_ms: 12_000, reset_ms: 60_000, capacity: 5, window_s: 60, leased: 0 }
         );
     }
 
@@ -262,7 +321,7 @@ mod tests {
         let r = call(&mut s, &[FIVE_PER_MIN, tight], 10.0);
         assert_eq!((r.allowed, r.denied_by), (false, 2));
         assert_eq!(s[0], None, "a denied call debits nothing");
-        assert_eq!(r.to_flat(), vec![0, 2, 5, 0, 0, 5, 60, 0, 1000, 1000, 1, 1]);
+        assert_eq!(r.to_flat(), vec![0, 2, 5, 0, 0, 5, 60, 0, 0, 1000, 1000, 1, 1, 0, 10_000]);
     }
 
     #[test]
@@ -308,13 +367,77 @@ mod tests {
     }
 
     #[test]
+    fn an_allowed_call_leases_at_most_half_of_what_is_left_and_giving_back_never_exceeds_capacity() {
+        let big = Spec { capacity: 100.0, rate: 1.0, lease: 30.0, ..FIVE_PER_MIN };
+        let mut s = [None];
+        let r = call(&mut s, &[big], 0.0);
+        assert_eq!((r.buckets[0].leased, r.buckets[0].remaining), (30, 69));
+        let greedy = Spec { lease: 1000.0, ..big };
+        let r = call(&mut s, &[greedy], 0.0);
+        assert_eq!((r.buckets[0].leased, r.buckets[0].remaining), (34, 34), "half of the 68 left after the cost");
+        // Giving 30 back to a bucket that refilled meanwhile: never above capacity.
+        let back = Spec { cost: 30.0, lease: 0.0, ..big };
+        let r = call_with(&mut s, &[back], 50.0, Op::GiveBack);
+        assert_eq!((r.allowed, r.buckets[0].remaining, r.buckets[0].leased), (true, 100, 0));
+        assert_eq!(r.now_ms, 50_000);
+        // A key that is gone (expired, reset) gets nothing back.
+        let mut gone = [None];
+        call_with(&mut gone, &[back], 50.0, Op::GiveBack);
+        assert_eq!(gone[0], None);
+    }
+
+    #[test]
+    fn a_denied_call_or_a_report_leases_nothing_and_a_shadow_limit_leases_when_it_pays() {
+        let big = Spec { capacity: 10.0, rate: 0.001, lease: 4.0, ..FIVE_PER_MIN };
+        let tight = Spec { capacity: 1.0, rate: 0.001, ..FIVE_PER_MIN };
+        let mut s = [None, Some(State::Bucket { tokens: 0.0, last_refill: 0.0 })];
+        let r = call(&mut s, &[big, tight], 0.0);
+        assert_eq!((r.allowed, r.buckets[0].leased), (false, 0));
+        assert_eq!(s[0], None);
+        let report = Spec { mode: Mode::Report, ..big };
+        let shadow = Spec { mode: Mode::Shadow, ..big };
+        let mut s = [None, None];
+        let r = call(&mut s, &[report, shadow], 0.0);
+        assert_eq!((r.buckets[0].leased, r.buckets[1].leased), (0, 4));
+        assert_eq!(tokens(&s[1]), 5.0);
+    }
+
+    #[test]
+    fn a_window_gives_back_to_the_window_the_lease_was_counted_in() {
+        let w = Spec { lease: 4.0, ..TEN_PER_MIN_WINDOW };
+        let mut s = [None];
+        let r = call(&mut s, &[w], 1000.0);
+        assert_eq!(r.buckets[0].leased, 4);
+        let taken = r.now_ms as f64;
+        let back = Spec { cost: 4.0, lease: taken, ..TEN_PER_MIN_WINDOW };
+        // Same window: off the count.
+        let mut same = s;
+        call_with(&mut same, &[back], 1010.0, Op::GiveBack);
+        assert_eq!(same[0], Some(State::Window { start: 1000.0, count: 1.0, previous: 0.0 }));
+        // The next window: off the previous window's count.
+        let mut next = s;
+        call_with(&mut next, &[back], 1070.0, Op::GiveBack);
+        assert_eq!(next[0], Some(State::Window { start: 1060.0, count: 0.0, previous: 1.0 }));
+        // Two windows on, the lease has slid out: nothing to take off.
+        let mut later = s;
+        call_with(&mut later, &[back], 1130.0, Op::GiveBack);
+        assert_eq!(later[0], Some(State::Window { start: 1120.0, count: 0.0, previous: 0.0 }));
+    }
+
+    #[test]
     fn unreadable_state_counts_as_empty() {
         let mut s = [Some(State::Bucket { tokens: f64::NAN, last_refill: 0.0 })];
         assert!(!call(&mut s, &[FIVE_PER_MIN], 0.0).allowed);
     }
 
-    const TEN_PER_MIN_WINDOW: Spec =
-        Spec { algorithm: Algorithm::SlidingWindow, capacity: 10.0, rate: 10.0 / 60.0, cost: 1.0, mode: Mode::Enforce };
+    const TEN_PER_MIN_WINDOW: Spec = Spec {
+        algorithm: Algorithm::SlidingWindow,
+        capacity: 10.0,
+        rate: 10.0 / 60.0,
+        cost: 1.0,
+        mode: Mode::Enforce,
+        lease: 0.0,
+    };
 
     fn admitted(s: &mut [Option<State>; 1], spec: Spec, at: f64, tries: u32) -> u32 {
         (0..tries).filter(|_| call(s, &[spec], at).allowed).count() as u32
@@ -351,7 +474,7 @@ mod tests {
     #[test]
     fn a_window_peek_reports_without_consuming() {
         let mut s = [None];
-        let r = call_with(&mut s, &[TEN_PER_MIN_WINDOW], 1000.0, true);
+        let r = call_with(&mut s, &[TEN_PER_MIN_WINDOW], 1000.0, Op::Peek);
         assert_eq!((r.allowed, r.buckets[0].remaining), (true, 10));
         assert_eq!(s[0], None);
     }

@@ -71,6 +71,8 @@ pub struct Config {
     pub deny_cache_max_ms: u32,
     /// How log lines name callers (`LOG_CALLER_IDS`).
     pub log_caller_ids: LogCallerIds,
+    /// Leases of tokens for busy keys (`RATE_LIMIT_LEASES`, `RATE_LIMIT_LEASE_SHARE`, `RATE_LIMIT_LEASE_MS`).
+    pub leases: LeaseConfig,
     /// Benchmark only (`BENCH_FLOOR`): do nothing but a floor's work.
     #[cfg(feature = "bench-floor")]
     pub bench_floor: Option<BenchFloor>,
@@ -83,6 +85,28 @@ pub struct Candidate {
     pub policy: Policy,
     /// 16 hex digits of the document's SHA-256.
     pub digest: String,
+}
+
+/// How isolates lease tokens of busy keys (see [`crate::limiter`]'s leases).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct LeaseConfig {
+    /// `RATE_LIMIT_LEASES = "auto"` (the default) or `"off"` (no leases anywhere).
+    pub on: bool,
+    /// The largest share of a limit's capacity one isolate may hold in a lease (`RATE_LIMIT_LEASE_SHARE`).
+    pub share: f64,
+    /// How long a lease lasts unless renewed (`RATE_LIMIT_LEASE_MS`).
+    pub horizon_ms: u32,
+}
+
+/// The default lease share: one isolate holds at most 5 % of a bucket, so leases start at capacity 40.
+pub const DEFAULT_LEASE_SHARE: f64 = 0.05;
+/// The default lease horizon.
+pub const DEFAULT_LEASE_MS: u32 = 1_000;
+
+impl Default for LeaseConfig {
+    fn default() -> Self {
+        LeaseConfig { on: true, share: DEFAULT_LEASE_SHARE, horizon_ms: DEFAULT_LEASE_MS }
+    }
 }
 
 /// How the gateway's log lines name a caller.
@@ -115,7 +139,7 @@ pub enum BenchFloor {
 }
 
 /// Every variable the configuration reads (the executor passes these, and only these, from `env`).
-pub const VARIABLES: [&str; 31] = [
+pub const VARIABLES: [&str; 34] = [
     "UPSTASH_REDIS_REST_URL",
     "UPSTASH_REDIS_REST_TOKEN",
     "RATE_LIMIT_CAPACITY",
@@ -146,6 +170,9 @@ pub const VARIABLES: [&str; 31] = [
     "METRICS_FLUSH_MS",
     "DENY_CACHE_MAX_MS",
     "LOG_CALLER_IDS",
+    "RATE_LIMIT_LEASES",
+    "RATE_LIMIT_LEASE_SHARE",
+    "RATE_LIMIT_LEASE_MS",
     "BENCH_FLOOR",
 ];
 
@@ -405,6 +432,35 @@ impl Config {
             }
         };
 
+        let leases = LeaseConfig {
+            on: match optional(&var, "RATE_LIMIT_LEASES").as_deref() {
+                None | Some("auto") => true,
+                Some("off") => false,
+                Some(other) => {
+                    return Err(err("RATE_LIMIT_LEASES", format!("must be \"auto\" or \"off\", got {}", Q(other))));
+                }
+            },
+            share: match optional(&var, "RATE_LIMIT_LEASE_SHARE") {
+                None => DEFAULT_LEASE_SHARE,
+                Some(v) => match v.parse::<f64>() {
+                    Ok(x) if x > 0.0 && x <= 0.5 && v.bytes().all(|b| b.is_ascii_digit() || b == b'.') => x,
+                    _ => {
+                        return Err(err(
+                            "RATE_LIMIT_LEASE_SHARE",
+                            format!(
+                                "must be a decimal above 0 and at most 0.5 (0.05 = 5 % of a bucket), got {}",
+                                Q(&v)
+                            ),
+                        ))
+                    }
+                },
+            },
+            horizon_ms: match whole_ms("RATE_LIMIT_LEASE_MS", DEFAULT_LEASE_MS, 10_000)? {
+                ms if ms >= 10 => ms,
+                _ => return Err(err("RATE_LIMIT_LEASE_MS", "must be from 10 to 10000 milliseconds".into())),
+            },
+        };
+
         #[cfg(feature = "bench-floor")]
         let bench_floor = match optional(&var, "BENCH_FLOOR").as_deref() {
             Some("deny") => Some(BenchFloor::Deny),
@@ -420,6 +476,7 @@ impl Config {
             metrics_flush_ms,
             deny_cache_max_ms,
             log_caller_ids,
+            leases,
             candidate,
             quota_path,
             quota_limit: crate::quota::limit(),
@@ -644,6 +701,12 @@ mod tests {
             ("ADMIN_PREFIX", "/a/../b/", "starts and ends with /"),
             ("ADMIN_PREFIX", "/a?b/", "starts and ends with /"),
             ("METRICS_FLUSH_MS", "3600001", "must be from 0 to 3600000"),
+            ("RATE_LIMIT_LEASES", "on", "must be \"auto\" or \"off\""),
+            ("RATE_LIMIT_LEASE_SHARE", "0", "above 0 and at most 0.5"),
+            ("RATE_LIMIT_LEASE_SHARE", "0.6", "above 0 and at most 0.5"),
+            ("RATE_LIMIT_LEASE_SHARE", "1e-2", "above 0 and at most 0.5"),
+            ("RATE_LIMIT_LEASE_MS", "5", "from 10 to 10000"),
+            ("RATE_LIMIT_LEASE_MS", "10001", "from 0 to 10000"),
             ("METRICS_FLUSH_MS", "soon", "must be a whole number"),
             ("DENY_CACHE_MAX_MS", "-1", "must be a whole number"),
             ("DENY_CACHE_MAX_MS", "86400001", "must be from 0 to 86400000"),

@@ -1,6 +1,7 @@
 //! What the limiter decided, per limit, as the script (or the local bucket) said it; `crate::http`
 //! renders it.
 
+use crate::bucket::PER_LIMIT;
 use crate::limit::Limit;
 use crate::upstash::RestError;
 
@@ -38,7 +39,7 @@ impl Decision {
     pub fn from_script(reply: &[i64], limits: &[(&str, &Limit, bool)]) -> Result<Decision, RestError> {
         let malformed =
             || RestError::Malformed(format!("script returned {} integers for {} limits", reply.len(), limits.len()));
-        if reply.len() != 2 + 5 * limits.len() {
+        if reply.len() != 3 + PER_LIMIT * limits.len() {
             return Err(malformed());
         }
         let allowed = match reply[0] {
@@ -55,7 +56,7 @@ impl Decision {
         let int = |v: i64, min: i64| v.clamp(min, MAX_SF_INTEGER as i64) as u64;
         let limits = limits
             .iter()
-            .zip(reply[2..].chunks_exact(5))
+            .zip(reply[2..].chunks_exact(PER_LIMIT))
             .map(|((policy, _limit, shadow), v)| LimitStatus {
                 policy: policy.to_string(),
                 shadow: *shadow,
@@ -104,12 +105,13 @@ mod tests {
     fn every_number_from_the_script_is_kept_within_a_structured_field_integer() {
         let l = limit();
         let huge = i64::MAX;
-        let d = Decision::from_script(&[0, 1, huge, huge, huge, huge, huge], &[("default", &l, false)]).unwrap();
+        let d = Decision::from_script(&[0, 1, huge, huge, huge, huge, huge, huge, huge], &[("default", &l, false)])
+            .unwrap();
         let s = &d.limits[0];
         for n in [s.remaining, s.retry_ms, s.reset_ms, s.window_s] {
             assert!(n <= MAX_SF_INTEGER, "{n}");
         }
-        let d = Decision::from_script(&[0, 1, -5, -5, -5, -5, -5], &[("default", &l, false)]).unwrap();
+        let d = Decision::from_script(&[0, 1, -5, -5, -5, -5, -5, -5, -5], &[("default", &l, false)]).unwrap();
         assert_eq!((d.limits[0].remaining, d.limits[0].capacity, d.limits[0].window_s), (0, 1, 1));
     }
 
@@ -119,10 +121,11 @@ mod tests {
         for reply in [
             &[][..],
             &[1, 0, 4, 0, 0][..],
-            &[2, 0, 4, 0, 0, 5, 60][..],
-            &[1, 1, 4, 0, 0, 5, 60][..],
-            &[0, 0, 4, 0, 0, 5, 60][..],
-            &[0, 2, 4, 0, 0, 5, 60][..],
+            &[1, 0, 4, 0, 0, 5, 60, 0][..],
+            &[2, 0, 4, 0, 0, 5, 60, 0, 1][..],
+            &[1, 1, 4, 0, 0, 5, 60, 0, 1][..],
+            &[0, 0, 4, 0, 0, 5, 60, 0, 1][..],
+            &[0, 2, 4, 0, 0, 5, 60, 0, 1][..],
         ] {
             assert!(
                 matches!(Decision::from_script(reply, &[("default", &l, false)]), Err(RestError::Malformed(_))),

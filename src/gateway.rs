@@ -42,7 +42,14 @@ pub enum Step {
     Respond { response: Response, note: Option<String>, report: Option<Fetch> },
     /// Send the request on to `url` (`None`: its own URL), adding `headers` to the origin's response;
     /// if the origin cannot be reached, answer [`http::origin_unreachable`] with the same headers.
-    Forward { url: Option<String>, headers: Vec<Header>, note: Option<String>, report: Option<Fetch> },
+    /// `wake`, if any, is resumed after its wait off the response path (leases given back).
+    Forward {
+        url: Option<String>,
+        headers: Vec<Header>,
+        note: Option<String>,
+        report: Option<Fetch>,
+        wake: Option<Wake>,
+    },
     /// POST to the REST endpoint, then resume with the reply.
     Fetch(Fetch),
     /// Wait `ms`, then resume with [`Reply::Woke`].
@@ -51,12 +58,20 @@ pub enum Step {
     Verify { ticket: u32, check: SignatureCheck },
     /// Read the request's body, at most `max` + 1 bytes, then resume with [`Reply::Body`].
     ReadBody { ticket: u32, max: usize },
-    /// Return this JSON value to an RPC caller; then send `report`, if any.
-    Return { value: String, note: Option<String>, report: Option<Fetch> },
+    /// Return this JSON value to an RPC caller; then send `report`, if any, and carry out `wake`.
+    Return { value: String, note: Option<String>, report: Option<Fetch>, wake: Option<Wake> },
     /// Throw this error to an RPC caller.
     Throw { error: CallError, note: Option<String> },
     /// Nothing more (after a report).
     Done,
+}
+
+/// Off the response path: wait `ms`, then resume `ticket` with [`Reply::Woke`] and carry out the steps
+/// that follow (a REST call, another wait) until [`Step::Done`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Wake {
+    pub ticket: u32,
+    pub ms: u32,
 }
 
 /// One POST to the REST endpoint (`/pipeline` when `pipeline`), within `timeout_ms`.
@@ -106,26 +121,76 @@ impl OwnedRequest {
 /// What a pending ticket waits for.
 enum Work<'c> {
     /// A decision's script call.
-    Decide { call: ScriptCall, limited: Limited<'c>, target: String, started_ms: f64 },
+    Decide {
+        call: ScriptCall,
+        limited: Limited<'c>,
+        target: String,
+        started_ms: f64,
+    },
     /// The admin API's peek.
-    Peek { call: ScriptCall, peek: Peek<'c> },
+    Peek {
+        call: ScriptCall,
+        peek: Peek<'c>,
+    },
     /// An admin pipeline.
-    Admin { then: Then, head: bool },
+    Admin {
+        then: Then,
+        head: bool,
+    },
     /// An RPC `limit` or `peek`'s script call.
-    Call { call: ScriptCall, limited: Limited<'c>, method: Method, started_ms: f64 },
+    Call {
+        call: ScriptCall,
+        limited: Limited<'c>,
+        method: Method,
+        started_ms: f64,
+    },
     /// An RPC `reset`: these keys deleted.
-    Reset { keys: Vec<String> },
+    Reset {
+        keys: Vec<String>,
+    },
     /// A quota read's script call: `all` is the endpoint's own bucket then `listed` (reported only).
-    Quota { call: ScriptCall, listed: Vec<Check<'c>>, all: Vec<Check<'c>>, head: bool },
+    Quota {
+        call: ScriptCall,
+        listed: Vec<Check<'c>>,
+        all: Vec<Check<'c>>,
+        head: bool,
+    },
     /// A metrics report.
-    Report { counts: Box<Metrics> },
+    Report {
+        counts: Box<Metrics>,
+    },
+    /// The wake that gives back ended leases; the chain of wakes began at `since_ms`.
+    Wake {
+        since_ms: f64,
+    },
+    /// Leases running low, topped up after the response (at the wake), then the give-back chain.
+    Renew {
+        items: Vec<crate::lease::Renewal>,
+    },
+    Renewing {
+        call: ScriptCall,
+        items: Vec<crate::lease::Renewal>,
+    },
+    /// Ended leases' unused tokens given back (`tokens` in all).
+    GiveBack {
+        call: ScriptCall,
+        tokens: u64,
+        since_ms: f64,
+    },
     /// A token's signature; the request is planned again with the verdict.
-    Token { request: OwnedRequest, token: String },
+    Token {
+        request: OwnedRequest,
+        token: String,
+    },
     /// An admin request's body.
-    Body { request: OwnedRequest },
+    Body {
+        request: OwnedRequest,
+    },
     /// The benchmark's limit floor: one PING, then forward.
     #[cfg(feature = "bench-floor")]
-    Floor { target: String },
+    Floor {
+        target: String,
+    },
 }
 
 impl Work<'_> {
@@ -134,6 +199,8 @@ impl Work<'_> {
             Work::Decide { call, .. }
             | Work::Peek { call, .. }
             | Work::Call { call, .. }
+            | Work::GiveBack { call, .. }
+            | Work::Renewing { call, .. }
             | Work::Quota { call, .. } => Some(call),
             _ => None,
         }
@@ -150,6 +217,8 @@ struct Pending<'c> {
 /// Pending tickets kept at most; beyond it, those past their deadline are dropped (an executor that
 /// never resumes a ticket cannot make the gateway grow).
 const PENDING_KEPT: usize = 4096;
+/// How long one chain of lease wakes may last (the runtime keeps `waitUntil` work 30 s at most).
+const WAKE_CHAIN_MS: f64 = 20_000.0;
 /// How long past its deadline a ticket may still be resumed.
 const PENDING_GRACE_MS: f64 = 10_000.0;
 
@@ -169,7 +238,7 @@ impl<'c> Gateway<'c> {
     pub fn new(config: &'c Config) -> Gateway<'c> {
         Gateway {
             header_names: header_names(config),
-            limiter: Limiter::new(config.deny_cache_max_ms),
+            limiter: Limiter::with_leases(config.deny_cache_max_ms, config.leases),
             metrics: Metrics::default(),
             pending: HashMap::new(),
             next_ticket: 0,
@@ -296,7 +365,12 @@ impl<'c> Gateway<'c> {
         }
         let deadline = p.deadline_ms;
         match p.work {
-            mut work @ (Work::Decide { .. } | Work::Peek { .. } | Work::Call { .. } | Work::Quota { .. }) => {
+            mut work @ (Work::Decide { .. }
+            | Work::Peek { .. }
+            | Work::Call { .. }
+            | Work::Quota { .. }
+            | Work::GiveBack { .. }
+            | Work::Renewing { .. }) => {
                 let Some(call) = work.call() else { return Step::Done };
                 let next = match http {
                     Some(r) => call.on_reply(&self.limiter, r, now_ms, deadline),
@@ -320,7 +394,15 @@ impl<'c> Gateway<'c> {
                     self.limiter.forget(Some(&keys));
                 }
                 let note = deleted.as_ref().err().map(|f| self.degraded_line(f, "rpc", None, "reset"));
-                Step::Return { value: rpc::reset_result(deleted.as_ref().copied()), note, report: None }
+                Step::Return { value: rpc::reset_result(deleted.as_ref().copied()), note, report: None, wake: None }
+            }
+            Work::Wake { since_ms } => self.give_back(ticket, since_ms, now_ms),
+            Work::Renew { items } => {
+                let (call, body) = ScriptCall::renew(&self.limiter, &items, self.config.clock, now_ms);
+                let deadline_ms = now_ms + f64::from(self.config.redis_timeout_ms);
+                self.pending
+                    .insert(ticket, Pending { work: Work::Renewing { call, items }, deadline_ms, sent_ms: now_ms });
+                Step::Fetch(Fetch { ticket, pipeline: false, body, timeout_ms: self.config.redis_timeout_ms })
             }
             Work::Report { counts } => {
                 let sent = matches!(http, Some(Ok((200, body))) if !body.contains("\"error\""));
@@ -420,7 +502,8 @@ impl<'c> Gateway<'c> {
 
     fn script_done(&mut self, work: Work<'c>, result: Result<Vec<i64>, Failure>, now_ms: f64) -> Step {
         match work {
-            Work::Decide { limited, target, started_ms, .. } => {
+            Work::Decide { limited, target, started_ms, call } => {
+                self.limiter.answered(call.asked());
                 let (result, candidate) = self.split_candidates(&limited, result);
                 let result = self.limiter.decided(&limited.checks, result, now_ms);
                 self.decided(limited, &target, result, candidate, started_ms, now_ms)
@@ -433,16 +516,82 @@ impl<'c> Gateway<'c> {
                 let peeked = self.limiter.peeked(&limited.checks, result);
                 self.peek_result(&limited, peeked)
             }
-            Work::Call { limited, started_ms, .. } => {
+            Work::Call { limited, started_ms, call, .. } => {
+                self.limiter.answered(call.asked());
                 let result = self.limiter.decided(&limited.checks, result, now_ms);
                 self.rpc_decided(limited, result, started_ms, now_ms)
+            }
+            Work::GiveBack { tokens, since_ms, .. } => {
+                self.limiter.gave_back(tokens, result.is_ok());
+                self.next_wake(since_ms, now_ms)
+            }
+            Work::Renewing { items, .. } => {
+                self.limiter.renewed(&items, result, now_ms);
+                // Then the give-back chain, if this isolate holds leases and none is scheduled.
+                match self.limiter.schedule_wake(now_ms) {
+                    Some(ms) => {
+                        let deadline_ms = now_ms + f64::from(ms) + f64::from(self.config.redis_timeout_ms);
+                        let ticket = self.park_until(Work::Wake { since_ms: now_ms }, deadline_ms, now_ms);
+                        Step::Wait { ticket, ms }
+                    }
+                    None => Step::Done,
+                }
             }
             _ => Step::Done,
         }
     }
 
-    /// Decides `limited`: from the deny cache at once, or with one script call.
+    /// A wake of the chain begun at `since_ms`: the unused tokens of every lease that has ended given
+    /// back in one script call, then the next wake while leases remain.
+    fn give_back(&mut self, ticket: u32, since_ms: f64, now_ms: f64) -> Step {
+        let due = self.limiter.leases_due(now_ms);
+        if due.is_empty() {
+            return self.next_wake(since_ms, now_ms);
+        }
+        let tokens = due.iter().map(|g| g.tokens).sum();
+        let (call, body) = ScriptCall::give_back(&self.limiter, &due, self.config.clock, now_ms);
+        let deadline_ms = now_ms + f64::from(self.config.redis_timeout_ms);
+        self.pending
+            .insert(ticket, Pending { work: Work::GiveBack { call, tokens, since_ms }, deadline_ms, sent_ms: now_ms });
+        Step::Fetch(Fetch { ticket, pipeline: false, body, timeout_ms: self.config.redis_timeout_ms })
+    }
+
+    /// The chain's next wait, while leases remain and the chain is young enough for the runtime to keep
+    /// it (`waitUntil` work lasts at most 30 s after a response); an older chain ends, and the next
+    /// request that takes a lease starts another.
+    fn next_wake(&mut self, since_ms: f64, now_ms: f64) -> Step {
+        match self.limiter.woke(now_ms) {
+            Some(ms) if now_ms + f64::from(ms) - since_ms <= WAKE_CHAIN_MS => {
+                let deadline_ms = now_ms + f64::from(ms) + f64::from(self.config.redis_timeout_ms);
+                let ticket = self.park_until(Work::Wake { since_ms }, deadline_ms, now_ms);
+                Step::Wait { ticket, ms }
+            }
+            _ => Step::Done,
+        }
+    }
+
+    /// The wake to schedule after a decision: at once when leases run low (topped up, then the
+    /// give-back chain), else when this isolate holds leases and no wake is scheduled.
+    fn wake(&mut self, now_ms: f64) -> Option<Wake> {
+        let items = self.limiter.take_renewals();
+        if !items.is_empty() {
+            let ticket = self.park(Work::Renew { items }, now_ms);
+            return Some(Wake { ticket, ms: 0 });
+        }
+        let ms = self.limiter.schedule_wake(now_ms)?;
+        let deadline_ms = now_ms + f64::from(ms) + f64::from(self.config.redis_timeout_ms);
+        let ticket = self.park_until(Work::Wake { since_ms: now_ms }, deadline_ms, now_ms);
+        Some(Wake { ticket, ms })
+    }
+
+    /// Decides `limited`: from this isolate's leases or the deny cache at once, or with one script call.
     fn decide(&mut self, limited: Limited<'c>, target: &str, now_ms: f64) -> Step {
+        if let Some(allowed) = self.limiter.leased(&limited.checks, now_ms) {
+            if let (Some(digest), false) = (self.candidate_digest(), limited.candidates.is_empty()) {
+                self.metrics.record_unevaluated(digest, now_ms);
+            }
+            return self.decided(limited, target, Ok(allowed), None, now_ms, now_ms);
+        }
         if let Some(denied) = self.limiter.cached_denial(&limited.checks, now_ms) {
             if let (Some(digest), false) = (self.candidate_digest(), limited.candidates.is_empty()) {
                 self.metrics.record_unevaluated(digest, now_ms);
@@ -480,13 +629,15 @@ impl<'c> Gateway<'c> {
             return (result, None);
         }
         let Ok(mut ints) = result else { return (result, None) };
-        let live = 2 + 5 * limited.checks.len();
-        if ints.len() != live + 5 * limited.candidates.len() {
+        let per = crate::bucket::PER_LIMIT;
+        let live = 2 + per * limited.checks.len();
+        if ints.len() != live + per * limited.candidates.len() + 1 {
             let e = crate::upstash::RestError::Malformed(format!("script returned {} integers", ints.len()));
             return (Err(Failure::Rest(e)), None);
         }
         let mut candidate = vec![1, 0];
         candidate.extend(ints.drain(live..));
+        ints.push(candidate[candidate.len() - 1]); // the script's time ends both parts
         let limits: Vec<_> = limited.candidates.iter().map(|c| (c.policy, c.limit, true)).collect();
         let statuses = Decision::from_script(&candidate, &limits).ok().map(|d| d.limits);
         (Ok(ints), statuses)
@@ -522,7 +673,12 @@ impl<'c> Gateway<'c> {
         let outcome = self.limiter.outcome(result, self.config.fail_mode, &limited.checks, now_ms);
         let report = self.count(&outcome, &limited, started_ms, now_ms);
         match http::answer(&outcome) {
-            Answer::Forward(headers) => self.forward(target, headers, note, report),
+            Answer::Forward(headers) => match self.forward(target, headers, note, report) {
+                Step::Forward { url, headers, note, report, .. } => {
+                    Step::Forward { url, headers, note, report, wake: self.wake(now_ms) }
+                }
+                other => other,
+            },
             Answer::Respond(response) => Step::Respond { response, note, report },
         }
     }
@@ -571,6 +727,7 @@ impl<'c> Gateway<'c> {
         self.metrics.record(outcome, &limited.checks, limited.tier.as_deref(), &limited.subject);
         self.metrics.decision.observe(now_ms - started_ms);
         self.metrics.add_limiter_counts(self.limiter.take_counts());
+        self.metrics.add_lease_counts(self.limiter.take_lease_counts());
         self.report(now_ms)
     }
 
@@ -603,6 +760,9 @@ impl<'c> Gateway<'c> {
             method => {
                 let peek = method == Method::Peek;
                 if !peek {
+                    if let Some(allowed) = self.limiter.leased(&limited.checks, now_ms) {
+                        return self.rpc_decided(limited, Ok(allowed), now_ms, now_ms);
+                    }
                     if let Some(denied) = self.limiter.cached_denial(&limited.checks, now_ms) {
                         return self.rpc_decided(limited, Ok(denied), now_ms, now_ms);
                     }
@@ -624,7 +784,8 @@ impl<'c> Gateway<'c> {
         let note = self.decision_note(&limited, &result, "rpc");
         let outcome = self.limiter.outcome(result, self.config.fail_mode, &limited.checks, now_ms);
         let report = self.count(&outcome, &limited, started_ms, now_ms);
-        Step::Return { value: rpc::limit_result(&outcome, &limited.checks), note, report }
+        let wake = self.wake(now_ms);
+        Step::Return { value: rpc::limit_result(&outcome, &limited.checks), note, report, wake }
     }
 
     /// A peek's result: what a `limit` of the same cost would get now. Redis failing, the fail mode
@@ -633,13 +794,14 @@ impl<'c> Gateway<'c> {
         let checks = &limited.checks;
         match peeked {
             Ok(d) => {
-                Step::Return { value: rpc::result_json(d.allowed, Some(&d), checks, None), note: None, report: None }
+                let value = rpc::result_json(d.allowed, Some(&d), checks, None);
+                Step::Return { value, note: None, report: None, wake: None }
             }
             Err(f) => {
                 let open = self.config.fail_mode == crate::config::FailMode::Open;
                 let rule = checks.first().map_or("", |c| c.rule);
                 let note = Some(self.degraded_line(&f, "rpc", Some(&limited.subject), rule));
-                Step::Return { value: rpc::result_json(open, None, checks, Some(&f)), note, report: None }
+                Step::Return { value: rpc::result_json(open, None, checks, Some(&f)), note, report: None, wake: None }
             }
         }
     }
@@ -653,7 +815,7 @@ impl<'c> Gateway<'c> {
 
     fn forward(&self, target: &str, headers: Vec<Header>, note: Option<String>, report: Option<Fetch>) -> Step {
         let url = self.config.origin.as_ref().map(|origin| format!("{origin}{target}"));
-        Step::Forward { url, headers, note, report }
+        Step::Forward { url, headers, note, report, wake: None }
     }
 
     /// An admin request: its body read first if it is a write with the right token.

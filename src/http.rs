@@ -260,8 +260,15 @@ mod tests {
         Limit::new(5, Refill::parse("5/min").unwrap(), 60).unwrap()
     }
 
+    /// A decision from the script's integers, five per limit (no lease granted, the time 0 added).
     fn decision(reply: &[i64], limits: &[(&str, &Limit, bool)]) -> Decision {
-        Decision::from_script(reply, limits).unwrap()
+        let mut full = reply[..2].to_vec();
+        for limit in reply[2..].chunks(5) {
+            full.extend(limit);
+            full.push(0);
+        }
+        full.push(0);
+        Decision::from_script(&full, limits).unwrap()
     }
 
     #[test]

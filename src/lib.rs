@@ -18,6 +18,7 @@
 //! - `admin`     — the admin API: routes, auth, peek/reset, overrides, metrics and status.
 //! - `limiter`   — one isolate's limiter: the script call and its NOSCRIPT recovery, deny cache,
 //!   fail mode and the local buckets that bound fail-open traffic.
+//! - `lease`     — leases: tokens of busy keys debited in Redis for this isolate, spent without a call.
 //! - `upstash`   — the REST protocol: bodies in, classified replies out.
 //! - `decision`  — what the script said, per limit.
 //! - `config`, `limit`, `rate` — validated configuration.
@@ -40,6 +41,7 @@ mod identity;
 mod json;
 mod jwt;
 mod key;
+mod lease;
 mod limit;
 mod limiter;
 mod log;
@@ -61,13 +63,14 @@ pub mod bucket;
 mod edge;
 
 pub use admin::{admin_target, authorized, wants_body, AdminBody, MAX_BODY_BYTES};
-pub use config::{Candidate, Clock, Config, ConfigError, FailMode, LogCallerIds, VARIABLES};
+pub use config::{Candidate, Clock, Config, ConfigError, FailMode, LeaseConfig, LogCallerIds, VARIABLES};
 pub use decision::{Decision, LimitStatus, MAX_SF_INTEGER};
 pub use gateway::{Fetch, Gateway, Isolate, Reply, Request, Step};
 pub use http::{rate_limit_headers, Asset, Body, Header, Response};
 pub use identity::{identify, Caller, IdentityError, DEFAULT_IPV6_PREFIX};
 pub use jwt::{JwtConfig, JwtError, JwtMode, JwtSettings, SignatureCheck, Verification, Verified};
 pub use key::bucket_key;
+pub use lease::{GiveBack, Lease, LeaseBook, LeaseCounts, Want, MIN_LEASE};
 pub use limit::{Algorithm, Limit};
 pub use limiter::{
     script_call, Check, Failure, Limiter, Next, Outcome, ScriptCall, TransportError, DEFAULT_DENY_CACHE_MAX_MS,

@@ -79,6 +79,8 @@ pub struct Limit {
     refill: Refill,
     ttl_seconds: u64,
     algorithm: Algorithm,
+    /// Whether isolates may lease this limit's tokens (a policy's `"lease": false` says no).
+    lease: bool,
     /// The script's arguments for this limit (capacity, rate, TTL), written once: formatting a float
     /// on every request is a measurable share of a decision's CPU.
     args: [String; 3],
@@ -110,7 +112,7 @@ impl Limit {
         }
         let ttl_seconds = ttl_seconds.max(window);
         let args = [capacity.to_string(), refill.tokens_per_second().to_string(), ttl_seconds.to_string()];
-        Ok(Limit { capacity, refill, ttl_seconds, algorithm: Algorithm::TokenBucket, args })
+        Ok(Limit { capacity, refill, ttl_seconds, algorithm: Algorithm::TokenBucket, lease: true, args })
     }
 
     /// The same numbers counted by `algorithm`. A sliding window's TTL covers two windows (the
@@ -126,6 +128,18 @@ impl Limit {
 
     pub fn algorithm(&self) -> Algorithm {
         self.algorithm
+    }
+
+    /// The same limit, leasable or not.
+    pub fn with_lease(mut self, lease: bool) -> Limit {
+        self.lease = lease;
+        self
+    }
+
+    /// Whether isolates may lease this limit's tokens (when the bucket is large enough; see
+    /// [`crate::limiter`]).
+    pub fn lease(&self) -> bool {
+        self.lease
     }
 
     /// Capacity, rate (tokens per second) and TTL as the script takes them.

@@ -11,9 +11,10 @@
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 
-use crate::bucket::{self, Mode, Spec, State};
-use crate::config::{Clock, FailMode};
+use crate::bucket::{self, Mode, Op, Spec, State, PER_LIMIT};
+use crate::config::{Clock, FailMode, LeaseConfig};
 use crate::decision::{Decision, LimitStatus};
+use crate::lease::{GiveBack, LeaseBook, LeaseCounts, Renewal, Want};
 use crate::limit::Limit;
 use crate::script::Variant;
 use crate::upstash::{eval_body, evalsha_body, parse_script_reply, RestError};
@@ -173,6 +174,7 @@ pub struct Limiter {
     /// and requests answered from the deny cache.
     noscript: Cell<u64>,
     deny_cache_hits: Cell<u64>,
+    leases: RefCell<LeaseBook>,
 }
 
 impl Default for Limiter {
@@ -181,27 +183,49 @@ impl Default for Limiter {
     }
 }
 
-/// The script's KEYS and ARGV for `checks` (see the header of `lua/ratelimit.lua`).
+/// The script's KEYS and ARGV for `checks` (see the header of `lua/ratelimit.lua`), asking for no lease.
 pub fn script_call(checks: &[Check<'_>], clock: Clock, now_ms: f64, peek: bool) -> (Vec<String>, Vec<String>) {
-    let mut keys: Vec<String> = checks.iter().map(|c| c.key.clone()).collect();
-    let mut args = Vec::with_capacity(3 + 7 * checks.len());
+    let op = if peek { Op::Peek } else { Op::Take };
+    let limits = checks.iter().map(|c| (c.key.as_str(), c.limit, c.cost, c.mode, c.overrides.as_slice(), 0));
+    script_args(limits, checks.len(), clock, now_ms, op)
+}
+
+/// KEYS and ARGV for `n` limits: (key, limit, cost, mode, override keys, lease argument) each.
+fn script_args<'a>(
+    limits: impl Iterator<Item = (&'a str, &'a Limit, u32, Mode, &'a [String], i64)>,
+    n: usize,
+    clock: Clock,
+    now_ms: f64,
+    op: Op,
+) -> (Vec<String>, Vec<String>) {
+    let mut keys: Vec<String> = Vec::with_capacity(n);
+    let mut args = Vec::with_capacity(3 + 8 * n);
     args.push(match clock {
         Clock::Redis => String::new(),
         Clock::Worker => format!("{}", now_ms.floor()),
     });
-    args.push(if peek { "1" } else { "" }.to_string());
-    args.push(checks.len().to_string());
-    for c in checks {
-        args.push(c.limit.algorithm().code().to_string());
-        args.extend(c.limit.script_args().iter().cloned());
-        args.push(c.cost.to_string());
-        args.push(c.mode.code().to_string());
+    args.push(op.code().to_string());
+    args.push(n.to_string());
+    let mut overrides: Vec<&[String]> = Vec::with_capacity(n);
+    let mut leases = Vec::with_capacity(n);
+    for (key, limit, cost, mode, o, lease) in limits {
+        keys.push(key.to_string());
+        args.push(limit.algorithm().code().to_string());
+        args.extend(limit.script_args().iter().cloned());
+        args.push(cost.to_string());
+        args.push(mode.code().to_string());
+        args.push(String::new()); // override indexes, below (their keys come after every limit's)
+        args.push(String::new()); // the lease argument, below
+        overrides.push(o);
+        leases.push(lease);
+    }
+    for (i, (o, lease)) in overrides.into_iter().zip(leases).enumerate() {
         let mut indexes = String::new();
-        for o in &c.overrides {
-            let at = match keys[checks.len()..].iter().position(|k| k == o) {
-                Some(j) => checks.len() + j + 1,
+        for name in o {
+            let at = match keys[n..].iter().position(|k| k == name) {
+                Some(j) => n + j + 1,
                 None => {
-                    keys.push(o.clone());
+                    keys.push(name.clone());
                     keys.len()
                 }
             };
@@ -210,7 +234,9 @@ pub fn script_call(checks: &[Check<'_>], clock: Clock, now_ms: f64, peek: bool) 
             }
             indexes.push_str(&at.to_string());
         }
-        args.push(indexes);
+        let a = 3 + 8 * i;
+        args[a + 6] = indexes;
+        args[a + 7] = lease.to_string();
     }
     (keys, args)
 }
@@ -247,6 +273,8 @@ pub struct ScriptCall {
     keys: Vec<String>,
     args: Vec<String>,
     phase: Phase,
+    /// The keys this call asks a lease for.
+    asked: Vec<String>,
 }
 
 impl ScriptCall {
@@ -258,9 +286,50 @@ impl ScriptCall {
         now_ms: f64,
         peek: bool,
     ) -> (ScriptCall, String) {
-        let (keys, args) = script_call(checks, clock, now_ms, peek);
+        let (op, wants) = if peek {
+            (Op::Peek, vec![0; checks.len()])
+        } else {
+            let wants: Vec<Want<'_>> =
+                checks.iter().map(|c| Want { key: &c.key, limit: c.limit, cost: c.cost, mode: c.mode }).collect();
+            (Op::Take, limiter.leases.borrow_mut().wants(&wants, now_ms))
+        };
+        let asked = checks.iter().zip(&wants).filter(|(_, w)| **w > 0).map(|(c, _)| c.key.clone()).collect();
+        let limits = checks
+            .iter()
+            .zip(&wants)
+            .map(|(c, w)| (c.key.as_str(), c.limit, c.cost, c.mode, c.overrides.as_slice(), *w as i64));
+        let (keys, args) = script_args(limits, checks.len(), clock, now_ms, op);
+        Self::with(limiter, keys, args, asked)
+    }
+
+    /// The call that gives the unused tokens of ended leases back to their buckets.
+    pub fn give_back(limiter: &Limiter, items: &[GiveBack], clock: Clock, now_ms: f64) -> (ScriptCall, String) {
+        let limits = items.iter().map(|g| {
+            let tokens = g.tokens.min(u64::from(u32::MAX)) as u32;
+            (g.key.as_str(), &g.limit, tokens, Mode::Enforce, g.overrides.as_slice(), g.taken_ms)
+        });
+        let (keys, args) = script_args(limits, items.len(), clock, now_ms, Op::GiveBack);
+        Self::with(limiter, keys, args, Vec::new())
+    }
+
+    /// The call that tops up leases running low: cost 0, only the leases asked for.
+    pub fn renew(limiter: &Limiter, items: &[Renewal], clock: Clock, now_ms: f64) -> (ScriptCall, String) {
+        let limits = items.iter().map(|r| {
+            let want = r.want.min(u64::from(u32::MAX)) as i64;
+            (r.key.as_str(), &r.limit, 0, Mode::Enforce, r.overrides.as_slice(), want)
+        });
+        let (keys, args) = script_args(limits, items.len(), clock, now_ms, Op::Take);
+        Self::with(limiter, keys, args, items.iter().map(|r| r.key.clone()).collect())
+    }
+
+    fn with(limiter: &Limiter, keys: Vec<String>, args: Vec<String>, asked: Vec<String>) -> (ScriptCall, String) {
         let body = evalsha_body(limiter.variant.get(), &keys, &args);
-        (ScriptCall { keys, args, phase: Phase::First { generation: limiter.generation.get() } }, body)
+        (ScriptCall { keys, args, phase: Phase::First { generation: limiter.generation.get() }, asked }, body)
+    }
+
+    /// The keys this call asked a lease for.
+    pub fn asked(&self) -> &[String] {
+        &self.asked
     }
 
     fn evalsha(&mut self, limiter: &Limiter) -> Next {
@@ -338,9 +407,15 @@ impl ScriptCall {
 }
 
 impl Limiter {
-    /// A limiter whose cached denials stand at most `deny_cache_max_ms`.
+    /// A limiter whose cached denials stand at most `deny_cache_max_ms`, without leases.
     pub fn new(deny_cache_max_ms: u32) -> Limiter {
+        Limiter::with_leases(deny_cache_max_ms, LeaseConfig { on: false, ..LeaseConfig::default() })
+    }
+
+    /// A limiter whose cached denials stand at most `deny_cache_max_ms`, leasing as `leases` says.
+    pub fn with_leases(deny_cache_max_ms: u32, leases: LeaseConfig) -> Limiter {
         Limiter {
+            leases: RefCell::new(LeaseBook::new(leases)),
             variant: Cell::new(Variant::Flagged),
             loading_until_ms: Cell::new(None),
             generation: Cell::new(0),
@@ -387,11 +462,98 @@ impl Limiter {
     pub fn forget(&self, keys: Option<&[String]>) {
         let mut denials = self.denials.borrow_mut();
         match keys {
-            Some(keys) => keys.iter().for_each(|k| {
-                denials.remove(k);
-            }),
-            None => denials.clear(),
+            Some(keys) => {
+                keys.iter().for_each(|k| {
+                    denials.remove(k);
+                });
+                // A lease taken before a reset would give its tokens back to the fresh bucket: dropped.
+                self.leases.borrow_mut().drop_keys(keys);
+            }
+            None => denials.clear(), // an override changed: a lease taken before it holds until its horizon
         }
+    }
+
+    /// A decision from this isolate's leases, if every one of `checks` can be paid from one: no
+    /// round trip. Each limit reports what Redis had left at the lease's last grant plus the lease's
+    /// unspent tokens.
+    pub fn leased(&self, checks: &[Check<'_>], now_ms: f64) -> Option<Decision> {
+        let mut book = self.leases.borrow_mut();
+        let wants: Vec<Want<'_>> =
+            checks.iter().map(|c| Want { key: &c.key, limit: c.limit, cost: c.cost, mode: c.mode }).collect();
+        let leases = book.spend(&wants, now_ms)?;
+        let limits = checks
+            .iter()
+            .zip(leases)
+            .map(|(c, l)| LimitStatus {
+                policy: c.policy.to_string(),
+                shadow: c.shadow(),
+                capacity: l.capacity,
+                window_s: l.window_s,
+                remaining: l.remaining.saturating_add(l.tokens),
+                retry_ms: 0,
+                reset_ms: (l.reset_at_ms - now_ms).max(0.0).ceil() as u64,
+            })
+            .collect();
+        Some(Decision { allowed: true, denied_by: None, limits })
+    }
+
+    /// Leases running low, to top up after the response.
+    pub fn take_renewals(&self) -> Vec<Renewal> {
+        self.leases.borrow_mut().take_renewals()
+    }
+
+    /// What a renewal call brought: the leases granted (nothing when it failed).
+    pub fn renewed(&self, items: &[Renewal], reply: Result<Vec<i64>, Failure>, now_ms: f64) {
+        let keys: Vec<String> = items.iter().map(|r| r.key.clone()).collect();
+        self.answered(&keys);
+        let Ok(ints) = reply else { return };
+        let limits: Vec<(&str, &Limit, bool)> = items.iter().map(|r| ("", &r.limit, false)).collect();
+        let Ok(decision) = Decision::from_script(&ints, &limits) else { return };
+        let script_ms = ints.last().copied().unwrap_or(0);
+        let mut book = self.leases.borrow_mut();
+        for (i, (r, status)) in items.iter().zip(&decision.limits).enumerate() {
+            let leased = ints[2 + PER_LIMIT * i + 5];
+            if leased > 0 {
+                book.grant(&r.key, leased as u64, script_ms, status, &r.limit, &r.overrides, now_ms);
+            }
+        }
+    }
+
+    /// The call that asked leases for `keys` is over.
+    pub fn answered(&self, keys: &[String]) {
+        if !keys.is_empty() {
+            self.leases.borrow_mut().answered(keys.iter());
+        }
+    }
+
+    /// The unused tokens of the leases that ended by `now_ms`, to give back now.
+    pub fn leases_due(&self, now_ms: f64) -> Vec<GiveBack> {
+        self.leases.borrow_mut().due(now_ms)
+    }
+
+    /// How long until a wake should give back ended leases, if one should be scheduled now.
+    pub fn schedule_wake(&self, now_ms: f64) -> Option<u32> {
+        self.leases.borrow_mut().schedule_wake(now_ms)
+    }
+
+    /// The scheduled wake fired: how long until the next, if leases remain.
+    pub fn woke(&self, now_ms: f64) -> Option<u32> {
+        self.leases.borrow_mut().woke(now_ms)
+    }
+
+    /// Tokens given back (`ok`), or lost because the call failed.
+    pub fn gave_back(&self, tokens: u64, ok: bool) {
+        self.leases.borrow_mut().gave_back(tokens, ok);
+    }
+
+    /// Tokens this isolate holds in leases, live or ended and not yet given back.
+    pub fn leased_tokens(&self) -> u64 {
+        self.leases.borrow().outstanding()
+    }
+
+    /// Lease counts since the last call.
+    pub fn take_lease_counts(&self) -> LeaseCounts {
+        self.leases.borrow_mut().take_counts()
     }
 
     /// (loads after NOSCRIPT, deny-cache hits) since the last call.
@@ -414,7 +576,8 @@ impl Limiter {
         now_ms: f64,
     ) -> Result<Decision, Failure> {
         let limits: Vec<(&str, &Limit, bool)> = checks.iter().map(|c| (c.policy, c.limit, c.shadow())).collect();
-        let decision = Decision::from_script(&reply?, &limits).map_err(Failure::Rest)?;
+        let ints = reply?;
+        let mut decision = Decision::from_script(&ints, &limits).map_err(Failure::Rest)?;
         match decision.denied_by {
             Some(i) => self.remember_denial(&checks[i], &decision.limits[i], now_ms),
             None => {
@@ -423,6 +586,18 @@ impl Limiter {
                     checks.iter().for_each(|c| {
                         denials.remove(&c.key);
                     });
+                }
+                drop(denials);
+                // Leases granted in this call, and what the caller can still spend: Redis's remaining
+                // tokens plus the lease's.
+                let mut book = self.leases.borrow_mut();
+                let script_ms = ints.last().copied().unwrap_or(0);
+                for (i, (c, status)) in checks.iter().zip(decision.limits.iter_mut()).enumerate() {
+                    let leased = ints[2 + PER_LIMIT * i + 5];
+                    if leased > 0 {
+                        book.grant(&c.key, leased as u64, script_ms, status, c.limit, &c.overrides, now_ms);
+                    }
+                    status.remaining = status.remaining.saturating_add(book.held(&c.key, now_ms));
                 }
             }
         }
@@ -467,6 +642,7 @@ impl Limiter {
                 rate: c.limit.refill().tokens_per_second(),
                 cost: f64::from(c.cost),
                 mode: c.mode,
+                lease: 0.0,
             })
             .collect();
         let reply = bucket::call(&mut states, &specs, now_ms / 1000.0);

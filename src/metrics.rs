@@ -6,11 +6,13 @@
 //!
 //! Redis layout: hash `ratelimit:metrics` with fields `c|<outcome>|<rule>|<tier>` (requests),
 //! `h|<histogram>|<bucket index>` / `h|<histogram>|sum_us` / `h|<histogram>|count`,
-//! `noscript`, `deny_cache_hits`; sorted set `ratelimit:denied` (denials per caller, top 1,000 kept).
+//! `noscript`, `deny_cache_hits`, `lease|granted|spent|requests|returned|lost` (tokens, and requests
+//! answered from leases); sorted set `ratelimit:denied` (denials per caller, top 1,000 kept).
 
 use std::collections::HashMap;
 use std::fmt::Write;
 
+use crate::lease::LeaseCounts;
 use crate::limiter::{Check, Outcome};
 
 pub const METRICS_KEY: &str = "ratelimit:metrics";
@@ -111,6 +113,7 @@ pub struct Metrics {
     pub redis: Histogram,
     noscript: u64,
     deny_cache_hits: u64,
+    leases: LeaseCounts,
     denied_callers: HashMap<String, u64>,
     /// The candidate policy's differences from the live one: (rule, limit, would deny) → requests; and
     /// per (rule, limit) the callers they were (bounded per batch like the denied callers).
@@ -232,8 +235,21 @@ impl Metrics {
         self.deny_cache_hits += deny_cache_hits;
     }
 
+    /// Adds the limiter's lease counts.
+    pub fn add_lease_counts(&mut self, c: LeaseCounts) {
+        let l = &mut self.leases;
+        (l.granted, l.spent, l.requests, l.returned, l.lost) = (
+            l.granted + c.granted,
+            l.spent + c.spent,
+            l.requests + c.requests,
+            l.returned + c.returned,
+            l.lost + c.lost,
+        );
+    }
+
     fn is_empty(&self) -> bool {
-        self.requests.is_empty()
+        self.leases == LeaseCounts::default()
+            && self.requests.is_empty()
             && self.decision.count == 0
             && self.redis.count == 0
             && self.noscript == 0
@@ -265,6 +281,7 @@ impl Metrics {
         self.redis.merge(&counts.redis);
         self.noscript += counts.noscript;
         self.deny_cache_hits += counts.deny_cache_hits;
+        self.add_lease_counts(counts.leases);
         for (k, n) in counts.candidate {
             *self.candidate.entry(k).or_default() += n;
         }
@@ -304,6 +321,16 @@ impl Metrics {
         }
         incr("noscript".into(), self.noscript);
         incr("deny_cache_hits".into(), self.deny_cache_hits);
+        let l = &self.leases;
+        for (name, n) in [
+            ("granted", l.granted),
+            ("spent", l.spent),
+            ("requests", l.requests),
+            ("returned", l.returned),
+            ("lost", l.lost),
+        ] {
+            incr(format!("lease|{name}"), n);
+        }
         let mut callers: Vec<_> = self.denied_callers.iter().collect();
         callers.sort();
         for (caller, n) in &callers {
@@ -357,6 +384,16 @@ pub struct Totals {
     pub redis: Histogram,
     pub noscript: u64,
     pub deny_cache_hits: u64,
+    /// Lease tokens granted, spent, given back and lost, and requests answered from leases, over all isolates.
+    pub leases: LeaseCounts,
+}
+
+impl Totals {
+    /// Lease tokens neither spent nor given back: held by live isolates, or lost with one that ended.
+    pub fn leases_outstanding(&self) -> u64 {
+        let l = &self.leases;
+        l.granted.saturating_sub(l.spent + l.returned + l.lost)
+    }
 }
 
 impl Totals {
@@ -392,6 +429,11 @@ impl Totals {
                 }
                 ["noscript"] => t.noscript += n,
                 ["deny_cache_hits"] => t.deny_cache_hits += n,
+                ["lease", "granted"] => t.leases.granted += n,
+                ["lease", "spent"] => t.leases.spent += n,
+                ["lease", "requests"] => t.leases.requests += n,
+                ["lease", "returned"] => t.leases.returned += n,
+                ["lease", "lost"] => t.leases.lost += n,
                 _ => {}
             }
         }
@@ -442,6 +484,28 @@ impl Totals {
             "# HELP edge_ratelimit_deny_cache_hits_total Requests denied from an isolate's deny cache, without Redis.\n\
              # TYPE edge_ratelimit_deny_cache_hits_total counter\nedge_ratelimit_deny_cache_hits_total {}",
             self.deny_cache_hits
+        );
+        let l = &self.leases;
+        let _ = writeln!(
+            out,
+            "# HELP edge_ratelimit_lease_tokens_total Lease tokens by what became of them (granted to isolates, \
+             spent without Redis, given back, lost when giving back failed).\n\
+             # TYPE edge_ratelimit_lease_tokens_total counter"
+        );
+        for (what, n) in [("granted", l.granted), ("spent", l.spent), ("returned", l.returned), ("lost", l.lost)] {
+            let _ = writeln!(out, "edge_ratelimit_lease_tokens_total{{what=\"{what}\"}} {n}");
+        }
+        let _ = writeln!(
+            out,
+            "# HELP edge_ratelimit_lease_requests_total Requests answered from an isolate's leases, without Redis.\n\
+             # TYPE edge_ratelimit_lease_requests_total counter\nedge_ratelimit_lease_requests_total {}",
+            l.requests
+        );
+        let _ = writeln!(
+            out,
+            "# HELP edge_ratelimit_lease_tokens_outstanding Lease tokens neither spent nor given back yet.\n\
+             # TYPE edge_ratelimit_lease_tokens_outstanding gauge\nedge_ratelimit_lease_tokens_outstanding {}",
+            self.leases_outstanding()
         );
         out
     }

@@ -217,6 +217,7 @@ impl Policy {
                     .into_iter()
                     .fold(Obj::new(), |o, (t, n)| o.raw(t, &limit_json(Obj::new(), &n.limit, n.cost).finish()));
                 let o = Obj::new().str("name", &l.name).str("by", &by(&l.by)).bool("shadow", l.shadow);
+                let o = o.raw("lease", if l.base.limit.lease() { "\"auto\"" } else { "false" });
                 limit_json(o, &l.base.limit, l.base.cost).raw("tiers", &tiers.finish()).finish()
             }));
             let methods = r.methods.as_ref().map_or_else(|| "null".to_string(), |m| json::strings(m));
@@ -325,6 +326,7 @@ struct RawRule {
     route: String,
     shadow: bool,
     algorithm: Option<String>,
+    lease: bool,
     limits: Vec<RawLimit>,
 }
 
@@ -337,6 +339,7 @@ struct RawLimit {
     ttl_seconds: Option<serde_json::Number>,
     shadow: bool,
     algorithm: Option<String>,
+    lease: bool,
     tiers: Vec<(String, RawTier)>,
 }
 
@@ -408,6 +411,16 @@ impl<'v> Fields<'v> {
         }
     }
 
+    /// `"lease"`: `"auto"` (the default, also `true`) or `false`.
+    fn lease(&self) -> Result<bool, String> {
+        match self.get("lease") {
+            None | Some(Value::Bool(true)) => Ok(true),
+            Some(Value::Bool(false)) => Ok(false),
+            Some(Value::String(s)) if s == "auto" => Ok(true),
+            Some(_) => Err(format!("{}`lease` must be \"auto\" or false", self.at)),
+        }
+    }
+
     fn number(&self, key: &str) -> Result<Option<serde_json::Number>, String> {
         match self.get(key) {
             None => Ok(None),
@@ -460,7 +473,7 @@ impl RawPolicy {
 impl RawRule {
     fn from_value(v: &Value) -> Result<RawRule, String> {
         let at = place(v, "rule", "");
-        let f = Fields::of(v, at.clone(), &["name", "methods", "route", "shadow", "algorithm", "limits"])?;
+        let f = Fields::of(v, at.clone(), &["name", "methods", "route", "shadow", "algorithm", "lease", "limits"])?;
         let limits = match f.required("limits")? {
             Value::Array(limits) => {
                 limits.iter().map(|l| RawLimit::from_value(l, &at)).collect::<Result<Vec<_>, _>>()?
@@ -473,6 +486,7 @@ impl RawRule {
             route: f.required_text("route")?,
             shadow: f.flag("shadow")?,
             algorithm: f.text("algorithm")?,
+            lease: f.lease()?,
             limits,
         })
     }
@@ -481,7 +495,8 @@ impl RawRule {
 impl RawLimit {
     fn from_value(v: &Value, rule: &str) -> Result<RawLimit, String> {
         let at = place(v, "limit", &rule.replace(": ", ", "));
-        let known = ["name", "by", "capacity", "refill", "cost", "ttl_seconds", "shadow", "algorithm", "tiers"];
+        let known =
+            ["name", "by", "capacity", "refill", "cost", "ttl_seconds", "shadow", "algorithm", "lease", "tiers"];
         let f = Fields::of(v, at.clone(), &known)?;
         let mut tiers = Vec::new();
         if let Some(t) = f.get("tiers") {
@@ -502,6 +517,7 @@ impl RawLimit {
             ttl_seconds: f.number("ttl_seconds")?,
             shadow: f.flag("shadow")?,
             algorithm: f.text("algorithm")?,
+            lease: f.lease()?,
             tiers,
         })
     }
@@ -613,8 +629,10 @@ impl Policy {
                     None => rule_algorithm,
                     Some(a) => algorithm(a).map_err(|m| format!("{at}: `algorithm` {m}"))?,
                 };
-                let base =
+                let lease = r.lease && l.lease;
+                let mut base =
                     tiered(&l.capacity, &l.refill, l.cost.as_ref(), ttl, algo).map_err(|m| format!("{at}: {m}"))?;
+                base.limit = base.limit.with_lease(lease);
                 let mut by_tier: Vec<(String, Tiered)> = Vec::new();
                 for (tier, t) in &l.tiers {
                     if !tiers.contains(&tier.as_str()) {
@@ -623,8 +641,9 @@ impl Policy {
                     let capacity = t.capacity.as_ref().unwrap_or(&l.capacity);
                     let refill = t.refill.as_deref().unwrap_or(&l.refill);
                     let cost = t.cost.as_ref().or(l.cost.as_ref());
-                    let numbers = tiered(capacity, refill, cost, ttl, algo)
+                    let mut numbers = tiered(capacity, refill, cost, ttl, algo)
                         .map_err(|m| format!("{at}, tier {}: {m}", Q(&tier)))?;
+                    numbers.limit = numbers.limit.with_lease(lease);
                     by_tier.retain(|(t, _)| t != tier);
                     by_tier.push((tier.clone(), numbers));
                 }

@@ -54,7 +54,8 @@ pub fn asked(query: &str, has_policy: bool) -> Result<Asked, Response> {
 
 /// The endpoint's own limit.
 pub fn limit() -> Limit {
-    Limit::new(QUOTA_CAPACITY, Refill::parse(QUOTA_REFILL).expect("a valid refill"), 60).expect("a valid limit")
+    let limit = Limit::new(QUOTA_CAPACITY, Refill::parse(QUOTA_REFILL).expect("a valid refill"), 60);
+    limit.expect("a valid limit").with_lease(false) // every read asks Redis
 }
 
 /// The answer when no limit applies (allow-listed, or no rule for that method and path): nothing to read.

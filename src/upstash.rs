@@ -56,7 +56,7 @@ fn body(command: &str, script: &str, keys: &[String], args: &[String]) -> String
     out
 }
 
-/// The usual reply, `{"result":[1,0,4,0,12000,5,60]}` exactly (no spaces, integers only), read
+/// The usual reply, `{"result":[1,0,4,0,12000,5,60,0,1700000000000]}` exactly (no spaces, integers only), read
 /// without building a JSON tree; anything else (`None`) goes through serde_json.
 fn integers_fast(body: &str) -> Option<Vec<i64>> {
     let list = body.strip_prefix("{\"result\":[")?.strip_suffix("]}")?;

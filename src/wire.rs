@@ -8,18 +8,21 @@
 //! A step is `head \0 extra \0 body`: `head` is lines, its first the kind:
 //! - `R` respond: status, asset name (`""` = `body`), note, report ticket (`""` = none), report
 //!   timeout, then header name / value lines; `extra` is the report's pipeline body.
-//! - `F` forward: url (`""` = the request's own), note, report ticket, report timeout, then header
-//!   name / value lines to add; `extra` is the report's body.
+//! - `F` forward: url (`""` = the request's own), note, report ticket, report timeout, wake ticket
+//!   (`""` = none), wake ms, then header name / value lines to add; `extra` is the report's body.
 //! - `Q` fetch: ticket, `p` for `/pipeline` (else `""`), timeout ms; `body` is the POST body.
 //! - `W` wait: ticket, ms.
 //! - `V` verify: ticket, algorithm (`RS256`, `ES256`, `EdDSA`), kid, signature (base64url); `extra`
 //!   is the public JWK, `body` the signed data.
 //! - `B` read the body: ticket, the most bytes to accept.
-//! - `J` return to an RPC caller: note, report ticket, report timeout; `extra` is the report's body,
-//!   `body` the JSON value to return.
+//! - `J` return to an RPC caller: note, report ticket, report timeout, wake ticket, wake ms; `extra`
+//!   is the report's body, `body` the JSON value to return.
 //! - `T` throw to an RPC caller: the error's constructor (`TypeError`, `RangeError`, `Error`), note;
 //!   `body` is the message.
 //! - `D` done.
+//!
+//! A wake is carried out off the response path (`waitUntil`): wait its ms, resume its ticket with
+//! "woke", and carry out what follows (`Q`, `W`) until `D`.
 //!
 //! `extra` never holds NUL (it is JSON from [`crate::json`], which escapes control characters), so
 //! `body` is everything after the second NUL. A note is one line for the Worker's log.
@@ -28,7 +31,7 @@
 //!
 //! [`Gateway::header_names`]: crate::Gateway::header_names
 
-use crate::gateway::{Fetch, Isolate, Reply, Step};
+use crate::gateway::{Fetch, Isolate, Reply, Step, Wake};
 use crate::http::{self, Body, Header};
 
 /// The variables the executor passes once per isolate: `name \0 value \0 …` (values as strings;
@@ -96,11 +99,12 @@ pub fn encode_step(step: &Step) -> String {
             headers(&mut head, &response.headers);
             (extra, response.text())
         }
-        Step::Forward { url, headers: extra_headers, note, report } => {
+        Step::Forward { url, headers: extra_headers, note, report, wake } => {
             line(&mut head, "F");
             line(&mut head, url.as_deref().unwrap_or(""));
             note_line(&mut head, note.as_deref());
             let extra = report_lines(&mut head, report.as_ref());
+            wake_lines(&mut head, wake.as_ref());
             headers(&mut head, extra_headers);
             (extra, "")
         }
@@ -131,10 +135,11 @@ pub fn encode_step(step: &Step) -> String {
             line(&mut head, &max.to_string());
             ("", "")
         }
-        Step::Return { value, note, report } => {
+        Step::Return { value, note, report, wake } => {
             line(&mut head, "J");
             note_line(&mut head, note.as_deref());
             let extra = report_lines(&mut head, report.as_ref());
+            wake_lines(&mut head, wake.as_ref());
             (extra, value.as_str())
         }
         Step::Throw { error, note } => {
@@ -190,6 +195,19 @@ fn report_lines<'a>(out: &mut String, report: Option<&'a Fetch>) -> &'a str {
     }
 }
 
+fn wake_lines(out: &mut String, wake: Option<&Wake>) {
+    match wake {
+        Some(w) => {
+            number(out, u64::from(w.ticket));
+            number(out, u64::from(w.ms));
+        }
+        None => {
+            line(out, "");
+            line(out, "");
+        }
+    }
+}
+
 fn headers(out: &mut String, headers: &[Header]) {
     for (name, value) in headers {
         line(out, name);
@@ -235,11 +253,12 @@ mod tests {
             headers: vec![("ratelimit", "\"default\";r=4;t=12".into())],
             note: None,
             report: None,
+            wake: Some(Wake { ticket: 7, ms: 1020 }),
         };
         let text = encode_step(&f);
         assert_eq!(
             decode_step(&text).unwrap(),
-            (vec!["F", "", "", "", "", "ratelimit", "\"default\";r=4;t=12"], "", "")
+            (vec!["F", "", "", "", "", "7", "1020", "ratelimit", "\"default\";r=4;t=12"], "", "")
         );
 
         let q = Step::Fetch(Fetch { ticket: 3, pipeline: false, body: "[\"EVALSHA\"]".into(), timeout_ms: 499 });
@@ -266,10 +285,11 @@ mod tests {
             value: "{\"success\":true}".into(),
             note: Some("{\"event\":\"x\"}".into()),
             report: Some(report),
+            wake: None,
         };
         assert_eq!(
             decode_step(&encode_step(&j)).unwrap(),
-            (vec!["J", "{\"event\":\"x\"}", "11", "400"], "[[\"HINCRBY\"]]", "{\"success\":true}")
+            (vec!["J", "{\"event\":\"x\"}", "11", "400", "", ""], "[[\"HINCRBY\"]]", "{\"success\":true}")
         );
         let error = crate::rpc::CallError { kind: crate::rpc::ErrorKind::Range, message: "options.cost\nmust".into() };
         let t = Step::Throw { error, note: None };

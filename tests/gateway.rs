@@ -261,7 +261,7 @@ fn each_outcome_becomes_its_status_and_headers() {
         let step = gw.resume(f.ticket, reply, NOW);
         (status(&step), step)
     };
-    let ok = Reply::Http { status: 200, body: r#"{"result":[1,0,4,0,12000,5,60]}"# };
+    let ok = Reply::Http { status: 200, body: r#"{"result":[1,0,4,0,12000,5,60,0,1700000000000]}"# };
     let (code, step) = answer(&[], ok);
     assert_eq!(code, 200);
     assert!(matches!(&step, Step::Forward { url: None, .. }), "no ORIGIN_URL: the request's own URL");
@@ -269,11 +269,12 @@ fn each_outcome_becomes_its_status_and_headers() {
     assert_eq!(header(&step, "retry-after"), None);
 
     // Denied, with no wait left at all: Retry-After is still at least one second.
-    let (code, step) = answer(&[], Reply::Http { status: 200, body: r#"{"result":[0,1,0,0,0,5,60]}"# });
+    let (code, step) = answer(&[], Reply::Http { status: 200, body: r#"{"result":[0,1,0,0,0,5,60,0,1700000000000]}"# });
     assert_eq!((code, header(&step, "retry-after")), (429, Some("1")));
     assert_eq!(body_json(&step)["type"], "urn:edge-ratelimit:problem:rate-limited");
     assert_eq!(header(&step, "content-type"), Some("application/problem+json"));
-    let (_, step) = answer(&[], Reply::Http { status: 200, body: r#"{"result":[0,1,0,11001,59000,5,60]}"# });
+    let (_, step) =
+        answer(&[], Reply::Http { status: 200, body: r#"{"result":[0,1,0,11001,59000,5,60,0,1700000000000]}"# });
     assert_eq!(header(&step, "retry-after"), Some("12"));
 
     for (reply, reason) in [
@@ -319,7 +320,11 @@ fn a_cached_denial_is_answered_in_one_step_with_nothing_pending() {
     let c = config(&[("RATE_LIMIT_CAPACITY", "1")]);
     let mut gw = Gateway::new(&c);
     let Step::Fetch(f) = begin(&mut gw, "GET", "/api/h", &[("x-user-id", "hot")]) else { panic!() };
-    let denied = gw.resume(f.ticket, Reply::Http { status: 200, body: r#"{"result":[0,1,0,11000,60000,1,60]}"# }, NOW);
+    let denied = gw.resume(
+        f.ticket,
+        Reply::Http { status: 200, body: r#"{"result":[0,1,0,11000,60000,1,60,0,1700000000000]}"# },
+        NOW,
+    );
     assert_eq!(status(&denied), 429);
     let cached = begin(&mut gw, "GET", "/api/./h/", &[("x-user-id", "hot")]);
     assert_eq!(status(&cached), 429, "another spelling of the same bucket");

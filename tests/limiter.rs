@@ -236,7 +236,7 @@ fn concurrently(gw: &mut Gateway<'_>, reqs: &[Req], now: f64, endpoint: impl Fn(
     finals.into_iter().map(Option::unwrap).collect()
 }
 
-const DECIDED: &str = r#"{"result":[1,0,4,0,12000,5,60]}"#;
+const DECIDED: &str = r#"{"result":[1,0,4,0,12000,5,60,0,1700000000000]}"#;
 const NOSCRIPT: &str = r#"{"error":"NOSCRIPT No matching script. Please use EVAL."}"#;
 
 fn users(gw: &Gateway<'_>, prefix: &str, n: usize) -> Vec<Req> {

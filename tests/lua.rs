@@ -4,7 +4,7 @@
 mod common;
 
 use common::{Redis, Rng};
-use edge_ratelimit::bucket::{self, Mode, Spec, State};
+use edge_ratelimit::bucket::{self, Mode, Op, Spec, State};
 use edge_ratelimit::Algorithm;
 use edge_ratelimit::{SCRIPT_FLAGGED, SCRIPT_FLAGGED_SHA, SCRIPT_PLAIN, SCRIPT_PLAIN_SHA};
 
@@ -15,6 +15,7 @@ fn run(con: &mut redis::Connection, keys: &[String], specs: &[(Spec, u64)], now_
 }
 
 /// As [`run`], with `peek`, override keys after the limits' keys, and each limit's override indexes.
+/// The reply as five integers per limit (no lease was asked, so none is granted) without the time.
 fn run_with(
     con: &mut redis::Connection,
     keys: &[String],
@@ -24,10 +25,33 @@ fn run_with(
     override_keys: &[String],
     override_indexes: &[String],
 ) -> Vec<i64> {
+    let op = if peek { Op::Peek } else { Op::Take };
+    let full = run_op(con, keys, specs, now_ms, op, override_keys, override_indexes);
+    let mut out = full[..2].to_vec();
+    for limit in full[2..full.len() - 1].chunks_exact(bucket::PER_LIMIT) {
+        assert_eq!(limit[5], 0, "no lease asked, none granted");
+        out.extend(&limit[..5]);
+    }
+    if let Some(ms) = now_ms {
+        assert_eq!(full[full.len() - 1], ms as i64, "the script's time ends the reply");
+    }
+    out
+}
+
+/// One call of `op`, the script's whole reply.
+fn run_op(
+    con: &mut redis::Connection,
+    keys: &[String],
+    specs: &[(Spec, u64)],
+    now_ms: Option<u64>,
+    op: Op,
+    override_keys: &[String],
+    override_indexes: &[String],
+) -> Vec<i64> {
     let mut cmd = redis::cmd("EVAL");
     cmd.arg(SCRIPT_PLAIN).arg(keys.len() + override_keys.len()).arg(keys).arg(override_keys);
     cmd.arg(now_ms.map_or(String::new(), |ms| ms.to_string()));
-    cmd.arg(if peek { "1" } else { "" }).arg(specs.len());
+    cmd.arg(op.code()).arg(specs.len());
     for ((spec, ttl), indexes) in specs.iter().zip(override_indexes) {
         let algorithm = if spec.algorithm == Algorithm::SlidingWindow { "w" } else { "t" };
         cmd.arg(algorithm)
@@ -35,7 +59,7 @@ fn run_with(
             .arg(spec.rate.to_string())
             .arg(ttl)
             .arg(spec.cost.to_string());
-        cmd.arg(spec.mode.code()).arg(indexes);
+        cmd.arg(spec.mode.code()).arg(indexes).arg(format!("{}", spec.lease));
     }
     cmd.query(con).expect("script runs")
 }
@@ -79,7 +103,7 @@ fn lua_agrees_with_the_rust_reference_on_random_sequences() {
         let keys = fresh_keys(&format!("agree{seed}"), n);
         let mut specs = Vec::new();
         for _ in 0..n {
-            let capacity = 1.0 + rng.below(20) as f64;
+            let capacity = if rng.below(3) == 0 { 100.0 + rng.below(100) as f64 } else { 1.0 + rng.below(20) as f64 };
             let rate = [5.0 / 60.0, 10.0, 0.5, 1.0 / 3.0, 1000.0 / 7.0][rng.below(5) as usize];
             let algorithm = if rng.below(2) == 0 { TB } else { SW };
             specs.push(Spec {
@@ -89,6 +113,7 @@ fn lua_agrees_with_the_rust_reference_on_random_sequences() {
                 cost: 1.0,
                 mode: [Mode::Enforce, Mode::Enforce, Mode::Enforce, Mode::Shadow, Mode::Candidate, Mode::Report]
                     [rng.below(6) as usize],
+                lease: 0.0,
             });
         }
         let mut states: Vec<Option<State>> = vec![None; n];
@@ -98,16 +123,24 @@ fn lua_agrees_with_the_rust_reference_on_random_sequences() {
             if rng.below(20) == 0 {
                 now_ms -= 500; // a Worker clock that runs behind: the bucket's time must not go back
             }
+            // Now and then a call asks for a lease, or gives tokens back (taken at some earlier time).
+            let op = [Op::Take, Op::Take, Op::Take, Op::Take, Op::GiveBack, Op::Peek][rng.below(6) as usize];
             let call: Vec<(Spec, u64)> = specs
                 .iter()
                 .map(|s| {
                     let cost = 1.0 + rng.below(3) as f64;
-                    (Spec { cost: cost.min(s.capacity), ..*s }, 3600)
+                    let lease = match op {
+                        Op::Take => [0.0, 0.0, 1.0, 3.0, 40.0][rng.below(5) as usize],
+                        Op::GiveBack => (now_ms - [0, 500, 30_000, 200_000][rng.below(4) as usize]) as f64,
+                        Op::Peek => 0.0,
+                    };
+                    (Spec { cost: cost.min(s.capacity), lease, ..*s }, 3600)
                 })
                 .collect();
             let call_specs: Vec<Spec> = call.iter().map(|(s, _)| *s).collect();
-            let expected = bucket::call(&mut states, &call_specs, now_ms as f64 / 1000.0).to_flat();
-            let got = run(&mut con, &keys, &call, Some(now_ms));
+            let expected = bucket::call_with(&mut states, &call_specs, now_ms as f64 / 1000.0, op).to_flat();
+            let none = vec![String::new(); call.len()];
+            let got = run_op(&mut con, &keys, &call, Some(now_ms), op, &[], &none);
             assert_eq!(got, expected, "seed {seed}, step {step}");
             for (key, state) in keys.iter().zip(&states) {
                 let fields: Vec<Option<String>> = redis::cmd("HMGET")
@@ -135,7 +168,7 @@ fn fractional_tokens_accumulate() {
     let redis = Redis::start();
     let mut con = redis.connection();
     let keys = fresh_keys("fraction", 1);
-    let spec = Spec { algorithm: TB, capacity: 1.0, rate: 0.5, cost: 1.0, mode: Mode::Enforce };
+    let spec = Spec { algorithm: TB, capacity: 1.0, rate: 0.5, cost: 1.0, mode: Mode::Enforce, lease: 0.0 };
     assert_eq!(run(&mut con, &keys, &[(spec, 60)], Some(10_000)), vec![1, 0, 0, 0, 2000, 1, 2]);
     // 0.9 s later: 0.45 tokens, denied; retry in 1.1 s.
     assert_eq!(run(&mut con, &keys, &[(spec, 60)], Some(10_900)), vec![0, 1, 0, 1100, 1100, 1, 2]);
@@ -150,7 +183,7 @@ fn allowed_calls_set_the_ttl_and_denied_calls_leave_it() {
     let redis = Redis::start();
     let mut con = redis.connection();
     let keys = fresh_keys("ttl", 1);
-    let spec = Spec { algorithm: TB, capacity: 1.0, rate: 1.0 / 60.0, cost: 1.0, mode: Mode::Enforce };
+    let spec = Spec { algorithm: TB, capacity: 1.0, rate: 1.0 / 60.0, cost: 1.0, mode: Mode::Enforce, lease: 0.0 };
     run(&mut con, &keys, &[(spec, 90)], None);
     let ttl: i64 = redis::cmd("TTL").arg(&keys[0]).query(&mut con).unwrap();
     assert!((89..=90).contains(&ttl), "TTL {ttl}");
@@ -165,7 +198,7 @@ fn cost_larger_than_what_is_left_is_denied_without_debit() {
     let redis = Redis::start();
     let mut con = redis.connection();
     let keys = fresh_keys("cost", 1);
-    let five = Spec { algorithm: TB, capacity: 5.0, rate: 1.0, cost: 3.0, mode: Mode::Enforce };
+    let five = Spec { algorithm: TB, capacity: 5.0, rate: 1.0, cost: 3.0, mode: Mode::Enforce, lease: 0.0 };
     assert_eq!(run(&mut con, &keys, &[(five, 60)], Some(1_000)), vec![1, 0, 2, 0, 3000, 5, 5]);
     assert_eq!(run(&mut con, &keys, &[(five, 60)], Some(1_000)), vec![0, 1, 2, 1000, 3000, 5, 5]);
     let tokens: String = redis::cmd("HGET").arg(&keys[0]).arg("tokens").query(&mut con).unwrap();
@@ -177,8 +210,8 @@ fn several_buckets_are_all_or_nothing() {
     let redis = Redis::start();
     let mut con = redis.connection();
     let keys = fresh_keys("multi", 2);
-    let roomy = Spec { algorithm: TB, capacity: 10.0, rate: 1.0, cost: 1.0, mode: Mode::Enforce };
-    let tight = Spec { algorithm: TB, capacity: 1.0, rate: 1.0, cost: 1.0, mode: Mode::Enforce };
+    let roomy = Spec { algorithm: TB, capacity: 10.0, rate: 1.0, cost: 1.0, mode: Mode::Enforce, lease: 0.0 };
+    let tight = Spec { algorithm: TB, capacity: 1.0, rate: 1.0, cost: 1.0, mode: Mode::Enforce, lease: 0.0 };
     assert_eq!(run(&mut con, &keys, &[(roomy, 60), (tight, 60)], Some(5_000))[..2], [1, 0]);
     assert_eq!(run(&mut con, &keys, &[(roomy, 60), (tight, 60)], Some(5_000))[..2], [0, 2]);
     let tokens: String = redis::cmd("HGET").arg(&keys[0]).arg("tokens").query(&mut con).unwrap();
@@ -190,7 +223,7 @@ fn redis_time_mode_admits_capacity_then_denies() {
     let redis = Redis::start();
     let mut con = redis.connection();
     let keys = fresh_keys("time", 1);
-    let spec = Spec { algorithm: TB, capacity: 3.0, rate: 5.0 / 60.0, cost: 1.0, mode: Mode::Enforce };
+    let spec = Spec { algorithm: TB, capacity: 3.0, rate: 5.0 / 60.0, cost: 1.0, mode: Mode::Enforce, lease: 0.0 };
     let allowed: Vec<i64> = (0..5).map(|_| run(&mut con, &keys, &[(spec, 60)], None)[0]).collect();
     assert_eq!(allowed, vec![1, 1, 1, 0, 0]);
     let last: f64 =
@@ -204,7 +237,7 @@ fn worker_clock_behind_the_stored_time_mints_nothing() {
     let redis = Redis::start();
     let mut con = redis.connection();
     let keys = fresh_keys("skew", 1);
-    let spec = Spec { algorithm: TB, capacity: 2.0, rate: 1.0, cost: 1.0, mode: Mode::Enforce };
+    let spec = Spec { algorithm: TB, capacity: 2.0, rate: 1.0, cost: 1.0, mode: Mode::Enforce, lease: 0.0 };
     let t = 1_800_000_000_000u64;
     run(&mut con, &keys, &[(spec, 60)], Some(t + 30_000)); // an instance 30 s ahead
     run(&mut con, &keys, &[(spec, 60)], Some(t + 30_000));
@@ -218,8 +251,8 @@ fn shadow_buckets_report_but_never_deny() {
     let redis = Redis::start();
     let mut con = redis.connection();
     let keys = fresh_keys("shadow", 2);
-    let shadow = Spec { algorithm: TB, capacity: 1.0, rate: 1.0, cost: 1.0, mode: Mode::Shadow };
-    let enforced = Spec { algorithm: TB, capacity: 10.0, rate: 1.0, cost: 1.0, mode: Mode::Enforce };
+    let shadow = Spec { algorithm: TB, capacity: 1.0, rate: 1.0, cost: 1.0, mode: Mode::Shadow, lease: 0.0 };
+    let enforced = Spec { algorithm: TB, capacity: 10.0, rate: 1.0, cost: 1.0, mode: Mode::Enforce, lease: 0.0 };
     assert_eq!(
         run(&mut con, &keys, &[(shadow, 60), (enforced, 60)], Some(1_000)),
         vec![1, 0, 0, 0, 1000, 1, 1, 9, 0, 1000, 10, 10]
@@ -246,7 +279,7 @@ fn unreadable_state_is_treated_as_empty_not_full() {
         .arg("1")
         .query::<i64>(&mut con)
         .unwrap();
-    let spec = Spec { algorithm: TB, capacity: 5.0, rate: 1.0, cost: 1.0, mode: Mode::Enforce };
+    let spec = Spec { algorithm: TB, capacity: 5.0, rate: 1.0, cost: 1.0, mode: Mode::Enforce, lease: 0.0 };
     assert_eq!(run(&mut con, &keys, &[(spec, 60)], Some(2_000))[..2], [0, 1]);
 }
 
@@ -255,7 +288,7 @@ fn a_burst_straddling_a_window_edge_never_admits_twice_the_limit() {
     let redis = Redis::start();
     let mut con = redis.connection();
     let keys = fresh_keys("edge", 1);
-    let spec = Spec { algorithm: SW, capacity: 10.0, rate: 10.0 / 60.0, cost: 1.0, mode: Mode::Enforce };
+    let spec = Spec { algorithm: SW, capacity: 10.0, rate: 10.0 / 60.0, cost: 1.0, mode: Mode::Enforce, lease: 0.0 };
     let t = 1_800_000_000_000u64;
     let mut admitted =
         |at: u64, n: usize| (0..n).filter(|_| run(&mut con, &keys, &[(spec, 120)], Some(at))[0] == 1).count();
@@ -274,7 +307,7 @@ fn the_window_ttl_covers_two_windows() {
     let redis = Redis::start();
     let mut con = redis.connection();
     let keys = fresh_keys("wttl", 1);
-    let spec = Spec { algorithm: SW, capacity: 5.0, rate: 5.0 / 60.0, cost: 1.0, mode: Mode::Enforce };
+    let spec = Spec { algorithm: SW, capacity: 5.0, rate: 5.0 / 60.0, cost: 1.0, mode: Mode::Enforce, lease: 0.0 };
     run(&mut con, &keys, &[(spec, 60)], None); // a TTL argument below two windows is raised
     let ttl: i64 = redis::cmd("TTL").arg(&keys[0]).query(&mut con).unwrap();
     assert!((119..=120).contains(&ttl), "TTL {ttl}");
@@ -287,7 +320,7 @@ fn an_override_replaces_capacity_and_rate_in_the_same_call() {
     let keys = fresh_keys("override", 2);
     let overrides =
         vec![format!("ratelimit:override:caller:{}", std::process::id()), "ratelimit:override:tier:free".into()];
-    let spec = Spec { algorithm: TB, capacity: 2.0, rate: 2.0 / 60.0, cost: 1.0, mode: Mode::Enforce };
+    let spec = Spec { algorithm: TB, capacity: 2.0, rate: 2.0 / 60.0, cost: 1.0, mode: Mode::Enforce, lease: 0.0 };
     let window = Spec { algorithm: SW, ..spec };
     let specs = [(spec, 60), (window, 120)];
     // Limit 1 may take the caller's override, then the tier's; limit 2 only the tier's.
@@ -316,7 +349,7 @@ fn absurd_overrides_and_arguments_never_make_the_script_fail() {
     let mut con = redis.connection();
     let keys = fresh_keys("absurd", 2);
     let overrides = vec![format!("ratelimit:override:caller:absurd-{}", std::process::id())];
-    let spec = Spec { algorithm: TB, capacity: 2.0, rate: 2.0 / 60.0, cost: 1.0, mode: Mode::Enforce };
+    let spec = Spec { algorithm: TB, capacity: 2.0, rate: 2.0 / 60.0, cost: 1.0, mode: Mode::Enforce, lease: 0.0 };
     let specs = [(spec, 60), (Spec { algorithm: SW, ..spec }, 120)];
     let indexes = ["2".to_string(), "2".to_string()];
     let t = 1_800_000_000_000u64;
@@ -328,7 +361,7 @@ fn absurd_overrides_and_arguments_never_make_the_script_fail() {
         assert!((1..=60).contains(&ttl), "TTL {ttl} with override {value:?}");
     }
     // An absurd TTL argument is clamped, not passed on to EXPIRE as 1e+17.
-    let slow = Spec { algorithm: TB, capacity: 1e9, rate: 1e9 / 2.88e17, cost: 1.0, mode: Mode::Enforce };
+    let slow = Spec { algorithm: TB, capacity: 1e9, rate: 1e9 / 2.88e17, cost: 1.0, mode: Mode::Enforce, lease: 0.0 };
     let r = run_with(&mut con, &fresh_keys("absurd-ttl", 1), &[(slow, 1)], Some(t), false, &[], &[String::new()]);
     assert_eq!(r[0], 1, "the call still decides");
 }
@@ -343,7 +376,7 @@ fn an_override_raises_the_ttl_to_its_own_refill_time() {
         let keys = fresh_keys(&format!("override-ttl-{}", algorithm.code()), 1);
         let overrides = vec![format!("ratelimit:override:caller:ttl-{}-{}", algorithm.code(), std::process::id())];
         redis::cmd("SET").arg(&overrides[0]).arg(format!("100 {}", 1.0 / 60.0)).query::<()>(&mut con).unwrap();
-        let spec = Spec { algorithm, capacity: 5.0, rate: 5.0 / 60.0, cost: 1.0, mode: Mode::Enforce };
+        let spec = Spec { algorithm, capacity: 5.0, rate: 5.0 / 60.0, cost: 1.0, mode: Mode::Enforce, lease: 0.0 };
         let r = run_with(&mut con, &keys, &[(spec, 60)], Some(1_800_000_000_000), false, &overrides, &["2".into()]);
         assert_eq!((r[0], r[5], r[6]), (1, 100, 6000), "allowed, on the override's numbers");
         let ttl: i64 = redis::cmd("TTL").arg(&keys[0]).query(&mut con).unwrap();
@@ -357,8 +390,8 @@ fn peek_reports_without_consuming_or_writing() {
     let mut con = redis.connection();
     let keys = fresh_keys("peek", 2);
     let specs = [
-        (Spec { algorithm: TB, capacity: 3.0, rate: 1.0, cost: 1.0, mode: Mode::Enforce }, 60),
-        (Spec { algorithm: SW, capacity: 3.0, rate: 1.0, cost: 1.0, mode: Mode::Enforce }, 60),
+        (Spec { algorithm: TB, capacity: 3.0, rate: 1.0, cost: 1.0, mode: Mode::Enforce, lease: 0.0 }, 60),
+        (Spec { algorithm: SW, capacity: 3.0, rate: 1.0, cost: 1.0, mode: Mode::Enforce, lease: 0.0 }, 60),
     ];
     let none = vec![String::new(); 2];
     let peek = |con: &mut redis::Connection| run_with(con, &keys, &specs, Some(5_000), true, &[], &none);

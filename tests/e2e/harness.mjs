@@ -161,6 +161,7 @@ const gatewayWorker = (vars) => ({
 export async function startGateway(vars) {
   const mf = new Miniflare(gatewayWorker(vars));
   await mf.ready;
+  let stopped = null;
   return {
     mf,
     /** Sends a request through the gateway as client `ip` (CF-Connecting-IP). */
@@ -172,7 +173,8 @@ export async function startGateway(vars) {
       const text = await res.text();
       return { status: res.status, headers: res.headers, text, json: () => JSON.parse(text) };
     },
-    stop: () => mf.dispose(),
+    /** Stops the instance (its isolate and whatever it still holds); once, however often called. */
+    stop: () => (stopped ??= mf.dispose()),
   };
 }
 

@@ -133,6 +133,7 @@ describe("status page against a fake status.json", () => {
     ],
     noscript: 2,
     deny_cache_hits: 4,
+    leases: { granted: 5000, spent: 4200, requests: 4200, returned: 700, lost: 20, outstanding: 80 },
   });
 
   before(async () => {
@@ -195,6 +196,9 @@ describe("status page against a fake status.json", () => {
       assert.deepEqual(await page.locator("#latency tr[data-measure=redis_ms] td").allTextContents(), ["0", "–", "–", "–"]);
       assert.equal(await page.textContent("#noscript"), "2");
       assert.equal(await page.textContent("#deny-cache-hits"), "4");
+      assert.equal(await page.textContent("#lease-requests"), (4200).toLocaleString("en-US"));
+      assert.equal(await page.textContent("#lease-outstanding"), "80");
+      assert.match(await page.textContent("#lease-returned"), /^700 \(20 lost\)$/);
       assert.match(await page.textContent("#updated"), /\d/);
 
       // The next poll draws deltas: allowed grows by one per poll in the fake.

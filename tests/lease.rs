@@ -1,0 +1,360 @@
+//! Leases through the gateway's one entry, against a real Redis: several isolates (gateways) sharing
+//! one bucket, each answering a busy key from its lease without a round trip, never admitting more
+//! than the bucket allows, and — once the leases are given back — admitting exactly the allowance.
+//! Time is the Worker's clock (`RATE_LIMIT_CLOCK = worker`), so the allowance is known exactly.
+
+mod common;
+
+use common::{header, status, Req, Rest};
+use edge_ratelimit::{Config, Gateway, Reply, Request, Step, Totals};
+use serde_json::Value;
+
+const T0: f64 = 1.8e12;
+
+fn config(extra: &[(&str, &str)]) -> Config {
+    let mut vars = vec![
+        ("UPSTASH_REDIS_REST_URL", "http://127.0.0.1:1"),
+        ("UPSTASH_REDIS_REST_TOKEN", "t"),
+        ("USER_ID_HEADER", "x-user-id"),
+        ("RATE_LIMIT_CLOCK", "worker"),
+    ];
+    vars.extend_from_slice(extra);
+    Config::from_env(|name| vars.iter().rev().find(|(k, _)| *k == name).map(|(_, v)| v.to_string())).unwrap()
+}
+
+/// One isolate: its gateway, and the wakes it was asked to carry out later (ticket, when).
+struct Isolate<'c> {
+    gw: Gateway<'c>,
+    wakes: Vec<(u32, f64)>,
+}
+
+/// What the REST endpoint was asked, by kind: decisions and give-backs are counted by their EVALSHA.
+#[derive(Default, Debug)]
+struct Calls {
+    decisions: usize,
+    give_backs: usize,
+    other: usize,
+}
+
+impl<'c> Isolate<'c> {
+    fn new(config: &'c Config) -> Isolate<'c> {
+        Isolate { gw: Gateway::new(config), wakes: Vec::new() }
+    }
+
+    /// Carries `step` out at `now` (every fetch answered at once), keeping any wake for later.
+    fn carry(&mut self, rest: &Rest, mut step: Step, now: f64, calls: &mut Calls) -> Step {
+        loop {
+            step = match step {
+                Step::Fetch(f) => {
+                    if f.pipeline || f.body.starts_with("[\"EVAL\",") {
+                        calls.other += 1; // a report, or the script's load after NOSCRIPT
+                    } else if f.body.contains("\"2\"") && is_give_back(&f.body) {
+                        calls.give_backs += 1;
+                    } else {
+                        calls.decisions += 1;
+                    }
+                    let (status, body) = rest.answer(&f);
+                    self.gw.resume(f.ticket, Reply::Http { status, body: &body }, now)
+                }
+                Step::Wait { ticket, ms } => {
+                    self.wakes.push((ticket, now + f64::from(ms)));
+                    return Step::Done;
+                }
+                Step::Forward { wake, ref report, .. } | Step::Return { wake, ref report, .. } => {
+                    if let Some(f) = report {
+                        calls.other += 1;
+                        let (status, body) = rest.answer(f);
+                        assert_eq!(self.gw.resume(f.ticket, Reply::Http { status, body: &body }, now), Step::Done);
+                    }
+                    if let Some(w) = wake {
+                        self.wakes.push((w.ticket, now + f64::from(w.ms)));
+                    }
+                    return step;
+                }
+                other => return other,
+            };
+        }
+    }
+
+    /// Carries out the wakes due by `now` (and what follows them).
+    fn wake(&mut self, rest: &Rest, now: f64, calls: &mut Calls) {
+        let due: Vec<(u32, f64)> = self.wakes.iter().copied().filter(|(_, at)| *at <= now).collect();
+        self.wakes.retain(|(_, at)| *at > now);
+        for (ticket, _) in due {
+            let step = self.gw.resume(ticket, Reply::Woke, now);
+            assert!(matches!(self.carry(rest, step, now, calls), Step::Done));
+        }
+    }
+
+    fn request(&mut self, rest: &Rest, user: &str, now: f64, calls: &mut Calls) -> Step {
+        self.wake(rest, now, calls);
+        let req = Req::new(&self.gw, "GET", "/api/busy", &[("x-user-id", user)]);
+        let headers: Vec<Option<&str>> = req.headers.iter().map(|h| h.as_deref()).collect();
+        let step = self.gw.begin(&Request { method: &req.method, url: &req.url, headers: &headers }, now);
+        self.carry(rest, step, now, calls)
+    }
+}
+
+/// Whether an EVALSHA/EVAL body is a give-back call (`ARGV[2]` = "2").
+fn is_give_back(body: &str) -> bool {
+    let args: Vec<String> = serde_json::from_str(body).unwrap();
+    let n: usize = args[2].parse().unwrap();
+    args[3 + n + 1] == "2"
+}
+
+/// `r=` of a response's `RateLimit` field.
+fn remaining(step: &Step) -> u64 {
+    let field = header(step, "ratelimit").expect("a RateLimit field");
+    field.split(";r=").nth(1).unwrap().split(';').next().unwrap().parse().unwrap()
+}
+
+/// Requests of one busy user spread over `isolates`, 1 ms apart; then, after every lease has ended
+/// and been given back, requests until the bucket denies. Returns (admitted while busy, admitted in
+/// all, the allowance, calls while busy, requests while busy).
+fn busy(
+    extra: &[(&str, &str)],
+    isolates: usize,
+    requests: usize,
+    capacity: f64,
+    per_second: f64,
+) -> (u64, u64, u64, Calls, usize) {
+    let rest = Rest::new();
+    let c = config(extra);
+    let mut all: Vec<Isolate<'_>> = (0..isolates).map(|_| Isolate::new(&c)).collect();
+    let mut calls = Calls::default();
+    let mut admitted = 0;
+    let mut now = T0;
+    for i in 0..requests {
+        now += 1.0;
+        if status(&all[i % isolates].request(&rest, "busy", now, &mut calls)) == 200 {
+            admitted += 1;
+        }
+    }
+    let busy_calls = std::mem::take(&mut calls);
+    let busy_admitted = admitted;
+    // Every lease ends within its horizon; the wakes give the tokens back.
+    now += 5_000.0;
+    for iso in &mut all {
+        iso.wake(&rest, now, &mut calls);
+        iso.wake(&rest, now + 100.0, &mut calls);
+    }
+    for iso in &all {
+        assert_eq!(iso.gw.limiter().leased_tokens(), 0, "every lease given back");
+    }
+    now += 100.0;
+    // One isolate drains what is left, 1 ms apart (a refill of `per_second` adds to the allowance).
+    let mut denied = 0;
+    while denied < 3 {
+        now += 1.0;
+        match status(&all[0].request(&rest, "busy", now, &mut calls)) {
+            200 => admitted += 1,
+            _ => denied += 1,
+        }
+        assert!(admitted < 1_000_000, "the bucket never ran dry");
+    }
+    // Every lease of that drain given back too: nothing more could have been admitted.
+    let elapsed_s = (now - (T0 + 1.0)) / 1000.0;
+    let allowance = (capacity + per_second * elapsed_s).floor() as u64;
+    (busy_admitted, admitted, allowance, busy_calls, requests)
+}
+
+#[test]
+fn two_isolates_spend_leases_without_calls_and_admit_exactly_the_allowance() {
+    let (busy_admitted, admitted, allowance, calls, requests) =
+        busy(&[("RATE_LIMIT_CAPACITY", "3000"), ("RATE_LIMIT_REFILL", "3000/d")], 2, 2_000, 3000.0, 3000.0 / 86_400.0);
+    assert_eq!(busy_admitted, 2_000, "all of the busy traffic fits the bucket");
+    assert!(
+        (calls.decisions as f64) / (requests as f64) <= 0.1,
+        "a busy key costs at most 0.1 decision calls per request: {calls:?}"
+    );
+    assert_eq!(admitted, allowance, "once the leases are back, exactly the allowance ({calls:?})");
+}
+
+#[test]
+fn isolates_sharing_a_bucket_never_admit_beyond_it_while_leases_are_out() {
+    for isolates in [2, 5] {
+        let (busy_admitted, admitted, allowance, calls, _) = busy(
+            &[("RATE_LIMIT_CAPACITY", "400"), ("RATE_LIMIT_REFILL", "400/h")],
+            isolates,
+            3_000,
+            400.0,
+            400.0 / 3600.0,
+        );
+        assert!(busy_admitted <= allowance, "{isolates} isolates admitted {busy_admitted} > {allowance}");
+        assert!(calls.decisions < 3_000, "leases saved calls: {calls:?}");
+        assert_eq!(admitted, allowance, "{isolates} isolates: exactly the allowance once the leases are back");
+    }
+}
+
+#[test]
+fn a_sliding_window_leases_and_gives_back_to_its_window() {
+    let (busy_admitted, admitted, allowance, calls, _) = busy(
+        &[("RATE_LIMIT_CAPACITY", "600"), ("RATE_LIMIT_REFILL", "600/h"), ("RATE_LIMIT_ALGORITHM", "sliding-window")],
+        3,
+        1_500,
+        600.0,
+        0.0, // within one window nothing slides out
+    );
+    assert!(busy_admitted <= 600 && calls.decisions < 1_500, "{busy_admitted} {calls:?}");
+    assert_eq!(admitted, allowance);
+}
+
+#[test]
+fn a_small_bucket_or_leases_turned_off_asks_redis_for_every_request() {
+    for extra in [
+        vec![],                                                              // 5 per minute
+        vec![("RATE_LIMIT_CAPACITY", "1000"), ("RATE_LIMIT_LEASES", "off")], // the switch
+        vec![(
+            "RATE_LIMIT_POLICY",
+            r#"{"rules":[{"name":"busy","route":"/api/*","lease":false,
+            "limits":[{"name":"big","capacity":1000,"refill":"1000/min"}]}]}"#,
+        )], // a rule says no
+        vec![(
+            "RATE_LIMIT_POLICY",
+            r#"{"rules":[{"name":"busy","route":"/api/*",
+            "limits":[{"name":"big","capacity":1000,"refill":"1000/min","lease":false}]}]}"#,
+        )], // a limit says no
+        // 5 % of 100 is 5 tokens: not two requests of cost 3
+        vec![(
+            "RATE_LIMIT_POLICY",
+            r#"{"rules":[{"name":"busy","route":"/api/*",
+            "limits":[{"name":"big","capacity":100,"refill":"1/d","cost":3}]}]}"#,
+        )],
+    ] {
+        let rest = Rest::new();
+        let c = config(&extra);
+        let mut iso = Isolate::new(&c);
+        let mut calls = Calls::default();
+        for i in 0..30 {
+            iso.request(&rest, "busy", T0 + f64::from(i), &mut calls);
+            if i == 4 {
+                assert_eq!(calls.decisions, 5, "each of the first five asked Redis ({extra:?})");
+            }
+        }
+        if !extra.is_empty() {
+            assert_eq!(calls.decisions, 30, "{extra:?}"); // (the 5-per-minute bucket denies from the deny cache)
+        }
+        assert_eq!(calls.give_backs, 0, "{extra:?}");
+        assert!(iso.wakes.is_empty() && iso.gw.limiter().leased_tokens() == 0, "no lease ({extra:?})");
+    }
+}
+
+#[test]
+fn the_ratelimit_field_counts_the_lease_so_one_isolate_sees_every_token() {
+    let rest = Rest::new();
+    let c = config(&[("RATE_LIMIT_CAPACITY", "1000"), ("RATE_LIMIT_REFILL", "1/d")]);
+    let mut iso = Isolate::new(&c);
+    let mut calls = Calls::default();
+    for i in 1..=400u64 {
+        let step = iso.request(&rest, "solo", T0 + i as f64, &mut calls);
+        assert_eq!(remaining(&step), 1000 - i, "request {i}: what the caller can still spend ({calls:?})");
+    }
+    assert!(calls.decisions < 40, "{calls:?}");
+}
+
+#[test]
+fn a_lease_not_renewed_ends_after_its_horizon() {
+    let rest = Rest::new();
+    let c = config(&[("RATE_LIMIT_CAPACITY", "1000"), ("RATE_LIMIT_REFILL", "1/d"), ("RATE_LIMIT_LEASE_MS", "500")]);
+    let mut iso = Isolate::new(&c);
+    let mut calls = Calls::default();
+    let mut now = T0;
+    for _ in 0..100 {
+        now += 1.0;
+        iso.request(&rest, "busy", now, &mut calls);
+    }
+    assert!(iso.gw.limiter().leased_tokens() > 0);
+    iso.wakes.clear(); // (the executor never carries the wake out: the lease must still end)
+    let before = calls.decisions;
+    now += 501.0;
+    let req = Req::new(&iso.gw, "GET", "/api/busy", &[("x-user-id", "busy")]);
+    let headers: Vec<Option<&str>> = req.headers.iter().map(|h| h.as_deref()).collect();
+    let step = iso.gw.begin(&Request { method: &req.method, url: &req.url, headers: &headers }, now);
+    assert!(matches!(step, Step::Fetch(_)), "an ended lease is not spent: Redis decides ({step:?})");
+    iso.carry(&rest, step, now, &mut calls);
+    assert_eq!(calls.decisions, before + 1);
+}
+
+#[test]
+fn costs_and_shadow_limits_are_paid_from_leases_too() {
+    let policy = r#"{"rules":[{"name":"busy","route":"/api/*","limits":[
+        {"name":"big","capacity":2000,"refill":"1/d","cost":3},
+        {"name":"trial","capacity":1000,"refill":"1/d","shadow":true}]}]}"#;
+    let rest = Rest::new();
+    let c = config(&[("RATE_LIMIT_POLICY", policy)]);
+    let mut iso = Isolate::new(&c);
+    let mut calls = Calls::default();
+    let mut now = T0;
+    for _ in 0..300 {
+        now += 1.0;
+        assert_eq!(status(&iso.request(&rest, "busy", now, &mut calls)), 200);
+    }
+    assert!(calls.decisions < 100, "{calls:?}");
+    iso.wake(&rest, now + 5_000.0, &mut calls);
+    iso.wake(&rest, now + 5_100.0, &mut calls);
+    let tokens = |key: &str| -> f64 {
+        let v = rest.redis(&["HGET", key, "tokens"]);
+        v.as_str().unwrap().parse().unwrap()
+    };
+    // (a refill of 1 a day adds a few millionths)
+    let big = tokens("rate:busy:/api/%2A#big");
+    assert!((big - (2000.0 - 900.0)).abs() < 0.01, "300 requests of cost 3, leases given back: {big}");
+    let trial = tokens("rate:busy:/api/%2A#trial");
+    assert!((trial - (1000.0 - 300.0)).abs() < 0.01, "the shadow limit paid once per request: {trial}");
+}
+
+#[test]
+fn a_give_back_that_fails_is_counted_lost_and_the_metrics_count_leases() {
+    let rest = Rest::new();
+    let c = config(&[
+        ("RATE_LIMIT_CAPACITY", "1000"),
+        ("RATE_LIMIT_REFILL", "1/d"),
+        ("ADMIN_TOKEN", "an-admin-token-0123456789"),
+        ("METRICS_FLUSH_MS", "0"),
+    ]);
+    let mut iso = Isolate::new(&c);
+    let mut calls = Calls::default();
+    let mut now = T0;
+    for _ in 0..100 {
+        now += 1.0;
+        iso.request(&rest, "busy", now, &mut calls);
+    }
+    let held = iso.gw.limiter().leased_tokens();
+    assert!(held > 0, "a lease is held");
+    // Redis goes away before the lease ends: giving back fails, and the tokens are counted lost.
+    let due: Vec<(u32, f64)> = std::mem::take(&mut iso.wakes);
+    for (ticket, at) in due {
+        let at = at.max(now + 2_000.0);
+        let mut step = iso.gw.resume(ticket, Reply::Woke, at);
+        while let Step::Fetch(f) = step {
+            step = iso.gw.resume(f.ticket, Reply::Unreachable, at);
+        }
+    }
+    assert_eq!(iso.gw.limiter().leased_tokens(), 0);
+    now += 3_000.0;
+    iso.request(&rest, "busy", now, &mut calls); // reports the metrics (flush 0)
+    let fields: Vec<String> = match rest.redis(&["HGETALL", "ratelimit:metrics"]) {
+        Value::Array(v) => v.into_iter().map(|x| x.as_str().unwrap_or_default().to_string()).collect(),
+        other => panic!("{other:?}"),
+    };
+    let totals = Totals::from_fields(&fields);
+    assert_eq!(totals.leases.lost, held, "{:?}", totals.leases);
+    assert!(totals.leases.requests > 0 && totals.leases.spent > 0 && totals.leases.granted >= totals.leases.spent);
+}
+
+#[test]
+fn rpc_calls_spend_leases_too() {
+    let rest = Rest::new();
+    let c = config(&[("RATE_LIMIT_CAPACITY", "1000"), ("RATE_LIMIT_REFILL", "1/d")]);
+    let mut iso = Isolate::new(&c);
+    let mut calls = Calls::default();
+    for i in 1..=300u64 {
+        let now = T0 + i as f64;
+        iso.wake(&rest, now, &mut calls);
+        let step = iso.gw.call("limit", r#"{"key":"worker-7"}"#, now);
+        let Step::Return { value, .. } = iso.carry(&rest, step, now, &mut calls) else { panic!("a result") };
+        let v: Value = serde_json::from_str(&value).unwrap();
+        assert_eq!((v["success"].as_bool(), v["remaining"].as_u64()), (Some(true), Some(1000 - i)), "call {i}");
+    }
+    assert!(calls.decisions < 30, "{calls:?}");
+}
