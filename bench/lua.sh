@@ -52,21 +52,21 @@ A_TB=(evalsha "$tb_anchor" 1 "anchor:__rand_int__" 5 "$window_ms" 5 "$now" 1)
 # Its sliding window: KEYS [identifier:currentWindow, identifier:previousWindow], ARGV [tokens, now ms,
 # window ms, incrementBy] (Ratelimit.slidingWindow(5, "60 s"), no dynamic limit key).
 A_SW=(evalsha "$sw_anchor" 2 "anchor-sw:__rand_int__:$cw" "anchor-sw:__rand_int__:$((cw - 1))" 5 "$now" "$window_ms" 1)
-# Ours: KEYS [limit keys..., override keys...], ARGV [clock, peek, n, then per limit: algo capacity rate ttl cost shadow overrides].
-T_REDIS=(evalsha "$ours" 1 "rate:__rand_int__:/api" "" "" 1 t 5 $R 60 1 0 "")
-T_WORKER=(evalsha "$ours" 1 "rate:__rand_int__:/api" "$now" "" 1 t 5 $R 60 1 0 "")
-W_REDIS=(evalsha "$ours" 1 "rate:__rand_int__:/api" "" "" 1 w 5 $R 120 1 0 "")
-W_WORKER=(evalsha "$ours" 1 "rate:__rand_int__:/api" "$now" "" 1 w 5 $R 120 1 0 "")
-T_OVR=(evalsha "$ours" 4 "rate:__rand_int__:/api" "$O_CALLER" "$O_ROUTE" "$O_TIER" "" "" 1 t 5 $R 60 1 0 "2 3 4")
-T_OVR_SET=(evalsha "$ours" 4 "rate:__rand_int__:/api" "$O_SET" "$O_ROUTE" "$O_TIER" "" "" 1 t 5 $R 60 1 0 "2 3 4")
-W_OVR=(evalsha "$ours" 4 "rate:__rand_int__:/api" "$O_CALLER" "$O_ROUTE" "$O_TIER" "" "" 1 w 5 $R 120 1 0 "2 3 4")
+# Ours: KEYS [limit keys..., override keys...], ARGV [clock, op, n, then per limit: algo capacity rate ttl cost mode overrides lease].
+T_REDIS=(evalsha "$ours" 1 "rate:__rand_int__:/api" "" "" 1 t 5 $R 60 1 0 "" 0)
+T_WORKER=(evalsha "$ours" 1 "rate:__rand_int__:/api" "$now" "" 1 t 5 $R 60 1 0 "" 0)
+W_REDIS=(evalsha "$ours" 1 "rate:__rand_int__:/api" "" "" 1 w 5 $R 120 1 0 "" 0)
+W_WORKER=(evalsha "$ours" 1 "rate:__rand_int__:/api" "$now" "" 1 w 5 $R 120 1 0 "" 0)
+T_OVR=(evalsha "$ours" 4 "rate:__rand_int__:/api" "$O_CALLER" "$O_ROUTE" "$O_TIER" "" "" 1 t 5 $R 60 1 0 "2 3 4" 0)
+T_OVR_SET=(evalsha "$ours" 4 "rate:__rand_int__:/api" "$O_SET" "$O_ROUTE" "$O_TIER" "" "" 1 t 5 $R 60 1 0 "2 3 4" 0)
+W_OVR=(evalsha "$ours" 4 "rate:__rand_int__:/api" "$O_CALLER" "$O_ROUTE" "$O_TIER" "" "" 1 w 5 $R 120 1 0 "2 3 4" 0)
 # Three limits: per caller, per IP, and a global one on a shared key (sized so that every call is allowed:
 # a global limit that runs dry would make this row time denials, which write nothing).
-G=(1000000000 16666666.666666668 60 1 0 "")
+G=(1000000000 16666666.666666668 60 1 0 "" 0)
 M_TTT=(evalsha "$ours" 3 "rate:__rand_int__:/a" "rate:@ip/__rand_int__:/a" "rate:@global:/a" "" "" 3
-  t 5 $R 60 1 0 "" t 100 1.6666666666666667 60 1 0 "" t "${G[@]}")
+  t 5 $R 60 1 0 "" 0 t 100 1.6666666666666667 60 1 0 "" 0 t "${G[@]}")
 M_TWT=(evalsha "$ours" 3 "rate:__rand_int__:/a" "rate:@ip/__rand_int__:/a" "rate:@global:/a" "" "" 3
-  t 5 $R 60 1 0 "" w 100 1.6666666666666667 120 1 0 "" t "${G[@]}")
+  t 5 $R 60 1 0 "" 0 w 100 1.6666666666666667 120 1 0 "" 0 t "${G[@]}")
 
 # check LABEL LINES LINE VALUE CMD...: one call (with __rand_int__ replaced), which must reply LINES integers,
 # line LINE being VALUE; exits 1 otherwise.
@@ -81,20 +81,21 @@ check() {
   echo "$reply" >&2
   exit 1
 }
-# Allowed with 4 tokens left (anchors: remaining first); ours: allowed, then capacity of limit 1 on line 6.
+# Allowed with 4 tokens left (anchors: remaining first); ours: allowed, then capacity of limit 1 on line 6
+# (ours: 2 + 6 integers per limit + the script's time).
 check "@upstash/ratelimit token bucket" 3 1 4 "${A_TB[@]}"
 check "@upstash/ratelimit sliding window" 2 1 4 "${A_SW[@]}"
-check "token bucket, Redis TIME" 7 1 1 "${T_REDIS[@]}"
-check "token bucket, worker clock" 7 1 1 "${T_WORKER[@]}"
-check "sliding window, Redis TIME" 7 1 1 "${W_REDIS[@]}"
-check "sliding window, worker clock" 7 1 1 "${W_WORKER[@]}"
-check "token bucket + overrides (unset)" 7 1 1 "${T_OVR[@]}"
-check "token bucket + overrides (unset): capacity" 7 6 5 "${T_OVR[@]}"
-check "token bucket + caller override set" 7 1 1 "${T_OVR_SET[@]}"
-check "token bucket + caller override set: capacity" 7 6 100 "${T_OVR_SET[@]}"
-check "sliding window + overrides (unset)" 7 1 1 "${W_OVR[@]}"
-check "3 limits (t, t, t)" 17 1 1 "${M_TTT[@]}"
-check "3 limits (t, w, t)" 17 1 1 "${M_TWT[@]}"
+check "token bucket, Redis TIME" 9 1 1 "${T_REDIS[@]}"
+check "token bucket, worker clock" 9 1 1 "${T_WORKER[@]}"
+check "sliding window, Redis TIME" 9 1 1 "${W_REDIS[@]}"
+check "sliding window, worker clock" 9 1 1 "${W_WORKER[@]}"
+check "token bucket + overrides (unset)" 9 1 1 "${T_OVR[@]}"
+check "token bucket + overrides (unset): capacity" 9 6 5 "${T_OVR[@]}"
+check "token bucket + caller override set" 9 1 1 "${T_OVR_SET[@]}"
+check "token bucket + caller override set: capacity" 9 6 100 "${T_OVR_SET[@]}"
+check "sliding window + overrides (unset)" 9 1 1 "${W_OVR[@]}"
+check "3 limits (t, t, t)" 21 1 1 "${M_TTT[@]}"
+check "3 limits (t, w, t)" 21 1 1 "${M_TWT[@]}"
 
 # Every run starts from an empty keyspace (scripts stay loaded): keys left by earlier runs (200,000 per
 # run, TTL 60 s) would make later rows pay for a growing, rehashing keyspace.

@@ -74,7 +74,7 @@ fn rest_body() -> String {
 fn rest_reply_and_headers(bencher: Bencher) {
     let limit = Limit::new(5, Refill::parse("5/min").unwrap(), 60).unwrap();
     bencher.bench_local(|| {
-        let values = parse_script_reply(200, black_box(r#"{"result":[1,0,4,0,12000,5,60]}"#)).unwrap();
+        let values = parse_script_reply(200, black_box(r#"{"result":[1,0,4,0,12000,5,60,0,1800000000000]}"#)).unwrap();
         let d = Decision::from_script(&values, &[("default", &limit, false)]).unwrap();
         rate_limit_headers(&d).len()
     });
@@ -151,7 +151,11 @@ fn whole_request_allowed(bencher: Bencher) {
         let step = gw.begin(&Request { method, url, headers: &headers }, 1.8e12);
         let out = encode_step(&step);
         let Step::Fetch(f) = step else { unreachable!() };
-        let next = gw.resume(f.ticket, Reply::Http { status: 200, body: r#"{"result":[1,0,4,0,12000,5,60]}"# }, 1.8e12);
+        let next = gw.resume(
+            f.ticket,
+            Reply::Http { status: 200, body: r#"{"result":[1,0,4,0,12000,5,60,0,1800000000000]}"# },
+            1.8e12,
+        );
         out.len() + encode_step(&next).len()
     });
 }
@@ -164,7 +168,11 @@ fn whole_request_cached_denial(bencher: Bencher) {
     let facts = "GET\nhttps://api.example.com/api/orders\nhot\n203.0.113.7";
     let (method, url, headers) = decode_request(facts);
     let Step::Fetch(f) = gw.begin(&Request { method, url, headers: &headers }, 1.8e12) else { unreachable!() };
-    gw.resume(f.ticket, Reply::Http { status: 200, body: r#"{"result":[0,1,0,11000,60000,5,60]}"# }, 1.8e12);
+    gw.resume(
+        f.ticket,
+        Reply::Http { status: 200, body: r#"{"result":[0,1,0,11000,60000,5,60,0,1800000000000]}"# },
+        1.8e12,
+    );
     bencher.bench_local(|| {
         let (method, url, headers) = decode_request(black_box(facts));
         let step = gw.begin(&Request { method, url, headers: &headers }, 1.8e12);

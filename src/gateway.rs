@@ -566,7 +566,11 @@ impl<'c> Gateway<'c> {
                 let ticket = self.park_until(Work::Wake { since_ms }, deadline_ms, now_ms);
                 Step::Wait { ticket, ms }
             }
-            _ => Step::Done,
+            Some(_) => {
+                self.limiter.unschedule_wake(); // the next decision starts a new chain at once
+                Step::Done
+            }
+            None => Step::Done,
         }
     }
 

@@ -335,6 +335,11 @@ impl LeaseBook {
         self.next_wake(now_ms)
     }
 
+    /// No wake is scheduled after all.
+    pub fn unschedule_wake(&mut self) {
+        self.wake_at_ms = None;
+    }
+
     fn next_wake(&mut self, now_ms: f64) -> Option<u32> {
         let first = if self.ended.is_empty() {
             self.leases.values().map(|l| l.expires_ms).fold(f64::INFINITY, f64::min)
@@ -359,7 +364,13 @@ impl LeaseBook {
         }
     }
 
-    /// Tokens held in live leases (for tests and the status page).
+    /// Tokens of `key` held in leases, live or ended and not yet given back.
+    pub fn outstanding_of(&self, key: &str) -> u64 {
+        self.leases.get(key).map_or(0, |l| l.tokens)
+            + self.ended.iter().filter(|g| g.key == key).map(|g| g.tokens).sum::<u64>()
+    }
+
+    /// Tokens held in leases, live or ended and not yet given back (for tests and the status page).
     pub fn outstanding(&self) -> u64 {
         self.leases.values().map(|l| l.tokens).sum::<u64>() + self.ended.iter().map(|g| g.tokens).sum::<u64>()
     }

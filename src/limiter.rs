@@ -541,6 +541,11 @@ impl Limiter {
         self.leases.borrow_mut().woke(now_ms)
     }
 
+    /// No wake is scheduled after all (its chain ended).
+    pub fn unschedule_wake(&self) {
+        self.leases.borrow_mut().unschedule_wake();
+    }
+
     /// Tokens given back (`ok`), or lost because the call failed.
     pub fn gave_back(&self, tokens: u64, ok: bool) {
         self.leases.borrow_mut().gave_back(tokens, ok);
@@ -549,6 +554,11 @@ impl Limiter {
     /// Tokens this isolate holds in leases, live or ended and not yet given back.
     pub fn leased_tokens(&self) -> u64 {
         self.leases.borrow().outstanding()
+    }
+
+    /// Tokens of `key` this isolate holds in leases, live or ended and not yet given back.
+    pub fn leased_tokens_of(&self, key: &str) -> u64 {
+        self.leases.borrow().outstanding_of(key)
     }
 
     /// Lease counts since the last call.

@@ -14,7 +14,7 @@ fuzz_target!(|data: &[u8]| {
     let method = parts.next().unwrap_or("limit");
     let options = parts.next().unwrap_or("");
     let status: u16 = parts.next().and_then(|s| s.trim().parse().ok()).filter(|s| (100..600).contains(s)).unwrap_or(200);
-    let body = parts.next().unwrap_or(r#"{"result":[1,0,4,0,12000,5,60]}"#);
+    let body = parts.next().unwrap_or(r#"{"result":[1,0,4,0,12000,5,60,0,1800000000000]}"#);
     let policy = r#"{"tiers":["free","pro"],"rules":[{"name":"r","route":"/api/*","limits":[{"name":"l","capacity":5,"refill":"5/min"},{"name":"s","by":"global","capacity":9,"refill":"9/min","shadow":true}]}]}"#;
     let config = Config::from_env(|n| match n {
         "UPSTASH_REDIS_REST_URL" => Some("http://127.0.0.1:1".into()),

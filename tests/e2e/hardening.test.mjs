@@ -13,7 +13,7 @@ after(async () => stack?.stop());
 let n = 0;
 const freshUser = (name = "user") => `${name}-${process.pid}-${++n}`;
 const as = (user, headers = {}) => ({ headers: { "x-user-id": user, ...headers } });
-const DECISION = JSON.stringify({ result: [1, 0, 4, 0, 12000, 5, 60] });
+const DECISION = JSON.stringify({ result: [1, 0, 4, 0, 12000, 5, 60, 0, 1800000000000] });
 const ADMIN = "hardening-admin-token-0123456789";
 
 /** Chunks of 16 KiB until `total` bytes (default: far more than any limit) or the test stops reading. */
@@ -184,7 +184,7 @@ describe("the REST endpoint misbehaving (items 7, 10, 11)", () => {
 
   test("absurd numbers from Redis are clamped to 15-digit structured-field integers", async () => {
     const huge = 999999999999999999n.toString();
-    const rest = await startFakeRest(() => ({ body: `{"result":[0,1,${huge},${huge},${huge},${huge},${huge}]}` }));
+    const rest = await startFakeRest(() => ({ body: `{"result":[0,1,${huge},${huge},${huge},${huge},${huge},0,${huge}]}` }));
     const gw = await gatewayOn(rest);
     try {
       const r = await gw.fetch("/absurd", as(freshUser()));
