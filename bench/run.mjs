@@ -118,8 +118,8 @@ async function redisCommands() {
 }
 /** wrk against `url` with `connections`, to the end of its run: its RESULT line's numbers. */
 function wrk(url, scenario, connections = CONNECTIONS) {
+  // Written once per scenario: two wrk runs at once must not read a file being rewritten.
   const script = path.join(OUT, `${scenario}.wrk.lua`);
-  writeFileSync(script, readFileSync(path.join(ROOT, `bench/wrk/${scenario}.lua`), "utf8") + readFileSync(path.join(ROOT, "bench/wrk/report.lua"), "utf8"));
   return new Promise((resolve, reject) => {
     const child = spawn("wrk", ["-t1", `-c${connections}`, `-d${SECONDS}s`, "--timeout", "5s", "-s", script, url], { stdio: ["ignore", "pipe", "inherit"] });
     let out = "";
@@ -166,6 +166,9 @@ async function measure(worker, scenario) {
   };
 }
 
+for (const name of readdirSync(path.join(ROOT, "bench/wrk")).filter((f) => f.endsWith(".lua") && f !== "report.lua")) {
+  writeFileSync(path.join(OUT, name.replace(/\.lua$/, ".wrk.lua")), readFileSync(path.join(ROOT, "bench/wrk", name), "utf8") + readFileSync(path.join(ROOT, "bench/wrk/report.lua"), "utf8"));
+}
 const ONLY = process.env.ONLY ? process.env.ONLY.split(",") : null; // e.g. ONLY=many,hot
 const allScenarios = [
   { id: "many", title: "many users (all allowed)", workers: ["edge-ratelimit", "edge-ratelimit + metrics", "RPC caller → edge-ratelimit", "RPC caller → RPC floor", "@upstash/ratelimit", "limit Worker", "wasm limit floor", "forward-only"], base: "limit Worker" },

@@ -126,6 +126,10 @@ impl Sim<'_> {
         let mut specs = Vec::with_capacity(n);
         for i in 0..n {
             let a = &argv[3 + 8 * i..3 + 8 * i + 8];
+            // The lease argument: "0", "<want> <slot ms> <share>", or (giving back) the time taken.
+            let mut lease = a[7].split(' ').map(|x| x.parse::<f64>().unwrap());
+            let (want, slot_ms, share) =
+                (lease.next().unwrap(), lease.next().unwrap_or(0.0), lease.next().unwrap_or(0.0));
             specs.push(Spec {
                 algorithm: if a[0] == "w" { Algorithm::SlidingWindow } else { Algorithm::TokenBucket },
                 capacity: a[1].parse().unwrap(),
@@ -137,7 +141,9 @@ impl Sim<'_> {
                     "3" => Mode::Report,
                     _ => Mode::Enforce,
                 },
-                lease: a[7].parse().unwrap(),
+                lease: want,
+                slot_ms,
+                share,
             });
         }
         let mut states: Vec<Option<State>> = keys[..n].iter().map(|k| self.redis.get(k).copied()).collect();
@@ -215,6 +221,8 @@ fn run(isolates: usize, seconds: f64, seed: u64, leases: bool) -> Outcome {
         cost: 1.0,
         mode: Mode::Enforce,
         lease: 0.0,
+        slot_ms: 0.0,
+        share: 0.0,
     };
     let mut perfect_state: Vec<[Option<State>; 1]> = vec![[None]; keys];
     let mut admitted = vec![0u64; keys];

@@ -53,11 +53,14 @@ function log(event, level, fields) {
   console.log(JSON.stringify({ event, level, ...fields }));
 }
 
+let instance = 0; // moves on when the wasm instance is reset
+
 function reset(e) {
   log("crashed", "error", { reason: String(e) });
   if (e instanceof WebAssembly.RuntimeError) {
     wasm.__wbg_reset_state?.();
     names = null;
+    instance++;
   }
 }
 
@@ -173,31 +176,38 @@ function next(ticket, code, text, request, ctx) {
 function sideEffects(note, ticket, timeout, report, ctx) {
   if (note !== "") console.log(note);
   if (ticket !== "" && ctx && typeof ctx.waitUntil === "function") {
-    ctx.waitUntil(rest(true, report, Number(timeout)).then(([code, text]) => wasm.resume(Number(ticket), code, text, Date.now())).catch(() => {}));
+    const born = instance;
+    ctx.waitUntil(rest(true, report, Number(timeout)).then(([code, text]) => born === instance && wasm.resume(Number(ticket), code, text, Date.now())).catch(() => {}));
   }
 }
 
 /** A wake off the response path: wait, resume the ticket, and carry out what follows (leases given back). */
 function later(ticket, ms, ctx) {
   if (ticket === "" || !ctx || typeof ctx.waitUntil !== "function") return;
-  ctx.waitUntil(new Promise((r) => setTimeout(r, Number(ms))).then(() => background(wasm.resume(Number(ticket), -2, "", Date.now()))));
+  const born = instance;
+  ctx.waitUntil(new Promise((r) => setTimeout(r, Number(ms))).then(() => background(born, Number(ticket))));
 }
 
-/** Carries out steps after a response: REST calls and waits, until done. */
-async function background(step) {
+/** Carries out steps after a response — resume `ticket` woken, then REST calls and waits — until done;
+ * a chain of an instance that was reset meanwhile stops (its tickets mean nothing to the new one). */
+async function background(born, ticket) {
   try {
+    if (born !== instance) return;
+    let step = wasm.resume(ticket, -2, "", Date.now());
     for (;;) {
       const a = step.indexOf("\0");
       const f = step.slice(0, a).split("\n");
+      let code = -2;
+      let text = "";
       if (f[0] === "Q") {
-        const [code, text] = await rest(f[2] === "p", step.slice(step.indexOf("\0", a + 1) + 1), Number(f[3]));
-        step = wasm.resume(Number(f[1]), code, text, Date.now());
+        [code, text] = await rest(f[2] === "p", step.slice(step.indexOf("\0", a + 1) + 1), Number(f[3]));
       } else if (f[0] === "W") {
         await new Promise((r) => setTimeout(r, Number(f[2])));
-        step = wasm.resume(Number(f[1]), -2, "", Date.now());
       } else {
         return;
       }
+      if (born !== instance) return;
+      step = wasm.resume(Number(f[1]), code, text, Date.now());
     }
   } catch (e) {
     reset(e);

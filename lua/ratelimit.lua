@@ -6,7 +6,9 @@
 -- Every key the script touches is in KEYS, so Upstash's allow-key-locking
 -- (above) locks only these keys, and a cluster could route the call.
 --
--- KEYS[1..n]         limit i's state, a hash: token bucket `tokens`, `lastRefill` (epoch s);
+-- KEYS[1..n]         limit i's state, a hash: token bucket `tokens`, `lastRefill` (epoch s), and while it
+--                    leases, `lq`/`lp` (tokens leased in the current / previous lease slot), `li` (the
+--                    current slot's index, floor(time / `ll`)) and `ll` (the slot's length, s);
 --                    sliding window `start` (epoch s), `count`, `previous`
 -- KEYS[n+1..]        override keys (strings "<capacity> <rate>"), read with one MGET
 -- ARGV[1]            clock: "" = Redis TIME (default); otherwise the caller's epoch ms (worker-clock mode)
@@ -27,9 +29,16 @@
 --                    override key that exists replaces capacity and rate (the TTL grows to match);
 --                    one whose numbers the gateway would refuse (capacity above 1e9, a full refill
 --                    slower than MAX_WINDOW) is ignored
---   ARGV[a+7]        lease: when taking, the whole tokens this isolate would like to hold beyond the cost
---                    ("0" = none); an allowed call that debits an enforcing or shadow limit also debits
---                    min(lease, floor(half of what is left after the cost)) and reports it as leased.
+--   ARGV[a+7]        lease: when taking, "0" (none) or "<want> <slot ms> <share>": the whole tokens this
+--                    isolate would like to hold beyond the cost, the longest a lease can live (its horizon
+--                    plus the call's deadline), and the most of the capacity in effect one grant may take.
+--                    An allowed call that debits an enforcing or shadow limit also debits
+--                    min(want, floor(half of what is left after the cost), floor(share * capacity)) if that
+--                    is at least MIN_LEASE, and reports it as leased. A token bucket counts what it leased
+--                    in slots of that length, and never refills above capacity minus the tokens leased in
+--                    the current and the previous slot (an upper bound of what may still be spent from
+--                    leases: a lease lives at most one slot), so bucket plus leases never exceed the
+--                    capacity. A window leases only if the lease ends before the window does.
 --                    When giving back, the time (the script's epoch ms, as returned) the lease was taken:
 --                    a bucket gets the tokens back (never above capacity); a window takes them off the
 --                    count of the window they were counted in (the current or the previous one; older
@@ -57,6 +66,7 @@ else
   now = tonumber(ARGV[1]) / 1000
 end
 local MAX_WINDOW = 3153600000                  -- 100 years (src/limit.rs MAX_WINDOW_SECONDS)
+local MIN_LEASE = 4                            -- src/lease.rs MIN_LEASE
 local peek = ARGV[2] == "1"
 local give = ARGV[2] == "2"
 local n = tonumber(ARGV[3])
@@ -69,7 +79,8 @@ if #KEYS > n then
   for j = 1, #names do overrides[n + j] = values[j] end
 end
 
-local algo, level, stamp, cap, rate, ttl, cost, win, mode, known = {}, {}, {}, {}, {}, {}, {}, {}, {}, {}
+local algo, level, stamp, cap, rate, ttl, cost, win, mode, known, slots =
+  {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}
 local denied_by = 0
 local candidate_denied = false
 
@@ -112,16 +123,33 @@ for i = 1, n do
     tokens = c - (prev * (1 - (t - start) / w) + cur)
     ttl_i = math.max(ttl_i, math.ceil(2 * w))
   else
-    local h = redis.call("HMGET", KEYS[i], "tokens", "lastRefill")
+    local h = redis.call("HMGET", KEYS[i], "tokens", "lastRefill", "lq", "lp", "li", "ll")
     local last = tonumber(h[2])
     tokens = tonumber(h[1])
-    if h[1] == false and h[2] == false then
+    local lq, lp, li, ll = tonumber(h[3]), tonumber(h[4]), tonumber(h[5]), tonumber(h[6])
+    local leasing = h[6] ~= false
+    if leasing and (lq == nil or lp == nil or li == nil or ll == nil or not (ll > 0) or lq ~= lq or lp ~= lp or li ~= li) then
+      tokens = nil                             -- unreadable lease slots: the whole state is unreadable
+    end
+    if h[1] == false and h[2] == false and not leasing then
       tokens, usable = c, false                -- a new (or expired) bucket is full
     elseif tokens == nil or last == nil or tokens ~= tokens or last ~= last then
       tokens, usable = 0, false                -- unreadable state: assume empty, never full
     else
       if t < last then t = last end            -- a bucket's clock never runs backwards
-      tokens = math.min(c, tokens + (t - last) * r)
+      local out = 0
+      if leasing then
+        local idx = math.floor(t / ll)
+        if idx == li + 1 then
+          lq, lp, li = 0, lq, idx
+        elseif idx > li + 1 then
+          lq, lp, li = 0, 0, idx
+        end
+        slots[i] = { lq, lp, li, ll }
+        out = lq + lp
+      end
+      -- Never above capacity minus what leases may still spend; refill never takes tokens away.
+      tokens = math.min(c, math.max(tokens, math.min(c - out, tokens + (t - last) * r)))
     end
     ttl_i = math.max(ttl_i, math.ceil(c / r))
   end
@@ -148,8 +176,26 @@ for i = 1, n do
   elseif mode[i] == "3" then
     consume = false
   elseif consume then
-    lease = math.min(tonumber(ARGV[4 + (i - 1) * 8 + 7]) or 0, math.floor((tokens - k) / 2))
-    if not (lease >= 1) then lease = 0 end
+    local want, slot_ms, share = string.match(ARGV[4 + (i - 1) * 8 + 7], "^(%d+) (%d+) ([0-9.]+)$")
+    want, slot_ms, share = tonumber(want), tonumber(slot_ms), tonumber(share)
+    if want and slot_ms and share and slot_ms > 0 then
+      lease = math.min(want, math.floor((tokens - k) / 2), math.floor(c * share))
+      if algo[i] == "w" and win[i][4] - (t - win[i][1]) < slot_ms / 1000 then
+        lease = 0                              -- a window's lease must end within its window
+      end
+      if not (lease >= MIN_LEASE) then lease = 0 end
+      if lease > 0 and algo[i] == "t" then
+        local ll = slot_ms / 1000
+        local sl = slots[i]
+        if sl == nil then
+          sl = { 0, 0, math.floor(t / ll), ll }
+        elseif sl[4] ~= ll then
+          sl = { 0, sl[1] + sl[2], math.floor(t / ll), ll }  -- another slot length: all counted as previous
+        end
+        sl[1] = sl[1] + lease
+        slots[i] = sl
+      end
+    end
   end
   local back = give and known[i]
   local retry, reset = 0, 0
@@ -189,7 +235,12 @@ for i = 1, n do
     if consume or back then
       if consume then tokens = tokens - k - lease else tokens = math.min(c, tokens + k) end
       -- Lua numbers reach Redis in a round-trip-exact form, so tonumber() reads back the same double.
-      redis.call("HSET", KEYS[i], "tokens", tokens, "lastRefill", t)
+      local sl = slots[i]
+      if sl then
+        redis.call("HSET", KEYS[i], "tokens", tokens, "lastRefill", t, "lq", sl[1], "lp", sl[2], "li", sl[3], "ll", sl[4])
+      else
+        redis.call("HSET", KEYS[i], "tokens", tokens, "lastRefill", t)
+      end
       redis.call("EXPIRE", KEYS[i], ttl[i])
     end
     reset = (c - tokens) / r

@@ -9,11 +9,43 @@ use crate::limit::Algorithm;
 /// One limit's stored state (the hash fields).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum State {
-    /// `tokens`, `lastRefill` (epoch seconds).
-    Bucket { tokens: f64, last_refill: f64 },
+    /// `tokens`, `lastRefill` (epoch seconds), and the lease slots once it has leased.
+    Bucket { tokens: f64, last_refill: f64, slots: Option<Slots> },
     /// `start` of the current window (epoch seconds), its `count`, and the `previous` window's count.
     Window { start: f64, count: f64, previous: f64 },
 }
+
+/// What a token bucket leased lately (`lq`, `lp`, `li`, `ll`): tokens leased in the current and the
+/// previous slot of `length` seconds, and the current slot's index (`floor(time / length)`). A lease
+/// lives at most one slot, so `current + previous` bounds what leases may still spend.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Slots {
+    pub current: f64,
+    pub previous: f64,
+    pub index: f64,
+    pub length: f64,
+}
+
+impl Slots {
+    /// The slots at time `t` (never earlier than their last write).
+    fn at(self, t: f64) -> Slots {
+        let idx = (t / self.length).floor();
+        if idx == self.index + 1.0 {
+            Slots { current: 0.0, previous: self.current, index: idx, ..self }
+        } else if idx > self.index + 1.0 {
+            Slots { current: 0.0, previous: 0.0, index: idx, ..self }
+        } else {
+            self
+        }
+    }
+
+    fn readable(&self) -> bool {
+        !(self.current.is_nan() || self.previous.is_nan() || self.index.is_nan()) && self.length > 0.0
+    }
+}
+
+/// The smallest lease the script grants (`MIN_LEASE` in the script).
+pub const MIN_GRANT: f64 = 4.0;
 
 /// How a limit takes part in a call (the script's `ARGV[a+5]`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -53,6 +85,21 @@ pub struct Spec {
     /// When taking: the whole tokens wanted for a lease beyond the cost (0 = none). When giving back:
     /// the script's time (epoch ms) when the lease was taken.
     pub lease: f64,
+    /// When taking a lease: the longest a lease lives (ms), and the most of the capacity in effect
+    /// one grant may take.
+    pub slot_ms: f64,
+    pub share: f64,
+}
+
+impl Spec {
+    /// The script's `ARGV[a+7]` for this limit.
+    pub fn lease_arg(&self, op: Op) -> String {
+        match op {
+            Op::GiveBack => format!("{}", self.lease),
+            _ if self.lease > 0.0 => format!("{} {} {}", self.lease, self.slot_ms, self.share),
+            _ => "0".to_string(),
+        }
+    }
 }
 
 /// What a call does (the script's `ARGV[2]`).
@@ -116,11 +163,13 @@ impl Reply {
 }
 
 /// A limit's level before this call: tokens available, its clock, for a window its
-/// (start, count, previous, length) after rolling over, and whether it had readable state.
+/// (start, count, previous, length) after rolling over, for a bucket its lease slots, and whether it
+/// had readable state.
 struct Level {
     tokens: f64,
     t: f64,
     window: Option<(f64, f64, f64, f64)>,
+    slots: Option<Slots>,
     known: bool,
 }
 
@@ -152,15 +201,21 @@ fn level(state: &Option<State>, spec: &Spec, now: f64) -> Level {
                 Some(_) => (now, c, 0.0), // unreadable (or another algorithm's) state: full for a window
             };
             let tokens = c - (previous * (1.0 - (t - start) / w) + count);
-            Level { tokens, t, window: Some((start, count, previous, w)), known }
+            Level { tokens, t, window: Some((start, count, previous, w)), slots: None, known }
         }
         Algorithm::TokenBucket => match *state {
-            None => Level { tokens: c, t: now, window: None, known: false },
-            Some(State::Bucket { tokens, last_refill }) if !(tokens.is_nan() || last_refill.is_nan()) => {
+            None => Level { tokens: c, t: now, window: None, slots: None, known: false },
+            Some(State::Bucket { tokens, last_refill, slots })
+                if !(tokens.is_nan() || last_refill.is_nan()) && slots.is_none_or(|s| s.readable()) =>
+            {
                 let t = if now < last_refill { last_refill } else { now };
-                Level { tokens: c.min(tokens + (t - last_refill) * r), t, window: None, known: true }
+                let slots = slots.map(|s| s.at(t));
+                let out = slots.map_or(0.0, |s| s.current + s.previous);
+                // Never above capacity minus what leases may still spend; refill never takes tokens away.
+                let tokens = c.min(tokens.max((c - out).min(tokens + (t - last_refill) * r)));
+                Level { tokens, t, window: None, slots, known: true }
             }
-            Some(_) => Level { tokens: 0.0, t: now, window: None, known: false },
+            Some(_) => Level { tokens: 0.0, t: now, window: None, slots: None, known: false },
         },
     }
 }
@@ -184,10 +239,29 @@ pub fn call_with(states: &mut [Option<State>], specs: &[Spec], now: f64, op: Op)
             Mode::Report => false,
         };
         let mut lease = 0.0;
-        if consume && matches!(spec.mode, Mode::Enforce | Mode::Shadow) {
-            lease = spec.lease.min(((tokens - k) / 2.0).floor());
-            if lease.is_nan() || lease < 1.0 {
-                lease = 0.0; // (as the script's `not (lease >= 1)`)
+        let mut slots = l.slots;
+        if consume && matches!(spec.mode, Mode::Enforce | Mode::Shadow) && spec.lease > 0.0 && spec.slot_ms > 0.0 {
+            lease = spec.lease.min(((tokens - k) / 2.0).floor()).min((c * spec.share).floor());
+            if let Some((start, _, _, w)) = l.window {
+                if w - (l.t - start) < spec.slot_ms / 1000.0 {
+                    lease = 0.0; // a window's lease must end within its window
+                }
+            }
+            if lease.is_nan() || lease < MIN_GRANT {
+                lease = 0.0; // (as the script's `not (lease >= MIN_LEASE)`)
+            }
+            if lease > 0.0 && l.window.is_none() {
+                let length = spec.slot_ms / 1000.0;
+                let index = (l.t / length).floor();
+                let mut sl = match slots {
+                    None => Slots { current: 0.0, previous: 0.0, index, length },
+                    Some(s) if s.length != length => {
+                        Slots { current: 0.0, previous: s.current + s.previous, index, length }
+                    }
+                    Some(s) => s,
+                };
+                sl.current += lease;
+                slots = Some(sl);
             }
         }
         let back = give && l.known;
@@ -234,7 +308,7 @@ pub fn call_with(states: &mut [Option<State>], specs: &[Spec], now: f64, op: Op)
                 }
                 if consume || back {
                     tokens = if consume { tokens - k - lease } else { c.min(tokens + k) };
-                    *state = Some(State::Bucket { tokens, last_refill: l.t });
+                    *state = Some(State::Bucket { tokens, last_refill: l.t, slots });
                 }
                 reset = (c - tokens) / r;
             }
@@ -274,6 +348,8 @@ mod tests {
         cost: 1.0,
         mode: Mode::Enforce,
         lease: 0.0,
+        slot_ms: 0.0,
+        share: 0.0,
     };
 
     #[test]
@@ -295,7 +371,7 @@ mod tests {
 
     #[test]
     fn tokens_refill_fractionally_and_cap_at_capacity() {
-        let mut s = [Some(State::Bucket { tokens: 0.0, last_refill: 100.0 })];
+        let mut s = [Some(State::Bucket { tokens: 0.0, last_refill: 100.0, slots: None })];
         let r = call(&mut s, &[FIVE_PER_MIN], 106.0); // half a token
         assert!(!r.allowed);
         assert_eq!(r.buckets[0].retry_ms, 6_000);
@@ -308,16 +384,16 @@ mod tests {
 
     #[test]
     fn time_never_runs_backwards() {
-        let mut s = [Some(State::Bucket { tokens: 1.0, last_refill: 500.0 })];
+        let mut s = [Some(State::Bucket { tokens: 1.0, last_refill: 500.0, slots: None })];
         let r = call(&mut s, &[FIVE_PER_MIN], 470.0); // a clock 30 s behind
         assert!(r.allowed);
-        assert_eq!(s[0].unwrap(), State::Bucket { tokens: 0.0, last_refill: 500.0 });
+        assert_eq!(s[0].unwrap(), State::Bucket { tokens: 0.0, last_refill: 500.0, slots: None });
     }
 
     #[test]
     fn all_or_nothing_across_buckets() {
         let tight = Spec { capacity: 1.0, rate: 1.0, ..FIVE_PER_MIN };
-        let mut s = [None, Some(State::Bucket { tokens: 0.0, last_refill: 10.0 })];
+        let mut s = [None, Some(State::Bucket { tokens: 0.0, last_refill: 10.0, slots: None })];
         let r = call(&mut s, &[FIVE_PER_MIN, tight], 10.0);
         assert_eq!((r.allowed, r.denied_by), (false, 2));
         assert_eq!(s[0], None, "a denied call debits nothing");
@@ -326,7 +402,7 @@ mod tests {
 
     #[test]
     fn cost_above_what_is_left_is_denied_without_debit() {
-        let mut s = [Some(State::Bucket { tokens: 3.0, last_refill: 0.0 })];
+        let mut s = [Some(State::Bucket { tokens: 3.0, last_refill: 0.0, slots: None })];
         let big = Spec { cost: 4.0, ..FIVE_PER_MIN };
         let r = call(&mut s, &[big], 0.0);
         assert!(!r.allowed);
@@ -337,7 +413,7 @@ mod tests {
     #[test]
     fn a_shadow_bucket_never_denies_and_pays_only_when_it_can() {
         let shadow = Spec { capacity: 1.0, rate: 1.0, mode: Mode::Shadow, ..FIVE_PER_MIN };
-        let mut s = [Some(State::Bucket { tokens: 0.0, last_refill: 0.0 }), None];
+        let mut s = [Some(State::Bucket { tokens: 0.0, last_refill: 0.0, slots: None }), None];
         let r = call(&mut s, &[shadow, FIVE_PER_MIN], 0.0);
         assert_eq!((r.allowed, r.denied_by), (true, 0));
         assert_eq!(r.buckets[0].retry_ms, 1000, "it would have denied");
@@ -366,17 +442,25 @@ mod tests {
         assert_eq!(s[3], None, "nor written");
     }
 
+    /// A limit that asks for `want` tokens of lease (slots of 1.5 s, at most half the capacity per grant).
+    fn leasing(spec: Spec, want: f64) -> Spec {
+        Spec { lease: want, slot_ms: 1500.0, share: 0.5, ..spec }
+    }
+
     #[test]
     fn an_allowed_call_leases_at_most_half_of_what_is_left_and_giving_back_never_exceeds_capacity() {
-        let big = Spec { capacity: 100.0, rate: 1.0, lease: 30.0, ..FIVE_PER_MIN };
+        let big = Spec { capacity: 100.0, rate: 1.0, ..FIVE_PER_MIN };
         let mut s = [None];
-        let r = call(&mut s, &[big], 0.0);
+        let r = call(&mut s, &[leasing(big, 30.0)], 0.0);
         assert_eq!((r.buckets[0].leased, r.buckets[0].remaining), (30, 69));
-        let greedy = Spec { lease: 1000.0, ..big };
-        let r = call(&mut s, &[greedy], 0.0);
+        let r = call(&mut s, &[leasing(big, 1000.0)], 0.0);
         assert_eq!((r.buckets[0].leased, r.buckets[0].remaining), (34, 34), "half of the 68 left after the cost");
+        let r = call(&mut s, &[leasing(big, 3.0)], 0.0);
+        assert_eq!(r.buckets[0].leased, 0, "less than the smallest grant: none");
+        let r = call(&mut s, &[Spec { share: 0.05, ..leasing(big, 30.0) }], 0.0);
+        assert_eq!(r.buckets[0].leased, 5, "at most the share of the capacity in effect");
         // Giving 30 back to a bucket that refilled meanwhile: never above capacity.
-        let back = Spec { cost: 30.0, lease: 0.0, ..big };
+        let back = Spec { cost: 30.0, ..big };
         let r = call_with(&mut s, &[back], 50.0, Op::GiveBack);
         assert_eq!((r.allowed, r.buckets[0].remaining, r.buckets[0].leased), (true, 100, 0));
         assert_eq!(r.now_ms, 50_000);
@@ -386,11 +470,33 @@ mod tests {
         assert_eq!(gone[0], None);
     }
 
+    /// The hostile review of issue 15: a lease's debit left room that the refill filled while the
+    /// isolate still held the tokens, so bucket plus leases exceeded the capacity (105 of 100 at once).
+    #[test]
+    fn a_bucket_never_refills_above_capacity_minus_what_leases_may_still_spend() {
+        let fast = Spec { capacity: 100.0, rate: 100.0, ..FIVE_PER_MIN };
+        let mut s = [None];
+        let r = call(&mut s, &[Spec { slot_ms: 1000.0, ..leasing(fast, 40.0) }], 0.0);
+        assert_eq!((r.buckets[0].leased, r.buckets[0].remaining), (40, 59));
+        // Half a second later the refill would give 109: at most 100 - 40 while the lease may be spent.
+        assert_eq!(call_with(&mut s, &[fast], 0.5, Op::Peek).buckets[0].remaining, 60);
+        // In the next slot the lease still counts (it lives at most one slot, from any point of its own).
+        assert_eq!(call_with(&mut s, &[fast], 1.2, Op::Peek).buckets[0].remaining, 60);
+        // Two slots on it has ended: the bucket fills up.
+        assert_eq!(call_with(&mut s, &[fast], 2.1, Op::Peek).buckets[0].remaining, 100);
+        // Given back tokens are never taken away by the cap, and the refill never lowers a bucket.
+        let mut s = [None];
+        call(&mut s, &[Spec { slot_ms: 1000.0, ..leasing(fast, 40.0) }], 0.0);
+        let r = call_with(&mut s, &[Spec { cost: 40.0, ..fast }], 0.5, Op::GiveBack);
+        assert_eq!(r.buckets[0].remaining, 100);
+        assert_eq!(call_with(&mut s, &[fast], 0.6, Op::Peek).buckets[0].remaining, 100);
+    }
+
     #[test]
     fn a_denied_call_or_a_report_leases_nothing_and_a_shadow_limit_leases_when_it_pays() {
-        let big = Spec { capacity: 10.0, rate: 0.001, lease: 4.0, ..FIVE_PER_MIN };
+        let big = leasing(Spec { capacity: 10.0, rate: 0.001, ..FIVE_PER_MIN }, 4.0);
         let tight = Spec { capacity: 1.0, rate: 0.001, ..FIVE_PER_MIN };
-        let mut s = [None, Some(State::Bucket { tokens: 0.0, last_refill: 0.0 })];
+        let mut s = [None, Some(State::Bucket { tokens: 0.0, last_refill: 0.0, slots: None })];
         let r = call(&mut s, &[big, tight], 0.0);
         assert_eq!((r.allowed, r.buckets[0].leased), (false, 0));
         assert_eq!(s[0], None);
@@ -403,8 +509,8 @@ mod tests {
     }
 
     #[test]
-    fn a_window_gives_back_to_the_window_the_lease_was_counted_in() {
-        let w = Spec { lease: 4.0, ..TEN_PER_MIN_WINDOW };
+    fn a_window_leases_only_what_ends_within_it_and_gives_back_to_its_window() {
+        let w = leasing(TEN_PER_MIN_WINDOW, 4.0);
         let mut s = [None];
         let r = call(&mut s, &[w], 1000.0);
         assert_eq!(r.buckets[0].leased, 4);
@@ -422,11 +528,13 @@ mod tests {
         let mut later = s;
         call_with(&mut later, &[back], 1130.0, Op::GiveBack);
         assert_eq!(later[0], Some(State::Window { start: 1120.0, count: 0.0, previous: 0.0 }));
+        // 1 s before the window ends a lease of up to 1.5 s could be spent in the next: none.
+        assert_eq!(call(&mut s, &[w], 1059.0).buckets[0].leased, 0);
     }
 
     #[test]
     fn unreadable_state_counts_as_empty() {
-        let mut s = [Some(State::Bucket { tokens: f64::NAN, last_refill: 0.0 })];
+        let mut s = [Some(State::Bucket { tokens: f64::NAN, last_refill: 0.0, slots: None })];
         assert!(!call(&mut s, &[FIVE_PER_MIN], 0.0).allowed);
     }
 
@@ -437,6 +545,8 @@ mod tests {
         cost: 1.0,
         mode: Mode::Enforce,
         lease: 0.0,
+        slot_ms: 0.0,
+        share: 0.0,
     };
 
     fn admitted(s: &mut [Option<State>; 1], spec: Spec, at: f64, tries: u32) -> u32 {

@@ -94,8 +94,11 @@ pub struct LeaseConfig {
     pub on: bool,
     /// The largest share of a limit's capacity one isolate may hold in a lease (`RATE_LIMIT_LEASE_SHARE`).
     pub share: f64,
-    /// How long a lease lasts unless renewed (`RATE_LIMIT_LEASE_MS`).
+    /// How long a grant of a lease may be spent from its reply (`RATE_LIMIT_LEASE_MS`).
     pub horizon_ms: u32,
+    /// The calls' deadline (`REDIS_TIMEOUT_MS`): a grant is spent at most `horizon_ms + deadline_ms`
+    /// after the script debited it (the script's lease slot).
+    pub deadline_ms: u32,
 }
 
 /// The default lease share: one isolate holds at most 5 % of a bucket, so leases start at capacity 40.
@@ -105,7 +108,7 @@ pub const DEFAULT_LEASE_MS: u32 = 1_000;
 
 impl Default for LeaseConfig {
     fn default() -> Self {
-        LeaseConfig { on: true, share: DEFAULT_LEASE_SHARE, horizon_ms: DEFAULT_LEASE_MS }
+        LeaseConfig { on: true, share: DEFAULT_LEASE_SHARE, horizon_ms: DEFAULT_LEASE_MS, deadline_ms: 500 }
     }
 }
 
@@ -459,6 +462,7 @@ impl Config {
                 ms if ms >= 10 => ms,
                 _ => return Err(err("RATE_LIMIT_LEASE_MS", "must be from 10 to 10000 milliseconds".into())),
             },
+            deadline_ms: redis_timeout_ms,
         };
 
         #[cfg(feature = "bench-floor")]

@@ -171,11 +171,12 @@ enum Work<'c> {
         call: ScriptCall,
         items: Vec<crate::lease::Renewal>,
     },
-    /// Ended leases' unused tokens given back (`tokens` in all).
+    /// Ended leases' unused tokens given back (`tokens` in all); `last`: the chain ends after it.
     GiveBack {
         call: ScriptCall,
         tokens: u64,
         since_ms: f64,
+        last: bool,
     },
     /// A token's signature; the request is planned again with the verdict.
     Token {
@@ -454,8 +455,13 @@ impl<'c> Gateway<'c> {
     }
 
     fn park_until(&mut self, work: Work<'c>, deadline_ms: f64, now_ms: f64) -> u32 {
+        let ticket = self.new_ticket();
+        self.pending.insert(ticket, Pending { work, deadline_ms, sent_ms: now_ms });
+        ticket
+    }
+
+    fn new_ticket(&mut self) -> u32 {
         self.next_ticket = self.next_ticket.wrapping_add(1).max(1);
-        self.pending.insert(self.next_ticket, Pending { work, deadline_ms, sent_ms: now_ms });
         self.next_ticket
     }
 
@@ -521,8 +527,12 @@ impl<'c> Gateway<'c> {
                 let result = self.limiter.decided(&limited.checks, result, now_ms);
                 self.rpc_decided(limited, result, started_ms, now_ms)
             }
-            Work::GiveBack { tokens, since_ms, .. } => {
+            Work::GiveBack { tokens, since_ms, last, .. } => {
                 self.limiter.gave_back(tokens, result.is_ok());
+                if last {
+                    self.limiter.unschedule_wake(); // the next decision that leases starts a new chain
+                    return Step::Done;
+                }
                 self.next_wake(since_ms, now_ms)
             }
             Work::Renewing { items, .. } => {
@@ -548,17 +558,29 @@ impl<'c> Gateway<'c> {
         if due.is_empty() {
             return self.next_wake(since_ms, now_ms);
         }
+        self.give_back_now(ticket, due, since_ms, false, now_ms)
+    }
+
+    fn give_back_now(
+        &mut self,
+        ticket: u32,
+        due: Vec<crate::lease::GiveBack>,
+        since_ms: f64,
+        last: bool,
+        now_ms: f64,
+    ) -> Step {
         let tokens = due.iter().map(|g| g.tokens).sum();
         let (call, body) = ScriptCall::give_back(&self.limiter, &due, self.config.clock, now_ms);
         let deadline_ms = now_ms + f64::from(self.config.redis_timeout_ms);
-        self.pending
-            .insert(ticket, Pending { work: Work::GiveBack { call, tokens, since_ms }, deadline_ms, sent_ms: now_ms });
+        let work = Work::GiveBack { call, tokens, since_ms, last };
+        self.pending.insert(ticket, Pending { work, deadline_ms, sent_ms: now_ms });
         Step::Fetch(Fetch { ticket, pipeline: false, body, timeout_ms: self.config.redis_timeout_ms })
     }
 
     /// The chain's next wait, while leases remain and the chain is young enough for the runtime to keep
-    /// it (`waitUntil` work lasts at most 30 s after a response); an older chain ends, and the next
-    /// request that takes a lease starts another.
+    /// it (`waitUntil` work lasts at most 30 s after a response). A chain at its age limit ends every
+    /// lease now and gives it all back (nothing is left stranded if no request comes), and the next
+    /// request that takes a lease starts another chain.
     fn next_wake(&mut self, since_ms: f64, now_ms: f64) -> Step {
         match self.limiter.woke(now_ms) {
             Some(ms) if now_ms + f64::from(ms) - since_ms <= WAKE_CHAIN_MS => {
@@ -567,8 +589,13 @@ impl<'c> Gateway<'c> {
                 Step::Wait { ticket, ms }
             }
             Some(_) => {
-                self.limiter.unschedule_wake(); // the next decision starts a new chain at once
-                Step::Done
+                let all = self.limiter.end_all_leases();
+                if all.is_empty() {
+                    self.limiter.unschedule_wake();
+                    return Step::Done;
+                }
+                let ticket = self.new_ticket();
+                self.give_back_now(ticket, all, since_ms, true, now_ms)
             }
             None => Step::Done,
         }

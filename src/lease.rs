@@ -10,14 +10,16 @@
 //!   requests in the last horizon, or in the current one so far, projected), at most
 //!   `share × capacity` in total; the script grants at most half of what is left after the
 //!   request's cost, so a draining bucket hands out ever smaller leases. One ask per key at a time.
-//! - **How long.** A lease lasts [`LeaseConfig::horizon_ms`]; a renewal (a call that tops it up)
-//!   starts the horizon again. Unused tokens of an ended lease are given back to the bucket (never
-//!   above capacity) by one script call off the response path.
+//! - **How long.** Each grant lasts [`LeaseConfig::horizon_ms`] from its reply (so at most the script's
+//!   lease slot, the horizon plus the call's deadline, from its debit: the script's bound of what leases
+//!   may still spend holds); a renewal adds a grant, it never extends an older one. Unused tokens of
+//!   ended grants are given back to the bucket (never above capacity) by one script call off the
+//!   response path, one entry per key.
 //!
 //! Pure bookkeeping: the limiter asks [`LeaseBook`] what to ask for, what a request may spend, and what
 //! to give back; time comes in as an argument.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 
 use crate::bucket::Mode;
 use crate::config::LeaseConfig;
@@ -33,13 +35,11 @@ const BURST: u64 = 8;
 /// How long an ask may stay unanswered before another request of the key may ask again.
 const ASK_STALE_MS: f64 = 30_000.0;
 
-/// One key's lease.
+/// One key's lease: its grants, each spendable until its own end.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Lease {
-    /// Whole tokens left to spend.
-    pub tokens: u64,
-    /// Until then (Worker ms) it may be spent.
-    pub expires_ms: f64,
+    /// Grants not yet ended, oldest first: (whole tokens left, until when (Worker ms) they may be spent).
+    grants: VecDeque<(u64, f64)>,
     /// When the script debited the oldest tokens still held (its clock, epoch ms): a window takes
     /// them off the window they were counted in.
     pub taken_ms: i64,
@@ -51,6 +51,35 @@ pub struct Lease {
     /// The limit's numbers and override keys, to give the tokens back.
     pub limit: Limit,
     pub overrides: Vec<String>,
+}
+
+impl Lease {
+    /// Tokens of grants not yet ended.
+    pub fn tokens(&self) -> u64 {
+        self.grants.iter().map(|g| g.0).sum()
+    }
+
+    /// Ends the grants whose time is up by `now_ms`: their unspent tokens.
+    fn expire(&mut self, now_ms: f64) -> u64 {
+        let mut ended = 0;
+        while self.grants.front().is_some_and(|g| now_ms >= g.1) {
+            ended += self.grants.pop_front().map_or(0, |g| g.0);
+        }
+        ended
+    }
+
+    /// Pays `cost` from the oldest grants (the caller checked there is enough).
+    fn pay(&mut self, mut cost: u64) {
+        while cost > 0 {
+            let Some(front) = self.grants.front_mut() else { return };
+            let paid = front.0.min(cost);
+            front.0 -= paid;
+            cost -= paid;
+            if front.0 == 0 {
+                self.grants.pop_front();
+            }
+        }
+    }
 }
 
 /// Unused tokens of an ended lease, to give back.
@@ -147,6 +176,20 @@ impl LeaseBook {
         (f64::from(limit.capacity()) * self.config.share).floor() as u64
     }
 
+    /// Whether `limit` can ever be leased at `cost`: its cap covers two requests and [`MIN_LEASE`].
+    pub fn can_lease(&self, limit: &Limit, cost: u32, mode: Mode) -> bool {
+        self.cap(limit, mode) >= MIN_LEASE.max(2 * u64::from(cost))
+    }
+
+    /// The script's lease argument for `want` tokens: `"<want> <slot ms> <share>"`, or `"0"`.
+    pub fn lease_arg(&self, want: u64) -> String {
+        if want == 0 {
+            return "0".to_string();
+        }
+        let slot = u64::from(self.config.horizon_ms) + u64::from(self.config.deadline_ms);
+        format!("{want} {slot} {}", self.config.share)
+    }
+
     /// Counts a request of `cost` on `key` in what this isolate saw.
     fn observe(&mut self, key: &str, cost: u32, now_ms: f64) -> &mut Seen {
         if self.seen.len() >= TRACKED_KEYS && !self.seen.contains_key(key) {
@@ -174,7 +217,7 @@ impl LeaseBook {
                 if cap == 0 {
                     return 0;
                 }
-                let held = self.leases.get(w.key).filter(|l| now_ms < l.expires_ms).map_or(0, |l| l.tokens);
+                let held = self.held(w.key, now_ms);
                 let horizon = f64::from(self.config.horizon_ms);
                 let seen = self.observe(w.key, w.cost, now_ms);
                 let target = seen.need(now_ms, horizon).min(cap);
@@ -209,42 +252,26 @@ impl LeaseBook {
         overrides: &[String],
         now_ms: f64,
     ) {
-        let expires_ms = now_ms + f64::from(self.config.horizon_ms);
+        let until = now_ms + f64::from(self.config.horizon_ms);
         let reset_at_ms = now_ms + status.reset_ms as f64;
         self.counts.granted += tokens;
-        if let Some(l) = self.leases.get_mut(key) {
-            if now_ms < l.expires_ms {
-                if l.tokens == 0 {
-                    l.taken_ms = script_ms;
-                }
-                l.tokens += tokens;
-                l.expires_ms = expires_ms;
-                (l.remaining, l.reset_at_ms, l.capacity, l.window_s) =
-                    (status.remaining, reset_at_ms, status.capacity, status.window_s);
-                return;
-            }
-        }
-        let lease = Lease {
-            tokens,
-            expires_ms,
+        self.expire(key, now_ms);
+        let lease = self.leases.entry(key.to_string()).or_insert_with(|| Lease {
+            grants: VecDeque::new(),
             taken_ms: script_ms,
-            remaining: status.remaining,
+            remaining: 0,
             reset_at_ms,
             capacity: status.capacity,
             window_s: status.window_s,
             limit: limit.clone(),
             overrides: overrides.to_vec(),
-        };
-        if let Some(old) = self.leases.insert(key.to_string(), lease) {
-            self.end(key, old);
+        });
+        if lease.grants.is_empty() {
+            lease.taken_ms = script_ms; // (the oldest tokens held are these)
         }
-    }
-
-    fn end(&mut self, key: &str, lease: Lease) {
-        if lease.tokens > 0 {
-            let Lease { tokens, taken_ms, limit, overrides, .. } = lease;
-            self.ended.push(GiveBack { key: key.to_string(), tokens, taken_ms, limit, overrides });
-        }
+        lease.grants.push_back((tokens, until));
+        (lease.remaining, lease.reset_at_ms, lease.capacity, lease.window_s) =
+            (status.remaining, reset_at_ms, status.capacity, status.window_s);
     }
 
     /// Whether every one of `limits` can be paid from a live lease now; if so they are paid, and the
@@ -253,12 +280,16 @@ impl LeaseBook {
         if self.leases.is_empty() || limits.is_empty() {
             return None;
         }
+        for w in limits {
+            self.expire(w.key, now_ms);
+        }
         let covered = limits.iter().all(|w| {
-            self.leases.get(w.key).is_some_and(|l| {
-                now_ms < l.expires_ms && l.tokens >= u64::from(w.cost) && matches!(w.mode, Mode::Enforce | Mode::Shadow)
-            })
+            matches!(w.mode, Mode::Enforce | Mode::Shadow)
+                && self.leases.get(w.key).is_some_and(|l| l.tokens() >= u64::from(w.cost))
         });
-        if !covered {
+        // Two limits of one request on the same key would pay twice from one lease: Redis decides those.
+        let repeated = limits.iter().enumerate().any(|(i, w)| limits[..i].iter().any(|v| v.key == w.key));
+        if !covered || repeated {
             return None;
         }
         let horizon = f64::from(self.config.horizon_ms);
@@ -266,14 +297,19 @@ impl LeaseBook {
             let cap = self.cap(w.limit, w.mode);
             let seen = *self.observe(w.key, w.cost, now_ms);
             let Some(l) = self.leases.get_mut(w.key) else { continue };
-            l.tokens -= u64::from(w.cost);
+            l.pay(u64::from(w.cost));
             self.counts.spent += u64::from(w.cost);
-            // Running low (below half of what the horizon needs, or ending soon): topped up after the
-            // response, so a busy key rarely waits for Redis.
+            // Running low (below half of what the horizon needs, or its oldest grant ending soon):
+            // topped up after the response, so a busy key rarely waits for Redis.
+            let left = l.tokens();
             let target = seen.need(now_ms, horizon).min(cap);
-            let low = l.tokens * 2 < target || l.expires_ms - now_ms < horizon / 4.0;
-            let want = target.saturating_sub(l.tokens);
-            if low && target >= 2 * u64::from(w.cost) && want >= MIN_LEASE && now_ms >= seen.asking_until_ms {
+            let ending = l.grants.front().is_none_or(|g| g.1 - now_ms < horizon / 4.0);
+            let want = target.saturating_sub(left);
+            if (left * 2 < target || ending)
+                && target >= 2 * u64::from(w.cost)
+                && want >= MIN_LEASE
+                && now_ms >= seen.asking_until_ms
+            {
                 let renewal =
                     Renewal { key: w.key.to_string(), want, limit: l.limit.clone(), overrides: l.overrides.clone() };
                 self.renewals.push(renewal);
@@ -286,37 +322,82 @@ impl LeaseBook {
         Some(limits.iter().filter_map(|w| self.leases.get(w.key)).collect())
     }
 
+    /// Ends `key`'s grants whose time is up, to be given back (with the window of the oldest tokens
+    /// held: never more than they were counted in).
+    fn expire(&mut self, key: &str, now_ms: f64) {
+        let Some(l) = self.leases.get_mut(key) else { return };
+        let ended = l.expire(now_ms);
+        if ended > 0 {
+            let (taken_ms, limit, overrides) = (l.taken_ms, l.limit.clone(), l.overrides.clone());
+            self.ended.push(GiveBack { key: key.to_string(), tokens: ended, taken_ms, limit, overrides });
+        }
+        if self.leases.get(key).is_some_and(|l| l.grants.is_empty()) {
+            self.leases.remove(key);
+        }
+    }
+
     /// The leases to top up now.
     pub fn take_renewals(&mut self) -> Vec<Renewal> {
         std::mem::take(&mut self.renewals)
     }
 
-    /// The tokens of `key`'s live lease (0 without one).
-    pub fn held(&self, key: &str, now_ms: f64) -> u64 {
-        self.leases.get(key).filter(|l| now_ms < l.expires_ms).map_or(0, |l| l.tokens)
+    /// Whether this isolate holds no lease at all.
+    pub fn is_empty(&self) -> bool {
+        self.leases.is_empty()
     }
 
-    /// Drops `keys`' leases without giving anything back (their buckets were reset).
+    /// The tokens of `key`'s live grants (0 without one).
+    pub fn held(&self, key: &str, now_ms: f64) -> u64 {
+        self.leases.get(key).map_or(0, |l| l.grants.iter().filter(|g| now_ms < g.1).map(|g| g.0).sum())
+    }
+
+    /// Drops `keys`' leases without giving anything back (their buckets were reset): counted lost.
     pub fn drop_keys(&mut self, keys: &[String]) {
         for k in keys {
-            self.leases.remove(k);
+            let dropped = self.leases.remove(k).map_or(0, |l| l.tokens());
+            let ended: u64 = self.ended.iter().filter(|g| &g.key == k).map(|g| g.tokens).sum();
             self.ended.retain(|g| &g.key != k);
+            self.counts.lost += dropped + ended;
         }
     }
 
-    /// The ended leases' unused tokens, to give back now (their leases are gone).
+    /// The ended grants' unused tokens, to give back now, one entry per key (a key twice in one call
+    /// would have one write win over the other).
     pub fn due(&mut self, now_ms: f64) -> Vec<GiveBack> {
-        let ended: Vec<String> =
-            self.leases.iter().filter(|(_, l)| now_ms >= l.expires_ms).map(|(k, _)| k.clone()).collect();
-        for k in ended {
-            if let Some(l) = self.leases.remove(&k) {
-                self.end(&k, l);
+        let keys: Vec<String> = self.leases.keys().cloned().collect();
+        for k in keys {
+            self.expire(&k, now_ms);
+        }
+        self.merged()
+    }
+
+    /// Ends every lease now (a wake chain at its age limit): all of it to give back.
+    pub fn end_all(&mut self) -> Vec<GiveBack> {
+        for (key, mut l) in std::mem::take(&mut self.leases) {
+            let tokens = l.expire(f64::INFINITY);
+            if tokens > 0 {
+                let Lease { taken_ms, limit, overrides, .. } = l;
+                self.ended.push(GiveBack { key, tokens, taken_ms, limit, overrides });
             }
         }
+        self.merged()
+    }
+
+    fn merged(&mut self) -> Vec<GiveBack> {
         if self.seen.len() >= TRACKED_KEYS {
             self.seen.clear();
         }
-        std::mem::take(&mut self.ended)
+        let mut out: Vec<GiveBack> = Vec::new();
+        for g in std::mem::take(&mut self.ended) {
+            match out.iter_mut().find(|o| o.key == g.key) {
+                Some(o) => {
+                    o.tokens += g.tokens;
+                    o.taken_ms = o.taken_ms.min(g.taken_ms);
+                }
+                None => out.push(g),
+            }
+        }
+        out
     }
 
     /// How long until a wake should give back ended leases, if one should be scheduled now: there are
@@ -342,7 +423,7 @@ impl LeaseBook {
 
     fn next_wake(&mut self, now_ms: f64) -> Option<u32> {
         let first = if self.ended.is_empty() {
-            self.leases.values().map(|l| l.expires_ms).fold(f64::INFINITY, f64::min)
+            self.leases.values().filter_map(|l| l.grants.front().map(|g| g.1)).fold(f64::INFINITY, f64::min)
         } else {
             now_ms
         };
@@ -366,13 +447,13 @@ impl LeaseBook {
 
     /// Tokens of `key` held in leases, live or ended and not yet given back.
     pub fn outstanding_of(&self, key: &str) -> u64 {
-        self.leases.get(key).map_or(0, |l| l.tokens)
+        self.leases.get(key).map_or(0, Lease::tokens)
             + self.ended.iter().filter(|g| g.key == key).map(|g| g.tokens).sum::<u64>()
     }
 
     /// Tokens held in leases, live or ended and not yet given back (for tests and the status page).
     pub fn outstanding(&self) -> u64 {
-        self.leases.values().map(|l| l.tokens).sum::<u64>() + self.ended.iter().map(|g| g.tokens).sum::<u64>()
+        self.leases.values().map(Lease::tokens).sum::<u64>() + self.ended.iter().map(|g| g.tokens).sum::<u64>()
     }
 
     pub fn take_counts(&mut self) -> LeaseCounts {

@@ -186,13 +186,14 @@ impl Default for Limiter {
 /// The script's KEYS and ARGV for `checks` (see the header of `lua/ratelimit.lua`), asking for no lease.
 pub fn script_call(checks: &[Check<'_>], clock: Clock, now_ms: f64, peek: bool) -> (Vec<String>, Vec<String>) {
     let op = if peek { Op::Peek } else { Op::Take };
-    let limits = checks.iter().map(|c| (c.key.as_str(), c.limit, c.cost, c.mode, c.overrides.as_slice(), 0));
+    let limits =
+        checks.iter().map(|c| (c.key.as_str(), c.limit, c.cost, c.mode, c.overrides.as_slice(), "0".to_string()));
     script_args(limits, checks.len(), clock, now_ms, op)
 }
 
-/// KEYS and ARGV for `n` limits: (key, limit, cost, mode, override keys, lease argument) each.
+/// KEYS and ARGV for `n` limits: (key, limit, cost, mode, override keys, lease argument `ARGV[a+7]`) each.
 fn script_args<'a>(
-    limits: impl Iterator<Item = (&'a str, &'a Limit, u32, Mode, &'a [String], i64)>,
+    limits: impl Iterator<Item = (&'a str, &'a Limit, u32, Mode, &'a [String], String)>,
     n: usize,
     clock: Clock,
     now_ms: f64,
@@ -236,7 +237,7 @@ fn script_args<'a>(
         }
         let a = 3 + 8 * i;
         args[a + 6] = indexes;
-        args[a + 7] = lease.to_string();
+        args[a + 7] = lease;
     }
     (keys, args)
 }
@@ -286,19 +287,28 @@ impl ScriptCall {
         now_ms: f64,
         peek: bool,
     ) -> (ScriptCall, String) {
-        let (op, wants) = if peek {
-            (Op::Peek, vec![0; checks.len()])
+        // Only when every limit a lease could pay can lease: a request is spent from leases only when
+        // all of its limits are covered, so a lease beside a limit that never leases would never be spent.
+        let leasable = !peek && {
+            let book = limiter.leases.borrow();
+            let mut spendable = checks.iter().filter(|c| matches!(c.mode, Mode::Enforce | Mode::Shadow)).peekable();
+            spendable.peek().is_some() && spendable.all(|c| book.can_lease(c.limit, c.cost, c.mode))
+        };
+        let (op, wants) = if !leasable {
+            (if peek { Op::Peek } else { Op::Take }, vec![0; checks.len()])
         } else {
             let wants: Vec<Want<'_>> =
                 checks.iter().map(|c| Want { key: &c.key, limit: c.limit, cost: c.cost, mode: c.mode }).collect();
             (Op::Take, limiter.leases.borrow_mut().wants(&wants, now_ms))
         };
         let asked = checks.iter().zip(&wants).filter(|(_, w)| **w > 0).map(|(c, _)| c.key.clone()).collect();
+        let book = limiter.leases.borrow();
         let limits = checks
             .iter()
             .zip(&wants)
-            .map(|(c, w)| (c.key.as_str(), c.limit, c.cost, c.mode, c.overrides.as_slice(), *w as i64));
+            .map(|(c, w)| (c.key.as_str(), c.limit, c.cost, c.mode, c.overrides.as_slice(), book.lease_arg(*w)));
         let (keys, args) = script_args(limits, checks.len(), clock, now_ms, op);
+        drop(book);
         Self::with(limiter, keys, args, asked)
     }
 
@@ -306,7 +316,7 @@ impl ScriptCall {
     pub fn give_back(limiter: &Limiter, items: &[GiveBack], clock: Clock, now_ms: f64) -> (ScriptCall, String) {
         let limits = items.iter().map(|g| {
             let tokens = g.tokens.min(u64::from(u32::MAX)) as u32;
-            (g.key.as_str(), &g.limit, tokens, Mode::Enforce, g.overrides.as_slice(), g.taken_ms)
+            (g.key.as_str(), &g.limit, tokens, Mode::Enforce, g.overrides.as_slice(), g.taken_ms.to_string())
         });
         let (keys, args) = script_args(limits, items.len(), clock, now_ms, Op::GiveBack);
         Self::with(limiter, keys, args, Vec::new())
@@ -314,11 +324,12 @@ impl ScriptCall {
 
     /// The call that tops up leases running low: cost 0, only the leases asked for.
     pub fn renew(limiter: &Limiter, items: &[Renewal], clock: Clock, now_ms: f64) -> (ScriptCall, String) {
-        let limits = items.iter().map(|r| {
-            let want = r.want.min(u64::from(u32::MAX)) as i64;
-            (r.key.as_str(), &r.limit, 0, Mode::Enforce, r.overrides.as_slice(), want)
-        });
+        let book = limiter.leases.borrow();
+        let limits = items
+            .iter()
+            .map(|r| (r.key.as_str(), &r.limit, 0, Mode::Enforce, r.overrides.as_slice(), book.lease_arg(r.want)));
         let (keys, args) = script_args(limits, items.len(), clock, now_ms, Op::Take);
+        drop(book);
         Self::with(limiter, keys, args, items.iter().map(|r| r.key.clone()).collect())
     }
 
@@ -478,6 +489,9 @@ impl Limiter {
     /// unspent tokens.
     pub fn leased(&self, checks: &[Check<'_>], now_ms: f64) -> Option<Decision> {
         let mut book = self.leases.borrow_mut();
+        if book.is_empty() {
+            return None; // (most requests: no allocation)
+        }
         let wants: Vec<Want<'_>> =
             checks.iter().map(|c| Want { key: &c.key, limit: c.limit, cost: c.cost, mode: c.mode }).collect();
         let leases = book.spend(&wants, now_ms)?;
@@ -489,7 +503,7 @@ impl Limiter {
                 shadow: c.shadow(),
                 capacity: l.capacity,
                 window_s: l.window_s,
-                remaining: l.remaining.saturating_add(l.tokens),
+                remaining: l.remaining.saturating_add(l.tokens()),
                 retry_ms: 0,
                 reset_ms: (l.reset_at_ms - now_ms).max(0.0).ceil() as u64,
             })
@@ -539,6 +553,11 @@ impl Limiter {
     /// The scheduled wake fired: how long until the next, if leases remain.
     pub fn woke(&self, now_ms: f64) -> Option<u32> {
         self.leases.borrow_mut().woke(now_ms)
+    }
+
+    /// Ends every lease now: all of it to give back.
+    pub fn end_all_leases(&self) -> Vec<GiveBack> {
+        self.leases.borrow_mut().end_all()
     }
 
     /// No wake is scheduled after all (its chain ended).
@@ -653,6 +672,8 @@ impl Limiter {
                 cost: f64::from(c.cost),
                 mode: c.mode,
                 lease: 0.0,
+                slot_ms: 0.0,
+                share: 0.0,
             })
             .collect();
         let reply = bucket::call(&mut states, &specs, now_ms / 1000.0);

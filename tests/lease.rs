@@ -184,6 +184,15 @@ fn isolates_sharing_a_bucket_never_admit_beyond_it_while_leases_are_out() {
         assert!(calls.decisions < 3_000, "leases saved calls: {calls:?}");
         assert_eq!(admitted, allowance, "{isolates} isolates: exactly the allowance once the leases are back");
     }
+    // Short leases: several grants of a key end before a wake, and go back in one entry per key.
+    let (_, admitted, allowance, _, _) = busy(
+        &[("RATE_LIMIT_CAPACITY", "400"), ("RATE_LIMIT_REFILL", "400/h"), ("RATE_LIMIT_LEASE_MS", "15")],
+        2,
+        3_000,
+        400.0,
+        400.0 / 3600.0,
+    );
+    assert_eq!(admitted, allowance, "short leases: exactly the allowance once they are back");
 }
 
 #[test]
@@ -219,6 +228,12 @@ fn a_small_bucket_or_leases_turned_off_asks_redis_for_every_request() {
             "RATE_LIMIT_POLICY",
             r#"{"rules":[{"name":"busy","route":"/api/*",
             "limits":[{"name":"big","capacity":100,"refill":"1/d","cost":3}]}]}"#,
+        )],
+        // a limit that leases beside one that never does: its lease could never be spent
+        vec![(
+            "RATE_LIMIT_POLICY",
+            r#"{"rules":[{"name":"busy","route":"/api/*","limits":[
+            {"name":"burst","capacity":30,"refill":"30/s"},{"name":"hourly","capacity":5000,"refill":"5000/h"}]}]}"#,
         )],
     ] {
         let rest = Rest::new();
@@ -357,4 +372,35 @@ fn rpc_calls_spend_leases_too() {
         assert_eq!((v["success"].as_bool(), v["remaining"].as_u64()), (Some(true), Some(1000 - i)), "call {i}");
     }
     assert!(calls.decisions < 30, "{calls:?}");
+}
+
+/// The hostile review of issue 15: a lease's debit left room in the bucket that the refill filled while
+/// the lease was still held, so at one instant the bucket and the leases together exceeded the capacity.
+#[test]
+fn at_no_instant_do_the_bucket_and_the_leases_hold_more_than_the_capacity() {
+    let rest = Rest::new();
+    let c =
+        config(&[("RATE_LIMIT_CAPACITY", "100"), ("RATE_LIMIT_REFILL", "100/s"), ("RATE_LIMIT_LEASE_SHARE", "0.2")]);
+    let (mut a, mut b) = (Isolate::new(&c), Isolate::new(&c));
+    let mut calls = Calls::default();
+    // A sees the key busy and leases (at most 20 tokens); everything else refills within the second.
+    for i in 0..30 {
+        a.request(&rest, "k", T0 + f64::from(i), &mut calls);
+    }
+    assert!(a.gw.limiter().leased_tokens() >= 4, "A holds a lease");
+    // Half a second on, at one instant: B takes all the bucket has, A spends its lease.
+    let at = T0 + 500.0;
+    let mut admitted = 0;
+    for _ in 0..300 {
+        if status(&b.request(&rest, "k", at, &mut calls)) == 200 {
+            admitted += 1;
+        }
+        if status(&a.request(&rest, "k", at, &mut calls)) == 200 {
+            admitted += 1;
+        }
+    }
+    assert!(admitted <= 100, "{admitted} admitted at one instant, capacity 100");
+    // The price: until its slot has passed, what was leased (spent or not) still holds the refill back;
+    // A leased at most what it spent (30) and held (20).
+    assert!(admitted >= 50, "{admitted}: the leases' price is bounded");
 }

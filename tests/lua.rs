@@ -4,7 +4,7 @@
 mod common;
 
 use common::{Redis, Rng};
-use edge_ratelimit::bucket::{self, Mode, Op, Spec, State};
+use edge_ratelimit::bucket::{self, Mode, Op, Slots, Spec, State};
 use edge_ratelimit::Algorithm;
 use edge_ratelimit::{SCRIPT_FLAGGED, SCRIPT_FLAGGED_SHA, SCRIPT_PLAIN, SCRIPT_PLAIN_SHA};
 
@@ -59,7 +59,7 @@ fn run_op(
             .arg(spec.rate.to_string())
             .arg(ttl)
             .arg(spec.cost.to_string());
-        cmd.arg(spec.mode.code()).arg(indexes).arg(format!("{}", spec.lease));
+        cmd.arg(spec.mode.code()).arg(indexes).arg(spec.lease_arg(op));
     }
     cmd.query(con).expect("script runs")
 }
@@ -114,6 +114,8 @@ fn lua_agrees_with_the_rust_reference_on_random_sequences() {
                 mode: [Mode::Enforce, Mode::Enforce, Mode::Enforce, Mode::Shadow, Mode::Candidate, Mode::Report]
                     [rng.below(6) as usize],
                 lease: 0.0,
+                slot_ms: 0.0,
+                share: 0.0,
             });
         }
         let mut states: Vec<Option<State>> = vec![None; n];
@@ -130,11 +132,13 @@ fn lua_agrees_with_the_rust_reference_on_random_sequences() {
                 .map(|s| {
                     let cost = 1.0 + rng.below(3) as f64;
                     let lease = match op {
-                        Op::Take => [0.0, 0.0, 1.0, 3.0, 40.0][rng.below(5) as usize],
+                        Op::Take => [0.0, 0.0, 1.0, 5.0, 40.0][rng.below(5) as usize],
                         Op::GiveBack => (now_ms - [0, 500, 30_000, 200_000][rng.below(4) as usize]) as f64,
                         Op::Peek => 0.0,
                     };
-                    (Spec { cost: cost.min(s.capacity), lease, ..*s }, 3600)
+                    let slot_ms = [1500.0, 1500.0, 3000.0, 700.0][rng.below(4) as usize];
+                    let share = [0.5, 0.05, 0.25][rng.below(3) as usize];
+                    (Spec { cost: cost.min(s.capacity), lease, slot_ms, share, ..*s }, 3600)
                 })
                 .collect();
             let call_specs: Vec<Spec> = call.iter().map(|(s, _)| *s).collect();
@@ -145,12 +149,21 @@ fn lua_agrees_with_the_rust_reference_on_random_sequences() {
             for (key, state) in keys.iter().zip(&states) {
                 let fields: Vec<Option<String>> = redis::cmd("HMGET")
                     .arg(key)
-                    .arg(&["tokens", "lastRefill", "start", "count", "previous"])
+                    .arg(&["tokens", "lastRefill", "start", "count", "previous", "lq", "lp", "li", "ll"])
                     .query(&mut con)
                     .unwrap();
                 let num = |i: usize| fields[i].as_deref().map(|v| v.parse::<f64>().unwrap());
+                let slots = match (num(5), num(6), num(7), num(8)) {
+                    (Some(current), Some(previous), Some(index), Some(length)) => {
+                        Some(Slots { current, previous, index, length })
+                    }
+                    (None, None, None, None) => None,
+                    other => panic!("seed {seed}, step {step}: lease slots {other:?}"),
+                };
                 let stored = match (num(0), num(1), num(2), num(3), num(4)) {
-                    (Some(tokens), Some(last_refill), None, None, None) => Some(State::Bucket { tokens, last_refill }),
+                    (Some(tokens), Some(last_refill), None, None, None) => {
+                        Some(State::Bucket { tokens, last_refill, slots })
+                    }
                     (None, None, Some(start), Some(count), Some(previous)) => {
                         Some(State::Window { start, count, previous })
                     }
@@ -168,7 +181,16 @@ fn fractional_tokens_accumulate() {
     let redis = Redis::start();
     let mut con = redis.connection();
     let keys = fresh_keys("fraction", 1);
-    let spec = Spec { algorithm: TB, capacity: 1.0, rate: 0.5, cost: 1.0, mode: Mode::Enforce, lease: 0.0 };
+    let spec = Spec {
+        algorithm: TB,
+        capacity: 1.0,
+        rate: 0.5,
+        cost: 1.0,
+        mode: Mode::Enforce,
+        lease: 0.0,
+        slot_ms: 0.0,
+        share: 0.0,
+    };
     assert_eq!(run(&mut con, &keys, &[(spec, 60)], Some(10_000)), vec![1, 0, 0, 0, 2000, 1, 2]);
     // 0.9 s later: 0.45 tokens, denied; retry in 1.1 s.
     assert_eq!(run(&mut con, &keys, &[(spec, 60)], Some(10_900)), vec![0, 1, 0, 1100, 1100, 1, 2]);
@@ -183,7 +205,16 @@ fn allowed_calls_set_the_ttl_and_denied_calls_leave_it() {
     let redis = Redis::start();
     let mut con = redis.connection();
     let keys = fresh_keys("ttl", 1);
-    let spec = Spec { algorithm: TB, capacity: 1.0, rate: 1.0 / 60.0, cost: 1.0, mode: Mode::Enforce, lease: 0.0 };
+    let spec = Spec {
+        algorithm: TB,
+        capacity: 1.0,
+        rate: 1.0 / 60.0,
+        cost: 1.0,
+        mode: Mode::Enforce,
+        lease: 0.0,
+        slot_ms: 0.0,
+        share: 0.0,
+    };
     run(&mut con, &keys, &[(spec, 90)], None);
     let ttl: i64 = redis::cmd("TTL").arg(&keys[0]).query(&mut con).unwrap();
     assert!((89..=90).contains(&ttl), "TTL {ttl}");
@@ -198,7 +229,16 @@ fn cost_larger_than_what_is_left_is_denied_without_debit() {
     let redis = Redis::start();
     let mut con = redis.connection();
     let keys = fresh_keys("cost", 1);
-    let five = Spec { algorithm: TB, capacity: 5.0, rate: 1.0, cost: 3.0, mode: Mode::Enforce, lease: 0.0 };
+    let five = Spec {
+        algorithm: TB,
+        capacity: 5.0,
+        rate: 1.0,
+        cost: 3.0,
+        mode: Mode::Enforce,
+        lease: 0.0,
+        slot_ms: 0.0,
+        share: 0.0,
+    };
     assert_eq!(run(&mut con, &keys, &[(five, 60)], Some(1_000)), vec![1, 0, 2, 0, 3000, 5, 5]);
     assert_eq!(run(&mut con, &keys, &[(five, 60)], Some(1_000)), vec![0, 1, 2, 1000, 3000, 5, 5]);
     let tokens: String = redis::cmd("HGET").arg(&keys[0]).arg("tokens").query(&mut con).unwrap();
@@ -210,8 +250,26 @@ fn several_buckets_are_all_or_nothing() {
     let redis = Redis::start();
     let mut con = redis.connection();
     let keys = fresh_keys("multi", 2);
-    let roomy = Spec { algorithm: TB, capacity: 10.0, rate: 1.0, cost: 1.0, mode: Mode::Enforce, lease: 0.0 };
-    let tight = Spec { algorithm: TB, capacity: 1.0, rate: 1.0, cost: 1.0, mode: Mode::Enforce, lease: 0.0 };
+    let roomy = Spec {
+        algorithm: TB,
+        capacity: 10.0,
+        rate: 1.0,
+        cost: 1.0,
+        mode: Mode::Enforce,
+        lease: 0.0,
+        slot_ms: 0.0,
+        share: 0.0,
+    };
+    let tight = Spec {
+        algorithm: TB,
+        capacity: 1.0,
+        rate: 1.0,
+        cost: 1.0,
+        mode: Mode::Enforce,
+        lease: 0.0,
+        slot_ms: 0.0,
+        share: 0.0,
+    };
     assert_eq!(run(&mut con, &keys, &[(roomy, 60), (tight, 60)], Some(5_000))[..2], [1, 0]);
     assert_eq!(run(&mut con, &keys, &[(roomy, 60), (tight, 60)], Some(5_000))[..2], [0, 2]);
     let tokens: String = redis::cmd("HGET").arg(&keys[0]).arg("tokens").query(&mut con).unwrap();
@@ -223,7 +281,16 @@ fn redis_time_mode_admits_capacity_then_denies() {
     let redis = Redis::start();
     let mut con = redis.connection();
     let keys = fresh_keys("time", 1);
-    let spec = Spec { algorithm: TB, capacity: 3.0, rate: 5.0 / 60.0, cost: 1.0, mode: Mode::Enforce, lease: 0.0 };
+    let spec = Spec {
+        algorithm: TB,
+        capacity: 3.0,
+        rate: 5.0 / 60.0,
+        cost: 1.0,
+        mode: Mode::Enforce,
+        lease: 0.0,
+        slot_ms: 0.0,
+        share: 0.0,
+    };
     let allowed: Vec<i64> = (0..5).map(|_| run(&mut con, &keys, &[(spec, 60)], None)[0]).collect();
     assert_eq!(allowed, vec![1, 1, 1, 0, 0]);
     let last: f64 =
@@ -237,7 +304,16 @@ fn worker_clock_behind_the_stored_time_mints_nothing() {
     let redis = Redis::start();
     let mut con = redis.connection();
     let keys = fresh_keys("skew", 1);
-    let spec = Spec { algorithm: TB, capacity: 2.0, rate: 1.0, cost: 1.0, mode: Mode::Enforce, lease: 0.0 };
+    let spec = Spec {
+        algorithm: TB,
+        capacity: 2.0,
+        rate: 1.0,
+        cost: 1.0,
+        mode: Mode::Enforce,
+        lease: 0.0,
+        slot_ms: 0.0,
+        share: 0.0,
+    };
     let t = 1_800_000_000_000u64;
     run(&mut con, &keys, &[(spec, 60)], Some(t + 30_000)); // an instance 30 s ahead
     run(&mut con, &keys, &[(spec, 60)], Some(t + 30_000));
@@ -251,8 +327,26 @@ fn shadow_buckets_report_but_never_deny() {
     let redis = Redis::start();
     let mut con = redis.connection();
     let keys = fresh_keys("shadow", 2);
-    let shadow = Spec { algorithm: TB, capacity: 1.0, rate: 1.0, cost: 1.0, mode: Mode::Shadow, lease: 0.0 };
-    let enforced = Spec { algorithm: TB, capacity: 10.0, rate: 1.0, cost: 1.0, mode: Mode::Enforce, lease: 0.0 };
+    let shadow = Spec {
+        algorithm: TB,
+        capacity: 1.0,
+        rate: 1.0,
+        cost: 1.0,
+        mode: Mode::Shadow,
+        lease: 0.0,
+        slot_ms: 0.0,
+        share: 0.0,
+    };
+    let enforced = Spec {
+        algorithm: TB,
+        capacity: 10.0,
+        rate: 1.0,
+        cost: 1.0,
+        mode: Mode::Enforce,
+        lease: 0.0,
+        slot_ms: 0.0,
+        share: 0.0,
+    };
     assert_eq!(
         run(&mut con, &keys, &[(shadow, 60), (enforced, 60)], Some(1_000)),
         vec![1, 0, 0, 0, 1000, 1, 1, 9, 0, 1000, 10, 10]
@@ -279,7 +373,16 @@ fn unreadable_state_is_treated_as_empty_not_full() {
         .arg("1")
         .query::<i64>(&mut con)
         .unwrap();
-    let spec = Spec { algorithm: TB, capacity: 5.0, rate: 1.0, cost: 1.0, mode: Mode::Enforce, lease: 0.0 };
+    let spec = Spec {
+        algorithm: TB,
+        capacity: 5.0,
+        rate: 1.0,
+        cost: 1.0,
+        mode: Mode::Enforce,
+        lease: 0.0,
+        slot_ms: 0.0,
+        share: 0.0,
+    };
     assert_eq!(run(&mut con, &keys, &[(spec, 60)], Some(2_000))[..2], [0, 1]);
 }
 
@@ -288,7 +391,16 @@ fn a_burst_straddling_a_window_edge_never_admits_twice_the_limit() {
     let redis = Redis::start();
     let mut con = redis.connection();
     let keys = fresh_keys("edge", 1);
-    let spec = Spec { algorithm: SW, capacity: 10.0, rate: 10.0 / 60.0, cost: 1.0, mode: Mode::Enforce, lease: 0.0 };
+    let spec = Spec {
+        algorithm: SW,
+        capacity: 10.0,
+        rate: 10.0 / 60.0,
+        cost: 1.0,
+        mode: Mode::Enforce,
+        lease: 0.0,
+        slot_ms: 0.0,
+        share: 0.0,
+    };
     let t = 1_800_000_000_000u64;
     let mut admitted =
         |at: u64, n: usize| (0..n).filter(|_| run(&mut con, &keys, &[(spec, 120)], Some(at))[0] == 1).count();
@@ -307,7 +419,16 @@ fn the_window_ttl_covers_two_windows() {
     let redis = Redis::start();
     let mut con = redis.connection();
     let keys = fresh_keys("wttl", 1);
-    let spec = Spec { algorithm: SW, capacity: 5.0, rate: 5.0 / 60.0, cost: 1.0, mode: Mode::Enforce, lease: 0.0 };
+    let spec = Spec {
+        algorithm: SW,
+        capacity: 5.0,
+        rate: 5.0 / 60.0,
+        cost: 1.0,
+        mode: Mode::Enforce,
+        lease: 0.0,
+        slot_ms: 0.0,
+        share: 0.0,
+    };
     run(&mut con, &keys, &[(spec, 60)], None); // a TTL argument below two windows is raised
     let ttl: i64 = redis::cmd("TTL").arg(&keys[0]).query(&mut con).unwrap();
     assert!((119..=120).contains(&ttl), "TTL {ttl}");
@@ -320,7 +441,16 @@ fn an_override_replaces_capacity_and_rate_in_the_same_call() {
     let keys = fresh_keys("override", 2);
     let overrides =
         vec![format!("ratelimit:override:caller:{}", std::process::id()), "ratelimit:override:tier:free".into()];
-    let spec = Spec { algorithm: TB, capacity: 2.0, rate: 2.0 / 60.0, cost: 1.0, mode: Mode::Enforce, lease: 0.0 };
+    let spec = Spec {
+        algorithm: TB,
+        capacity: 2.0,
+        rate: 2.0 / 60.0,
+        cost: 1.0,
+        mode: Mode::Enforce,
+        lease: 0.0,
+        slot_ms: 0.0,
+        share: 0.0,
+    };
     let window = Spec { algorithm: SW, ..spec };
     let specs = [(spec, 60), (window, 120)];
     // Limit 1 may take the caller's override, then the tier's; limit 2 only the tier's.
@@ -349,7 +479,16 @@ fn absurd_overrides_and_arguments_never_make_the_script_fail() {
     let mut con = redis.connection();
     let keys = fresh_keys("absurd", 2);
     let overrides = vec![format!("ratelimit:override:caller:absurd-{}", std::process::id())];
-    let spec = Spec { algorithm: TB, capacity: 2.0, rate: 2.0 / 60.0, cost: 1.0, mode: Mode::Enforce, lease: 0.0 };
+    let spec = Spec {
+        algorithm: TB,
+        capacity: 2.0,
+        rate: 2.0 / 60.0,
+        cost: 1.0,
+        mode: Mode::Enforce,
+        lease: 0.0,
+        slot_ms: 0.0,
+        share: 0.0,
+    };
     let specs = [(spec, 60), (Spec { algorithm: SW, ..spec }, 120)];
     let indexes = ["2".to_string(), "2".to_string()];
     let t = 1_800_000_000_000u64;
@@ -361,7 +500,16 @@ fn absurd_overrides_and_arguments_never_make_the_script_fail() {
         assert!((1..=60).contains(&ttl), "TTL {ttl} with override {value:?}");
     }
     // An absurd TTL argument is clamped, not passed on to EXPIRE as 1e+17.
-    let slow = Spec { algorithm: TB, capacity: 1e9, rate: 1e9 / 2.88e17, cost: 1.0, mode: Mode::Enforce, lease: 0.0 };
+    let slow = Spec {
+        algorithm: TB,
+        capacity: 1e9,
+        rate: 1e9 / 2.88e17,
+        cost: 1.0,
+        mode: Mode::Enforce,
+        lease: 0.0,
+        slot_ms: 0.0,
+        share: 0.0,
+    };
     let r = run_with(&mut con, &fresh_keys("absurd-ttl", 1), &[(slow, 1)], Some(t), false, &[], &[String::new()]);
     assert_eq!(r[0], 1, "the call still decides");
 }
@@ -376,7 +524,16 @@ fn an_override_raises_the_ttl_to_its_own_refill_time() {
         let keys = fresh_keys(&format!("override-ttl-{}", algorithm.code()), 1);
         let overrides = vec![format!("ratelimit:override:caller:ttl-{}-{}", algorithm.code(), std::process::id())];
         redis::cmd("SET").arg(&overrides[0]).arg(format!("100 {}", 1.0 / 60.0)).query::<()>(&mut con).unwrap();
-        let spec = Spec { algorithm, capacity: 5.0, rate: 5.0 / 60.0, cost: 1.0, mode: Mode::Enforce, lease: 0.0 };
+        let spec = Spec {
+            algorithm,
+            capacity: 5.0,
+            rate: 5.0 / 60.0,
+            cost: 1.0,
+            mode: Mode::Enforce,
+            lease: 0.0,
+            slot_ms: 0.0,
+            share: 0.0,
+        };
         let r = run_with(&mut con, &keys, &[(spec, 60)], Some(1_800_000_000_000), false, &overrides, &["2".into()]);
         assert_eq!((r[0], r[5], r[6]), (1, 100, 6000), "allowed, on the override's numbers");
         let ttl: i64 = redis::cmd("TTL").arg(&keys[0]).query(&mut con).unwrap();
@@ -390,8 +547,32 @@ fn peek_reports_without_consuming_or_writing() {
     let mut con = redis.connection();
     let keys = fresh_keys("peek", 2);
     let specs = [
-        (Spec { algorithm: TB, capacity: 3.0, rate: 1.0, cost: 1.0, mode: Mode::Enforce, lease: 0.0 }, 60),
-        (Spec { algorithm: SW, capacity: 3.0, rate: 1.0, cost: 1.0, mode: Mode::Enforce, lease: 0.0 }, 60),
+        (
+            Spec {
+                algorithm: TB,
+                capacity: 3.0,
+                rate: 1.0,
+                cost: 1.0,
+                mode: Mode::Enforce,
+                lease: 0.0,
+                slot_ms: 0.0,
+                share: 0.0,
+            },
+            60,
+        ),
+        (
+            Spec {
+                algorithm: SW,
+                capacity: 3.0,
+                rate: 1.0,
+                cost: 1.0,
+                mode: Mode::Enforce,
+                lease: 0.0,
+                slot_ms: 0.0,
+                share: 0.0,
+            },
+            60,
+        ),
     ];
     let none = vec![String::new(); 2];
     let peek = |con: &mut redis::Connection| run_with(con, &keys, &specs, Some(5_000), true, &[], &none);

@@ -90,7 +90,7 @@ describe("leases", () => {
     assert.equal(total, allowance(started, ended), "once the leases are back: exactly the allowance");
   });
 
-  test("an instance stopped while holding a lease loses at most that lease (5 % of the bucket)", async () => {
+  test("an instance stopped while holding a lease loses at most what it held (2 × 5 % of the bucket)", async () => {
     const a = await stack.gateway(VARS);
     const b = await stack.gateway(VARS);
     const user = freshUser("stopped");
@@ -102,9 +102,11 @@ describe("leases", () => {
     const drained = await drain(b, user);
     const ended = await redisNow();
     const lost = allowance(started, ended) - (admitted + drained);
-    console.log(`MEASURED leases, an instance stopped mid-lease: ${lost} tokens lost (at most ${Math.floor(CAPACITY * 0.05)})`);
+    // (README, Leases: at most ⌊s·c⌋ spendable, plus as much of ended grants on their way back)
+    const bound = 2 * Math.floor(CAPACITY * 0.05);
+    console.log(`MEASURED leases, an instance stopped mid-lease: ${lost} tokens lost (at most ${bound})`);
     assert.ok(lost >= 0, `over-admission: ${admitted + drained} > ${allowance(started, ended)}`);
-    assert.ok(lost <= Math.floor(CAPACITY * 0.05), `lost ${lost} tokens, more than one lease`);
+    assert.ok(lost <= bound, `lost ${lost} tokens, more than the isolate can hold`);
   });
 
   test("RATE_LIMIT_LEASES = off: every allowed request asks Redis", async () => {
