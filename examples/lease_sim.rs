@@ -126,10 +126,12 @@ impl Sim<'_> {
         let mut specs = Vec::with_capacity(n);
         for i in 0..n {
             let a = &argv[3 + 8 * i..3 + 8 * i + 8];
-            // The lease argument: "0", "<want> <slot ms> <share>", or (giving back) the time taken.
-            let mut lease = a[7].split(' ').map(|x| x.parse::<f64>().unwrap());
-            let (want, slot_ms, share) =
-                (lease.next().unwrap(), lease.next().unwrap_or(0.0), lease.next().unwrap_or(0.0));
+            // The lease argument: "0", "<want> <slot ms> <share> <settle> <since>", or (giving back)
+            // "<taken> <settle> <since>".
+            let v: Vec<f64> = a[7].split(' ').map(|x| x.parse::<f64>().unwrap()).collect();
+            let at = |i: usize| v.get(i).copied().unwrap_or(0.0);
+            let (want, slot_ms, share, settle, since) =
+                if op == Op::GiveBack { (at(0), 0.0, 0.0, at(1), at(2)) } else { (at(0), at(1), at(2), at(3), at(4)) };
             specs.push(Spec {
                 algorithm: if a[0] == "w" { Algorithm::SlidingWindow } else { Algorithm::TokenBucket },
                 capacity: a[1].parse().unwrap(),
@@ -144,6 +146,8 @@ impl Sim<'_> {
                 lease: want,
                 slot_ms,
                 share,
+                settle,
+                since,
             });
         }
         let mut states: Vec<Option<State>> = keys[..n].iter().map(|k| self.redis.get(k).copied()).collect();
@@ -223,6 +227,8 @@ fn run(isolates: usize, seconds: f64, seed: u64, leases: bool) -> Outcome {
         lease: 0.0,
         slot_ms: 0.0,
         share: 0.0,
+        settle: 0.0,
+        since: 0.0,
     };
     let mut perfect_state: Vec<[Option<State>; 1]> = vec![[None]; keys];
     let mut admitted = vec![0u64; keys];

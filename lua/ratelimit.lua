@@ -29,9 +29,11 @@
 --                    override key that exists replaces capacity and rate (the TTL grows to match);
 --                    one whose numbers the gateway would refuse (capacity above 1e9, a full refill
 --                    slower than MAX_WINDOW) is ignored
---   ARGV[a+7]        lease: when taking, "0" (none) or "<want> <slot ms> <share>": the whole tokens this
---                    isolate would like to hold beyond the cost, the longest a lease can live (its horizon
---                    plus the call's deadline), and the most of the capacity in effect one grant may take.
+--   ARGV[a+7]        lease: when taking, "0" (none) or "<want> <slot ms> <share> <settle> <since>": the whole
+--                    tokens this isolate would like to hold beyond the cost, the longest a lease can live
+--                    (its horizon plus the call's deadline), the most of the capacity in effect one grant
+--                    may take, and the lease tokens it spent since it last said so (no longer outstanding),
+--                    all from grants made at or after `since` (the script's epoch ms, as returned).
 --                    An allowed call that debits an enforcing or shadow limit also debits
 --                    min(want, floor(half of what is left after the cost), floor(share * capacity)) if that
 --                    is at least MIN_LEASE, and reports it as leased. A token bucket counts what it leased
@@ -39,10 +41,12 @@
 --                    the current and the previous slot (an upper bound of what may still be spent from
 --                    leases: a lease lives at most one slot), so bucket plus leases never exceed the
 --                    capacity. A window leases only if the lease ends before the window does.
---                    When giving back, the time (the script's epoch ms, as returned) the lease was taken:
---                    a bucket gets the tokens back (never above capacity); a window takes them off the
---                    count of the window they were counted in (the current or the previous one; older
---                    ones have slid out). A key that no longer exists (expired, reset) gets nothing.
+--                    When giving back, "<taken> <settle> <since>": the time (the script's epoch ms, as
+--                    returned) the oldest tokens were taken, and the tokens no longer outstanding (these,
+--                    and the ones spent since the last call) with their `since`: a bucket gets the tokens back (never above capacity); a
+--                    window takes them off the count of the window they were counted in (the current or
+--                    the previous one; older ones have slid out). A key that no longer exists (expired,
+--                    reset) gets nothing.
 -- Every TTL is clamped to two MAX_WINDOWs: Lua writes numbers from 1e14 on with an exponent, which
 -- EXPIRE refuses, and a failing call would mean no decision at all.
 --
@@ -145,6 +149,20 @@ for i = 1, n do
         elseif idx > li + 1 then
           lq, lp, li = 0, 0, idx
         end
+        -- Lease tokens the caller reports spent or given back no longer count: those of grants made
+        -- from `since` (script ms) on, so in since's slot or later; the oldest slot first, and nothing
+        -- once since's slot has slid out (it cannot tell how many were in it).
+        local settle, since = string.match(ARGV[a + 7], give and "^%d+ (%d+) (%d+)$" or "^%d+ %d+ [0-9.]+ (%d+) (%d+)$")
+        settle, since = tonumber(settle), tonumber(since)
+        if settle and since and not peek then
+          local at = math.floor((since - 1) / 1000 / ll)
+          if at == li then
+            lq = math.max(0, lq - settle)
+          elseif at == li - 1 then
+            local p = math.min(lp, settle)
+            lq, lp = math.max(0, lq - (settle - p)), lp - p
+          end
+        end
         slots[i] = { lq, lp, li, ll }
         out = lq + lp
       end
@@ -176,7 +194,7 @@ for i = 1, n do
   elseif mode[i] == "3" then
     consume = false
   elseif consume then
-    local want, slot_ms, share = string.match(ARGV[4 + (i - 1) * 8 + 7], "^(%d+) (%d+) ([0-9.]+)$")
+    local want, slot_ms, share = string.match(ARGV[4 + (i - 1) * 8 + 7], "^(%d+) (%d+) ([0-9.]+) %d+ %d+$")
     want, slot_ms, share = tonumber(want), tonumber(slot_ms), tonumber(share)
     if want and slot_ms and share and slot_ms > 0 then
       lease = math.min(want, math.floor((tokens - k) / 2), math.floor(c * share))
@@ -217,7 +235,7 @@ for i = 1, n do
     if consume then
       tokens, cur = tokens - k - lease, cur + k + lease
     elseif back then
-      local taken = (tonumber(ARGV[4 + (i - 1) * 8 + 7]) or 0) / 1000
+      local taken = (tonumber(string.match(ARGV[4 + (i - 1) * 8 + 7], "^(%d+)")) or 0) / 1000
       if taken >= start then
         cur = math.max(0, cur - k)
       elseif taken >= start - w then

@@ -39,6 +39,23 @@ impl Slots {
         }
     }
 
+    /// `amount` tokens of grants made at or after `since` (ms) no longer outstanding: taken off the
+    /// oldest slot they may be in first, and not at all once since's slot has slid out.
+    fn settled(self, amount: f64, since: f64) -> Slots {
+        if amount <= 0.0 {
+            return self; // (the script sends no settlement then)
+        }
+        let at = ((since - 1.0) / 1000.0 / self.length).floor();
+        if at == self.index {
+            Slots { current: (self.current - amount).max(0.0), ..self }
+        } else if at == self.index - 1.0 {
+            let p = self.previous.min(amount);
+            Slots { current: (self.current - (amount - p)).max(0.0), previous: self.previous - p, ..self }
+        } else {
+            self
+        }
+    }
+
     fn readable(&self) -> bool {
         !(self.current.is_nan() || self.previous.is_nan() || self.index.is_nan()) && self.length > 0.0
     }
@@ -89,14 +106,20 @@ pub struct Spec {
     /// one grant may take.
     pub slot_ms: f64,
     pub share: f64,
+    /// Lease tokens the caller spent (or, giving back, returns) since it last said so: no longer
+    /// outstanding; all from grants made at or after `since` (the script's epoch ms).
+    pub settle: f64,
+    pub since: f64,
 }
 
 impl Spec {
     /// The script's `ARGV[a+7]` for this limit.
     pub fn lease_arg(&self, op: Op) -> String {
         match op {
-            Op::GiveBack => format!("{}", self.lease),
-            _ if self.lease > 0.0 => format!("{} {} {}", self.lease, self.slot_ms, self.share),
+            Op::GiveBack => format!("{} {} {}", self.lease, self.settle, self.since),
+            Op::Take if self.lease > 0.0 || self.settle > 0.0 => {
+                format!("{} {} {} {} {}", self.lease, self.slot_ms, self.share, self.settle, self.since)
+            }
             _ => "0".to_string(),
         }
     }
@@ -173,7 +196,7 @@ struct Level {
     known: bool,
 }
 
-fn level(state: &Option<State>, spec: &Spec, now: f64) -> Level {
+fn level(state: &Option<State>, spec: &Spec, now: f64, op: Op) -> Level {
     let (c, r) = (spec.capacity, spec.rate);
     match spec.algorithm {
         Algorithm::SlidingWindow => {
@@ -209,7 +232,8 @@ fn level(state: &Option<State>, spec: &Spec, now: f64) -> Level {
                 if !(tokens.is_nan() || last_refill.is_nan()) && slots.is_none_or(|s| s.readable()) =>
             {
                 let t = if now < last_refill { last_refill } else { now };
-                let slots = slots.map(|s| s.at(t));
+                let settle = if op == Op::Peek { 0.0 } else { spec.settle };
+                let slots = slots.map(|s| s.at(t).settled(settle, spec.since));
                 let out = slots.map_or(0.0, |s| s.current + s.previous);
                 // Never above capacity minus what leases may still spend; refill never takes tokens away.
                 let tokens = c.min(tokens.max((c - out).min(tokens + (t - last_refill) * r)));
@@ -225,7 +249,7 @@ fn level(state: &Option<State>, spec: &Spec, now: f64) -> Level {
 pub fn call_with(states: &mut [Option<State>], specs: &[Spec], now: f64, op: Op) -> Reply {
     debug_assert_eq!(states.len(), specs.len(), "one spec per limit");
     let (peek, give) = (op == Op::Peek, op == Op::GiveBack);
-    let levels: Vec<Level> = states.iter().zip(specs).map(|(s, spec)| level(s, spec, now)).collect();
+    let levels: Vec<Level> = states.iter().zip(specs).map(|(s, spec)| level(s, spec, now, op)).collect();
     let short = |l: &Level, spec: &Spec, mode: Mode| !give && l.tokens < spec.cost && spec.mode == mode;
     let denied_by = levels.iter().zip(specs).position(|(l, spec)| short(l, spec, Mode::Enforce)).map_or(0, |i| i + 1);
     let candidate_denied = levels.iter().zip(specs).any(|(l, spec)| short(l, spec, Mode::Candidate));
@@ -350,6 +374,8 @@ mod tests {
         lease: 0.0,
         slot_ms: 0.0,
         share: 0.0,
+        settle: 0.0,
+        since: 0.0,
     };
 
     #[test]
@@ -547,6 +573,8 @@ mod tests {
         lease: 0.0,
         slot_ms: 0.0,
         share: 0.0,
+        settle: 0.0,
+        since: 0.0,
     };
 
     fn admitted(s: &mut [Option<State>; 1], spec: Spec, at: f64, tries: u32) -> u32 {

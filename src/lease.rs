@@ -38,8 +38,9 @@ const ASK_STALE_MS: f64 = 30_000.0;
 /// One key's lease: its grants, each spendable until its own end.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Lease {
-    /// Grants not yet ended, oldest first: (whole tokens left, until when (Worker ms) they may be spent).
-    grants: VecDeque<(u64, f64)>,
+    /// Grants not yet ended, oldest first: (whole tokens left, until when (Worker ms) they may be spent,
+    /// the script's time (epoch ms) of the grant).
+    grants: VecDeque<(u64, f64, i64)>,
     /// When the script debited the oldest tokens still held (its clock, epoch ms): a window takes
     /// them off the window they were counted in.
     pub taken_ms: i64,
@@ -51,6 +52,10 @@ pub struct Lease {
     /// The limit's numbers and override keys, to give the tokens back.
     pub limit: Limit,
     pub overrides: Vec<String>,
+    /// Tokens spent since the script was last told (it then stops counting them as outstanding), all
+    /// from grants made at or after `unreported_since` (the script's ms).
+    unreported: u64,
+    unreported_since: i64,
 }
 
 impl Lease {
@@ -59,13 +64,17 @@ impl Lease {
         self.grants.iter().map(|g| g.0).sum()
     }
 
-    /// Ends the grants whose time is up by `now_ms`: their unspent tokens.
-    fn expire(&mut self, now_ms: f64) -> u64 {
-        let mut ended = 0;
+    /// Ends the grants whose time is up by `now_ms`: their unspent tokens, and the script's time of the
+    /// oldest of them.
+    fn expire(&mut self, now_ms: f64) -> (u64, i64) {
+        let (mut ended, mut since) = (0, i64::MAX);
         while self.grants.front().is_some_and(|g| now_ms >= g.1) {
-            ended += self.grants.pop_front().map_or(0, |g| g.0);
+            if let Some(g) = self.grants.pop_front() {
+                ended += g.0;
+                since = since.min(g.2);
+            }
         }
-        ended
+        (ended, since)
     }
 
     /// Pays `cost` from the oldest grants (the caller checked there is enough).
@@ -75,10 +84,22 @@ impl Lease {
             let paid = front.0.min(cost);
             front.0 -= paid;
             cost -= paid;
+            if self.unreported == 0 || front.2 < self.unreported_since {
+                self.unreported_since = front.2;
+            }
+            self.unreported += paid;
             if front.0 == 0 {
                 self.grants.pop_front();
             }
         }
+    }
+
+    /// What the script may stop counting as outstanding: the spent tokens not yet reported and `also`
+    /// (given back, from grants made at or after `also_since`), with the oldest grant time among them.
+    fn settlement(&mut self, also: u64, also_since: i64) -> (u64, i64) {
+        let spent = std::mem::take(&mut self.unreported);
+        let since = if spent > 0 { self.unreported_since.min(also_since) } else { also_since };
+        (spent + also, since)
     }
 }
 
@@ -87,6 +108,10 @@ impl Lease {
 pub struct GiveBack {
     pub key: String,
     pub tokens: u64,
+    /// Tokens the script may stop counting as outstanding: these, and the ones spent since it was told,
+    /// all from grants made at or after `since` (the script's ms).
+    pub settle: u64,
+    pub since: i64,
     pub taken_ms: i64,
     pub limit: Limit,
     pub overrides: Vec<String>,
@@ -181,13 +206,17 @@ impl LeaseBook {
         self.cap(limit, mode) >= MIN_LEASE.max(2 * u64::from(cost))
     }
 
-    /// The script's lease argument for `want` tokens: `"<want> <slot ms> <share>"`, or `"0"`.
-    pub fn lease_arg(&self, want: u64) -> String {
-        if want == 0 {
+    /// The script's lease argument for `key` asking `want` tokens: `"<want> <slot ms> <share> <settle>
+    /// <since>"` (settle: what this isolate spent of its lease since it last told the script, from grants
+    /// made at or after `since`), or `"0"`.
+    pub fn lease_arg(&mut self, key: &str, want: u64) -> String {
+        let (settle, since) = self.leases.get_mut(key).map_or((0, 0), |l| l.settlement(0, i64::MAX));
+        if want == 0 && settle == 0 {
             return "0".to_string();
         }
         let slot = u64::from(self.config.horizon_ms) + u64::from(self.config.deadline_ms);
-        format!("{want} {slot} {}", self.config.share)
+        let since = if settle > 0 { since } else { 0 };
+        format!("{want} {slot} {} {settle} {since}", self.config.share)
     }
 
     /// Counts a request of `cost` on `key` in what this isolate saw.
@@ -265,11 +294,13 @@ impl LeaseBook {
             window_s: status.window_s,
             limit: limit.clone(),
             overrides: overrides.to_vec(),
+            unreported: 0,
+            unreported_since: script_ms,
         });
         if lease.grants.is_empty() {
             lease.taken_ms = script_ms; // (the oldest tokens held are these)
         }
-        lease.grants.push_back((tokens, until));
+        lease.grants.push_back((tokens, until, script_ms));
         (lease.remaining, lease.reset_at_ms, lease.capacity, lease.window_s) =
             (status.remaining, reset_at_ms, status.capacity, status.window_s);
     }
@@ -326,10 +357,12 @@ impl LeaseBook {
     /// held: never more than they were counted in).
     fn expire(&mut self, key: &str, now_ms: f64) {
         let Some(l) = self.leases.get_mut(key) else { return };
-        let ended = l.expire(now_ms);
+        let (ended, ended_since) = l.expire(now_ms);
         if ended > 0 {
+            let (settle, since) = l.settlement(ended, ended_since);
             let (taken_ms, limit, overrides) = (l.taken_ms, l.limit.clone(), l.overrides.clone());
-            self.ended.push(GiveBack { key: key.to_string(), tokens: ended, taken_ms, limit, overrides });
+            let key = key.to_string();
+            self.ended.push(GiveBack { key, tokens: ended, settle, since, taken_ms, limit, overrides });
         }
         if self.leases.get(key).is_some_and(|l| l.grants.is_empty()) {
             self.leases.remove(key);
@@ -374,10 +407,11 @@ impl LeaseBook {
     /// Ends every lease now (a wake chain at its age limit): all of it to give back.
     pub fn end_all(&mut self) -> Vec<GiveBack> {
         for (key, mut l) in std::mem::take(&mut self.leases) {
-            let tokens = l.expire(f64::INFINITY);
+            let (tokens, ended_since) = l.expire(f64::INFINITY);
             if tokens > 0 {
+                let (settle, since) = l.settlement(tokens, ended_since);
                 let Lease { taken_ms, limit, overrides, .. } = l;
-                self.ended.push(GiveBack { key, tokens, taken_ms, limit, overrides });
+                self.ended.push(GiveBack { key, tokens, settle, since, taken_ms, limit, overrides });
             }
         }
         self.merged()
@@ -392,6 +426,8 @@ impl LeaseBook {
             match out.iter_mut().find(|o| o.key == g.key) {
                 Some(o) => {
                     o.tokens += g.tokens;
+                    o.settle += g.settle;
+                    o.since = o.since.min(g.since);
                     o.taken_ms = o.taken_ms.min(g.taken_ms);
                 }
                 None => out.push(g),
@@ -458,5 +494,44 @@ impl LeaseBook {
 
     pub fn take_counts(&mut self) -> LeaseCounts {
         std::mem::take(&mut self.counts)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::decision::LimitStatus;
+    use crate::rate::Refill;
+
+    fn status() -> LimitStatus {
+        LimitStatus {
+            policy: "p".into(),
+            shadow: false,
+            capacity: 1000,
+            window_s: 60,
+            remaining: 500,
+            retry_ms: 0,
+            reset_ms: 0,
+        }
+    }
+
+    #[test]
+    fn grants_end_on_their_own_and_go_back_one_entry_per_key() {
+        let limit = Limit::new(1000, Refill::parse("1000/min").unwrap(), 60).unwrap();
+        let mut book = LeaseBook::new(LeaseConfig { horizon_ms: 100, ..LeaseConfig::default() });
+        book.grant("k", 10, 1, &status(), &limit, &[], 0.0);
+        book.grant("k", 7, 2, &status(), &limit, &[], 50.0); // a renewal: it does not extend the first
+        assert_eq!(book.held("k", 60.0), 17);
+        assert_eq!(book.held("k", 120.0), 7, "the first grant ended at 100");
+        let want = Want { key: "k", limit: &limit, cost: 3, mode: Mode::Enforce };
+        assert!(book.spend(&[want], 120.0).is_some());
+        assert_eq!(book.held("k", 120.0), 4);
+        book.grant("j", 5, 3, &status(), &limit, &[], 120.0);
+        // Both grants of k ended (10 unspent, then 4), j's too: one entry per key, the oldest time kept.
+        let mut due = book.due(300.0);
+        due.sort_by(|a, b| a.key.cmp(&b.key));
+        let got: Vec<(&str, u64, i64)> = due.iter().map(|g| (g.key.as_str(), g.tokens, g.taken_ms)).collect();
+        assert_eq!(got, [("j", 5, 3), ("k", 14, 1)]);
+        assert_eq!(book.outstanding(), 0);
     }
 }

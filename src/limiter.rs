@@ -302,13 +302,17 @@ impl ScriptCall {
             (Op::Take, limiter.leases.borrow_mut().wants(&wants, now_ms))
         };
         let asked = checks.iter().zip(&wants).filter(|(_, w)| **w > 0).map(|(c, _)| c.key.clone()).collect();
-        let book = limiter.leases.borrow();
+        let lease_args: Vec<String> = if leasable {
+            let mut book = limiter.leases.borrow_mut();
+            checks.iter().zip(&wants).map(|(c, w)| book.lease_arg(&c.key, *w)).collect()
+        } else {
+            vec!["0".to_string(); checks.len()]
+        };
         let limits = checks
             .iter()
-            .zip(&wants)
-            .map(|(c, w)| (c.key.as_str(), c.limit, c.cost, c.mode, c.overrides.as_slice(), book.lease_arg(*w)));
+            .zip(lease_args)
+            .map(|(c, arg)| (c.key.as_str(), c.limit, c.cost, c.mode, c.overrides.as_slice(), arg));
         let (keys, args) = script_args(limits, checks.len(), clock, now_ms, op);
-        drop(book);
         Self::with(limiter, keys, args, asked)
     }
 
@@ -316,7 +320,8 @@ impl ScriptCall {
     pub fn give_back(limiter: &Limiter, items: &[GiveBack], clock: Clock, now_ms: f64) -> (ScriptCall, String) {
         let limits = items.iter().map(|g| {
             let tokens = g.tokens.min(u64::from(u32::MAX)) as u32;
-            (g.key.as_str(), &g.limit, tokens, Mode::Enforce, g.overrides.as_slice(), g.taken_ms.to_string())
+            let arg = format!("{} {} {}", g.taken_ms, g.settle, g.since);
+            (g.key.as_str(), &g.limit, tokens, Mode::Enforce, g.overrides.as_slice(), arg)
         });
         let (keys, args) = script_args(limits, items.len(), clock, now_ms, Op::GiveBack);
         Self::with(limiter, keys, args, Vec::new())
@@ -324,12 +329,15 @@ impl ScriptCall {
 
     /// The call that tops up leases running low: cost 0, only the leases asked for.
     pub fn renew(limiter: &Limiter, items: &[Renewal], clock: Clock, now_ms: f64) -> (ScriptCall, String) {
-        let book = limiter.leases.borrow();
+        let lease_args: Vec<String> = {
+            let mut book = limiter.leases.borrow_mut();
+            items.iter().map(|r| book.lease_arg(&r.key, r.want)).collect()
+        };
         let limits = items
             .iter()
-            .map(|r| (r.key.as_str(), &r.limit, 0, Mode::Enforce, r.overrides.as_slice(), book.lease_arg(r.want)));
+            .zip(lease_args)
+            .map(|(r, arg)| (r.key.as_str(), &r.limit, 0, Mode::Enforce, r.overrides.as_slice(), arg));
         let (keys, args) = script_args(limits, items.len(), clock, now_ms, Op::Take);
-        drop(book);
         Self::with(limiter, keys, args, items.iter().map(|r| r.key.clone()).collect())
     }
 
@@ -674,6 +682,8 @@ impl Limiter {
                 lease: 0.0,
                 slot_ms: 0.0,
                 share: 0.0,
+                settle: 0.0,
+                since: 0.0,
             })
             .collect();
         let reply = bucket::call(&mut states, &specs, now_ms / 1000.0);

@@ -116,6 +116,8 @@ fn lua_agrees_with_the_rust_reference_on_random_sequences() {
                 lease: 0.0,
                 slot_ms: 0.0,
                 share: 0.0,
+                settle: 0.0,
+                since: 0.0,
             });
         }
         let mut states: Vec<Option<State>> = vec![None; n];
@@ -138,7 +140,10 @@ fn lua_agrees_with_the_rust_reference_on_random_sequences() {
                     };
                     let slot_ms = [1500.0, 1500.0, 3000.0, 700.0][rng.below(4) as usize];
                     let share = [0.5, 0.05, 0.25][rng.below(3) as usize];
-                    (Spec { cost: cost.min(s.capacity), lease, slot_ms, share, ..*s }, 3600)
+                    // Lease tokens reported spent or given back, from grants of some time ago.
+                    let settle = [0.0, 0.0, 3.0, 50.0][rng.below(4) as usize];
+                    let since = (now_ms - [0, 700, 1600, 5000][rng.below(4) as usize]) as f64;
+                    (Spec { cost: cost.min(s.capacity), lease, slot_ms, share, settle, since, ..*s }, 3600)
                 })
                 .collect();
             let call_specs: Vec<Spec> = call.iter().map(|(s, _)| *s).collect();
@@ -190,6 +195,8 @@ fn fractional_tokens_accumulate() {
         lease: 0.0,
         slot_ms: 0.0,
         share: 0.0,
+        settle: 0.0,
+        since: 0.0,
     };
     assert_eq!(run(&mut con, &keys, &[(spec, 60)], Some(10_000)), vec![1, 0, 0, 0, 2000, 1, 2]);
     // 0.9 s later: 0.45 tokens, denied; retry in 1.1 s.
@@ -214,6 +221,8 @@ fn allowed_calls_set_the_ttl_and_denied_calls_leave_it() {
         lease: 0.0,
         slot_ms: 0.0,
         share: 0.0,
+        settle: 0.0,
+        since: 0.0,
     };
     run(&mut con, &keys, &[(spec, 90)], None);
     let ttl: i64 = redis::cmd("TTL").arg(&keys[0]).query(&mut con).unwrap();
@@ -238,6 +247,8 @@ fn cost_larger_than_what_is_left_is_denied_without_debit() {
         lease: 0.0,
         slot_ms: 0.0,
         share: 0.0,
+        settle: 0.0,
+        since: 0.0,
     };
     assert_eq!(run(&mut con, &keys, &[(five, 60)], Some(1_000)), vec![1, 0, 2, 0, 3000, 5, 5]);
     assert_eq!(run(&mut con, &keys, &[(five, 60)], Some(1_000)), vec![0, 1, 2, 1000, 3000, 5, 5]);
@@ -259,6 +270,8 @@ fn several_buckets_are_all_or_nothing() {
         lease: 0.0,
         slot_ms: 0.0,
         share: 0.0,
+        settle: 0.0,
+        since: 0.0,
     };
     let tight = Spec {
         algorithm: TB,
@@ -269,6 +282,8 @@ fn several_buckets_are_all_or_nothing() {
         lease: 0.0,
         slot_ms: 0.0,
         share: 0.0,
+        settle: 0.0,
+        since: 0.0,
     };
     assert_eq!(run(&mut con, &keys, &[(roomy, 60), (tight, 60)], Some(5_000))[..2], [1, 0]);
     assert_eq!(run(&mut con, &keys, &[(roomy, 60), (tight, 60)], Some(5_000))[..2], [0, 2]);
@@ -290,6 +305,8 @@ fn redis_time_mode_admits_capacity_then_denies() {
         lease: 0.0,
         slot_ms: 0.0,
         share: 0.0,
+        settle: 0.0,
+        since: 0.0,
     };
     let allowed: Vec<i64> = (0..5).map(|_| run(&mut con, &keys, &[(spec, 60)], None)[0]).collect();
     assert_eq!(allowed, vec![1, 1, 1, 0, 0]);
@@ -313,6 +330,8 @@ fn worker_clock_behind_the_stored_time_mints_nothing() {
         lease: 0.0,
         slot_ms: 0.0,
         share: 0.0,
+        settle: 0.0,
+        since: 0.0,
     };
     let t = 1_800_000_000_000u64;
     run(&mut con, &keys, &[(spec, 60)], Some(t + 30_000)); // an instance 30 s ahead
@@ -336,6 +355,8 @@ fn shadow_buckets_report_but_never_deny() {
         lease: 0.0,
         slot_ms: 0.0,
         share: 0.0,
+        settle: 0.0,
+        since: 0.0,
     };
     let enforced = Spec {
         algorithm: TB,
@@ -346,6 +367,8 @@ fn shadow_buckets_report_but_never_deny() {
         lease: 0.0,
         slot_ms: 0.0,
         share: 0.0,
+        settle: 0.0,
+        since: 0.0,
     };
     assert_eq!(
         run(&mut con, &keys, &[(shadow, 60), (enforced, 60)], Some(1_000)),
@@ -382,6 +405,8 @@ fn unreadable_state_is_treated_as_empty_not_full() {
         lease: 0.0,
         slot_ms: 0.0,
         share: 0.0,
+        settle: 0.0,
+        since: 0.0,
     };
     assert_eq!(run(&mut con, &keys, &[(spec, 60)], Some(2_000))[..2], [0, 1]);
 }
@@ -400,6 +425,8 @@ fn a_burst_straddling_a_window_edge_never_admits_twice_the_limit() {
         lease: 0.0,
         slot_ms: 0.0,
         share: 0.0,
+        settle: 0.0,
+        since: 0.0,
     };
     let t = 1_800_000_000_000u64;
     let mut admitted =
@@ -428,6 +455,8 @@ fn the_window_ttl_covers_two_windows() {
         lease: 0.0,
         slot_ms: 0.0,
         share: 0.0,
+        settle: 0.0,
+        since: 0.0,
     };
     run(&mut con, &keys, &[(spec, 60)], None); // a TTL argument below two windows is raised
     let ttl: i64 = redis::cmd("TTL").arg(&keys[0]).query(&mut con).unwrap();
@@ -450,6 +479,8 @@ fn an_override_replaces_capacity_and_rate_in_the_same_call() {
         lease: 0.0,
         slot_ms: 0.0,
         share: 0.0,
+        settle: 0.0,
+        since: 0.0,
     };
     let window = Spec { algorithm: SW, ..spec };
     let specs = [(spec, 60), (window, 120)];
@@ -488,6 +519,8 @@ fn absurd_overrides_and_arguments_never_make_the_script_fail() {
         lease: 0.0,
         slot_ms: 0.0,
         share: 0.0,
+        settle: 0.0,
+        since: 0.0,
     };
     let specs = [(spec, 60), (Spec { algorithm: SW, ..spec }, 120)];
     let indexes = ["2".to_string(), "2".to_string()];
@@ -509,6 +542,8 @@ fn absurd_overrides_and_arguments_never_make_the_script_fail() {
         lease: 0.0,
         slot_ms: 0.0,
         share: 0.0,
+        settle: 0.0,
+        since: 0.0,
     };
     let r = run_with(&mut con, &fresh_keys("absurd-ttl", 1), &[(slow, 1)], Some(t), false, &[], &[String::new()]);
     assert_eq!(r[0], 1, "the call still decides");
@@ -533,6 +568,8 @@ fn an_override_raises_the_ttl_to_its_own_refill_time() {
             lease: 0.0,
             slot_ms: 0.0,
             share: 0.0,
+            settle: 0.0,
+            since: 0.0,
         };
         let r = run_with(&mut con, &keys, &[(spec, 60)], Some(1_800_000_000_000), false, &overrides, &["2".into()]);
         assert_eq!((r[0], r[5], r[6]), (1, 100, 6000), "allowed, on the override's numbers");
@@ -557,6 +594,8 @@ fn peek_reports_without_consuming_or_writing() {
                 lease: 0.0,
                 slot_ms: 0.0,
                 share: 0.0,
+                settle: 0.0,
+                since: 0.0,
             },
             60,
         ),
@@ -570,6 +609,8 @@ fn peek_reports_without_consuming_or_writing() {
                 lease: 0.0,
                 slot_ms: 0.0,
                 share: 0.0,
+                settle: 0.0,
+                since: 0.0,
             },
             60,
         ),
