@@ -9,7 +9,12 @@
 //! - **How much.** What this isolate's rate for the key needs over one horizon (the cost of its
 //!   requests in the last horizon, or in the current one so far, projected), at most
 //!   `share × capacity` in total; the script grants at most half of what is left after the
-//!   request's cost, so a draining bucket hands out ever smaller leases. One ask per key at a time.
+//!   request's cost (and the share of the capacity in effect), so a draining bucket hands out ever
+//!   smaller leases. One ask per key at a time. A request asks only when every limit it could spend
+//!   from can lease (it is answered from leases only when all of them are covered).
+//! - **Reports.** What the isolate spent from a lease (and what it gives back) goes with its next call
+//!   for the key, so the script stops counting it among the tokens leases may still spend (which cap
+//!   the bucket's refill: bucket plus leases never exceed the capacity).
 //! - **How long.** Each grant lasts [`LeaseConfig::horizon_ms`] from its reply (so at most the script's
 //!   lease slot, the horizon plus the call's deadline, from its debit: the script's bound of what leases
 //!   may still spend holds); a renewal adds a grant, it never extends an older one. Unused tokens of
@@ -330,13 +335,13 @@ impl LeaseBook {
             let Some(l) = self.leases.get_mut(w.key) else { continue };
             l.pay(u64::from(w.cost));
             self.counts.spent += u64::from(w.cost);
-            // Running low (below half of what the horizon needs, or its oldest grant ending soon):
-            // topped up after the response, so a busy key rarely waits for Redis.
-            let left = l.tokens();
+            // Running low — what lasts beyond the next quarter horizon is below half of what a horizon
+            // needs: topped up after the response, so a busy key rarely waits for Redis.
+            // (Never more than the cap held in all: an isolate holds at most `share × capacity`.)
+            let lasting: u64 = l.grants.iter().filter(|g| g.1 - now_ms >= horizon / 4.0).map(|g| g.0).sum();
             let target = seen.need(now_ms, horizon).min(cap);
-            let ending = l.grants.front().is_none_or(|g| g.1 - now_ms < horizon / 4.0);
-            let want = target.saturating_sub(left);
-            if (left * 2 < target || ending)
+            let want = target.saturating_sub(lasting).min(cap.saturating_sub(l.tokens()));
+            if lasting * 2 < target
                 && target >= 2 * u64::from(w.cost)
                 && want >= MIN_LEASE
                 && now_ms >= seen.asking_until_ms
