@@ -6,7 +6,7 @@
 # The body is what the Worker sends for one limit in zero-config mode (5 per minute, Redis TIME, the
 # caller's and the route's override keys, neither set):
 #   KEYS ["rate:<user>:/api", "ratelimit:override:caller:<user>", "ratelimit:override:route:/api"]
-#   ARGV ["", "", "1", "t", "5", "0.08333333333333333", "60", "1", "0", "2 3"]
+#   ARGV ["", "", "1", "t", "5", "0.08333333333333333", "60", "1", "0", "2 3", "0"]
 # The wrk script is generated here (into a temporary directory); bench/rest-endpoint.lua is not used.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -34,14 +34,14 @@ script=$(python3 -c 'import json; print(json.dumps(["SCRIPT","LOAD",open("lua/ra
 SCRIPT_SHA=$(rest_call "$script" | python3 -c 'import json,sys; print(json.load(sys.stdin).get("result",""))')
 [[ $SCRIPT_SHA =~ ^[0-9a-f]{40}$ ]] || { echo "bench: SCRIPT LOAD through the endpoint failed" >&2; exit 1; }
 
-ARGV_JSON='"","","1","t","5","0.08333333333333333","60","1","0","2 3"'
+ARGV_JSON='"","","1","t","5","0.08333333333333333","60","1","0","2 3","0"'
 body() { printf '["EVALSHA","%s","3","rate:%s:/api","ratelimit:override:caller:%s","ratelimit:override:route:/api",%s]' "$SCRIPT_SHA" "$1" "$1" "$ARGV_JSON"; }
 # One call before the load: it must be allowed, with 4 tokens left, capacity 5, a 60 s window.
 answer=$(rest_call "$(body bench-check)")
 python3 -c '
 import json, sys
 r = json.loads(sys.argv[1])
-ok = isinstance(r.get("result"), list) and len(r["result"]) == 7 and r["result"][:3] == [1, 0, 4] and r["result"][5:] == [5, 60]
+ok = isinstance(r.get("result"), list) and len(r["result"]) == 9 and r["result"][:3] == [1, 0, 4] and r["result"][5:8] == [5, 60, 0]
 sys.exit(0 if ok else 1)' "$answer" || { echo "bench: unexpected answer from the endpoint: $answer" >&2; exit 1; }
 
 cat >"$tmp/rest.lua" <<EOF
@@ -84,9 +84,9 @@ keys=$(redis-cli -p "$RP" dbsize)
 # The plain variant (shebang line emptied), exactly as the Worker sends it to a vanilla Redis, same KEYS and ARGV.
 plain_sha=$(python3 -c 'import sys; s=open("lua/ratelimit.lua").read(); sys.stdout.write(s[s.index("\n"):])' | redis-cli -p "$RP" -x script load)
 direct=(evalsha "$plain_sha" 3 "rate:direct-__rand_int__:/api" "ratelimit:override:caller:direct-__rand_int__" "ratelimit:override:route:/api"
-  "" "" 1 t 5 0.08333333333333333 60 1 0 "2 3")
+  "" "" 1 t 5 0.08333333333333333 60 1 0 "2 3" 0)
 check=$(redis-cli -p "$RP" "${direct[@]//__rand_int__/check}")
-[[ $(tr '\n' ' ' <<<"$check") == "1 0 4 "*" 5 60 " ]] || { echo "bench: unexpected reply from Redis: $check" >&2; exit 1; }
+[[ $(tr '\n' ' ' <<<"$check") == "1 0 4 "*" 5 60 0 "* ]] || { echo "bench: unexpected reply from Redis: $check" >&2; exit 1; }
 direct_rps=$(redis-benchmark -p "$RP" -c "$CONNECTIONS" -n 200000 -r 1000000000 -q "${direct[@]}" \
   | tr '\r' '\n' | grep -o '[0-9.]* requests per second' | tail -n1)
 echo

@@ -152,7 +152,7 @@ for i = 1, n do
         -- Lease tokens the caller reports spent or given back no longer count: those of grants made
         -- from `since` (script ms) on, so in since's slot or later; the oldest slot first, and nothing
         -- once since's slot has slid out (it cannot tell how many were in it).
-        local settle, since = string.match(ARGV[a + 7], give and "^%d+ (%d+) (%d+)$" or "^%d+ %d+ [0-9.]+ (%d+) (%d+)$")
+        local settle, since = string.match(ARGV[a + 7] or "", give and "^%d+ (%d+) (%d+)$" or "^%d+ %d+ [0-9.]+ (%d+) (%d+)$")
         settle, since = tonumber(settle), tonumber(since)
         if settle and since and not peek then
           local at = math.floor((since - 1) / 1000 / ll)
@@ -194,7 +194,7 @@ for i = 1, n do
   elseif mode[i] == "3" then
     consume = false
   elseif consume then
-    local want, slot_ms, share = string.match(ARGV[4 + (i - 1) * 8 + 7], "^(%d+) (%d+) ([0-9.]+) %d+ %d+$")
+    local want, slot_ms, share = string.match(ARGV[4 + (i - 1) * 8 + 7] or "", "^(%d+) (%d+) ([0-9.]+) %d+ %d+$")
     want, slot_ms, share = tonumber(want), tonumber(slot_ms), tonumber(share)
     if want and slot_ms and share and slot_ms > 0 then
       lease = math.min(want, math.floor((tokens - k) / 2), math.floor(c * share))
@@ -235,7 +235,7 @@ for i = 1, n do
     if consume then
       tokens, cur = tokens - k - lease, cur + k + lease
     elseif back then
-      local taken = (tonumber(string.match(ARGV[4 + (i - 1) * 8 + 7], "^(%d+)")) or 0) / 1000
+      local taken = (tonumber(string.match(ARGV[4 + (i - 1) * 8 + 7] or "", "^(%d+)")) or 0) / 1000
       if taken >= start then
         cur = math.max(0, cur - k)
       elseif taken >= start - w then
