@@ -218,18 +218,7 @@ fn run(isolates: usize, seconds: f64, seed: u64, leases: bool) -> Outcome {
         let first = (-(1.0 - rng.next()).ln() / r * 1e6) as Us;
         sim.push(first, Event::Arrive { key: k });
     }
-    let spec = Spec {
-        algorithm: Algorithm::TokenBucket,
-        capacity: CAPACITY,
-        rate: PER_MINUTE / 60.0,
-        cost: 1.0,
-        mode: Mode::Enforce,
-        lease: 0.0,
-        slot_ms: 0.0,
-        share: 0.0,
-        settle: 0.0,
-        since: 0.0,
-    };
+    let spec = Spec::new(Algorithm::TokenBucket, CAPACITY, PER_MINUTE / 60.0, 1.0, Mode::Enforce);
     let mut perfect_state: Vec<[Option<State>; 1]> = vec![[None]; keys];
     let mut admitted = vec![0u64; keys];
     let mut perfect = vec![0u64; keys];

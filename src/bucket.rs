@@ -113,6 +113,11 @@ pub struct Spec {
 }
 
 impl Spec {
+    /// A limit asking for no lease and reporting none.
+    pub const fn new(algorithm: Algorithm, capacity: f64, rate: f64, cost: f64, mode: Mode) -> Spec {
+        Spec { algorithm, capacity, rate, cost, mode, lease: 0.0, slot_ms: 0.0, share: 0.0, settle: 0.0, since: 0.0 }
+    }
+
     /// The script's `ARGV[a+7]` for this limit.
     pub fn lease_arg(&self, op: Op) -> String {
         match op {
@@ -365,18 +370,7 @@ mod tests {
         }
     }
 
-    const FIVE_PER_MIN: Spec = Spec {
-        algorithm: Algorithm::TokenBucket,
-        capacity: 5.0,
-        rate: 5.0 / 60.0,
-        cost: 1.0,
-        mode: Mode::Enforce,
-        lease: 0.0,
-        slot_ms: 0.0,
-        share: 0.0,
-        settle: 0.0,
-        since: 0.0,
-    };
+    const FIVE_PER_MIN: Spec = Spec::new(Algorithm::TokenBucket, 5.0, 5.0 / 60.0, 1.0, Mode::Enforce);
 
     #[test]
     fn a_fresh_bucket_admits_capacity_then_denies() {
@@ -564,18 +558,7 @@ mod tests {
         assert!(!call(&mut s, &[FIVE_PER_MIN], 0.0).allowed);
     }
 
-    const TEN_PER_MIN_WINDOW: Spec = Spec {
-        algorithm: Algorithm::SlidingWindow,
-        capacity: 10.0,
-        rate: 10.0 / 60.0,
-        cost: 1.0,
-        mode: Mode::Enforce,
-        lease: 0.0,
-        slot_ms: 0.0,
-        share: 0.0,
-        settle: 0.0,
-        since: 0.0,
-    };
+    const TEN_PER_MIN_WINDOW: Spec = Spec::new(Algorithm::SlidingWindow, 10.0, 10.0 / 60.0, 1.0, Mode::Enforce);
 
     fn admitted(s: &mut [Option<State>; 1], spec: Spec, at: f64, tries: u32) -> u32 {
         (0..tries).filter(|_| call(s, &[spec], at).allowed).count() as u32

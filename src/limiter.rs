@@ -673,17 +673,14 @@ impl Limiter {
         let mut states: Vec<Option<State>> = checks.iter().map(|c| local.get(&c.key).copied()).collect();
         let specs: Vec<Spec> = checks
             .iter()
-            .map(|c| Spec {
-                algorithm: c.limit.algorithm(),
-                capacity: f64::from(c.limit.capacity()),
-                rate: c.limit.refill().tokens_per_second(),
-                cost: f64::from(c.cost),
-                mode: c.mode,
-                lease: 0.0,
-                slot_ms: 0.0,
-                share: 0.0,
-                settle: 0.0,
-                since: 0.0,
+            .map(|c| {
+                Spec::new(
+                    c.limit.algorithm(),
+                    f64::from(c.limit.capacity()),
+                    c.limit.refill().tokens_per_second(),
+                    f64::from(c.cost),
+                    c.mode,
+                )
             })
             .collect();
         let reply = bucket::call(&mut states, &specs, now_ms / 1000.0);

@@ -106,19 +106,9 @@ fn lua_agrees_with_the_rust_reference_on_random_sequences() {
             let capacity = if rng.below(3) == 0 { 100.0 + rng.below(100) as f64 } else { 1.0 + rng.below(20) as f64 };
             let rate = [5.0 / 60.0, 10.0, 0.5, 1.0 / 3.0, 1000.0 / 7.0][rng.below(5) as usize];
             let algorithm = if rng.below(2) == 0 { TB } else { SW };
-            specs.push(Spec {
-                algorithm,
-                capacity,
-                rate,
-                cost: 1.0,
-                mode: [Mode::Enforce, Mode::Enforce, Mode::Enforce, Mode::Shadow, Mode::Candidate, Mode::Report]
-                    [rng.below(6) as usize],
-                lease: 0.0,
-                slot_ms: 0.0,
-                share: 0.0,
-                settle: 0.0,
-                since: 0.0,
-            });
+            let mode = [Mode::Enforce, Mode::Enforce, Mode::Enforce, Mode::Shadow, Mode::Candidate, Mode::Report]
+                [rng.below(6) as usize];
+            specs.push(Spec::new(algorithm, capacity, rate, 1.0, mode));
         }
         let mut states: Vec<Option<State>> = vec![None; n];
         let mut now_ms: u64 = 1_700_000_000_000 + rng.below(1_000_000);
@@ -186,18 +176,7 @@ fn fractional_tokens_accumulate() {
     let redis = Redis::start();
     let mut con = redis.connection();
     let keys = fresh_keys("fraction", 1);
-    let spec = Spec {
-        algorithm: TB,
-        capacity: 1.0,
-        rate: 0.5,
-        cost: 1.0,
-        mode: Mode::Enforce,
-        lease: 0.0,
-        slot_ms: 0.0,
-        share: 0.0,
-        settle: 0.0,
-        since: 0.0,
-    };
+    let spec = Spec::new(TB, 1.0, 0.5, 1.0, Mode::Enforce);
     assert_eq!(run(&mut con, &keys, &[(spec, 60)], Some(10_000)), vec![1, 0, 0, 0, 2000, 1, 2]);
     // 0.9 s later: 0.45 tokens, denied; retry in 1.1 s.
     assert_eq!(run(&mut con, &keys, &[(spec, 60)], Some(10_900)), vec![0, 1, 0, 1100, 1100, 1, 2]);
@@ -212,18 +191,7 @@ fn allowed_calls_set_the_ttl_and_denied_calls_leave_it() {
     let redis = Redis::start();
     let mut con = redis.connection();
     let keys = fresh_keys("ttl", 1);
-    let spec = Spec {
-        algorithm: TB,
-        capacity: 1.0,
-        rate: 1.0 / 60.0,
-        cost: 1.0,
-        mode: Mode::Enforce,
-        lease: 0.0,
-        slot_ms: 0.0,
-        share: 0.0,
-        settle: 0.0,
-        since: 0.0,
-    };
+    let spec = Spec::new(TB, 1.0, 1.0 / 60.0, 1.0, Mode::Enforce);
     run(&mut con, &keys, &[(spec, 90)], None);
     let ttl: i64 = redis::cmd("TTL").arg(&keys[0]).query(&mut con).unwrap();
     assert!((89..=90).contains(&ttl), "TTL {ttl}");
@@ -238,18 +206,7 @@ fn cost_larger_than_what_is_left_is_denied_without_debit() {
     let redis = Redis::start();
     let mut con = redis.connection();
     let keys = fresh_keys("cost", 1);
-    let five = Spec {
-        algorithm: TB,
-        capacity: 5.0,
-        rate: 1.0,
-        cost: 3.0,
-        mode: Mode::Enforce,
-        lease: 0.0,
-        slot_ms: 0.0,
-        share: 0.0,
-        settle: 0.0,
-        since: 0.0,
-    };
+    let five = Spec::new(TB, 5.0, 1.0, 3.0, Mode::Enforce);
     assert_eq!(run(&mut con, &keys, &[(five, 60)], Some(1_000)), vec![1, 0, 2, 0, 3000, 5, 5]);
     assert_eq!(run(&mut con, &keys, &[(five, 60)], Some(1_000)), vec![0, 1, 2, 1000, 3000, 5, 5]);
     let tokens: String = redis::cmd("HGET").arg(&keys[0]).arg("tokens").query(&mut con).unwrap();
@@ -261,30 +218,8 @@ fn several_buckets_are_all_or_nothing() {
     let redis = Redis::start();
     let mut con = redis.connection();
     let keys = fresh_keys("multi", 2);
-    let roomy = Spec {
-        algorithm: TB,
-        capacity: 10.0,
-        rate: 1.0,
-        cost: 1.0,
-        mode: Mode::Enforce,
-        lease: 0.0,
-        slot_ms: 0.0,
-        share: 0.0,
-        settle: 0.0,
-        since: 0.0,
-    };
-    let tight = Spec {
-        algorithm: TB,
-        capacity: 1.0,
-        rate: 1.0,
-        cost: 1.0,
-        mode: Mode::Enforce,
-        lease: 0.0,
-        slot_ms: 0.0,
-        share: 0.0,
-        settle: 0.0,
-        since: 0.0,
-    };
+    let roomy = Spec::new(TB, 10.0, 1.0, 1.0, Mode::Enforce);
+    let tight = Spec::new(TB, 1.0, 1.0, 1.0, Mode::Enforce);
     assert_eq!(run(&mut con, &keys, &[(roomy, 60), (tight, 60)], Some(5_000))[..2], [1, 0]);
     assert_eq!(run(&mut con, &keys, &[(roomy, 60), (tight, 60)], Some(5_000))[..2], [0, 2]);
     let tokens: String = redis::cmd("HGET").arg(&keys[0]).arg("tokens").query(&mut con).unwrap();
@@ -296,18 +231,7 @@ fn redis_time_mode_admits_capacity_then_denies() {
     let redis = Redis::start();
     let mut con = redis.connection();
     let keys = fresh_keys("time", 1);
-    let spec = Spec {
-        algorithm: TB,
-        capacity: 3.0,
-        rate: 5.0 / 60.0,
-        cost: 1.0,
-        mode: Mode::Enforce,
-        lease: 0.0,
-        slot_ms: 0.0,
-        share: 0.0,
-        settle: 0.0,
-        since: 0.0,
-    };
+    let spec = Spec::new(TB, 3.0, 5.0 / 60.0, 1.0, Mode::Enforce);
     let allowed: Vec<i64> = (0..5).map(|_| run(&mut con, &keys, &[(spec, 60)], None)[0]).collect();
     assert_eq!(allowed, vec![1, 1, 1, 0, 0]);
     let last: f64 =
@@ -321,18 +245,7 @@ fn worker_clock_behind_the_stored_time_mints_nothing() {
     let redis = Redis::start();
     let mut con = redis.connection();
     let keys = fresh_keys("skew", 1);
-    let spec = Spec {
-        algorithm: TB,
-        capacity: 2.0,
-        rate: 1.0,
-        cost: 1.0,
-        mode: Mode::Enforce,
-        lease: 0.0,
-        slot_ms: 0.0,
-        share: 0.0,
-        settle: 0.0,
-        since: 0.0,
-    };
+    let spec = Spec::new(TB, 2.0, 1.0, 1.0, Mode::Enforce);
     let t = 1_800_000_000_000u64;
     run(&mut con, &keys, &[(spec, 60)], Some(t + 30_000)); // an instance 30 s ahead
     run(&mut con, &keys, &[(spec, 60)], Some(t + 30_000));
@@ -346,30 +259,8 @@ fn shadow_buckets_report_but_never_deny() {
     let redis = Redis::start();
     let mut con = redis.connection();
     let keys = fresh_keys("shadow", 2);
-    let shadow = Spec {
-        algorithm: TB,
-        capacity: 1.0,
-        rate: 1.0,
-        cost: 1.0,
-        mode: Mode::Shadow,
-        lease: 0.0,
-        slot_ms: 0.0,
-        share: 0.0,
-        settle: 0.0,
-        since: 0.0,
-    };
-    let enforced = Spec {
-        algorithm: TB,
-        capacity: 10.0,
-        rate: 1.0,
-        cost: 1.0,
-        mode: Mode::Enforce,
-        lease: 0.0,
-        slot_ms: 0.0,
-        share: 0.0,
-        settle: 0.0,
-        since: 0.0,
-    };
+    let shadow = Spec::new(TB, 1.0, 1.0, 1.0, Mode::Shadow);
+    let enforced = Spec::new(TB, 10.0, 1.0, 1.0, Mode::Enforce);
     assert_eq!(
         run(&mut con, &keys, &[(shadow, 60), (enforced, 60)], Some(1_000)),
         vec![1, 0, 0, 0, 1000, 1, 1, 9, 0, 1000, 10, 10]
@@ -396,18 +287,7 @@ fn unreadable_state_is_treated_as_empty_not_full() {
         .arg("1")
         .query::<i64>(&mut con)
         .unwrap();
-    let spec = Spec {
-        algorithm: TB,
-        capacity: 5.0,
-        rate: 1.0,
-        cost: 1.0,
-        mode: Mode::Enforce,
-        lease: 0.0,
-        slot_ms: 0.0,
-        share: 0.0,
-        settle: 0.0,
-        since: 0.0,
-    };
+    let spec = Spec::new(TB, 5.0, 1.0, 1.0, Mode::Enforce);
     assert_eq!(run(&mut con, &keys, &[(spec, 60)], Some(2_000))[..2], [0, 1]);
 }
 
@@ -416,18 +296,7 @@ fn a_burst_straddling_a_window_edge_never_admits_twice_the_limit() {
     let redis = Redis::start();
     let mut con = redis.connection();
     let keys = fresh_keys("edge", 1);
-    let spec = Spec {
-        algorithm: SW,
-        capacity: 10.0,
-        rate: 10.0 / 60.0,
-        cost: 1.0,
-        mode: Mode::Enforce,
-        lease: 0.0,
-        slot_ms: 0.0,
-        share: 0.0,
-        settle: 0.0,
-        since: 0.0,
-    };
+    let spec = Spec::new(SW, 10.0, 10.0 / 60.0, 1.0, Mode::Enforce);
     let t = 1_800_000_000_000u64;
     let mut admitted =
         |at: u64, n: usize| (0..n).filter(|_| run(&mut con, &keys, &[(spec, 120)], Some(at))[0] == 1).count();
@@ -446,18 +315,7 @@ fn the_window_ttl_covers_two_windows() {
     let redis = Redis::start();
     let mut con = redis.connection();
     let keys = fresh_keys("wttl", 1);
-    let spec = Spec {
-        algorithm: SW,
-        capacity: 5.0,
-        rate: 5.0 / 60.0,
-        cost: 1.0,
-        mode: Mode::Enforce,
-        lease: 0.0,
-        slot_ms: 0.0,
-        share: 0.0,
-        settle: 0.0,
-        since: 0.0,
-    };
+    let spec = Spec::new(SW, 5.0, 5.0 / 60.0, 1.0, Mode::Enforce);
     run(&mut con, &keys, &[(spec, 60)], None); // a TTL argument below two windows is raised
     let ttl: i64 = redis::cmd("TTL").arg(&keys[0]).query(&mut con).unwrap();
     assert!((119..=120).contains(&ttl), "TTL {ttl}");
@@ -470,18 +328,7 @@ fn an_override_replaces_capacity_and_rate_in_the_same_call() {
     let keys = fresh_keys("override", 2);
     let overrides =
         vec![format!("ratelimit:override:caller:{}", std::process::id()), "ratelimit:override:tier:free".into()];
-    let spec = Spec {
-        algorithm: TB,
-        capacity: 2.0,
-        rate: 2.0 / 60.0,
-        cost: 1.0,
-        mode: Mode::Enforce,
-        lease: 0.0,
-        slot_ms: 0.0,
-        share: 0.0,
-        settle: 0.0,
-        since: 0.0,
-    };
+    let spec = Spec::new(TB, 2.0, 2.0 / 60.0, 1.0, Mode::Enforce);
     let window = Spec { algorithm: SW, ..spec };
     let specs = [(spec, 60), (window, 120)];
     // Limit 1 may take the caller's override, then the tier's; limit 2 only the tier's.
@@ -510,18 +357,7 @@ fn absurd_overrides_and_arguments_never_make_the_script_fail() {
     let mut con = redis.connection();
     let keys = fresh_keys("absurd", 2);
     let overrides = vec![format!("ratelimit:override:caller:absurd-{}", std::process::id())];
-    let spec = Spec {
-        algorithm: TB,
-        capacity: 2.0,
-        rate: 2.0 / 60.0,
-        cost: 1.0,
-        mode: Mode::Enforce,
-        lease: 0.0,
-        slot_ms: 0.0,
-        share: 0.0,
-        settle: 0.0,
-        since: 0.0,
-    };
+    let spec = Spec::new(TB, 2.0, 2.0 / 60.0, 1.0, Mode::Enforce);
     let specs = [(spec, 60), (Spec { algorithm: SW, ..spec }, 120)];
     let indexes = ["2".to_string(), "2".to_string()];
     let t = 1_800_000_000_000u64;
@@ -533,18 +369,7 @@ fn absurd_overrides_and_arguments_never_make_the_script_fail() {
         assert!((1..=60).contains(&ttl), "TTL {ttl} with override {value:?}");
     }
     // An absurd TTL argument is clamped, not passed on to EXPIRE as 1e+17.
-    let slow = Spec {
-        algorithm: TB,
-        capacity: 1e9,
-        rate: 1e9 / 2.88e17,
-        cost: 1.0,
-        mode: Mode::Enforce,
-        lease: 0.0,
-        slot_ms: 0.0,
-        share: 0.0,
-        settle: 0.0,
-        since: 0.0,
-    };
+    let slow = Spec::new(TB, 1e9, 1e9 / 2.88e17, 1.0, Mode::Enforce);
     let r = run_with(&mut con, &fresh_keys("absurd-ttl", 1), &[(slow, 1)], Some(t), false, &[], &[String::new()]);
     assert_eq!(r[0], 1, "the call still decides");
 }
@@ -559,18 +384,7 @@ fn an_override_raises_the_ttl_to_its_own_refill_time() {
         let keys = fresh_keys(&format!("override-ttl-{}", algorithm.code()), 1);
         let overrides = vec![format!("ratelimit:override:caller:ttl-{}-{}", algorithm.code(), std::process::id())];
         redis::cmd("SET").arg(&overrides[0]).arg(format!("100 {}", 1.0 / 60.0)).query::<()>(&mut con).unwrap();
-        let spec = Spec {
-            algorithm,
-            capacity: 5.0,
-            rate: 5.0 / 60.0,
-            cost: 1.0,
-            mode: Mode::Enforce,
-            lease: 0.0,
-            slot_ms: 0.0,
-            share: 0.0,
-            settle: 0.0,
-            since: 0.0,
-        };
+        let spec = Spec::new(algorithm, 5.0, 5.0 / 60.0, 1.0, Mode::Enforce);
         let r = run_with(&mut con, &keys, &[(spec, 60)], Some(1_800_000_000_000), false, &overrides, &["2".into()]);
         assert_eq!((r[0], r[5], r[6]), (1, 100, 6000), "allowed, on the override's numbers");
         let ttl: i64 = redis::cmd("TTL").arg(&keys[0]).query(&mut con).unwrap();
@@ -583,38 +397,7 @@ fn peek_reports_without_consuming_or_writing() {
     let redis = Redis::start();
     let mut con = redis.connection();
     let keys = fresh_keys("peek", 2);
-    let specs = [
-        (
-            Spec {
-                algorithm: TB,
-                capacity: 3.0,
-                rate: 1.0,
-                cost: 1.0,
-                mode: Mode::Enforce,
-                lease: 0.0,
-                slot_ms: 0.0,
-                share: 0.0,
-                settle: 0.0,
-                since: 0.0,
-            },
-            60,
-        ),
-        (
-            Spec {
-                algorithm: SW,
-                capacity: 3.0,
-                rate: 1.0,
-                cost: 1.0,
-                mode: Mode::Enforce,
-                lease: 0.0,
-                slot_ms: 0.0,
-                share: 0.0,
-                settle: 0.0,
-                since: 0.0,
-            },
-            60,
-        ),
-    ];
+    let specs = [(Spec::new(TB, 3.0, 1.0, 1.0, Mode::Enforce), 60), (Spec::new(SW, 3.0, 1.0, 1.0, Mode::Enforce), 60)];
     let none = vec![String::new(); 2];
     let peek = |con: &mut redis::Connection| run_with(con, &keys, &specs, Some(5_000), true, &[], &none);
     assert_eq!(peek(&mut con), vec![1, 0, 3, 0, 0, 3, 3, 3, 0, 0, 3, 3]);
