@@ -33,7 +33,8 @@ function start(env) {
     if (v === undefined || v === null) continue;
     vars += (vars === "" ? "" : "\0") + name + "\0" + (typeof v === "string" ? v : typeof v === "object" ? JSON.stringify(v) : String(v));
   }
-  const s = wasm.start(vars);
+  // Request ids start with this isolate's random id: in-flight slots are shared by every isolate.
+  const s = wasm.start(vars, crypto.randomUUID());
   const a = s.indexOf("\0");
   const b = s.indexOf("\0", a + 1);
   const c = s.indexOf("\0", b + 1);
@@ -185,15 +186,16 @@ function sideEffects(note, ticket, timeout, report, ctx) {
 function later(ticket, ms, ctx) {
   if (ticket === "" || !ctx || typeof ctx.waitUntil !== "function") return;
   const born = instance;
-  ctx.waitUntil(new Promise((r) => setTimeout(r, Number(ms))).then(() => background(born, Number(ticket))));
+  ctx.waitUntil(new Promise((r) => setTimeout(r, Number(ms))).then(() => background(born, Number(ticket), -2, "")));
 }
 
-/** Carries out steps after a response — resume `ticket` woken, then REST calls and waits — until done;
- * a chain of an instance that was reset meanwhile stops (its tickets mean nothing to the new one). */
-async function background(born, ticket) {
+/** Carries out steps after a response — resume `ticket` (woken, or a watched response delivered), then
+ * REST calls and waits — until done; a chain of an instance that was reset meanwhile stops (its tickets
+ * mean nothing to the new one). */
+async function background(born, ticket, code, text) {
   try {
     if (born !== instance) return;
-    let step = wasm.resume(ticket, -2, "", Date.now());
+    let step = wasm.resume(ticket, code, text, Date.now());
     for (;;) {
       const a = step.indexOf("\0");
       const f = step.slice(0, a).split("\n");
@@ -224,28 +226,135 @@ function respond(f, report, body, ctx) {
   return new Response(text, { status: Number(f[1]), headers });
 }
 
-// F: url, note, report ticket, report timeout, wake ticket, wake ms, headers to add…
+// F: url, note, report ticket, report timeout, wake ticket, wake ms, watch ticket, headers to report,
+// headers to strip, SSE keys, headers to add…
 function forward(f, report, request, ctx) {
   sideEffects(f[2], f[3], f[4], report, ctx);
   later(f[5], f[6], ctx);
+  const watch = f[7] === "" ? null : delivery(f, ctx);
   const sent = f[1] === "" ? fetch(request) : fetch(f[1], request);
   return sent.then(
     (response) => {
-      if (f.length <= 7) return response;
+      if (f.length <= 11 && watch === null) return response;
       // A fetched response's headers are immutable: a copy of them, on a Response over the same body.
       // (Fields copied by hand: `new Response(body, response)` costs about 50 µs more CPU per request in
       // workerd, bench/run measured.)
       const headers = new Headers(response.headers);
-      for (let i = 7; i + 1 < f.length; i += 2) headers.set(f[i], f[i + 1]);
-      return new Response(response.body, { status: response.status, statusText: response.statusText, headers });
+      for (let i = 11; i + 1 < f.length; i += 2) headers.set(f[i], f[i + 1]);
+      if (watch === null) return new Response(response.body, { status: response.status, statusText: response.statusText, headers });
+      return watch.watched(response, headers);
     },
     (e) => {
       log("origin_unreachable", "error", { status: 502, reason: String(e) });
+      watch?.done("0");
       const out = carry(unreachable, request, null);
-      for (let i = 7; i + 1 < f.length; i += 2) out.headers.set(f[i], f[i + 1]);
+      for (let i = 11; i + 1 < f.length; i += 2) out.headers.set(f[i], f[i + 1]);
       return out;
     },
   );
+}
+
+/** A watched response (src/wire.rs): streamed through as it comes, unbuffered; once delivered (to its
+ * end, the client gone, the origin failed) the core hears what was seen — the usage headers asked for,
+ * the last few SSE events that mention a usage key — and releases or settles after the response. */
+function delivery(f, ctx) {
+  const ticket = Number(f[7]);
+  const names = f[8] === "" ? [] : f[8].split(",");
+  const strip = f[9] === "" ? [] : f[9].split(",");
+  const keys = f[10] === "" ? [] : f[10].split(",").map((k) => `"${k}"`);
+  const born = instance;
+  let values = names.map(() => "\u0001");
+  let tail = null; // the SSE reader, when usage is read from a stream
+  let finish;
+  const ended = new Promise((r) => (finish = r));
+  if (ctx && typeof ctx.waitUntil === "function") {
+    ctx.waitUntil(ended.then((complete) => background(born, ticket, -8, complete + "\n" + values.join("\n") + "\0" + (tail?.events.join("\0") ?? ""))));
+  }
+  let over = false;
+  const done = (complete) => {
+    if (over) return;
+    over = true;
+    tail?.flush();
+    finish(complete);
+  };
+  return {
+    done,
+    watched(response, headers) {
+      values = names.map((n) => response.headers.get(n) ?? "\u0001");
+      for (const n of strip) headers.delete(n);
+      const init = { status: response.status, statusText: response.statusText, headers };
+      if (response.body === null) {
+        done("1");
+        return new Response(null, init);
+      }
+      if (keys.length > 0 && (response.headers.get("content-type") ?? "").includes("text/event-stream")) tail = sse(keys);
+      // Chunks pass on as they arrive; the stream's end, cancel or error says the response was delivered.
+      const reader = response.body.getReader();
+      const body = new ReadableStream({
+        async pull(controller) {
+          try {
+            const { done: end, value } = await reader.read();
+            if (end) {
+              controller.close();
+              done("1");
+              return;
+            }
+            tail?.push(value);
+            controller.enqueue(value);
+          } catch (e) {
+            controller.error(e);
+            done("0");
+          }
+        },
+        cancel(reason) {
+          done("0");
+          return reader.cancel(reason).catch(() => {});
+        },
+      }, { highWaterMark: 0 });
+      return new Response(body, init);
+    },
+  };
+}
+
+/** The data of the last few server-sent events that mention one of `keys` (what the core reads the
+ * usage from: src/settle.rs), kept while the stream passes through. Bounded: a line longer than 1 MiB
+ * is dropped, and 4 events are kept. */
+function sse(keys) {
+  const decoder = new TextDecoder();
+  const events = [];
+  let line = "";
+  let data = null;
+  const end = () => {
+    if (data !== null && keys.some((k) => data.includes(k))) {
+      events.push(data);
+      if (events.length > 4) events.shift();
+    }
+    data = null;
+  };
+  const take = (l) => {
+    if (l.endsWith("\r")) l = l.slice(0, -1);
+    if (l === "") return end();
+    if (l.startsWith("data:")) {
+      const v = l.slice(5).startsWith(" ") ? l.slice(6) : l.slice(5);
+      data = data === null ? v : data + "\n" + v;
+    }
+  };
+  return {
+    events,
+    push(chunk) {
+      const text = line + decoder.decode(chunk, { stream: true });
+      const lines = text.split("\n");
+      line = lines.pop();
+      if (line.length > 1 << 20) line = "";
+      for (const l of lines) take(l);
+    },
+    /** The stream ended: its last line and event count even without a blank line after them. */
+    flush() {
+      if (line !== "") take(line);
+      line = "";
+      end();
+    },
+  };
 }
 
 /** POST to the REST endpoint within `timeoutMs`: [status, text], 0 = deadline, -1 = unreachable. */

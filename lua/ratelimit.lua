@@ -13,14 +13,19 @@
 -- KEYS[n+1..]        override keys (strings "<capacity> <rate>"), read with one MGET
 -- ARGV[1]            clock: "" = Redis TIME (default); otherwise the caller's epoch ms (worker-clock mode)
 -- ARGV[2]            the operation: "" take (decide this request); "1" peek: report every limit without
---                    consuming or writing anything; "2" give back: return unused lease tokens (below)
+--                    consuming or writing anything; "2" give back: return unused lease tokens (below);
+--                    "3" settle after the response: release in-flight slots, charge or refund the
+--                    difference between a request's actual and reserved cost; "4" the same, exactly once:
+--                    the last key is the request's settle marker, and a call that finds it set does nothing
 -- ARGV[3]            n, the number of limits
 -- limit i's 8 arguments, from a = 4 + 8(i-1):
---   ARGV[a]          algorithm: "t" token bucket, "w" sliding-window counter
+--   ARGV[a]          algorithm: "t" token bucket, "w" sliding-window counter, "c" in-flight slots: a sorted
+--                    set of request ids scored by when their slot expires (epoch ms); capacity = slots
 --   ARGV[a+1]        capacity (tokens; for a window, requests per window), > 0
 --   ARGV[a+2]        rate (tokens per second, > 0); a window lasts capacity / rate seconds
 --   ARGV[a+3]        TTL in whole seconds (>= the time to refill fully; 2 windows for a window)
---   ARGV[a+4]        cost of this request (tokens, > 0); when giving back, the unused tokens of a lease
+--   ARGV[a+4]        cost of this request (tokens, > 0; a slot takes 1); when giving back, the unused tokens
+--                    of a lease; when settling, actual minus reserved cost (signed: < 0 refunds; 0 for a slot)
 --   ARGV[a+5]        limit i's mode: "0" enforcing; "1" shadow: it never denies, and it is debited only when
 --                    the call is allowed and it can pay; "2" candidate (a policy being tried on live
 --                    traffic): it never denies, and the candidate limits are debited all or nothing among
@@ -29,7 +34,8 @@
 --                    override key that exists replaces capacity and rate (the TTL grows to match);
 --                    one whose numbers the gateway would refuse (capacity above 1e9, a full refill
 --                    slower than MAX_WINDOW) is ignored
---   ARGV[a+7]        lease: when taking, "0" (none) or "<want> <slot ms> <share> <settle> <since>": the whole
+--   ARGV[a+7]        for "c": the request's id (its member). For "t" and "w" settling: the script's ms when
+--                    the reservation was taken. Otherwise the lease: when taking, "0" (none) or "<want> <slot ms> <share> <settle> <since>": the whole
 --                    tokens this isolate would like to hold beyond the cost, the longest a lease can live
 --                    (its horizon plus the call's deadline), the most of the capacity in effect one grant
 --                    may take, and the lease tokens it spent since it last said so (no longer outstanding),
@@ -47,6 +53,10 @@
 --                    window takes them off the count of the window they were counted in (the current or
 --                    the previous one; older ones have slid out). A key that no longer exists (expired,
 --                    reset) gets nothing.
+--                    When settling: a "c" limit's slot (its member) is removed; a "t" or "w" limit is charged
+--                    the difference (a bucket may go below zero: the caller waits longer, and the key lives
+--                    until it is full again) or refunded it (a bucket never above capacity; a window off the
+--                    window the reservation was counted in). A key whose state is unreadable gets nothing.
 -- Every TTL is clamped to two MAX_WINDOWs: Lua writes numbers from 1e14 on with an exponent, which
 -- EXPIRE refuses, and a failing call would mean no decision at all.
 --
@@ -73,18 +83,30 @@ local MAX_WINDOW = 3153600000                  -- 100 years (src/limit.rs MAX_WI
 local MIN_LEASE = 4                            -- src/lease.rs MIN_LEASE
 local peek = ARGV[2] == "1"
 local give = ARGV[2] == "2"
+local settle = ARGV[2] == "3" or ARGV[2] == "4"
 local n = tonumber(ARGV[3])
+local last = #KEYS
+if ARGV[2] == "4" then
+  last = last - 1
+  if not redis.call("SET", KEYS[#KEYS], "1", "NX", "EX", 3600) then
+    -- This request was settled before (a retried call): nothing more, and the reply says so.
+    local out = { 0, 0 }
+    for _ = 1, 6 * n do out[#out + 1] = 0 end
+    out[#out + 1] = math.floor(now * 1000)
+    return out
+  end
+end
 
 local overrides = {}
-if #KEYS > n then
+if last > n then
   local names = {}
-  for j = n + 1, #KEYS do names[#names + 1] = KEYS[j] end
+  for j = n + 1, last do names[#names + 1] = KEYS[j] end
   local values = redis.call("MGET", unpack(names))
   for j = 1, #names do overrides[n + j] = values[j] end
 end
 
-local algo, level, stamp, cap, rate, ttl, cost, win, mode, known, slots =
-  {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}
+local algo, level, stamp, cap, rate, ttl, cost, win, mode, known, slots, fresh =
+  {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}
 local denied_by = 0
 local candidate_denied = false
 
@@ -103,15 +125,20 @@ for i = 1, n do
     end
   end
   algo[i], cap[i], rate[i], cost[i] = ARGV[a], c, r, k
-  local tokens, t, usable = 0, now, true
-  if ARGV[a] == "w" then
+  local tokens, t, usable, new = 0, now, true, false
+  if ARGV[a] == "c" then
+    -- In-flight slots: those not yet expired count (a settle call only removes its own).
+    local live = 0
+    if not settle then live = redis.call("ZCOUNT", KEYS[i], "(" .. math.floor(now * 1000), "+inf") end
+    tokens = c - live
+  elseif ARGV[a] == "w" then
     -- Sliding-window counter: the previous window's count, weighted by how much of it still
     -- overlaps the sliding window, plus this window's count.
     local w = c / r
     local h = redis.call("HMGET", KEYS[i], "start", "count", "previous")
     local start, cur, prev = tonumber(h[1]), tonumber(h[2]), tonumber(h[3])
     if h[1] == false and h[2] == false and h[3] == false then
-      start, cur, prev, usable = now, 0, 0, false  -- a new (or expired) window is empty
+      start, cur, prev, usable, new = now, 0, 0, false, true  -- a new (or expired) window is empty
     elseif start == nil or cur == nil or prev == nil or start ~= start or cur ~= cur or prev ~= prev then
       start, cur, prev, usable = now, c, 0, false  -- unreadable state: assume full for a window
     else
@@ -136,7 +163,7 @@ for i = 1, n do
       tokens = nil                             -- unreadable lease slots: the whole state is unreadable
     end
     if h[1] == false and h[2] == false and not leasing then
-      tokens, usable = c, false                -- a new (or expired) bucket is full
+      tokens, usable, new = c, false, true     -- a new (or expired) bucket is full
     elseif tokens == nil or last == nil or tokens ~= tokens or last ~= last then
       tokens, usable = 0, false                -- unreadable state: assume empty, never full
     else
@@ -172,9 +199,9 @@ for i = 1, n do
     ttl_i = math.max(ttl_i, math.ceil(c / r))
   end
   if not (ttl_i <= 2 * MAX_WINDOW) then ttl_i = 2 * MAX_WINDOW end
-  level[i], stamp[i], ttl[i], mode[i], known[i] = tokens, t, ttl_i, ARGV[a + 5], usable
-  if give then
-    -- giving back decides nothing
+  level[i], stamp[i], ttl[i], mode[i], known[i], fresh[i] = tokens, t, ttl_i, ARGV[a + 5], usable, new
+  if give or settle then
+    -- giving back and settling decide nothing
   elseif tokens < k then
     if mode[i] == "2" then
       candidate_denied = true
@@ -187,10 +214,10 @@ end
 local out = { denied_by == 0 and 1 or 0, denied_by }
 for i = 1, n do
   local tokens, c, r, k, t = level[i], cap[i], rate[i], cost[i], stamp[i]
-  local consume = denied_by == 0 and tokens >= k and not peek and not give
+  local consume = denied_by == 0 and tokens >= k and not peek and not give and not settle
   local lease = 0
   if mode[i] == "2" then
-    consume = not candidate_denied and not peek and not give
+    consume = not candidate_denied and not peek and not give and not settle
   elseif mode[i] == "3" then
     consume = false
   elseif consume then
@@ -216,11 +243,25 @@ for i = 1, n do
     end
   end
   local back = give and known[i]
+  local settling = settle and (known[i] or (fresh[i] and k > 0))  -- a refund to a fresh key changes nothing
   local retry, reset = 0, 0
-  if algo[i] == "w" then
+  if algo[i] == "c" then
+    local ms = math.floor(t * 1000)
+    -- When a slot frees is unknown (a response ends): callers are told to try again in a second.
+    if tokens < k and not settle then retry = 1 end
+    if consume then
+      redis.call("ZREMRANGEBYSCORE", KEYS[i], "-inf", ms)
+      redis.call("ZADD", KEYS[i], ms + ttl[i] * 1000, ARGV[4 + (i - 1) * 8 + 7])
+      redis.call("EXPIRE", KEYS[i], ttl[i])
+      tokens = tokens - k
+    elseif settle then
+      redis.call("ZREM", KEYS[i], ARGV[4 + (i - 1) * 8 + 7])
+    end
+    if tokens < 1 then reset = 1 end
+  elseif algo[i] == "w" then
     local start, cur, prev, w = win[i][1], win[i][2], win[i][3], win[i][4]
     local into = t - start
-    if tokens < k and not give then
+    if tokens < k and not give and not settle then
       local need = k - tokens
       if prev > 0 and into + need * w / prev <= w then
         retry = need * w / prev                -- the previous window slides out in time
@@ -242,16 +283,36 @@ for i = 1, n do
         prev = math.max(0, prev - k)
       end
       tokens = c - (prev * (1 - into / w) + cur)
+    elseif settling then
+      if k > 0 then
+        cur = cur + k                          -- charged now, in the current window
+      else
+        local taken = (tonumber(ARGV[4 + (i - 1) * 8 + 7]) or 0) / 1000
+        if taken >= start then
+          cur = math.max(0, cur + k)
+        elseif taken >= start - w then
+          prev = math.max(0, prev + k)
+        end
+      end
+      tokens = c - (prev * (1 - into / w) + cur)
     end
-    if consume or back then
+    if consume or back or settling then
       redis.call("HSET", KEYS[i], "start", start, "count", cur, "previous", prev)
       redis.call("EXPIRE", KEYS[i], ttl[i])
     end
     if cur > 0 then reset = 2 * w - into elseif prev > 0 then reset = w - into end
   else
-    if tokens < k and not give then retry = (k - tokens) / r end
-    if consume or back then
-      if consume then tokens = tokens - k - lease else tokens = math.min(c, tokens + k) end
+    if tokens < k and not give and not settle then retry = (k - tokens) / r end
+    if consume or back or settling then
+      if consume then
+        tokens = tokens - k - lease
+      elseif back or k < 0 then
+        tokens = math.min(c, tokens + math.abs(k))  -- given back or refunded: never above capacity
+      else
+        tokens = tokens - k                    -- charged: below zero is debt, paid off by the refill
+        local full = math.ceil((c - tokens) / r)
+        if full > ttl[i] then ttl[i] = math.min(full, 2 * MAX_WINDOW) end
+      end
       -- Lua numbers reach Redis in a round-trip-exact form, so tonumber() reads back the same double.
       local sl = slots[i]
       if sl then

@@ -3,6 +3,10 @@
 //! can demand bit-for-bit agreement on random request sequences. Redis is the
 //! only source of truth; the Worker runs this only as the per-isolate bucket
 //! that bounds fail-open traffic while Redis cannot decide.
+//!
+//! In-flight slots (`"c"`) are not modelled: they live in a sorted set of request ids, tested against
+//! the script directly (`tests/lua.rs`). Here such a limit never denies and keeps no state, so the
+//! fail-open bucket bounds rates only.
 
 use crate::limit::Algorithm;
 
@@ -122,6 +126,7 @@ impl Spec {
     pub fn lease_arg(&self, op: Op) -> String {
         match op {
             Op::GiveBack => format!("{} {} {}", self.lease, self.settle, self.since),
+            Op::Settle | Op::SettleOnce => self.lease.to_string(),
             Op::Take if self.lease > 0.0 || self.settle > 0.0 => {
                 format!("{} {} {} {} {}", self.lease, self.slot_ms, self.share, self.settle, self.since)
             }
@@ -139,6 +144,11 @@ pub enum Op {
     Peek,
     /// Return unused lease tokens.
     GiveBack,
+    /// After a response: release slots, charge or refund the difference between actual and reserved
+    /// cost (`cost` signed; `lease` the script's ms when the reservation was taken).
+    Settle,
+    /// [`Op::Settle`] exactly once: the call's last key is the request's settle marker.
+    SettleOnce,
 }
 
 impl Op {
@@ -148,6 +158,8 @@ impl Op {
             Op::Take => "",
             Op::Peek => "1",
             Op::GiveBack => "2",
+            Op::Settle => "3",
+            Op::SettleOnce => "4",
         }
     }
 }
@@ -199,6 +211,8 @@ struct Level {
     window: Option<(f64, f64, f64, f64)>,
     slots: Option<Slots>,
     known: bool,
+    /// No such key yet (or it expired): a bucket is full, a window empty.
+    fresh: bool,
 }
 
 fn level(state: &Option<State>, spec: &Spec, now: f64, op: Op) -> Level {
@@ -229,22 +243,24 @@ fn level(state: &Option<State>, spec: &Spec, now: f64, op: Op) -> Level {
                 Some(_) => (now, c, 0.0), // unreadable (or another algorithm's) state: full for a window
             };
             let tokens = c - (previous * (1.0 - (t - start) / w) + count);
-            Level { tokens, t, window: Some((start, count, previous, w)), slots: None, known }
+            let fresh = state.is_none();
+            Level { tokens, t, window: Some((start, count, previous, w)), slots: None, known, fresh }
         }
+        Algorithm::Concurrency => Level { tokens: c, t: now, window: None, slots: None, known: false, fresh: false },
         Algorithm::TokenBucket => match *state {
-            None => Level { tokens: c, t: now, window: None, slots: None, known: false },
+            None => Level { tokens: c, t: now, window: None, slots: None, known: false, fresh: true },
             Some(State::Bucket { tokens, last_refill, slots })
                 if !(tokens.is_nan() || last_refill.is_nan()) && slots.is_none_or(|s| s.readable()) =>
             {
                 let t = if now < last_refill { last_refill } else { now };
-                let settle = if op == Op::Peek { 0.0 } else { spec.settle };
+                let settle = if matches!(op, Op::Take | Op::GiveBack) { spec.settle } else { 0.0 };
                 let slots = slots.map(|s| s.at(t).settled(settle, spec.since));
                 let out = slots.map_or(0.0, |s| s.current + s.previous);
                 // Never above capacity minus what leases may still spend; refill never takes tokens away.
                 let tokens = c.min(tokens.max((c - out).min(tokens + (t - last_refill) * r)));
-                Level { tokens, t, window: None, slots, known: true }
+                Level { tokens, t, window: None, slots, known: true, fresh: false }
             }
-            Some(_) => Level { tokens: 0.0, t: now, window: None, slots: None, known: false },
+            Some(_) => Level { tokens: 0.0, t: now, window: None, slots: None, known: false, fresh: false },
         },
     }
 }
@@ -253,20 +269,24 @@ fn level(state: &Option<State>, spec: &Spec, now: f64, op: Op) -> Level {
 /// (`None` = no such key), updating them as the script would.
 pub fn call_with(states: &mut [Option<State>], specs: &[Spec], now: f64, op: Op) -> Reply {
     debug_assert_eq!(states.len(), specs.len(), "one spec per limit");
-    let (peek, give) = (op == Op::Peek, op == Op::GiveBack);
+    let (peek, give, settle) = (op == Op::Peek, op == Op::GiveBack, matches!(op, Op::Settle | Op::SettleOnce));
     let levels: Vec<Level> = states.iter().zip(specs).map(|(s, spec)| level(s, spec, now, op)).collect();
-    let short = |l: &Level, spec: &Spec, mode: Mode| !give && l.tokens < spec.cost && spec.mode == mode;
+    let concurrency = |spec: &Spec| spec.algorithm == Algorithm::Concurrency;
+    let short = |l: &Level, spec: &Spec, mode: Mode| {
+        !give && !settle && !concurrency(spec) && l.tokens < spec.cost && spec.mode == mode
+    };
     let denied_by = levels.iter().zip(specs).position(|(l, spec)| short(l, spec, Mode::Enforce)).map_or(0, |i| i + 1);
     let candidate_denied = levels.iter().zip(specs).any(|(l, spec)| short(l, spec, Mode::Candidate));
     let mut buckets = Vec::with_capacity(specs.len());
     for ((state, spec), l) in states.iter_mut().zip(specs).zip(levels) {
         let (c, r, k) = (spec.capacity, spec.rate, spec.cost);
         let mut tokens = l.tokens;
-        let consume = match spec.mode {
-            Mode::Enforce | Mode::Shadow => denied_by == 0 && tokens >= k && !peek && !give,
-            Mode::Candidate => !candidate_denied && !peek && !give,
-            Mode::Report => false,
-        };
+        let consume = !concurrency(spec)
+            && match spec.mode {
+                Mode::Enforce | Mode::Shadow => denied_by == 0 && tokens >= k && !peek && !give && !settle,
+                Mode::Candidate => !candidate_denied && !peek && !give && !settle,
+                Mode::Report => false,
+            };
         let mut lease = 0.0;
         let mut slots = l.slots;
         if consume && matches!(spec.mode, Mode::Enforce | Mode::Shadow) && spec.lease > 0.0 && spec.slot_ms > 0.0 {
@@ -294,11 +314,13 @@ pub fn call_with(states: &mut [Option<State>], specs: &[Spec], now: f64, op: Op)
             }
         }
         let back = give && l.known;
+        // A refund to a fresh key changes nothing (it is full, or empty for a window).
+        let settling = settle && (l.known || (l.fresh && k > 0.0));
         let (mut retry, mut reset) = (0.0, 0.0);
         match l.window {
             Some((start, mut count, mut previous, w)) => {
                 let into = l.t - start;
-                if tokens < k && !give {
+                if tokens < k && !give && !settle {
                     let need = k - tokens;
                     retry = if previous > 0.0 && into + need * w / previous <= w {
                         need * w / previous
@@ -321,8 +343,20 @@ pub fn call_with(states: &mut [Option<State>], specs: &[Spec], now: f64, op: Op)
                         previous = (previous - k).max(0.0);
                     }
                     tokens = c - (previous * (1.0 - into / w) + count);
+                } else if settling {
+                    if k > 0.0 {
+                        count += k; // charged now, in the current window
+                    } else {
+                        let taken = spec.lease / 1000.0;
+                        if taken >= start {
+                            count = (count + k).max(0.0);
+                        } else if taken >= start - w {
+                            previous = (previous + k).max(0.0);
+                        }
+                    }
+                    tokens = c - (previous * (1.0 - into / w) + count);
                 }
-                if consume || back {
+                if consume || back || settling {
                     *state = Some(State::Window { start, count, previous });
                 }
                 if count > 0.0 {
@@ -331,12 +365,19 @@ pub fn call_with(states: &mut [Option<State>], specs: &[Spec], now: f64, op: Op)
                     reset = w - into;
                 }
             }
+            None if concurrency(spec) => {}
             None => {
-                if tokens < k && !give {
+                if tokens < k && !give && !settle {
                     retry = (k - tokens) / r;
                 }
-                if consume || back {
-                    tokens = if consume { tokens - k - lease } else { c.min(tokens + k) };
+                if consume || back || settling {
+                    tokens = if consume {
+                        tokens - k - lease
+                    } else if back || k < 0.0 {
+                        c.min(tokens + k.abs())
+                    } else {
+                        tokens - k // debt, paid off by the refill
+                    };
                     *state = Some(State::Bucket { tokens, last_refill: l.t, slots });
                 }
                 reset = (c - tokens) / r;

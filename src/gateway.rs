@@ -12,18 +12,22 @@
 use std::collections::HashMap;
 
 use crate::admin::{self, Action, AdminBody, AdminRequest, Peek, Then, MAX_BODY_BYTES};
+use crate::bucket::Mode;
 use crate::config::{Config, ConfigError};
 use crate::decision::Decision;
 use crate::http::{self, Answer, Body, Header, Response};
 use crate::jwt::{JwtMode, SignatureCheck};
-use crate::limiter::{Check, Failure, Limiter, Next, ScriptCall, TransportError};
+use crate::limit::Limit;
+use crate::limiter::{Check, Failure, Limiter, Next, ScriptCall, Settlement, TransportError};
 use crate::log::Line;
+use crate::metrics::HeldCounts;
 use crate::metrics::Metrics;
 use crate::path::{normalize_with, path_and_query};
 use crate::plan::{bearer, plan_select, Limited, Plan, RequestFacts, Select, METHOD_OVERRIDE_HEADERS};
 use crate::policy::CountBy;
 use crate::quota::{self, Asked};
 use crate::rpc::{self, CallError, ErrorKind, Method};
+use crate::settle::Delivered;
 
 /// A request as the executor read it.
 #[derive(Clone, Copy, Debug)]
@@ -49,6 +53,7 @@ pub enum Step {
         note: Option<String>,
         report: Option<Fetch>,
         wake: Option<Wake>,
+        watch: Option<Watch>,
     },
     /// POST to the REST endpoint, then resume with the reply.
     Fetch(Fetch),
@@ -72,6 +77,19 @@ pub enum Step {
 pub struct Wake {
     pub ticket: u32,
     pub ms: u32,
+}
+
+/// A response to watch: once it has been delivered — its body streamed to the end, the client gone, or
+/// the origin failed — resume `ticket` with [`Reply::Delivered`] (off the response path), carrying the
+/// values of `headers` in the origin's response and the data of the last server-sent events whose data
+/// mention one of `sse_keys`; then carry out what follows (`Q`, `W`) until [`Step::Done`]. `strip`:
+/// origin headers the client does not see. The body streams through unbuffered.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Watch {
+    pub ticket: u32,
+    pub headers: Vec<String>,
+    pub strip: Vec<String>,
+    pub sse_keys: Vec<String>,
 }
 
 /// One POST to the REST endpoint (`/pipeline` when `pipeline`), within `timeout_ms`.
@@ -98,6 +116,9 @@ pub enum Reply<'a> {
     Signature(Option<bool>),
     /// The body (`None`: longer than the limit, or unreadable).
     Body(Option<&'a str>),
+    /// A watched response was delivered (or abandoned): what the executor saw, as
+    /// [`crate::settle::Delivered::decode`] reads it.
+    Delivered(&'a str),
 }
 
 /// A request kept while its I/O is under way.
@@ -126,6 +147,23 @@ enum Work<'c> {
         limited: Limited<'c>,
         target: String,
         started_ms: f64,
+        /// The request's id, when it takes in-flight slots or settles a cost.
+        id: Option<String>,
+    },
+    /// An admitted request's slots and reserved costs, until its response has been delivered.
+    Held {
+        items: Vec<Held<'c>>,
+        id: String,
+        /// The script's time of the admission (epoch ms).
+        script_ms: i64,
+        headers: Vec<String>,
+    },
+    /// The call that releases and settles them; `attempt` 0, then 1 for the one retry.
+    Settling {
+        call: ScriptCall,
+        items: Vec<Settlement<'c>>,
+        marker: Option<String>,
+        attempt: u8,
     },
     /// The admin API's peek.
     Peek {
@@ -202,10 +240,26 @@ impl Work<'_> {
             | Work::Call { call, .. }
             | Work::GiveBack { call, .. }
             | Work::Renewing { call, .. }
+            | Work::Settling { call, .. }
             | Work::Quota { call, .. } => Some(call),
             _ => None,
         }
     }
+}
+
+/// One limit an admitted request holds until its response has been delivered: an in-flight slot
+/// (`reserve` `None`), or a cost reserved and settled from the response.
+#[derive(Debug)]
+struct Held<'c> {
+    key: String,
+    limit: &'c Limit,
+    overrides: Vec<String>,
+    reserve: Option<u32>,
+}
+
+/// The key that makes a request's settlement happen once (a retried call finds it set).
+fn settle_marker(id: &str) -> String {
+    format!("ratelimit:settled:{id}")
 }
 
 struct Pending<'c> {
@@ -233,6 +287,10 @@ pub struct Gateway<'c> {
     next_ticket: u32,
     /// Whether this isolate has logged that the candidate policy is refused (once is enough).
     candidate_refusal_logged: bool,
+    /// Unique among every isolate (the executor draws it at random): request ids are this, a dot and
+    /// a counter.
+    instance_id: String,
+    requests: u64,
 }
 
 impl<'c> Gateway<'c> {
@@ -244,8 +302,22 @@ impl<'c> Gateway<'c> {
             pending: HashMap::new(),
             next_ticket: 0,
             candidate_refusal_logged: false,
+            instance_id: String::new(),
+            requests: 0,
             config,
         }
+    }
+
+    /// The same gateway, its request ids prefixed by `id`: in-flight slots are members of a sorted set
+    /// shared by every isolate, so two isolates must never name a request alike.
+    pub fn with_instance_id(mut self, id: &str) -> Gateway<'c> {
+        self.instance_id = id.to_string();
+        self
+    }
+
+    fn request_id(&mut self) -> String {
+        self.requests += 1;
+        format!("{}.{}", self.instance_id, self.requests)
     }
 
     pub fn config(&self) -> &'c Config {
@@ -371,6 +443,7 @@ impl<'c> Gateway<'c> {
             | Work::Call { .. }
             | Work::Quota { .. }
             | Work::GiveBack { .. }
+            | Work::Settling { .. }
             | Work::Renewing { .. }) => {
                 let Some(call) = work.call() else { return Step::Done };
                 let next = match http {
@@ -398,6 +471,14 @@ impl<'c> Gateway<'c> {
                 Step::Return { value: rpc::reset_result(deleted.as_ref().copied()), note, report: None, wake: None }
             }
             Work::Wake { since_ms } => self.give_back(ticket, since_ms, now_ms),
+            Work::Held { items, id, script_ms, headers } => {
+                // Anything but a delivery report (an executor that lost track) releases all the same.
+                let text = match reply {
+                    Reply::Delivered(text) => text,
+                    _ => "0",
+                };
+                self.delivered(items, id, script_ms, &Delivered::decode(text, &headers), now_ms)
+            }
             Work::Renew { items } => {
                 let (call, body) = ScriptCall::renew(&self.limiter, &items, self.config.clock, now_ms);
                 let deadline_ms = now_ms + f64::from(self.config.redis_timeout_ms);
@@ -508,11 +589,13 @@ impl<'c> Gateway<'c> {
 
     fn script_done(&mut self, work: Work<'c>, result: Result<Vec<i64>, Failure>, now_ms: f64) -> Step {
         match work {
-            Work::Decide { limited, target, started_ms, call } => {
+            Work::Decide { limited, target, started_ms, call, id } => {
                 self.limiter.answered(call.asked());
                 let (result, candidate) = self.split_candidates(&limited, result);
+                let script_ms = result.as_ref().ok().and_then(|ints| ints.last().copied()).unwrap_or(0);
                 let result = self.limiter.decided(&limited.checks, result, now_ms);
-                self.decided(limited, &target, result, candidate, started_ms, now_ms)
+                let admission = id.map(|id| (id, script_ms));
+                self.decided(limited, &target, result, candidate, admission, started_ms, now_ms)
             }
             Work::Peek { peek, .. } => respond(admin::peeked(&peek, self.limiter.peeked(&peek.checks, result))),
             Work::Quota { listed, all, head, .. } => {
@@ -534,6 +617,31 @@ impl<'c> Gateway<'c> {
                     return Step::Done;
                 }
                 self.next_wake(since_ms, now_ms)
+            }
+            Work::Settling { items, marker, attempt, .. } => {
+                match result {
+                    Ok(ints) => {
+                        if ints.first() == Some(&0) {
+                            self.metrics.add_held(HeldCounts { repeated: 1, ..HeldCounts::default() });
+                        }
+                        Step::Done
+                    }
+                    // No answer (or a server error): it may or may not have been applied; the marker makes
+                    // one retry safe.
+                    Err(
+                        Failure::Timeout | Failure::Unreachable | Failure::Rest(crate::upstash::RestError::Server(_)),
+                    ) if attempt == 0 => self.settle_call(items, marker, 1, now_ms),
+                    Err(_) => {
+                        let slots = items.iter().filter(|s| s.limit.is_concurrency()).count() as u64;
+                        let costs = items.len() as u64 - slots;
+                        self.metrics.add_held(HeldCounts {
+                            release_failed: slots,
+                            settle_failed: costs,
+                            ..HeldCounts::default()
+                        });
+                        Step::Done
+                    }
+                }
             }
             Work::Renewing { items, .. } => {
                 self.limiter.renewed(&items, result, now_ms);
@@ -621,22 +729,25 @@ impl<'c> Gateway<'c> {
             if let (Some(digest), false) = (self.candidate_digest(), limited.candidates.is_empty()) {
                 self.metrics.record_unevaluated(digest, now_ms);
             }
-            return self.decided(limited, target, Ok(allowed), None, now_ms, now_ms);
+            return self.decided(limited, target, Ok(allowed), None, None, now_ms, now_ms);
         }
         if let Some(denied) = self.limiter.cached_denial(&limited.checks, now_ms) {
             if let (Some(digest), false) = (self.candidate_digest(), limited.candidates.is_empty()) {
                 self.metrics.record_unevaluated(digest, now_ms);
             }
-            return self.decided(limited, target, Ok(denied), None, now_ms, now_ms);
+            return self.decided(limited, target, Ok(denied), None, None, now_ms, now_ms);
         }
+        let holds = limited.checks.iter().any(|c| c.limit.is_concurrency() || c.limit.settle().is_some());
+        let id = holds.then(|| self.request_id());
+        let clock = self.config.clock;
         let (call, body) = if limited.candidates.is_empty() || self.candidate_digest().is_none() {
-            ScriptCall::start(&self.limiter, &limited.checks, self.config.clock, now_ms, false)
+            ScriptCall::start_with_id(&self.limiter, &limited.checks, clock, now_ms, false, id.as_deref().unwrap_or(""))
         } else {
             // The candidate's limits ride in the same call, after the live ones.
             let all = [&limited.checks[..], &limited.candidates[..]].concat();
-            ScriptCall::start(&self.limiter, &all, self.config.clock, now_ms, false)
+            ScriptCall::start_with_id(&self.limiter, &all, clock, now_ms, false, id.as_deref().unwrap_or(""))
         };
-        let work = Work::Decide { call, limited, target: target.to_string(), started_ms: now_ms };
+        let work = Work::Decide { call, limited, target: target.to_string(), started_ms: now_ms, id };
         let ticket = self.park(work, now_ms);
         Step::Fetch(Fetch { ticket, pipeline: false, body, timeout_ms: self.config.redis_timeout_ms })
     }
@@ -675,13 +786,16 @@ impl<'c> Gateway<'c> {
     }
 
     /// The answer to a decision attempt: the fail mode applied, metrics counted (the candidate's
-    /// differences too), headers rendered.
+    /// differences too), headers rendered; an admitted request that holds slots or reserved costs
+    /// (`admission`: its id and the script's time) has its response watched.
+    #[allow(clippy::too_many_arguments)]
     fn decided(
         &mut self,
         limited: Limited<'c>,
         target: &str,
         result: Result<crate::decision::Decision, Failure>,
         candidate: Option<Vec<crate::decision::LimitStatus>>,
+        admission: Option<(String, i64)>,
         started_ms: f64,
         now_ms: f64,
     ) -> Step {
@@ -702,16 +816,111 @@ impl<'c> Gateway<'c> {
             return self.forward(target, Vec::new(), None, report);
         }
         let outcome = self.limiter.outcome(result, self.config.fail_mode, &limited.checks, now_ms);
+        let held = match (&outcome, admission) {
+            (crate::limiter::Outcome::Allowed(d), Some((id, script_ms))) => {
+                Some((held_of(&limited.checks, d), id, script_ms))
+            }
+            _ => None,
+        };
         let report = self.count(&outcome, &limited, started_ms, now_ms);
-        match http::answer(&outcome) {
+        let in_flight = |i: usize| limited.checks.get(i).is_some_and(|c| c.limit.is_concurrency());
+        match http::answer_in_flight(&outcome, in_flight) {
             Answer::Forward(headers) => match self.forward(target, headers, note, report) {
                 Step::Forward { url, headers, note, report, .. } => {
-                    Step::Forward { url, headers, note, report, wake: self.wake(now_ms) }
+                    let watch = held.and_then(|(items, id, script_ms)| self.watch(items, id, script_ms, now_ms));
+                    Step::Forward { url, headers, note, report, wake: self.wake(now_ms), watch }
                 }
                 other => other,
             },
             Answer::Respond(response) => Step::Respond { response, note, report },
         }
+    }
+
+    /// The watch for an admitted request's response, parked until it has been delivered.
+    fn watch(&mut self, items: Vec<Held<'c>>, id: String, script_ms: i64, now_ms: f64) -> Option<Watch> {
+        if items.is_empty() {
+            return None;
+        }
+        let (mut headers, mut strip, mut sse_keys) = (Vec::new(), Vec::new(), Vec::new());
+        for s in items.iter().filter_map(|h| h.limit.settle()) {
+            if let Some(h) = s.header() {
+                if !headers.iter().any(|x| x == h) {
+                    headers.push(h.to_string());
+                }
+                if s.strip && !strip.iter().any(|x| x == h) {
+                    strip.push(h.to_string());
+                }
+            }
+            if let Some(k) = s.sse_key() {
+                if !sse_keys.iter().any(|x| x == k) {
+                    sse_keys.push(k.to_string());
+                }
+            }
+        }
+        let slots = items.iter().filter(|h| h.reserve.is_none()).count() as u64;
+        self.metrics.add_held(HeldCounts { slots_taken: slots, ..HeldCounts::default() });
+        // Kept as long as a slot may live: a response may stream for minutes.
+        let ttl_ms = items.iter().map(|h| h.limit.ttl_seconds()).max().unwrap_or(60) as f64 * 1000.0;
+        let work = Work::Held { items, id, script_ms, headers: headers.clone() };
+        let ticket = self.park_until(work, now_ms + ttl_ms, now_ms);
+        Some(Watch { ticket, headers, strip, sse_keys })
+    }
+
+    /// A watched response was delivered: its slots released and its costs settled in one script call
+    /// (exactly once: a settle marker per request), nothing when there is nothing to change.
+    fn delivered(
+        &mut self,
+        items: Vec<Held<'c>>,
+        id: String,
+        script_ms: i64,
+        delivered: &Delivered<'_>,
+        now_ms: f64,
+    ) -> Step {
+        let mut counts = HeldCounts::default();
+        let mut settlements = Vec::with_capacity(items.len());
+        let mut costs = false;
+        for h in items {
+            let (delta, arg) = match (h.reserve, h.limit.settle()) {
+                (None, _) => {
+                    counts.slots_released += 1;
+                    (0, id.clone())
+                }
+                (Some(reserve), Some(settle)) => match settle.actual(delivered) {
+                    Some(actual) => {
+                        counts.settled += 1;
+                        let delta = i64::from(actual) - i64::from(reserve);
+                        if delta > 0 {
+                            counts.charged += delta as u64;
+                        } else {
+                            counts.refunded += delta.unsigned_abs();
+                        }
+                        if delta == 0 {
+                            continue;
+                        }
+                        costs = true;
+                        (delta, script_ms.to_string())
+                    }
+                    None => {
+                        counts.missing += 1; // settled at the reservation
+                        continue;
+                    }
+                },
+                (Some(_), None) => continue,
+            };
+            settlements.push(Settlement { key: h.key, limit: h.limit, overrides: h.overrides, delta, arg });
+        }
+        self.metrics.add_held(counts);
+        if settlements.is_empty() {
+            return Step::Done;
+        }
+        let marker = costs.then(|| settle_marker(&id));
+        self.settle_call(settlements, marker, 0, now_ms)
+    }
+
+    fn settle_call(&mut self, items: Vec<Settlement<'c>>, marker: Option<String>, attempt: u8, now_ms: f64) -> Step {
+        let (call, body) = ScriptCall::settle(&self.limiter, &items, marker.as_deref(), self.config.clock, now_ms);
+        let ticket = self.park(Work::Settling { call, items, marker, attempt }, now_ms);
+        Step::Fetch(Fetch { ticket, pipeline: false, body, timeout_ms: self.config.redis_timeout_ms })
     }
 
     /// The log line of a decision attempt, if it deserves one: Redis failed, or a shadow limit would
@@ -771,7 +980,12 @@ impl<'c> Gateway<'c> {
             Ok(call) => call,
             Err(error) => return Step::Throw { error, note: None },
         };
-        let limited = call.limited;
+        let mut limited = call.limited;
+        // An RPC caller's response is not the gateway's to watch: in-flight limits are reported only
+        // (a slot would never be released), and settled costs charge their reservation.
+        for c in limited.checks.iter_mut().filter(|c| c.limit.is_concurrency()) {
+            c.mode = Mode::Report;
+        }
         match call.method {
             Method::Reset => {
                 // Only the key's own buckets: a rule's `by: "global"` bucket is everyone's.
@@ -846,7 +1060,7 @@ impl<'c> Gateway<'c> {
 
     fn forward(&self, target: &str, headers: Vec<Header>, note: Option<String>, report: Option<Fetch>) -> Step {
         let url = self.config.origin.as_ref().map(|origin| format!("{origin}{target}"));
-        Step::Forward { url, headers, note, report, wake: None }
+        Step::Forward { url, headers, note, report, wake: None, watch: None }
     }
 
     /// An admin request: its body read first if it is a write with the right token.
@@ -895,6 +1109,27 @@ impl<'c> Gateway<'c> {
             }
         }
     }
+}
+
+/// What an admitted request holds until its response has been delivered: the slots it took and the
+/// costs it reserved (enforcing limits, and shadow limits that could pay: those were debited).
+fn held_of<'c>(checks: &[Check<'c>], decision: &Decision) -> Vec<Held<'c>> {
+    checks
+        .iter()
+        .zip(&decision.limits)
+        .filter(|(c, status)| match c.mode {
+            Mode::Enforce => true,
+            Mode::Shadow => status.retry_ms == 0,
+            Mode::Candidate | Mode::Report => false,
+        })
+        .filter(|(c, _)| c.limit.is_concurrency() || c.limit.settle().is_some())
+        .map(|(c, _)| Held {
+            key: c.key.clone(),
+            limit: c.limit,
+            overrides: c.overrides.clone(),
+            reserve: (!c.limit.is_concurrency()).then_some(c.cost),
+        })
+        .collect()
 }
 
 fn respond(response: Response) -> Step {
@@ -961,8 +1196,17 @@ impl Isolate {
     /// Reads the configuration once (`var` looks a variable up). The configuration lives as long as
     /// the isolate, so it is leaked on purpose: one per isolate, never freed.
     pub fn from_env(var: impl Fn(&str) -> Option<String>) -> Isolate {
+        Isolate::from_env_as(var, "")
+    }
+
+    /// [`Isolate::from_env`] whose request ids start with `instance_id` (random, drawn by the executor:
+    /// see [`Gateway::with_instance_id`]).
+    pub fn from_env_as(var: impl Fn(&str) -> Option<String>, instance_id: &str) -> Isolate {
         match Config::from_env(var) {
-            Ok(config) => Isolate::Ready(Box::new(Gateway::new(Box::leak(Box::new(config))))),
+            Ok(config) => {
+                let gateway = Gateway::new(Box::leak(Box::new(config))).with_instance_id(instance_id);
+                Isolate::Ready(Box::new(gateway))
+            }
             Err(e) => Isolate::Misconfigured(e),
         }
     }

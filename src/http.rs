@@ -122,8 +122,15 @@ pub enum Answer {
 /// The answer for an outcome: allowed → forward with the RateLimit fields; denied → 429; Redis failed →
 /// forward marked degraded, 429 from the local bucket, or 503, by the fail mode.
 pub fn answer(outcome: &Outcome) -> Answer {
+    answer_in_flight(outcome, |_| false)
+}
+
+/// [`answer`], where `in_flight(i)` says whether limit `i` counts requests in flight: a request it
+/// denies gets its own problem type (`too-many-concurrent`).
+pub fn answer_in_flight(outcome: &Outcome, in_flight: impl Fn(usize) -> bool) -> Answer {
     match outcome {
         Outcome::Allowed(d) => Answer::Forward(rate_limit_headers(d)),
+        Outcome::Denied(d) if d.denied_by.is_some_and(in_flight) => Answer::Respond(too_many_concurrent(d)),
         Outcome::Denied(d) => Answer::Respond(rate_limited(d, None)),
         Outcome::DeniedLocally(d, failure) => Answer::Respond(rate_limited(d, Some(failure))),
         Outcome::FailedOpen(failure, _) => Answer::Forward(vec![degraded(failure)]),
@@ -138,6 +145,16 @@ pub fn answer(outcome: &Outcome) -> Answer {
             .with("x-ratelimit-status", format!("unavailable; reason={}", failure.reason())),
         ),
     }
+}
+
+/// 429: an in-flight limit is full. `Retry-After: 1` (a slot frees when a response ends, which nobody
+/// can foresee) and the RateLimit fields naming the limit.
+fn too_many_concurrent(decision: &Decision) -> Response {
+    let name = decision.most_restrictive().map_or("", |l| l.policy.as_str());
+    let detail = format!("In-flight limit \"{name}\" reached: too many requests at once; retry in 1 s.");
+    let mut r = problem_fast(429, "too-many-concurrent", "Too Many Requests", &detail);
+    r.headers.extend(rate_limit_headers(decision));
+    r
 }
 
 /// `X-RateLimit-Status` of a request decided without Redis.

@@ -54,6 +54,7 @@ mod quota;
 mod rate;
 mod rpc;
 mod script;
+mod settle;
 mod upstash;
 mod wire;
 
@@ -73,11 +74,11 @@ pub use key::bucket_key;
 pub use lease::{GiveBack, Lease, LeaseBook, LeaseCounts, Want, MIN_LEASE};
 pub use limit::{Algorithm, Limit};
 pub use limiter::{
-    script_call, Check, Failure, Limiter, Next, Outcome, ScriptCall, TransportError, DEFAULT_DENY_CACHE_MAX_MS,
-    DENY_CACHE_ENTRIES, LOAD_EPISODE_MS, LOCAL_BUCKETS,
+    script_call, Check, Failure, Limiter, Next, Outcome, ScriptCall, Settlement, TransportError,
+    DEFAULT_DENY_CACHE_MAX_MS, DENY_CACHE_ENTRIES, LOAD_EPISODE_MS, LOCAL_BUCKETS,
 };
 pub use log::caller_id;
-pub use metrics::{Event, Histogram, Metrics, Report, Totals, DENIED_KEY, LATENCY_BUCKETS_MS, METRICS_KEY};
+pub use metrics::{Event, HeldCounts, Histogram, Metrics, Report, Totals, DENIED_KEY, LATENCY_BUCKETS_MS, METRICS_KEY};
 pub use overrides::{Override, Scope};
 pub use path::{normalize, normalize_with, path_and_query, views};
 pub use plan::{
@@ -88,5 +89,6 @@ pub use policy::{parse_net, Applied, CountBy, Facts, LimitRule, Lists, Policy, R
 pub use rate::Refill;
 pub use rpc::{CallError, ErrorKind, Method, MAX_KEY_BYTES};
 pub use script::{Variant, SCRIPT_FLAGGED, SCRIPT_FLAGGED_SHA, SCRIPT_PLAIN, SCRIPT_PLAIN_SHA};
+pub use settle::{Delivered, Settle, Usage};
 pub use upstash::{eval_body, evalsha_body, parse_script_reply, RestError};
 pub use wire::{decode_request, decode_step, decode_vars, encode_start, encode_step, reply};

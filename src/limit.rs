@@ -4,6 +4,7 @@
 use std::num::NonZeroU32;
 
 use crate::rate::Refill;
+use crate::settle::Settle;
 
 /// The largest capacity accepted; far below 2^53 so every token count stays exact in a double.
 pub const MAX_CAPACITY: u32 = 1_000_000_000;
@@ -45,6 +46,9 @@ pub enum Algorithm {
     /// A sliding-window counter: at most about `capacity` requests in any window of
     /// `capacity / refill` seconds (the previous window's count weighted by its overlap).
     SlidingWindow,
+    /// In-flight slots: at most `capacity` requests at the origin at once, each slot taken with the
+    /// decision and released when its response has been delivered (or expiring after the TTL).
+    Concurrency,
 }
 
 impl Algorithm {
@@ -53,6 +57,7 @@ impl Algorithm {
         match self {
             Algorithm::TokenBucket => "token-bucket",
             Algorithm::SlidingWindow => "sliding-window",
+            Algorithm::Concurrency => "concurrency",
         }
     }
 
@@ -69,6 +74,7 @@ impl Algorithm {
         match self {
             Algorithm::TokenBucket => "t",
             Algorithm::SlidingWindow => "w",
+            Algorithm::Concurrency => "c",
         }
     }
 }
@@ -81,6 +87,8 @@ pub struct Limit {
     algorithm: Algorithm,
     /// Whether isolates may lease this limit's tokens (a policy's `"lease": false` says no).
     lease: bool,
+    /// A cost settled after the response (`"cost": { "reserve": …, "settle": … }`).
+    settle: Option<Box<Settle>>,
     /// The script's arguments for this limit (capacity, rate, TTL), written once: formatting a float
     /// on every request is a measurable share of a decision's CPU.
     args: [String; 3],
@@ -112,7 +120,7 @@ impl Limit {
         }
         let ttl_seconds = ttl_seconds.max(window);
         let args = [capacity.to_string(), refill.tokens_per_second().to_string(), ttl_seconds.to_string()];
-        Ok(Limit { capacity, refill, ttl_seconds, algorithm: Algorithm::TokenBucket, lease: true, args })
+        Ok(Limit { capacity, refill, ttl_seconds, algorithm: Algorithm::TokenBucket, lease: true, settle: None, args })
     }
 
     /// The same numbers counted by `algorithm`. A sliding window's TTL covers two windows (the
@@ -128,6 +136,36 @@ impl Limit {
 
     pub fn algorithm(&self) -> Algorithm {
         self.algorithm
+    }
+
+    /// At most `slots` requests in flight at once; a slot whose release never comes expires after
+    /// `slot_ttl_seconds`. (The script reads it as capacity `slots` refilled `slots` per second, so
+    /// `RateLimit-Policy` says `w=1`.) Never leased.
+    pub fn concurrency(slots: u32, slot_ttl_seconds: u64) -> Result<Limit, LimitError> {
+        let rate = Refill::per_second(f64::from(slots.clamp(1, MAX_CAPACITY)))
+            .map_err(|m| LimitError { part: LimitPart::Capacity, message: m })?;
+        let mut limit = Limit::new(slots, rate, slot_ttl_seconds)?;
+        limit.algorithm = Algorithm::Concurrency;
+        limit.lease = false;
+        Ok(limit)
+    }
+
+    /// The same limit with its cost settled after the response (never leased: the cost is not known
+    /// when the tokens would be spent).
+    pub fn with_settle(mut self, settle: Settle) -> Limit {
+        self.settle = Some(Box::new(settle));
+        self.lease = false;
+        self
+    }
+
+    /// How its cost is settled after the response, if it is.
+    pub fn settle(&self) -> Option<&Settle> {
+        self.settle.as_deref()
+    }
+
+    /// Whether it counts requests in flight rather than arrivals.
+    pub fn is_concurrency(&self) -> bool {
+        self.algorithm == Algorithm::Concurrency
     }
 
     /// The same limit, leasable or not.

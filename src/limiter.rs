@@ -186,14 +186,15 @@ impl Default for Limiter {
 /// The script's KEYS and ARGV for `checks` (see the header of `lua/ratelimit.lua`), asking for no lease.
 pub fn script_call(checks: &[Check<'_>], clock: Clock, now_ms: f64, peek: bool) -> (Vec<String>, Vec<String>) {
     let op = if peek { Op::Peek } else { Op::Take };
-    let limits =
-        checks.iter().map(|c| (c.key.as_str(), c.limit, c.cost, c.mode, c.overrides.as_slice(), "0".to_string()));
+    let limits = checks
+        .iter()
+        .map(|c| (c.key.as_str(), c.limit, i64::from(c.cost), c.mode, c.overrides.as_slice(), "0".to_string()));
     script_args(limits, checks.len(), clock, now_ms, op)
 }
 
 /// KEYS and ARGV for `n` limits: (key, limit, cost, mode, override keys, lease argument `ARGV[a+7]`) each.
 fn script_args<'a>(
-    limits: impl Iterator<Item = (&'a str, &'a Limit, u32, Mode, &'a [String], String)>,
+    limits: impl Iterator<Item = (&'a str, &'a Limit, i64, Mode, &'a [String], String)>,
     n: usize,
     clock: Clock,
     now_ms: f64,
@@ -242,6 +243,18 @@ fn script_args<'a>(
     (keys, args)
 }
 
+/// One limit of a request to settle after its response: a slot to release (`delta` 0, `arg` the
+/// request's id) or a cost to charge (`delta` > 0) or refund (< 0), `arg` when it was reserved (the
+/// script's ms).
+#[derive(Clone, Debug)]
+pub struct Settlement<'a> {
+    pub key: String,
+    pub limit: &'a Limit,
+    pub overrides: Vec<String>,
+    pub delta: i64,
+    pub arg: String,
+}
+
 /// Where one request's script call stands.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Phase {
@@ -287,6 +300,19 @@ impl ScriptCall {
         now_ms: f64,
         peek: bool,
     ) -> (ScriptCall, String) {
+        Self::start_with_id(limiter, checks, clock, now_ms, peek, "")
+    }
+
+    /// [`ScriptCall::start`] for a request whose in-flight slots are taken under `id` (unique among
+    /// every isolate's requests: see [`crate::Gateway::with_instance_id`]).
+    pub fn start_with_id(
+        limiter: &Limiter,
+        checks: &[Check<'_>],
+        clock: Clock,
+        now_ms: f64,
+        peek: bool,
+        id: &str,
+    ) -> (ScriptCall, String) {
         // Only when every limit a lease could pay can lease: a request is spent from leases only when
         // all of its limits are covered, so a lease beside a limit that never leases would never be spent.
         let leasable = !peek && {
@@ -306,12 +332,13 @@ impl ScriptCall {
             let mut book = limiter.leases.borrow_mut();
             checks.iter().zip(&wants).map(|(c, w)| book.lease_arg(&c.key, *w)).collect()
         } else {
-            vec!["0".to_string(); checks.len()]
+            // (a slot's argument is the request's id: its member in the slots' sorted set)
+            checks.iter().map(|c| if c.limit.is_concurrency() { id.to_string() } else { "0".to_string() }).collect()
         };
         let limits = checks
             .iter()
             .zip(lease_args)
-            .map(|(c, arg)| (c.key.as_str(), c.limit, c.cost, c.mode, c.overrides.as_slice(), arg));
+            .map(|(c, arg)| (c.key.as_str(), c.limit, i64::from(c.cost), c.mode, c.overrides.as_slice(), arg));
         let (keys, args) = script_args(limits, checks.len(), clock, now_ms, op);
         Self::with(limiter, keys, args, asked)
     }
@@ -321,9 +348,27 @@ impl ScriptCall {
         let limits = items.iter().map(|g| {
             let tokens = g.tokens.min(u64::from(u32::MAX)) as u32;
             let arg = format!("{} {} {}", g.taken_ms, g.settle, g.since);
-            (g.key.as_str(), &g.limit, tokens, Mode::Enforce, g.overrides.as_slice(), arg)
+            (g.key.as_str(), &g.limit, i64::from(tokens), Mode::Enforce, g.overrides.as_slice(), arg)
         });
         let (keys, args) = script_args(limits, items.len(), clock, now_ms, Op::GiveBack);
+        Self::with(limiter, keys, args, Vec::new())
+    }
+
+    /// The call after a response that releases its slots and settles its costs (`marker`: the
+    /// request's settle marker key, so that a retried call changes nothing).
+    pub fn settle(
+        limiter: &Limiter,
+        items: &[Settlement<'_>],
+        marker: Option<&str>,
+        clock: Clock,
+        now_ms: f64,
+    ) -> (ScriptCall, String) {
+        let limits = items
+            .iter()
+            .map(|s| (s.key.as_str(), s.limit, s.delta, Mode::Enforce, s.overrides.as_slice(), s.arg.clone()));
+        let op = if marker.is_some() { Op::SettleOnce } else { Op::Settle };
+        let (mut keys, args) = script_args(limits, items.len(), clock, now_ms, op);
+        keys.extend(marker.map(str::to_string));
         Self::with(limiter, keys, args, Vec::new())
     }
 
@@ -616,6 +661,8 @@ impl Limiter {
         let ints = reply?;
         let mut decision = Decision::from_script(&ints, &limits).map_err(Failure::Rest)?;
         match decision.denied_by {
+            // Slots free when responses end, which no isolate can foresee: never cached.
+            Some(i) if checks[i].limit.is_concurrency() => {}
             Some(i) => self.remember_denial(&checks[i], &decision.limits[i], now_ms),
             None => {
                 let mut denials = self.denials.borrow_mut();

@@ -7,7 +7,8 @@
 //! Redis layout: hash `ratelimit:metrics` with fields `c|<outcome>|<rule>|<tier>` (requests),
 //! `h|<histogram>|<bucket index>` / `h|<histogram>|sum_us` / `h|<histogram>|count`,
 //! `noscript`, `deny_cache_hits`, `lease|granted|spent|requests|returned|lost` (tokens, and requests
-//! answered from leases); sorted set `ratelimit:denied` (denials per caller, top 1,000 kept).
+//! answered from leases), `held|<what>` (in-flight slots and settled costs: [`HeldCounts`]); sorted set
+//! `ratelimit:denied` (denials per caller, top 1,000 kept).
 
 use std::collections::HashMap;
 use std::fmt::Write;
@@ -105,6 +106,69 @@ impl Histogram {
     }
 }
 
+/// In-flight slots and settled costs: slots taken, released after their response, and whose release
+/// failed (they expire after their TTL); requests settled from their response, settled at their
+/// reservation because the usage was missing or malformed, whose settle call failed, or whose settle
+/// call was a repeat; tokens charged and refunded by settling.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HeldCounts {
+    pub slots_taken: u64,
+    pub slots_released: u64,
+    pub release_failed: u64,
+    pub settled: u64,
+    pub missing: u64,
+    pub settle_failed: u64,
+    pub repeated: u64,
+    pub charged: u64,
+    pub refunded: u64,
+}
+
+impl HeldCounts {
+    /// Each count with its field name (`held|<name>` in Redis).
+    pub fn fields(&self) -> [(&'static str, u64); 9] {
+        [
+            ("slots_taken", self.slots_taken),
+            ("slots_released", self.slots_released),
+            ("release_failed", self.release_failed),
+            ("settled", self.settled),
+            ("missing", self.missing),
+            ("settle_failed", self.settle_failed),
+            ("repeated", self.repeated),
+            ("charged", self.charged),
+            ("refunded", self.refunded),
+        ]
+    }
+
+    fn field(&mut self, name: &str) -> Option<&mut u64> {
+        Some(match name {
+            "slots_taken" => &mut self.slots_taken,
+            "slots_released" => &mut self.slots_released,
+            "release_failed" => &mut self.release_failed,
+            "settled" => &mut self.settled,
+            "missing" => &mut self.missing,
+            "settle_failed" => &mut self.settle_failed,
+            "repeated" => &mut self.repeated,
+            "charged" => &mut self.charged,
+            "refunded" => &mut self.refunded,
+            _ => return None,
+        })
+    }
+
+    fn add(&mut self, other: &HeldCounts) {
+        for (name, n) in other.fields() {
+            if let Some(f) = self.field(name) {
+                *f += n;
+            }
+        }
+    }
+
+    /// Slots taken and neither released nor failed: held by requests in flight (or lost with an
+    /// isolate, until their TTL).
+    pub fn slots_held(&self) -> u64 {
+        self.slots_taken.saturating_sub(self.slots_released + self.release_failed)
+    }
+}
+
 /// One isolate's counts since its last report.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Metrics {
@@ -114,6 +178,7 @@ pub struct Metrics {
     noscript: u64,
     deny_cache_hits: u64,
     leases: LeaseCounts,
+    held: HeldCounts,
     denied_callers: HashMap<String, u64>,
     /// The candidate policy's differences from the live one: (rule, limit, would deny) → requests; and
     /// per (rule, limit) the callers they were (bounded per batch like the denied callers).
@@ -247,8 +312,14 @@ impl Metrics {
         );
     }
 
+    /// Adds in-flight and settle counts.
+    pub fn add_held(&mut self, c: HeldCounts) {
+        self.held.add(&c);
+    }
+
     fn is_empty(&self) -> bool {
         self.leases == LeaseCounts::default()
+            && self.held == HeldCounts::default()
             && self.requests.is_empty()
             && self.decision.count == 0
             && self.redis.count == 0
@@ -282,6 +353,7 @@ impl Metrics {
         self.noscript += counts.noscript;
         self.deny_cache_hits += counts.deny_cache_hits;
         self.add_lease_counts(counts.leases);
+        self.held.add(&counts.held);
         for (k, n) in counts.candidate {
             *self.candidate.entry(k).or_default() += n;
         }
@@ -330,6 +402,9 @@ impl Metrics {
             ("lost", l.lost),
         ] {
             incr(format!("lease|{name}"), n);
+        }
+        for (name, n) in self.held.fields() {
+            incr(format!("held|{name}"), n);
         }
         let mut callers: Vec<_> = self.denied_callers.iter().collect();
         callers.sort();
@@ -386,6 +461,8 @@ pub struct Totals {
     pub deny_cache_hits: u64,
     /// Lease tokens granted, spent, given back and lost, and requests answered from leases, over all isolates.
     pub leases: LeaseCounts,
+    /// In-flight slots and settled costs over all isolates.
+    pub held: HeldCounts,
 }
 
 impl Totals {
@@ -434,6 +511,11 @@ impl Totals {
                 ["lease", "requests"] => t.leases.requests += n,
                 ["lease", "returned"] => t.leases.returned += n,
                 ["lease", "lost"] => t.leases.lost += n,
+                ["held", what] => {
+                    if let Some(f) = t.held.field(what) {
+                        *f += n;
+                    }
+                }
                 _ => {}
             }
         }
@@ -507,6 +589,43 @@ impl Totals {
              # TYPE edge_ratelimit_lease_tokens_outstanding gauge\nedge_ratelimit_lease_tokens_outstanding {}",
             self.leases_outstanding()
         );
+        let h = &self.held;
+        let _ = writeln!(
+            out,
+            "# HELP edge_ratelimit_inflight_slots_total In-flight slots taken, released after their response, \
+             and whose release failed (those expire after their TTL).\n\
+             # TYPE edge_ratelimit_inflight_slots_total counter"
+        );
+        for (what, n) in
+            [("taken", h.slots_taken), ("released", h.slots_released), ("release_failed", h.release_failed)]
+        {
+            let _ = writeln!(out, "edge_ratelimit_inflight_slots_total{{what=\"{what}\"}} {n}");
+        }
+        let _ = writeln!(
+            out,
+            "# HELP edge_ratelimit_inflight_slots In-flight slots held now (or lost with an isolate, until their TTL).\n\
+             # TYPE edge_ratelimit_inflight_slots gauge\nedge_ratelimit_inflight_slots {}",
+            h.slots_held()
+        );
+        let _ = writeln!(
+            out,
+            "# HELP edge_ratelimit_settled_requests_total Requests whose cost was settled from the response, \
+             settled at the reservation (usage missing or malformed), whose settle call failed, or was a repeat.\n\
+             # TYPE edge_ratelimit_settled_requests_total counter"
+        );
+        for (how, n) in
+            [("settled", h.settled), ("missing", h.missing), ("failed", h.settle_failed), ("repeated", h.repeated)]
+        {
+            let _ = writeln!(out, "edge_ratelimit_settled_requests_total{{how=\"{how}\"}} {n}");
+        }
+        let _ = writeln!(
+            out,
+            "# HELP edge_ratelimit_settled_tokens_total Tokens charged beyond and refunded below reservations.\n\
+             # TYPE edge_ratelimit_settled_tokens_total counter"
+        );
+        for (what, n) in [("charged", h.charged), ("refunded", h.refunded)] {
+            let _ = writeln!(out, "edge_ratelimit_settled_tokens_total{{what=\"{what}\"}} {n}");
+        }
         out
     }
 }

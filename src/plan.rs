@@ -195,14 +195,15 @@ pub fn plan_select<'c>(
 pub const CANDIDATE_SUBJECT_PREFIX: &str = "@candidate/";
 
 /// A candidate policy's limits for a request (matched as the live ones are), as checks in keys of their
-/// own, each in [`Mode::Candidate`] (its shadow limits only reported: they would never deny either).
+/// own, each in [`Mode::Candidate`] (its shadow and in-flight limits only reported).
 fn as_candidates(limited: Limited<'_>) -> Vec<Check<'_>> {
     limited
         .checks
         .into_iter()
         .map(|mut c| {
             c.key = format!("rate:{CANDIDATE_SUBJECT_PREFIX}{}", &c.key["rate:".len()..]);
-            c.mode = if c.mode == Mode::Shadow { Mode::Report } else { Mode::Candidate };
+            // (a candidate's in-flight slots would never be released: reported only)
+            c.mode = if c.mode == Mode::Shadow || c.limit.is_concurrency() { Mode::Report } else { Mode::Candidate };
             c
         })
         .collect()

@@ -15,6 +15,7 @@ use crate::key::{push_escaped, subject_key};
 use crate::limit::{Algorithm, Limit, LimitPart};
 use crate::path::normalize_with;
 use crate::rate::Refill;
+use crate::settle::Settle;
 
 /// What a limit counts by.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -167,7 +168,9 @@ impl Policy {
                 let tiered = l.for_tier(tier);
                 let mut key = format!("rate:{subject}:");
                 push_route(&mut key, &rule.route);
-                key.push('#');
+                // In-flight slots live in a sorted set, never in a bucket's key (a route holds no `#` or
+                // `!`... but `!` is allowed in routes: a bucket key has exactly one `#`, a slots key none).
+                key.push(if tiered.limit.is_concurrency() { '!' } else { '#' });
                 key.push_str(&l.name);
                 out.push(Applied {
                     key,
@@ -187,6 +190,18 @@ impl Policy {
 
 /// A limit's numbers as the admin API shows them, as JSON members.
 pub fn limit_json(o: Obj, limit: &Limit, cost: u32) -> Obj {
+    if limit.is_concurrency() {
+        return o
+            .str("algorithm", limit.algorithm().name())
+            .int("concurrency", limit.capacity())
+            .int("slot_ttl_seconds", limit.ttl_seconds());
+    }
+    let o = match limit.settle() {
+        Some(s) => {
+            o.raw("settle", &Obj::new().int("reserve", cost).str("settle", &s.source()).bool("strip", s.strip).finish())
+        }
+        None => o,
+    };
     o.str("algorithm", limit.algorithm().name())
         .int("capacity", limit.capacity())
         .num("refill_per_second", limit.refill().tokens_per_second())
@@ -333,9 +348,13 @@ struct RawRule {
 struct RawLimit {
     name: String,
     by: String,
-    capacity: serde_json::Number,
-    refill: String,
+    capacity: Option<serde_json::Number>,
+    refill: Option<String>,
     cost: Option<serde_json::Number>,
+    /// `"cost": { "reserve", "settle", "strip" }`: the source and whether to strip it.
+    settle: Option<(String, bool)>,
+    concurrency: Option<serde_json::Number>,
+    slot_ttl_seconds: Option<serde_json::Number>,
     ttl_seconds: Option<serde_json::Number>,
     shadow: bool,
     algorithm: Option<String>,
@@ -344,6 +363,7 @@ struct RawLimit {
 }
 
 struct RawTier {
+    concurrency: Option<serde_json::Number>,
     capacity: Option<serde_json::Number>,
     refill: Option<String>,
     cost: Option<serde_json::Number>,
@@ -495,25 +515,71 @@ impl RawRule {
 impl RawLimit {
     fn from_value(v: &Value, rule: &str) -> Result<RawLimit, String> {
         let at = place(v, "limit", &rule.replace(": ", ", "));
-        let known =
-            ["name", "by", "capacity", "refill", "cost", "ttl_seconds", "shadow", "algorithm", "lease", "tiers"];
+        let known = [
+            "name",
+            "by",
+            "capacity",
+            "refill",
+            "cost",
+            "ttl_seconds",
+            "shadow",
+            "algorithm",
+            "lease",
+            "tiers",
+            "concurrency",
+            "slot_ttl_seconds",
+        ];
         let f = Fields::of(v, at.clone(), &known)?;
         let mut tiers = Vec::new();
         if let Some(t) = f.get("tiers") {
             let Value::Object(map) = t else { return Err(format!("{at}`tiers` must be an object of tiers")) };
             for (name, tier) in map {
-                let tf = Fields::of(tier, format!("{at}tier {}: ", Q(name)), &["capacity", "refill", "cost"])?;
-                let raw =
-                    RawTier { capacity: tf.number("capacity")?, refill: tf.text("refill")?, cost: tf.number("cost")? };
+                let known: &[&str] =
+                    if f.get("concurrency").is_some() { &["concurrency"] } else { &["capacity", "refill", "cost"] };
+                let tf = Fields::of(tier, format!("{at}tier {}: ", Q(name)), known)?;
+                let raw = RawTier {
+                    concurrency: tf.number("concurrency")?,
+                    capacity: tf.number("capacity")?,
+                    refill: tf.text("refill")?,
+                    cost: tf.number("cost")?,
+                };
                 tiers.push((name.clone(), raw));
             }
         }
+        let concurrency = f.number("concurrency")?;
+        if concurrency.is_some() {
+            if let Some(k) = ["capacity", "refill", "cost", "ttl_seconds", "algorithm", "lease"]
+                .into_iter()
+                .find(|k| f.get(k).is_some())
+            {
+                return Err(format!(
+                    "{at}`{k}` does not apply to a `concurrency` limit (it counts requests in flight;                      `slot_ttl_seconds` says when a slot whose release never came expires)"
+                ));
+            }
+        } else if f.get("slot_ttl_seconds").is_some() {
+            return Err(format!("{at}`slot_ttl_seconds` applies only to a `concurrency` limit"));
+        }
+        let (cost, settle) = match f.get("cost") {
+            Some(v @ Value::Object(_)) => {
+                let cf = Fields::of(v, format!("{at}`cost`: "), &["reserve", "settle", "strip"])?;
+                (Some(cf.required_number("reserve")?), Some((cf.required_text("settle")?, cf.flag("strip")?)))
+            }
+            Some(Value::Number(_)) | None => (f.number("cost")?, None),
+            Some(_) => {
+                return Err(format!(
+                    "{at}`cost` must be a number or {{ \"reserve\": <tokens>, \"settle\": \"header:<name>\" | \"sse:<path>\" }}"
+                ))
+            }
+        };
         Ok(RawLimit {
             name: f.required_text("name")?,
             by: f.text("by")?.unwrap_or_else(|| "user".into()),
-            capacity: f.required_number("capacity")?,
-            refill: f.required_text("refill")?,
-            cost: f.number("cost")?,
+            capacity: if concurrency.is_some() { None } else { Some(f.required_number("capacity")?) },
+            refill: if concurrency.is_some() { None } else { Some(f.required_text("refill")?) },
+            cost,
+            settle,
+            concurrency,
+            slot_ttl_seconds: f.number("slot_ttl_seconds")?,
             ttl_seconds: f.number("ttl_seconds")?,
             shadow: f.flag("shadow")?,
             algorithm: f.text("algorithm")?,
@@ -526,6 +592,9 @@ impl RawLimit {
 const METHODS: [&str; 9] = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "CONNECT", "TRACE"];
 const MAX_RULES: usize = 256;
 const MAX_LIMITS_PER_RULE: usize = 8;
+/// How long an in-flight slot whose release never came lasts, by default and at most.
+pub const DEFAULT_SLOT_TTL_SECONDS: u64 = 60;
+pub const MAX_SLOT_TTL_SECONDS: u64 = 86_400;
 
 impl Policy {
     /// Parses a policy document. `ttl_seconds` is the default bucket TTL; `fold_case` must match
@@ -630,20 +699,51 @@ impl Policy {
                     Some(a) => algorithm(a).map_err(|m| format!("{at}: `algorithm` {m}"))?,
                 };
                 let lease = r.lease && l.lease;
-                let mut base =
-                    tiered(&l.capacity, &l.refill, l.cost.as_ref(), ttl, algo).map_err(|m| format!("{at}: {m}"))?;
-                base.limit = base.limit.with_lease(lease);
+                let settle = match &l.settle {
+                    Some((source, strip)) => {
+                        Some(Settle::parse(source, *strip).map_err(|m| format!("{at}: `cost`: {m}"))?)
+                    }
+                    None => None,
+                };
+                let slot_ttl = match &l.slot_ttl_seconds {
+                    None => DEFAULT_SLOT_TTL_SECONDS,
+                    Some(n) => {
+                        whole(n, 1, MAX_SLOT_TTL_SECONDS).map_err(|m| format!("{at}: `slot_ttl_seconds` {m}"))?
+                    }
+                };
+                // Either one limit's numbers: in-flight slots, or a bucket / window (its cost settled or not).
+                let numbers = |capacity: Option<&serde_json::Number>,
+                               refill: Option<&str>,
+                               cost: Option<&serde_json::Number>,
+                               slots: Option<&serde_json::Number>|
+                 -> Result<Tiered, String> {
+                    if let Some(slots) = slots {
+                        let slots = whole(slots, 1, u64::from(crate::limit::MAX_CAPACITY))
+                            .map_err(|m| format!("`concurrency` {m}"))?;
+                        let limit = Limit::concurrency(slots as u32, slot_ttl).map_err(|e| e.to_string())?;
+                        return Ok(Tiered { limit, cost: 1 });
+                    }
+                    let zero = serde_json::Number::from(0);
+                    let mut t = tiered(capacity.unwrap_or(&zero), refill.unwrap_or(""), cost, ttl, algo)?;
+                    t.limit = t.limit.with_lease(lease);
+                    if let Some(s) = &settle {
+                        t.limit = t.limit.with_settle(s.clone());
+                    }
+                    Ok(t)
+                };
+                let base = numbers(l.capacity.as_ref(), l.refill.as_deref(), l.cost.as_ref(), l.concurrency.as_ref())
+                    .map_err(|m| format!("{at}: {m}"))?;
                 let mut by_tier: Vec<(String, Tiered)> = Vec::new();
                 for (tier, t) in &l.tiers {
                     if !tiers.contains(&tier.as_str()) {
                         return Err(format!("{at}: tier {} is not one of the declared `tiers`", Q(&tier)));
                     }
-                    let capacity = t.capacity.as_ref().unwrap_or(&l.capacity);
-                    let refill = t.refill.as_deref().unwrap_or(&l.refill);
+                    let capacity = t.capacity.as_ref().or(l.capacity.as_ref());
+                    let refill = t.refill.as_deref().or(l.refill.as_deref());
                     let cost = t.cost.as_ref().or(l.cost.as_ref());
-                    let mut numbers = tiered(capacity, refill, cost, ttl, algo)
-                        .map_err(|m| format!("{at}, tier {}: {m}", Q(&tier)))?;
-                    numbers.limit = numbers.limit.with_lease(lease);
+                    let slots = t.concurrency.as_ref().or(l.concurrency.as_ref());
+                    let numbers =
+                        numbers(capacity, refill, cost, slots).map_err(|m| format!("{at}, tier {}: {m}", Q(&tier)))?;
                     by_tier.retain(|(t, _)| t != tier);
                     by_tier.push((tier.clone(), numbers));
                 }

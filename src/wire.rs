@@ -9,7 +9,9 @@
 //! - `R` respond: status, asset name (`""` = `body`), note, report ticket (`""` = none), report
 //!   timeout, then header name / value lines; `extra` is the report's pipeline body.
 //! - `F` forward: url (`""` = the request's own), note, report ticket, report timeout, wake ticket
-//!   (`""` = none), wake ms, then header name / value lines to add; `extra` is the report's body.
+//!   (`""` = none), wake ms, watch ticket (`""` = none), the origin's response headers to report
+//!   (`,`-joined), those to strip, the SSE keys to look for (`,`-joined), then header name / value
+//!   lines to add; `extra` is the report's body.
 //! - `Q` fetch: ticket, `p` for `/pipeline` (else `""`), timeout ms; `body` is the POST body.
 //! - `W` wait: ticket, ms.
 //! - `V` verify: ticket, algorithm (`RS256`, `ES256`, `EdDSA`), kid, signature (base64url); `extra`
@@ -20,6 +22,10 @@
 //! - `T` throw to an RPC caller: the error's constructor (`TypeError`, `RangeError`, `Error`), note;
 //!   `body` is the message.
 //! - `D` done.
+//!
+//! A watched response is streamed through unchanged (but for stripped headers); once it has been
+//! delivered — to its end, or the client went away, or the origin failed — the watch ticket is
+//! resumed with code -8 (below) and what follows is carried out like a wake's steps.
 //!
 //! A wake is carried out off the response path (`waitUntil`): wait its ms, resume its ticket with
 //! "woke", and carry out what follows (`Q`, `W`) until `D`.
@@ -67,7 +73,9 @@ pub fn encode_start(isolate: &Isolate) -> String {
 
 /// The reply for `code` and `text` from the executor: an HTTP status (100 to 599) with its body, or
 /// 0 the deadline passed, -1 unreachable, -2 woke, -3 / -4 the signature is invalid / valid, -5 the key
-/// could not be imported, -6 the body (in `text`), -7 the body was too long or unreadable.
+/// could not be imported, -6 the body (in `text`), -7 the body was too long or unreadable, -8 a watched
+/// response was delivered (`text`: `1` or `0` for complete or not, a line per header asked, absent
+/// ones `\u{1}`, then `\0` and the SSE events' data, `\0`-separated).
 pub fn reply(code: i32, text: &str) -> Reply<'_> {
     match code {
         100..=599 => Reply::Http { status: code as u16, body: text },
@@ -78,6 +86,7 @@ pub fn reply(code: i32, text: &str) -> Reply<'_> {
         -5 => Reply::Signature(None),
         -6 => Reply::Body(Some(text)),
         -7 => Reply::Body(None),
+        -8 => Reply::Delivered(text),
         _ => Reply::Unreachable,
     }
 }
@@ -99,12 +108,21 @@ pub fn encode_step(step: &Step) -> String {
             headers(&mut head, &response.headers);
             (extra, response.text())
         }
-        Step::Forward { url, headers: extra_headers, note, report, wake } => {
+        Step::Forward { url, headers: extra_headers, note, report, wake, watch } => {
             line(&mut head, "F");
             line(&mut head, url.as_deref().unwrap_or(""));
             note_line(&mut head, note.as_deref());
             let extra = report_lines(&mut head, report.as_ref());
             wake_lines(&mut head, wake.as_ref());
+            match watch {
+                Some(w) => {
+                    number(&mut head, u64::from(w.ticket));
+                    line(&mut head, &w.headers.join(","));
+                    line(&mut head, &w.strip.join(","));
+                    line(&mut head, &w.sse_keys.join(","));
+                }
+                None => head.push_str("\n\n\n\n"),
+            }
             headers(&mut head, extra_headers);
             (extra, "")
         }
@@ -254,12 +272,25 @@ mod tests {
             note: None,
             report: None,
             wake: Some(Wake { ticket: 7, ms: 1020 }),
+            watch: None,
         };
         let text = encode_step(&f);
         assert_eq!(
             decode_step(&text).unwrap(),
-            (vec!["F", "", "", "", "", "7", "1020", "ratelimit", "\"default\";r=4;t=12"], "", "")
+            (vec!["F", "", "", "", "", "7", "1020", "", "", "", "", "ratelimit", "\"default\";r=4;t=12"], "", "")
         );
+        let watch = crate::gateway::Watch {
+            ticket: 8,
+            headers: vec!["x-usage".into(), "x-cost".into()],
+            strip: vec!["x-usage".into()],
+            sse_keys: vec!["total_tokens".into()],
+        };
+        let f = Step::Forward { url: None, headers: vec![], note: None, report: None, wake: None, watch: Some(watch) };
+        assert_eq!(
+            decode_step(&encode_step(&f)).unwrap().0,
+            ["F", "", "", "", "", "", "", "8", "x-usage,x-cost", "x-usage", "total_tokens"]
+        );
+        assert_eq!(reply(-8, "1\n30"), Reply::Delivered("1\n30"));
 
         let q = Step::Fetch(Fetch { ticket: 3, pipeline: false, body: "[\"EVALSHA\"]".into(), timeout_ms: 499 });
         assert_eq!(decode_step(&encode_step(&q)).unwrap(), (vec!["Q", "3", "", "499"], "", "[\"EVALSHA\"]"));

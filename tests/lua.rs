@@ -118,14 +118,21 @@ fn lua_agrees_with_the_rust_reference_on_random_sequences() {
                 now_ms -= 500; // a Worker clock that runs behind: the bucket's time must not go back
             }
             // Now and then a call asks for a lease, or gives tokens back (taken at some earlier time).
-            let op = [Op::Take, Op::Take, Op::Take, Op::Take, Op::GiveBack, Op::Peek][rng.below(6) as usize];
+            // Or settles a request's cost after its response (charging or refunding the difference).
+            let op =
+                [Op::Take, Op::Take, Op::Take, Op::Take, Op::GiveBack, Op::Peek, Op::Settle][rng.below(7) as usize];
             let call: Vec<(Spec, u64)> = specs
                 .iter()
                 .map(|s| {
-                    let cost = 1.0 + rng.below(3) as f64;
+                    let cost = match op {
+                        Op::Settle => [-30.0, -3.0, 2.0, 25.0, 400.0][rng.below(5) as usize],
+                        _ => (1.0 + rng.below(3) as f64).min(s.capacity),
+                    };
                     let lease = match op {
                         Op::Take => [0.0, 0.0, 1.0, 5.0, 40.0][rng.below(5) as usize],
-                        Op::GiveBack => (now_ms - [0, 500, 30_000, 200_000][rng.below(4) as usize]) as f64,
+                        Op::GiveBack | Op::Settle | Op::SettleOnce => {
+                            (now_ms - [0, 500, 30_000, 200_000][rng.below(4) as usize]) as f64
+                        }
                         Op::Peek => 0.0,
                     };
                     let slot_ms = [1500.0, 1500.0, 3000.0, 700.0][rng.below(4) as usize];
@@ -133,7 +140,7 @@ fn lua_agrees_with_the_rust_reference_on_random_sequences() {
                     // Lease tokens reported spent or given back, from grants of some time ago.
                     let settle = [0.0, 0.0, 3.0, 50.0][rng.below(4) as usize];
                     let since = (now_ms - [0, 700, 1600, 5000][rng.below(4) as usize]) as f64;
-                    (Spec { cost: cost.min(s.capacity), lease, slot_ms, share, settle, since, ..*s }, 3600)
+                    (Spec { cost, lease, slot_ms, share, settle, since, ..*s }, 3600)
                 })
                 .collect();
             let call_specs: Vec<Spec> = call.iter().map(|(s, _)| *s).collect();
@@ -406,4 +413,118 @@ fn peek_reports_without_consuming_or_writing() {
     run(&mut con, &keys, &specs, Some(5_000));
     assert_eq!(peek(&mut con)[2..4], [2, 0]);
     assert_eq!(peek(&mut con)[7..9], [2, 0], "still 2: peeking consumed nothing");
+}
+
+/// One call with raw per-limit arguments `(algorithm, capacity, rate, ttl, cost, mode, arg7)` at `now_ms`
+/// (worker clock), `extra` keys after the limits' (the settle marker last for op "4").
+fn raw(
+    con: &mut redis::Connection,
+    op: &str,
+    keys: &[&str],
+    limits: &[[&str; 7]],
+    now_ms: u64,
+    extra: &[&str],
+) -> Vec<i64> {
+    let mut cmd = redis::cmd("EVAL");
+    cmd.arg(SCRIPT_PLAIN).arg(keys.len() + extra.len()).arg(keys).arg(extra);
+    cmd.arg(now_ms.to_string()).arg(op).arg(limits.len());
+    for [algorithm, capacity, rate, ttl, cost, mode, arg] in limits {
+        cmd.arg(*algorithm).arg(*capacity).arg(*rate).arg(*ttl).arg(*cost).arg(*mode).arg("").arg(*arg);
+    }
+    cmd.query(con).expect("script runs")
+}
+
+#[test]
+fn in_flight_slots_are_taken_all_or_nothing_released_by_id_and_expire() {
+    let redis = Redis::start();
+    let mut con = redis.connection();
+    let slots = format!("rate:inflight-{}:/t!inflight", std::process::id());
+    let bucket = format!("rate:inflight-{}:/t#b", std::process::id());
+    let t0 = 1_700_000_000_000u64;
+    let take = |con: &mut redis::Connection, id: &str, at: u64| {
+        let limits = [["c", "2", "2", "60", "1", "0", id], ["t", "10", "1", "60", "1", "0", "0"]];
+        raw(con, "", &[&slots, &bucket], &limits, at, &[])
+    };
+    let a = take(&mut con, "a", t0);
+    assert_eq!(&a[..8], &[1, 0, 1, 0, 0, 2, 1, 0], "one slot left");
+    assert_eq!(take(&mut con, "b", t0 + 1)[..3], [1, 0, 0]);
+    let denied = take(&mut con, "c", t0 + 2);
+    assert_eq!(&denied[..5], &[0, 1, 0, 1000, 1000], "denied by the slots: try again in a second");
+    assert_eq!(denied[8], 8, "a denied call debits no other limit either");
+    let members: Vec<String> = redis::cmd("ZRANGE").arg(&slots).arg(0).arg(-1).query(&mut con).unwrap();
+    assert_eq!(members, ["a", "b"], "a denied call writes nothing");
+    let ttl: i64 = redis::cmd("TTL").arg(&slots).query(&mut con).unwrap();
+    assert!((59..=60).contains(&ttl), "{ttl}");
+
+    // Released by id (twice: harmless); the freed slot is taken at once.
+    let release = [["c", "2", "2", "60", "0", "0", "a"]];
+    for _ in 0..2 {
+        raw(&mut con, "3", &[&slots], &release, t0 + 3, &[]);
+    }
+    assert_eq!(take(&mut con, "c", t0 + 4)[..3], [1, 0, 0]);
+    assert_eq!(take(&mut con, "d", t0 + 5)[0], 0, "b and c hold both slots");
+
+    // A slot whose release never comes expires after its TTL (60 s after it was taken).
+    let peek = raw(&mut con, "1", &[&slots], &[["c", "2", "2", "60", "1", "0", ""]], t0 + 60_002, &[]);
+    assert_eq!(&peek[..3], &[1, 0, 1], "b expired; a peek counts live slots only");
+    let count: i64 = redis::cmd("ZCARD").arg(&slots).query(&mut con).unwrap();
+    assert_eq!(count, 2, "a peek writes nothing");
+    assert_eq!(take(&mut con, "e", t0 + 60_005)[..3], [1, 0, 1], "c (taken at +4) expired at +60004");
+    let members: Vec<String> = redis::cmd("ZRANGE").arg(&slots).arg(0).arg(-1).query(&mut con).unwrap();
+    assert_eq!(members, ["e"], "expired slots are dropped when a slot is taken");
+
+    // Shadow: never denies, takes a slot only when one is free.
+    let shadow = |con: &mut redis::Connection, id: &str| {
+        raw(con, "", &[&slots], &[["c", "1", "1", "60", "1", "1", id]], t0 + 60_006, &[])
+    };
+    let s = shadow(&mut con, "f");
+    assert_eq!((s[0], s[3]), (1, 1000), "full (e holds the one slot): allowed, would have denied");
+    let count: i64 = redis::cmd("ZCARD").arg(&slots).query(&mut con).unwrap();
+    assert_eq!(count, 1, "a shadow limit that cannot pay takes nothing");
+}
+
+#[test]
+fn settling_charges_refunds_never_above_capacity_and_once_per_marker() {
+    let redis = Redis::start();
+    let mut con = redis.connection();
+    let key = format!("rate:settle-{}:/t#cost", std::process::id());
+    let marker = format!("ratelimit:settled:test-{}", std::process::id());
+    let t0 = 1_700_000_000_000u64;
+    let tokens = |con: &mut redis::Connection| -> f64 {
+        let v: String = redis::cmd("HGET").arg(&key).arg("tokens").query(con).unwrap();
+        v.parse().unwrap()
+    };
+    // Capacity 100 at a token a day: reserve 10, then settle.
+    fn bucket(cost: &str) -> [&str; 7] {
+        ["t", "100", "0.0000115740740740741", "60", cost, "0", "0"]
+    }
+    raw(&mut con, "", &[&key], &[bucket("10")], t0, &[]);
+    assert_eq!(tokens(&mut con), 90.0);
+    let once = |con: &mut redis::Connection, delta: &str| {
+        raw(
+            con,
+            "4",
+            &[&key],
+            &[["t", "100", "0.0000115740740740741", "60", delta, "0", &t0.to_string()]],
+            t0,
+            &[&marker],
+        )
+    };
+    assert_eq!(once(&mut con, "20")[0], 1, "applied");
+    assert_eq!(tokens(&mut con), 70.0, "actual 30 for a reservation of 10");
+    assert_eq!(once(&mut con, "20")[..3], [0, 0, 0], "the same request settled again: nothing");
+    assert_eq!(tokens(&mut con), 70.0);
+    let ttl: i64 = redis::cmd("TTL").arg(&marker).query(&mut con).unwrap();
+    assert!(ttl > 0, "the marker expires");
+
+    // Refunds never exceed capacity; charges may leave debt, and the key lives until it is full again.
+    raw(&mut con, "3", &[&key], &[bucket("-1000")], t0, &[]);
+    assert_eq!(tokens(&mut con), 100.0);
+    raw(&mut con, "3", &[&key], &[bucket("150")], t0, &[]);
+    assert_eq!(tokens(&mut con), -50.0);
+    let ttl: i64 = redis::cmd("TTL").arg(&key).query(&mut con).unwrap();
+    assert!(ttl >= 150 * 86_400 - 1, "{ttl}: debt is not forgiven by an expiry");
+    let denied = raw(&mut con, "", &[&key], &[bucket("1")], t0, &[]);
+    assert_eq!(&denied[..3], &[0, 1, -50], "in debt: denied, the reply shows the debt (headers say 0)…");
+    assert!(denied[3] >= 51 * 86_400_000, "…and the wait covers the debt: {}", denied[3]);
 }

@@ -21,12 +21,14 @@ pub fn variables() -> String {
     VARIABLES.join("\n")
 }
 
-/// Builds this isolate's gateway from `vars` (`name \0 value \0 …`, the variables that are set) and
-/// says what the executor needs to know (see [`encode_start`]).
+/// Builds this isolate's gateway from `vars` (`name \0 value \0 …`, the variables that are set), its
+/// request ids prefixed by `instance` (random: unique among isolates), and says what the executor needs
+/// to know (see [`encode_start`]).
 #[wasm_bindgen(wasm_bindgen = ::worker::wasm_bindgen)]
-pub fn start(vars: &str) -> String {
+pub fn start(vars: &str, instance: &str) -> String {
     let vars = decode_vars(vars);
-    let isolate = Isolate::from_env(|name| vars.iter().find(|(n, _)| *n == name).map(|(_, v)| v.to_string()));
+    let var = |name: &str| vars.iter().find(|(n, _)| *n == name).map(|(_, v)| v.to_string());
+    let isolate = Isolate::from_env_as(var, instance);
     let text = encode_start(&isolate);
     ISOLATE.with(|cell| *cell.borrow_mut() = Some(isolate));
     text

@@ -1,0 +1,248 @@
+//! In-flight limits and costs settled from the response, through the gateway's one entry against a
+//! real Redis: slots taken in the decision's script call (all or nothing with the rate limits) and
+//! released once the response has been delivered; reserved costs charged or refunded exactly once.
+
+mod common;
+
+use common::{body_json, carry, header, status, Req, Rest};
+use edge_ratelimit::{Config, Gateway, Reply, Request, Step, Totals};
+
+const T0: f64 = 1.8e12;
+
+fn config(policy: &str) -> Config {
+    let vars = [
+        ("UPSTASH_REDIS_REST_URL", "http://127.0.0.1:1"),
+        ("UPSTASH_REDIS_REST_TOKEN", "t"),
+        ("USER_ID_HEADER", "x-user-id"),
+        ("RATE_LIMIT_CLOCK", "worker"),
+        ("RATE_LIMIT_POLICY", policy),
+        ("ADMIN_TOKEN", "admin-token-of-thirty-two-bytes-or-more"),
+    ];
+    Config::from_env(|name| vars.iter().find(|(k, _)| *k == name).map(|(_, v)| v.to_string())).unwrap()
+}
+
+const INFLIGHT: &str = r#"{"rules":[{"name":"api","route":"/api/*","limits":[
+    {"name":"inflight","by":"user","concurrency":2},
+    {"name":"rate","by":"user","capacity":100,"refill":"100/min"}]}]}"#;
+
+/// Starts `user`'s request and carries it to its final step (the response not yet delivered).
+fn send(gw: &mut Gateway<'_>, rest: &Rest, user: &str, now: f64) -> Step {
+    let req = Req::new(gw, "GET", "/api/chat", &[("x-user-id", user)]);
+    let headers: Vec<Option<&str>> = req.headers.iter().map(|h| h.as_deref()).collect();
+    let step = gw.begin(&Request { method: &req.method, url: &req.url, headers: &headers }, now);
+    carry(gw, rest, &req, step, now)
+}
+
+/// Reports a forwarded request's response as delivered with `text` (see `Delivered::decode`), and
+/// carries out what follows; the REST calls that took.
+fn deliver(gw: &mut Gateway<'_>, rest: &Rest, step: &Step, text: &str, now: f64) -> usize {
+    let Step::Forward { watch: Some(w), .. } = step else { panic!("no watch on {step:?}") };
+    let mut calls = 0;
+    let mut next = gw.resume(w.ticket, Reply::Delivered(text), now);
+    while let Step::Fetch(f) = next {
+        calls += 1;
+        let (code, body) = rest.answer(&f);
+        next = gw.resume(f.ticket, Reply::Http { status: code, body: &body }, now);
+    }
+    assert_eq!(next, Step::Done);
+    calls
+}
+
+#[test]
+fn an_in_flight_limit_admits_exactly_its_slots_until_responses_end() {
+    let rest = Rest::new();
+    let config = config(INFLIGHT);
+    let mut a = Gateway::new(&config).with_instance_id("isolate-a");
+    let mut b = Gateway::new(&config).with_instance_id("isolate-b");
+    let user = format!("u{}", std::process::id());
+    // Five at once over two isolates: two reach the origin, three are told to come back in a second.
+    let steps: Vec<Step> = (0..5)
+        .map(|i| if i % 2 == 0 { send(&mut a, &rest, &user, T0) } else { send(&mut b, &rest, &user, T0) })
+        .collect();
+    let admitted: Vec<usize> = (0..5).filter(|i| matches!(steps[*i], Step::Forward { .. })).collect();
+    assert_eq!(admitted, [0, 1], "the first two, one per isolate: slots are shared in Redis");
+    for s in &steps[2..] {
+        assert_eq!(status(s), 429);
+        assert_eq!(header(s, "retry-after"), Some("1"));
+        assert_eq!(body_json(s)["type"], "urn:edge-ratelimit:problem:too-many-concurrent");
+        assert_eq!(header(s, "ratelimit"), Some("\"inflight\";r=0;t=1"), "the RateLimit field names the limit");
+    }
+    let other = send(&mut b, &rest, &format!("{user}-other"), T0);
+    assert!(matches!(other, Step::Forward { .. }), "another user has slots of their own");
+
+    // One response ends: one slot frees, at once and for every isolate (no cached denial).
+    assert_eq!(deliver(&mut a, &rest, &steps[0], "1", T0 + 500.0), 1, "one call releases the slot");
+    assert!(matches!(send(&mut b, &rest, &user, T0 + 501.0), Step::Forward { .. }));
+    assert_eq!(status(&send(&mut a, &rest, &user, T0 + 502.0)), 429);
+    // A client that went away releases its slot too.
+    assert_eq!(deliver(&mut b, &rest, &steps[1], "0", T0 + 503.0), 1);
+    assert!(matches!(send(&mut a, &rest, &user, T0 + 504.0), Step::Forward { .. }));
+    // A denied request took nothing from the rate limit: 100 − 4 admitted.
+    let rate = rest.redis(&["HGET", &format!("rate:{user}:/api/%2A#rate"), "tokens"]);
+    assert_eq!(rate.as_str().map(|t| t.parse::<f64>().unwrap().floor()), Some(96.0), "{rate}");
+}
+
+#[test]
+fn a_slot_whose_release_never_comes_expires_after_its_ttl() {
+    let rest = Rest::new();
+    let config = config(
+        r#"{"rules":[{"name":"api","route":"/api/*","limits":[
+            {"name":"inflight","concurrency":1,"slot_ttl_seconds":5}]}]}"#,
+    );
+    let mut gw = Gateway::new(&config).with_instance_id("gone");
+    let user = format!("ttl{}", std::process::id());
+    assert!(matches!(send(&mut gw, &rest, &user, T0), Step::Forward { .. }));
+    assert_eq!(status(&send(&mut gw, &rest, &user, T0 + 4_999.0)), 429, "held until its TTL");
+    assert!(matches!(send(&mut gw, &rest, &user, T0 + 5_001.0), Step::Forward { .. }), "then it expires");
+}
+
+#[test]
+fn a_shadow_in_flight_limit_never_denies_and_releases_what_it_took() {
+    let rest = Rest::new();
+    let config = config(
+        r#"{"rules":[{"name":"api","route":"/api/*","limits":[
+            {"name":"inflight","concurrency":1,"shadow":true}]}]}"#,
+    );
+    let mut gw = Gateway::new(&config).with_instance_id("shadow");
+    let user = format!("sh{}", std::process::id());
+    let first = send(&mut gw, &rest, &user, T0);
+    let second = send(&mut gw, &rest, &user, T0 + 1.0);
+    assert!(matches!(second, Step::Forward { watch: None, .. }), "allowed, and it took no slot: {second:?}");
+    assert_eq!(header(&second, "x-ratelimit-status"), Some("shadow; limit=\"inflight\""));
+    assert_eq!(deliver(&mut gw, &rest, &first, "1", T0 + 2.0), 1);
+    let key = format!("rate:{user}:/api/%2A!inflight");
+    assert_eq!(rest.redis(&["ZCARD", &key]), 0, "released");
+}
+
+const SETTLED: &str = r#"{"rules":[{"name":"llm","route":"/v1/*","limits":[
+    {"name":"tokens","by":"user","capacity":100,"refill":"1/d",
+     "cost":{"reserve":10,"settle":"header:x-usage-tokens","strip":true}}]}]}"#;
+
+fn tokens(rest: &Rest, key: &str) -> f64 {
+    // (to a thousandth: the refill of 1/d adds a few millionths while a test runs)
+    let t: f64 = rest.redis(&["HGET", key, "tokens"]).as_str().expect("a bucket").parse().unwrap();
+    (t * 1000.0).round() / 1000.0
+}
+
+/// One request settled with what the executor saw, and the bucket's tokens after it.
+fn settled(policy: &str, text: &str) -> (f64, Option<String>, usize, Totals) {
+    let rest = Rest::new();
+    let config = config(policy);
+    let mut gw = Gateway::new(&config).with_instance_id("s");
+    let user = format!("llm{}", std::process::id());
+    let req = Req::new(&gw, "POST", "/v1/chat", &[("x-user-id", &user)]);
+    let headers: Vec<Option<&str>> = req.headers.iter().map(|h| h.as_deref()).collect();
+    let step = gw.begin(&Request { method: &req.method, url: &req.url, headers: &headers }, T0);
+    let step = carry(&mut gw, &rest, &req, step, T0);
+    let key = format!("rate:{user}:/v1/%2A#tokens");
+    assert_eq!(tokens(&rest, &key), 90.0, "admitted by reserving 10");
+    let Step::Forward { watch: Some(w), .. } = &step else { panic!("{step:?}") };
+    let strip = w.strip.first().cloned();
+    let calls = deliver(&mut gw, &rest, &step, text, T0 + 100.0);
+    let left = tokens(&rest, &key);
+    // The counts reach Redis with the next report (a later decision's).
+    send_to(&mut gw, &rest, "/v1/other", &user, T0 + 20_000.0);
+    let flat: Vec<String> = serde_json::from_value(rest.redis(&["HGETALL", "ratelimit:metrics"])).unwrap();
+    (left, strip, calls, Totals::from_fields(&flat))
+}
+
+fn send_to(gw: &mut Gateway<'_>, rest: &Rest, path: &str, user: &str, now: f64) -> Step {
+    let req = Req::new(gw, "POST", path, &[("x-user-id", user)]);
+    common::run(gw, rest, &req, now)
+}
+
+#[test]
+fn a_reserved_cost_is_settled_from_a_response_header() {
+    let (left, strip, calls, totals) = settled(SETTLED, "1\n30");
+    assert_eq!((left, calls), (70.0, 1), "reported 30: 20 more charged");
+    assert_eq!(strip.as_deref(), Some("x-usage-tokens"), "the limit strips its usage header");
+    assert_eq!((totals.held.settled, totals.held.charged), (1, 20));
+    let (left, _, _, totals) = settled(SETTLED, "1\n2");
+    assert_eq!((left, totals.held.refunded), (98.0, 8), "reported 2: 8 refunded");
+    let (left, _, calls, totals) = settled(SETTLED, "1\n\u{1}");
+    assert_eq!((left, calls, totals.held.missing), (90.0, 0, 1), "nothing reported: settled at the reservation");
+    let (left, _, calls, totals) = settled(SETTLED, "1\n12 tokens");
+    assert_eq!((left, calls, totals.held.missing), (90.0, 0, 1), "malformed: settled at the reservation");
+    let (left, _, calls, _) = settled(SETTLED, "1\n10");
+    assert_eq!((left, calls), (90.0, 0), "as reserved: no call at all");
+}
+
+const STREAMED: &str = r#"{"rules":[{"name":"llm","route":"/v1/*","limits":[
+    {"name":"tokens","by":"user","capacity":100,"refill":"1/d",
+     "cost":{"reserve":10,"settle":"sse:usage.total_tokens"}}]}]}"#;
+
+#[test]
+fn a_reserved_cost_is_settled_from_the_last_event_of_a_stream_that_carries_the_path() {
+    let events = "{\"choices\":[{\"delta\":\"hi\"}]}\0{\"usage\":{\"total_tokens\":30},\"id\":\"x\"}";
+    let (left, strip, _, _) = settled(STREAMED, &format!("1\0{events}"));
+    assert_eq!((left, strip), (70.0, None));
+    let (left, _, _, _) = settled(STREAMED, "1\0{\"usage\":{\"total_tokens\":2}}");
+    assert_eq!(left, 98.0);
+    let (left, _, _, totals) = settled(STREAMED, "0\0{\"choices\":[]}");
+    assert_eq!((left, totals.held.missing), (90.0, 1), "a stream cut short without usage: the reservation");
+}
+
+#[test]
+fn a_settle_call_retried_after_a_lost_answer_charges_once() {
+    let rest = Rest::new();
+    let config = config(SETTLED);
+    let mut gw = Gateway::new(&config).with_instance_id("retry");
+    let user = format!("re{}", std::process::id());
+    let step = send_to(&mut gw, &rest, "/v1/chat", &user, T0);
+    let Step::Forward { watch: Some(w), .. } = &step else { panic!("{step:?}") };
+    let Step::Fetch(f) = gw.resume(w.ticket, Reply::Delivered("1\n30"), T0 + 1.0) else { panic!() };
+    rest.answer(&f); // Redis ran it, but its answer never came back:
+    let Step::Fetch(again) = gw.resume(f.ticket, Reply::Timeout, T0 + 2.0) else { panic!("one retry") };
+    let (code, body) = rest.answer(&again);
+    assert_eq!(gw.resume(again.ticket, Reply::Http { status: code, body: &body }, T0 + 3.0), Step::Done);
+    let key = format!("rate:{user}:/v1/%2A#tokens");
+    assert_eq!(tokens(&rest, &key), 70.0, "charged 20 once, not twice");
+}
+
+#[test]
+fn a_charge_beyond_what_is_left_is_debt_the_next_requests_show() {
+    let rest = Rest::new();
+    let config = config(SETTLED);
+    let mut gw = Gateway::new(&config).with_instance_id("debt");
+    let user = format!("debt{}", std::process::id());
+    let step = send_to(&mut gw, &rest, "/v1/chat", &user, T0);
+    deliver(&mut gw, &rest, &step, "1\n150", T0 + 1.0);
+    let key = format!("rate:{user}:/v1/%2A#tokens");
+    assert_eq!(tokens(&rest, &key), -50.0, "100 − 150: in debt");
+    let denied = send_to(&mut gw, &rest, "/v1/chat", &user, T0 + 2.0);
+    assert_eq!(status(&denied), 429);
+    assert_eq!(header(&denied, "ratelimit"), Some("\"tokens\";r=0;t=12960000"), "150 days until full at 1/d");
+    let retry: u64 = header(&denied, "retry-after").unwrap().parse().unwrap();
+    assert_eq!(retry, 60 * 86_400, "until the debt and the reservation are refilled (60 tokens at 1/d)");
+}
+
+#[test]
+fn concurrency_and_settle_policies_are_checked_strictly() {
+    let parse = |limit: &str| {
+        let p = format!(r#"{{"rules":[{{"name":"r","route":"/*","limits":[{limit}]}}]}}"#);
+        edge_ratelimit::Policy::parse(&p, 60, false)
+    };
+    assert!(parse(r#"{"name":"l","concurrency":4}"#).is_ok());
+    assert!(parse(r#"{"name":"l","concurrency":4,"slot_ttl_seconds":300}"#).is_ok());
+    for (limit, says) in [
+        (r#"{"name":"l","concurrency":0}"#, "`concurrency` must be a whole number from 1"),
+        (r#"{"name":"l","concurrency":4,"capacity":5}"#, "`capacity` does not apply to a `concurrency` limit"),
+        (r#"{"name":"l","concurrency":4,"slot_ttl_seconds":0}"#, "`slot_ttl_seconds` must be a whole number from 1"),
+        (r#"{"name":"l","capacity":5,"refill":"5/s","slot_ttl_seconds":5}"#, "only to a `concurrency` limit"),
+        (
+            r#"{"name":"l","capacity":5,"refill":"5/s","cost":{"reserve":9,"settle":"header:x"}}"#,
+            "`cost` must be a whole number from 1 to 5",
+        ),
+        (r#"{"name":"l","capacity":5,"refill":"5/s","cost":{"reserve":1,"settle":"body:x"}}"#, "`settle` must be"),
+        (r#"{"name":"l","capacity":5,"refill":"5/s","cost":{"reserve":1}}"#, "missing field `settle`"),
+        (
+            r#"{"name":"l","capacity":5,"refill":"5/s","cost":{"reserve":1,"settle":"sse:a.b","strip":true}}"#,
+            "`strip` applies to a usage header",
+        ),
+        (r#"{"name":"l","capacity":5,"refill":"5/s","cost":"5"}"#, "`cost` must be a number or"),
+        (r#"{"name":"l","concurrency":4,"tiers":{"pro":{"capacity":5}}}"#, "unknown field `capacity`"),
+    ] {
+        let e = parse(limit).expect_err(limit);
+        assert!(e.contains(says), "{limit}: {e}");
+    }
+}
