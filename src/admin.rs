@@ -624,6 +624,14 @@ fn status_json(config: &Config, replies: &[Value], now_ms: f64) -> Response {
                 .int("lost", l.lost)
                 .int("outstanding", totals.leases_outstanding())
                 .finish()
+        })
+        .raw("held", &{
+            let h = &totals.held;
+            h.fields()
+                .into_iter()
+                .fold(Obj::new(), |o, (name, n)| o.int(name, n))
+                .int("slots_held", h.slots_held())
+                .finish()
         });
     let body = match &config.candidate {
         Ok(Some(c)) => body.raw("candidate", &candidate_json(config, c, &replies[3..])),

@@ -338,11 +338,16 @@ pub fn limited_by<'c>(
         .into_iter()
         .map(|a| {
             let mut overrides = Vec::with_capacity(3);
-            if a.per_caller {
+            if a.limit.is_concurrency() {
+                // An override's capacity is a rate's: it must not lift a caller's in-flight slots too
+                // (overrides are per caller, route or tier, not per limit).
+            } else if a.per_caller {
                 overrides.push(caller_override.clone());
             }
-            overrides.push(overrides::route_key(a.route));
-            overrides.extend(tier_override.clone());
+            if !a.limit.is_concurrency() {
+                overrides.push(overrides::route_key(a.route));
+                overrides.extend(tier_override.clone());
+            }
             Check {
                 key: a.key,
                 policy: a.name,

@@ -190,12 +190,10 @@ impl Policy {
 
 /// A limit's numbers as the admin API shows them, as JSON members.
 pub fn limit_json(o: Obj, limit: &Limit, cost: u32) -> Obj {
-    if limit.is_concurrency() {
-        return o
-            .str("algorithm", limit.algorithm().name())
-            .int("concurrency", limit.capacity())
-            .int("slot_ttl_seconds", limit.ttl_seconds());
-    }
+    let o = match limit.is_concurrency() {
+        true => o.int("concurrency", limit.capacity()).int("slot_ttl_seconds", limit.ttl_seconds()),
+        false => o,
+    };
     let o = match limit.settle() {
         Some(s) => {
             o.raw("settle", &Obj::new().int("reserve", cost).str("settle", &s.source()).bool("strip", s.strip).finish())

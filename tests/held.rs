@@ -246,3 +246,16 @@ fn concurrency_and_settle_policies_are_checked_strictly() {
         assert!(e.contains(says), "{limit}: {e}");
     }
 }
+
+#[test]
+fn an_override_of_a_callers_rates_does_not_lift_their_in_flight_slots() {
+    let rest = Rest::new();
+    let config = config(INFLIGHT);
+    let mut gw = Gateway::new(&config).with_instance_id("ov");
+    let user = format!("ov{}", std::process::id());
+    rest.redis(&["SET", &format!("ratelimit:override:caller:{user}"), "1000 1000"]);
+    let statuses: Vec<u16> = (0..3).map(|i| status(&send(&mut gw, &rest, &user, T0 + f64::from(i)))).collect();
+    assert_eq!(statuses, [200, 200, 429], "still 2 in flight");
+    let step = send(&mut gw, &rest, &format!("{user}-x"), T0);
+    assert_eq!(header(&step, "ratelimit-policy"), Some("\"inflight\";q=2;w=1, \"rate\";q=100;w=60"));
+}

@@ -134,6 +134,7 @@ describe("status page against a fake status.json", () => {
     noscript: 2,
     deny_cache_hits: 4,
     leases: { granted: 5000, spent: 4200, requests: 4200, returned: 700, lost: 20, outstanding: 80 },
+    held: { slots_taken: 50, slots_released: 45, release_failed: 2, settled: 30, missing: 4, settle_failed: 0, repeated: 1, charged: 900, refunded: 120, slots_held: 3 },
   });
 
   before(async () => {
@@ -199,6 +200,8 @@ describe("status page against a fake status.json", () => {
       assert.equal(await page.textContent("#lease-requests"), (4200).toLocaleString("en-US"));
       assert.equal(await page.textContent("#lease-outstanding"), "80");
       assert.match(await page.textContent("#lease-returned"), /^700 \(20 lost\)$/);
+      assert.equal(await page.textContent("#inflight-held"), "3 (2 releases failed)");
+      assert.equal(await page.textContent("#settled"), "30 (+900 / −120 tokens), 4 without usage");
       assert.match(await page.textContent("#updated"), /\d/);
 
       // The next poll draws deltas: allowed grows by one per poll in the fake.
