@@ -86,6 +86,16 @@ const workers = {
   "wasm 429 floor": await startWorker("wasm 429 floor", rustOptions("build/floor"), { BENCH_FLOOR: "deny" }),
 };
 
+// The in-flight and settled-cost rows: the same per-user rate limit as a policy, alone, beside an
+// in-flight limit (a slot taken in the decision's call, released after the response), and with its cost
+// settled from the response (the demo origin's content-length as the usage: a settle call per request).
+const policyOf = (...limits) => JSON.stringify({ rules: [{ name: "api", route: "/*", limits: [{ name: "per-user", capacity: 1000, refill: "1000/min", ...limits[0] }, ...limits.slice(1)] }] });
+Object.assign(workers, {
+  "edge-ratelimit, policy": await startWorker("edge-ratelimit, policy", rustOptions(), { RATE_LIMIT_POLICY: policyOf({}) }),
+  "edge-ratelimit, + in-flight limit": await startWorker("edge-ratelimit, + in-flight limit", rustOptions(), { RATE_LIMIT_POLICY: policyOf({}, { name: "inflight", concurrency: 4 }) }),
+  "edge-ratelimit, settled cost": await startWorker("edge-ratelimit, settled cost", rustOptions(), { RATE_LIMIT_POLICY: policyOf({ cost: { reserve: 1, settle: "header:content-length" } }) }),
+});
+
 // The busy-key rows: one API key under a 100,000/min limit, two instances of each Worker driven at once.
 const BUSY = { RATE_LIMIT_CAPACITY: "100000", RATE_LIMIT_REFILL: "100000/min", ANCHOR_CAPACITY: "100000" };
 async function startPair(name, options, extra = {}) {
@@ -175,6 +185,7 @@ const allScenarios = [
   { id: "hot", title: "one hot user (denied)", workers: ["edge-ratelimit", "edge-ratelimit + metrics", "RPC caller → edge-ratelimit", "RPC caller → RPC 429 floor", "@upstash/ratelimit", "answers 429", "answers our 429", "wasm 429 floor"], base: "answers 429" },
   { id: "mix", title: "mix (half new users, half one hot user)", workers: ["edge-ratelimit", "@upstash/ratelimit", "limit Worker", "forward-only"], base: "limit Worker" },
   { id: "many", title: "many users, +20 ms REST latency", latency: 20, workers: ["edge-ratelimit", "RPC caller → edge-ratelimit", "@upstash/ratelimit", "limit Worker"], base: "limit Worker", tag: "latency" },
+  { id: "many", title: "many users: an in-flight limit, a settled cost (beside the same rate limit as a policy)", workers: ["edge-ratelimit, policy", "edge-ratelimit, + in-flight limit", "edge-ratelimit, settled cost", "@upstash/ratelimit", "forward-only"], base: "edge-ratelimit, policy", tag: "held" },
   { id: "busy", title: "one busy API key, 100,000/min, 2 instances each (leases)", workers: ["edge-ratelimit ×2", "edge-ratelimit ×2, leases off", "@upstash/ratelimit ×2", "limit Worker ×2", "forward-only ×2"], base: "forward-only ×2", anchor: "@upstash/ratelimit ×2" },
   { id: "busy", title: "one busy API key, 100,000/min, 2 instances each, +20 ms REST latency", latency: 20, workers: ["edge-ratelimit ×2", "@upstash/ratelimit ×2", "forward-only ×2"], base: "forward-only ×2", anchor: "@upstash/ratelimit ×2", tag: "busy-latency" },
 ];
@@ -246,6 +257,12 @@ for (const sc of results) {
   if (sc.id === "busy") {
     const ours = sc.med["edge-ratelimit ×2"];
     lines.push("", `Leases: edge-ratelimit ×2 made ${fmt(ours.rest, 4)} REST calls per request, ran at ${fmt(ours.rps / base.rps, 2)}× the forward-only floor's req/s, p50 ${fmt(ours.p50 - base.p50, 2)} ms above the floor's.`);
+  }
+  if (sc.tag === "held") {
+    for (const w of ["edge-ratelimit, + in-flight limit", "edge-ratelimit, settled cost"]) {
+      const m = sc.med[w];
+      lines.push("", `${w}: p50 ${fmt(m.p50 - base.p50, 2)} ms, CPU ${fmt(m.cpu - base.cpu)} µs/req and ${fmt(m.rest - base.rest, 2)} REST calls/req (${fmt(m.cmds - base.cmds, 2)} Redis commands) beside the policy alone; ${fmt(m.rps / base.rps, 2)}× its req/s.`);
+    }
   }
   if (sc.base === "limit Worker") {
     const added = (w) => sc.med[w].cpu - base.cpu;

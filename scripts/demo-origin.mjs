@@ -3,6 +3,7 @@ import { createServer } from "node:http";
 
 const port = Number(process.env.PORT ?? 8081);
 createServer((req, res) => {
-  res.writeHead(200, { "content-type": "application/json" });
-  res.end(JSON.stringify({ origin: "demo", method: req.method, url: req.url, at: new Date().toISOString() }) + "\n");
+  const body = JSON.stringify({ origin: "demo", method: req.method, url: req.url, at: new Date().toISOString() }) + "\n";
+  res.writeHead(200, { "content-type": "application/json", "content-length": Buffer.byteLength(body) });
+  res.end(body);
 }).listen(port, "127.0.0.1", () => console.log(`demo origin on http://127.0.0.1:${port}`));

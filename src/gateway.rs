@@ -80,13 +80,17 @@ pub struct Wake {
 }
 
 /// A response to watch: once it has been delivered — its body streamed to the end, the client gone, or
-/// the origin failed — resume `ticket` with [`Reply::Delivered`] (off the response path), carrying the
+/// the origin failed; or, unless `until_end`, as soon as its headers have arrived (a cost settled from a
+/// header needs nothing more, and the body then streams as it came) — resume `ticket` with
+/// [`Reply::Delivered`] (off the response path), carrying the
 /// values of `headers` in the origin's response and the data of the last server-sent events whose data
 /// mention one of `sse_keys`; then carry out what follows (`Q`, `W`) until [`Step::Done`]. `strip`:
 /// origin headers the client does not see. The body streams through unbuffered.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Watch {
     pub ticket: u32,
+    /// Wait for the body's end: a slot is held until then, or the usage is in the stream.
+    pub until_end: bool,
     pub headers: Vec<String>,
     pub strip: Vec<String>,
     pub sse_keys: Vec<String>,
@@ -863,7 +867,8 @@ impl<'c> Gateway<'c> {
         let ttl_ms = items.iter().map(|h| h.limit.ttl_seconds()).max().unwrap_or(60) as f64 * 1000.0;
         let work = Work::Held { items, id, script_ms, headers: headers.clone() };
         let ticket = self.park_until(work, now_ms + ttl_ms, now_ms);
-        Some(Watch { ticket, headers, strip, sse_keys })
+        let until_end = slots > 0 || !sse_keys.is_empty();
+        Some(Watch { ticket, until_end, headers, strip, sse_keys })
     }
 
     /// A watched response was delivered: its slots released and its costs settled in one script call

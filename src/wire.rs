@@ -9,7 +9,8 @@
 //! - `R` respond: status, asset name (`""` = `body`), note, report ticket (`""` = none), report
 //!   timeout, then header name / value lines; `extra` is the report's pipeline body.
 //! - `F` forward: url (`""` = the request's own), note, report ticket, report timeout, wake ticket
-//!   (`""` = none), wake ms, watch ticket (`""` = none), the origin's response headers to report
+//!   (`""` = none), wake ms, watch ticket (`""` = none), `e` to report at the body's end (else as
+//!   soon as the headers are in), the origin's response headers to report
 //!   (`,`-joined), those to strip, the SSE keys to look for (`,`-joined), then header name / value
 //!   lines to add; `extra` is the report's body.
 //! - `Q` fetch: ticket, `p` for `/pipeline` (else `""`), timeout ms; `body` is the POST body.
@@ -117,11 +118,12 @@ pub fn encode_step(step: &Step) -> String {
             match watch {
                 Some(w) => {
                     number(&mut head, u64::from(w.ticket));
+                    line(&mut head, if w.until_end { "e" } else { "" });
                     line(&mut head, &w.headers.join(","));
                     line(&mut head, &w.strip.join(","));
                     line(&mut head, &w.sse_keys.join(","));
                 }
-                None => head.push_str("\n\n\n\n"),
+                None => head.push_str("\n\n\n\n\n"),
             }
             headers(&mut head, extra_headers);
             (extra, "")
@@ -277,10 +279,11 @@ mod tests {
         let text = encode_step(&f);
         assert_eq!(
             decode_step(&text).unwrap(),
-            (vec!["F", "", "", "", "", "7", "1020", "", "", "", "", "ratelimit", "\"default\";r=4;t=12"], "", "")
+            (vec!["F", "", "", "", "", "7", "1020", "", "", "", "", "", "ratelimit", "\"default\";r=4;t=12"], "", "")
         );
         let watch = crate::gateway::Watch {
             ticket: 8,
+            until_end: true,
             headers: vec!["x-usage".into(), "x-cost".into()],
             strip: vec!["x-usage".into()],
             sse_keys: vec!["total_tokens".into()],
@@ -288,7 +291,7 @@ mod tests {
         let f = Step::Forward { url: None, headers: vec![], note: None, report: None, wake: None, watch: Some(watch) };
         assert_eq!(
             decode_step(&encode_step(&f)).unwrap().0,
-            ["F", "", "", "", "", "", "", "8", "x-usage,x-cost", "x-usage", "total_tokens"]
+            ["F", "", "", "", "", "", "", "8", "e", "x-usage,x-cost", "x-usage", "total_tokens"]
         );
         assert_eq!(reply(-8, "1\n30"), Reply::Delivered("1\n30"));
 

@@ -138,6 +138,8 @@ fn settled(policy: &str, text: &str) -> (f64, Option<String>, usize, Totals) {
     assert_eq!(tokens(&rest, &key), 90.0, "admitted by reserving 10");
     let Step::Forward { watch: Some(w), .. } = &step else { panic!("{step:?}") };
     let strip = w.strip.first().cloned();
+    // A usage header is read as soon as the response's headers are in; a stream's usage at its end.
+    assert_eq!(w.until_end, policy.contains("\"sse:"), "{w:?}");
     let calls = deliver(&mut gw, &rest, &step, text, T0 + 100.0);
     let left = tokens(&rest, &key);
     // The counts reach Redis with the next report (a later decision's).
