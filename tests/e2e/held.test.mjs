@@ -144,7 +144,9 @@ describe("in-flight limits", () => {
     const key = `rate:${user}:/api/%2A!inflight`;
     origin.resetPeak();
     const before = await calls();
+    const served = origin.served.length;
     const first = await Promise.all(Array.from({ length: 5 }, () => a.fetch("/api/slow?ms=500", as(user))));
+    assert.equal(origin.served.length - served, 2, "exactly 2 reached the origin");
     const statuses = first.map((r) => r.status).sort();
     assert.deepEqual(statuses, [200, 200, 429, 429, 429]);
     const denied = first.find((r) => r.status === 429);
