@@ -268,7 +268,7 @@ function delivery(f, ctx) {
   let tail = null; // the SSE reader, when usage is read from a stream
   let finish;
   const ended = new Promise((r) => (finish = r));
-  if (ctx && typeof ctx.waitUntil === "function") {
+  if (ticket !== 0 && ctx && typeof ctx.waitUntil === "function") { // (0: only headers to strip)
     ctx.waitUntil(ended.then((complete) => background(born, ticket, -8, complete + "\n" + values.join("\n") + "\0" + (tail?.events.join("\0") ?? ""))));
   }
   let over = false;

@@ -88,6 +88,8 @@ pub struct Wake {
 /// origin headers the client does not see. The body streams through unbuffered.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Watch {
+    /// 0: nothing to report (only headers to strip: the request holds nothing, say a shadow limit that
+    /// could not pay, or Redis failed and the fail mode forwarded it).
     pub ticket: u32,
     /// Wait for the body's end: a slot is held until then, or the usage is in the stream.
     pub until_end: bool,
@@ -831,7 +833,9 @@ impl<'c> Gateway<'c> {
         match http::answer_in_flight(&outcome, in_flight) {
             Answer::Forward(headers) => match self.forward(target, headers, note, report) {
                 Step::Forward { url, headers, note, report, .. } => {
-                    let watch = held.and_then(|(items, id, script_ms)| self.watch(items, id, script_ms, now_ms));
+                    let watch = held
+                        .and_then(|(items, id, script_ms)| self.watch(items, id, script_ms, now_ms))
+                        .or_else(|| strip_only(&limited.checks));
                     Step::Forward { url, headers, note, report, wake: self.wake(now_ms), watch }
                 }
                 other => other,
@@ -1114,6 +1118,17 @@ impl<'c> Gateway<'c> {
             }
         }
     }
+}
+
+/// A watch that only strips the usage headers `checks` say to strip (none: no watch).
+fn strip_only(checks: &[Check<'_>]) -> Option<Watch> {
+    let mut strip: Vec<String> = Vec::new();
+    for s in checks.iter().filter_map(|c| c.limit.settle()).filter(|s| s.strip) {
+        if let Some(h) = s.header().filter(|h| !strip.iter().any(|x| x == h)) {
+            strip.push(h.to_string());
+        }
+    }
+    (!strip.is_empty()).then(|| Watch { ticket: 0, until_end: false, headers: Vec::new(), strip, sse_keys: Vec::new() })
 }
 
 /// What an admitted request holds until its response has been delivered: the slots it took and the

@@ -9,7 +9,7 @@
 //! - `R` respond: status, asset name (`""` = `body`), note, report ticket (`""` = none), report
 //!   timeout, then header name / value lines; `extra` is the report's pipeline body.
 //! - `F` forward: url (`""` = the request's own), note, report ticket, report timeout, wake ticket
-//!   (`""` = none), wake ms, watch ticket (`""` = none), `e` to report at the body's end (else as
+//!   (`""` = none), wake ms, watch ticket (`""` = none, `0` = only strip headers), `e` to report at the body's end (else as
 //!   soon as the headers are in), the origin's response headers to report
 //!   (`,`-joined), those to strip, the SSE keys to look for (`,`-joined), then header name / value
 //!   lines to add; `extra` is the report's body.

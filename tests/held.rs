@@ -261,3 +261,22 @@ fn an_override_of_a_callers_rates_does_not_lift_their_in_flight_slots() {
     let step = send(&mut gw, &rest, &format!("{user}-x"), T0);
     assert_eq!(header(&step, "ratelimit-policy"), Some("\"inflight\";q=2;w=1, \"rate\";q=100;w=60"));
 }
+
+#[test]
+fn a_usage_header_is_stripped_even_when_nothing_is_settled() {
+    // Redis unreachable and the fail mode open: forwarded, nothing reserved, the header still stripped.
+    let config = config(SETTLED);
+    let mut gw = Gateway::new(&config).with_instance_id("open");
+    let req = Req::new(&gw, "POST", "/v1/chat", &[("x-user-id", "u")]);
+    let headers: Vec<Option<&str>> = req.headers.iter().map(|h| h.as_deref()).collect();
+    let Step::Fetch(f) = gw.begin(&Request { method: &req.method, url: &req.url, headers: &headers }, T0) else {
+        panic!()
+    };
+    let step = gw.resume(f.ticket, Reply::Unreachable, T0 + 1.0);
+    let Step::Forward { watch: Some(w), .. } = &step else { panic!("{step:?}") };
+    assert_eq!(
+        (w.ticket, &w.strip[..]),
+        (0, &["x-usage-tokens".to_string()][..]),
+        "nothing to report, a header to strip"
+    );
+}
