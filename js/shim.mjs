@@ -216,12 +216,13 @@ async function background(born, ticket, code, text) {
   }
 }
 
-// R: status, asset, note, report ticket, report timeout, headers…
+// R: status, asset, note, report ticket, report timeout, wake ticket, wake ms, headers…
 function respond(f, report, body, ctx) {
   sideEffects(f[3], f[4], f[5], report, ctx);
+  later(f[6], f[7], ctx);
   // Pairs handed to the constructor: one crossing into the runtime instead of one per header.
   const headers = [];
-  for (let i = 6; i + 1 < f.length; i += 2) headers.push([f[i], f[i + 1]]);
+  for (let i = 8; i + 1 < f.length; i += 2) headers.push([f[i], f[i + 1]]);
   const text = f[2] === "" ? body : typeof assets?.[f[2]] === "string" ? assets[f[2]] : "";
   return new Response(text, { status: Number(f[1]), headers });
 }
@@ -281,62 +282,106 @@ function delivery(f, ctx) {
   return {
     done,
     watched(response, headers) {
-      values = names.map((n) => response.headers.get(n) ?? "\u0001");
-      for (const n of strip) headers.delete(n);
-      const init = { status: response.status, statusText: response.statusText, headers };
-      if (response.body === null || !untilEnd) {
-        done("1"); // (a usage header is all there is to read: the body streams as it came)
-        return new Response(response.body, init);
+      try {
+        return watchedBody(response, headers);
+      } catch (e) {
+        done("0"); // (a Response the runtime refuses: the slot is released all the same)
+        throw e;
       }
-      // Chunks pass on as they arrive, through the runtime's own pipe unless an event stream is read on
-      // the way (bench/run: a JavaScript pull stream cost about 400 µs of CPU per request more); the
-      // pipe's end, or its failure (the client gone, the origin failed), says the response was delivered.
-      if (keys.length > 0 && (response.headers.get("content-type") ?? "").includes("text/event-stream")) tail = sse(keys);
-      const through = tail !== null
-        ? new TransformStream({ transform: (chunk, c) => { tail.push(chunk); c.enqueue(chunk); } })
-        : typeof IdentityTransformStream === "function" ? new IdentityTransformStream() : new TransformStream();
-      response.body.pipeTo(through.writable).then(() => done("1"), () => done("0"));
-      return new Response(through.readable, init);
     },
   };
+  function watchedBody(response, headers) {
+    values = names.map((n) => response.headers.get(n) ?? "\u0001");
+    for (const n of strip) headers.delete(n);
+    const init = { status: response.status, statusText: response.statusText, headers };
+    if (response.body === null || !untilEnd) {
+      done("1"); // (a usage header is all there is to read: the body streams as it came)
+      return new Response(response.body, init);
+    }
+    // Chunks pass on as they arrive, through the runtime's own pipe unless an event stream is read on
+    // the way (bench/run: a JavaScript pull stream cost about 400 µs of CPU per request more); the
+    // pipe's end, or its failure (the client gone, the origin failed), says the response was delivered.
+    if (keys.length > 0 && (response.headers.get("content-type") ?? "").includes("text/event-stream")) tail = sse(keys);
+    const through = tail !== null
+      ? new TransformStream({ transform: (chunk, c) => { tail.push(chunk); c.enqueue(chunk); } })
+      : typeof IdentityTransformStream === "function" ? new IdentityTransformStream() : new TransformStream();
+    response.body.pipeTo(through.writable).then(() => done("1"), () => done("0"));
+    return new Response(through.readable, init);
+  }
 }
 
 /** The data of the last few server-sent events that mention one of `keys` (what the core reads the
- * usage from: src/settle.rs), kept while the stream passes through. Bounded: a line longer than 1 MiB
- * is dropped, and 4 events are kept. */
+ * usage from: src/settle.rs), kept while the stream passes through. Lines end at LF, CRLF or CR; each
+ * chunk is scanned once. Bounded: a line or an event's data beyond 1 MiB is dropped (to its end), and
+ * 4 events are kept. */
 function sse(keys) {
+  const MAX = 1 << 20;
   const decoder = new TextDecoder();
   const events = [];
-  let line = "";
-  let data = null;
+  let line = ""; // the current line so far
+  let dropping = false; // the current line is too long: skipped to its end
+  let cr = false; // the last line ended with CR: an LF right after it ends nothing
+  let data = null; // the current event's data
+  let tooBig = false; // the current event's data is too long
   const end = () => {
-    if (data !== null && keys.some((k) => data.includes(k))) {
+    if (data !== null && !tooBig && keys.some((k) => data.includes(k))) {
       events.push(data);
       if (events.length > 4) events.shift();
     }
     data = null;
+    tooBig = false;
   };
   const take = (l) => {
-    if (l.endsWith("\r")) l = l.slice(0, -1);
     if (l === "") return end();
-    if (l.startsWith("data:")) {
-      const v = l.slice(5).startsWith(" ") ? l.slice(6) : l.slice(5);
-      data = data === null ? v : data + "\n" + v;
+    if (!l.startsWith("data") || (l.length > 4 && l[4] !== ":")) return; // another field (or "database")
+    let v = l.slice(5);
+    if (v.startsWith(" ")) v = v.slice(1);
+    data = data === null ? v : data + "\n" + v;
+    if (data.length > MAX) {
+      data = "";
+      tooBig = true;
     }
   };
+  const add = (part) => {
+    if (dropping || part === "") return;
+    line += part;
+    if (line.length > MAX) {
+      line = "";
+      dropping = true;
+    }
+  };
+  const lineEnd = () => {
+    if (!dropping) take(line);
+    line = "";
+    dropping = false;
+  };
+  const breaks = /[\r\n]/g;
   return {
     events,
     push(chunk) {
-      const text = line + decoder.decode(chunk, { stream: true });
-      const lines = text.split("\n");
-      line = lines.pop();
-      if (line.length > 1 << 20) line = "";
-      for (const l of lines) take(l);
+      const text = decoder.decode(chunk, { stream: true });
+      let from = 0;
+      breaks.lastIndex = 0;
+      for (let m; (m = breaks.exec(text)) !== null; ) {
+        const at = m.index;
+        if (cr && at === from && text[at] === "\n") {
+          cr = false;
+          from = at + 1;
+          continue;
+        }
+        add(text.slice(from, at));
+        lineEnd();
+        cr = text[at] === "\r";
+        from = at + 1;
+      }
+      if (from < text.length) {
+        cr = false;
+        add(text.slice(from));
+      }
     },
     /** The stream ended: its last line and event count even without a blank line after them. */
     flush() {
-      if (line !== "") take(line);
-      line = "";
+      if (line !== "" || dropping) lineEnd();
       end();
     },
   };

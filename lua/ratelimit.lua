@@ -6,11 +6,12 @@
 -- Every key the script touches is in KEYS, so Upstash's allow-key-locking
 -- (above) locks only these keys, and a cluster could route the call.
 --
--- KEYS[1..n]         limit i's state, a hash: token bucket `tokens`, `lastRefill` (epoch s), and while it
+-- KEYS[1..n]         limit i's state: for "c" a sorted set (below); otherwise a hash: token bucket `tokens`, `lastRefill` (epoch s), and while it
 --                    leases, `lq`/`lp` (tokens leased in the current / previous lease slot), `li` (the
 --                    current slot's index, floor(time / `ll`)) and `ll` (the slot's length, s);
 --                    sliding window `start` (epoch s), `count`, `previous`
--- KEYS[n+1..]        override keys (strings "<capacity> <rate>"), read with one MGET
+-- KEYS[n+1..]        override keys (strings "<capacity> <rate>"), read with one MGET; with op "4" the last
+--                    key is the settle marker, not an override
 -- ARGV[1]            clock: "" = Redis TIME (default); otherwise the caller's epoch ms (worker-clock mode)
 -- ARGV[2]            the operation: "" take (decide this request); "1" peek: report every limit without
 --                    consuming or writing anything; "2" give back: return unused lease tokens (below);
@@ -23,7 +24,8 @@
 --                    set of request ids scored by when their slot expires (epoch ms); capacity = slots
 --   ARGV[a+1]        capacity (tokens; for a window, requests per window), > 0
 --   ARGV[a+2]        rate (tokens per second, > 0); a window lasts capacity / rate seconds
---   ARGV[a+3]        TTL in whole seconds (>= the time to refill fully; 2 windows for a window)
+--   ARGV[a+3]        TTL in whole seconds (>= the time to refill fully; 2 windows for a window; for "c" the
+--                    slot's TTL: a slot expires that long after it was taken)
 --   ARGV[a+4]        cost of this request (tokens, > 0; a slot takes 1); when giving back, the unused tokens
 --                    of a lease; when settling, actual minus reserved cost (signed: < 0 refunds; 0 for a slot)
 --   ARGV[a+5]        limit i's mode: "0" enforcing; "1" shadow: it never denies, and it is debited only when
@@ -69,6 +71,9 @@
 --                            capacity and window_s (ceil(capacity / rate)) in effect, overrides applied,
 --                            leased (tokens debited beyond the cost for this isolate's lease),
 --     then the script's time in epoch ms (floored) }
+-- For "c": retry_ms is 1000 when no slot is free (when one frees is unknown), reset_ms 1000 when none is
+-- left, window_s 1 (the gateway passes rate = capacity). Op "3"/"4" replies in the same shape; with op
+-- "4" a first element of 0 means this request was settled before and nothing was done.
 -- A denied call writes nothing to its enforcing and shadow limits (candidate limits pay by their own
 -- verdict): refill and window roll-over are pure functions of the stored state.
 
@@ -310,9 +315,11 @@ for i = 1, n do
         tokens = math.min(c, tokens + math.abs(k))  -- given back or refunded: never above capacity
       else
         tokens = tokens - k                    -- charged: below zero is debt, paid off by the refill
-        local full = math.ceil((c - tokens) / r)
-        if full > ttl[i] then ttl[i] = math.min(full, 2 * MAX_WINDOW) end
       end
+      -- The key lives until it is full again, whatever wrote it: a bucket in debt (a charge, or a
+      -- refund or a take after one) must never expire back to full.
+      local full = math.ceil((c - tokens) / r)
+      if full > ttl[i] then ttl[i] = math.min(full, 2 * MAX_WINDOW) end
       -- Lua numbers reach Redis in a round-trip-exact form, so tonumber() reads back the same double.
       local sl = slots[i]
       if sl then

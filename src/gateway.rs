@@ -42,8 +42,9 @@ pub struct Request<'a> {
 /// What the executor does next.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Step {
-    /// Answer with this response; then send `report`, if any, without holding the response.
-    Respond { response: Response, note: Option<String>, report: Option<Fetch> },
+    /// Answer with this response; then send `report`, if any, without holding the response, and carry
+    /// out `wake` (slots a failed decision may have taken, released).
+    Respond { response: Response, note: Option<String>, report: Option<Fetch>, wake: Option<Wake> },
     /// Send the request on to `url` (`None`: its own URL), adding `headers` to the origin's response;
     /// if the origin cannot be reached, answer [`http::origin_unreachable`] with the same headers.
     /// `wake`, if any, is resumed after its wait off the response path (leases given back).
@@ -164,6 +165,10 @@ enum Work<'c> {
         script_ms: i64,
         headers: Vec<String>,
     },
+    /// Slots a failed decision may have taken, to release at the wake.
+    Release {
+        items: Vec<Settlement<'c>>,
+    },
     /// The call that releases and settles them; `attempt` 0, then 1 for the one retry.
     Settling {
         call: ScriptCall,
@@ -278,6 +283,9 @@ struct Pending<'c> {
 /// Pending tickets kept at most; beyond it, those past their deadline are dropped (an executor that
 /// never resumes a ticket cannot make the gateway grow).
 const PENDING_KEPT: usize = 4096;
+/// Watched responses kept at most per isolate (beyond it, and none past its time, a new one is not
+/// watched: its slots expire after their TTL).
+const WATCHED_KEPT: usize = 4096;
 /// How long one chain of lease wakes may last (the runtime keeps `waitUntil` work 30 s at most).
 const WAKE_CHAIN_MS: f64 = 20_000.0;
 /// How long past its deadline a ticket may still be resumed.
@@ -290,6 +298,9 @@ pub struct Gateway<'c> {
     limiter: Limiter,
     metrics: Metrics,
     pending: HashMap<u32, Pending<'c>>,
+    /// Admitted requests whose responses are watched (apart: they wait as long as a response takes, and
+    /// an overflow of the others must never drop them).
+    watching: HashMap<u32, Pending<'c>>,
     next_ticket: u32,
     /// Whether this isolate has logged that the candidate policy is refused (once is enough).
     candidate_refusal_logged: bool,
@@ -306,6 +317,7 @@ impl<'c> Gateway<'c> {
             limiter: Limiter::with_leases(config.deny_cache_max_ms, config.leases),
             metrics: Metrics::default(),
             pending: HashMap::new(),
+            watching: HashMap::new(),
             next_ticket: 0,
             candidate_refusal_logged: false,
             instance_id: String::new(),
@@ -342,7 +354,7 @@ impl<'c> Gateway<'c> {
 
     /// Tickets waiting to be resumed.
     pub fn pending(&self) -> usize {
-        self.pending.len()
+        self.pending.len() + self.watching.len()
     }
 
     fn header<'r>(&self, req: &Request<'r>, name: &str) -> Option<&'r str> {
@@ -432,7 +444,7 @@ impl<'c> Gateway<'c> {
 
     /// The next step for `ticket`, with what its last step brought back at `now_ms`.
     pub fn resume(&mut self, ticket: u32, reply: Reply<'_>, now_ms: f64) -> Step {
-        let Some(p) = self.pending.remove(&ticket) else { return Step::Done };
+        let Some(p) = self.pending.remove(&ticket).or_else(|| self.watching.remove(&ticket)) else { return Step::Done };
         let http = match reply {
             Reply::Http { status, body } => Some(Ok((status, body))),
             Reply::Timeout => Some(Err(TransportError::Timeout)),
@@ -477,6 +489,7 @@ impl<'c> Gateway<'c> {
                 Step::Return { value: rpc::reset_result(deleted.as_ref().copied()), note, report: None, wake: None }
             }
             Work::Wake { since_ms } => self.give_back(ticket, since_ms, now_ms),
+            Work::Release { items } => self.settle_call(items, None, 0, now_ms),
             Work::Held { items, id, script_ms, headers } => {
                 // Anything but a delivery report (an executor that lost track) releases all the same.
                 let text = match reply {
@@ -627,9 +640,9 @@ impl<'c> Gateway<'c> {
             Work::Settling { items, marker, attempt, .. } => {
                 match result {
                     Ok(ints) => {
-                        if ints.first() == Some(&0) {
-                            self.metrics.add_held(HeldCounts { repeated: 1, ..HeldCounts::default() });
-                        }
+                        let slots_released = items.iter().filter(|s| s.limit.is_concurrency()).count() as u64;
+                        let repeated = u64::from(ints.first() == Some(&0));
+                        self.metrics.add_held(HeldCounts { slots_released, repeated, ..HeldCounts::default() });
                         Step::Done
                     }
                     // No answer (or a server error): it may or may not have been applied; the marker makes
@@ -822,25 +835,58 @@ impl<'c> Gateway<'c> {
             return self.forward(target, Vec::new(), None, report);
         }
         let outcome = self.limiter.outcome(result, self.config.fail_mode, &limited.checks, now_ms);
-        let held = match (&outcome, admission) {
-            (crate::limiter::Outcome::Allowed(d), Some((id, script_ms))) => {
-                Some((held_of(&limited.checks, d), id, script_ms))
+        use crate::limiter::Outcome;
+        let (held, failed) = match (&outcome, admission) {
+            (Outcome::Allowed(d), Some((id, script_ms))) => (Some((held_of(&limited.checks, d), id, script_ms)), None),
+            // No answer, but the script may have run: its slots are released after the response if the
+            // fail mode forwarded the request, at once if it was answered here.
+            (Outcome::FailedOpen(..), Some((id, _))) => (Some((maybe_taken(&limited.checks), id, 0)), None),
+            (Outcome::FailedClosed(_) | Outcome::DeniedLocally(..), Some((id, _))) => {
+                let items = maybe_taken(&limited.checks);
+                let settlements: Vec<Settlement<'c>> = items
+                    .into_iter()
+                    .map(|h| Settlement {
+                        key: h.key,
+                        limit: h.limit,
+                        overrides: h.overrides,
+                        delta: 0,
+                        arg: id.clone(),
+                    })
+                    .collect();
+                (None, (!settlements.is_empty()).then_some(settlements))
             }
-            _ => None,
+            _ => (None, None),
         };
         let report = self.count(&outcome, &limited, started_ms, now_ms);
         let in_flight = |i: usize| limited.checks.get(i).is_some_and(|c| c.limit.is_concurrency());
         match http::answer_in_flight(&outcome, in_flight) {
             Answer::Forward(headers) => match self.forward(target, headers, note, report) {
                 Step::Forward { url, headers, note, report, .. } => {
-                    let watch = held
-                        .and_then(|(items, id, script_ms)| self.watch(items, id, script_ms, now_ms))
-                        .or_else(|| strip_only(&limited.checks));
+                    let strip = strip_of(&limited.checks);
+                    let watch = match held.and_then(|(items, id, script_ms)| self.watch(items, id, script_ms, now_ms)) {
+                        Some(w) => Some(Watch { strip, ..w }),
+                        None if !strip.is_empty() => Some(Watch {
+                            ticket: 0,
+                            until_end: false,
+                            headers: Vec::new(),
+                            strip,
+                            sse_keys: Vec::new(),
+                        }),
+                        None => None,
+                    };
                     Step::Forward { url, headers, note, report, wake: self.wake(now_ms), watch }
                 }
                 other => other,
             },
-            Answer::Respond(response) => Step::Respond { response, note, report },
+            Answer::Respond(response) => {
+                // Redis failed, and the script may have run all the same: the slots it may have taken
+                // are released at once (a ZREM of a slot that was never taken changes nothing).
+                let wake = failed.map(|items| {
+                    let ticket = self.park(Work::Release { items }, now_ms);
+                    Wake { ticket, ms: 0 }
+                });
+                Step::Respond { response, note, report, wake }
+            }
         }
     }
 
@@ -849,14 +895,11 @@ impl<'c> Gateway<'c> {
         if items.is_empty() {
             return None;
         }
-        let (mut headers, mut strip, mut sse_keys) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut headers, mut sse_keys) = (Vec::new(), Vec::new());
         for s in items.iter().filter_map(|h| h.limit.settle()) {
             if let Some(h) = s.header() {
                 if !headers.iter().any(|x| x == h) {
                     headers.push(h.to_string());
-                }
-                if s.strip && !strip.iter().any(|x| x == h) {
-                    strip.push(h.to_string());
                 }
             }
             if let Some(k) = s.sse_key() {
@@ -867,12 +910,27 @@ impl<'c> Gateway<'c> {
         }
         let slots = items.iter().filter(|h| h.reserve.is_none()).count() as u64;
         self.metrics.add_held(HeldCounts { slots_taken: slots, ..HeldCounts::default() });
-        // Kept as long as a slot may live: a response may stream for minutes.
-        let ttl_ms = items.iter().map(|h| h.limit.ttl_seconds()).max().unwrap_or(60) as f64 * 1000.0;
+        if self.watching.len() >= WATCHED_KEPT {
+            self.watching.retain(|_, p| p.deadline_ms > now_ms);
+            if self.watching.len() >= WATCHED_KEPT {
+                // Bounded: this request's slots expire after their TTL, its cost stays at the reservation.
+                self.metrics.add_held(HeldCounts { release_failed: slots, ..HeldCounts::default() });
+                return None;
+            }
+        }
+        // Kept as long as a slot may live (a response may stream for minutes), an hour for a cost alone.
+        let keep_s = items
+            .iter()
+            .map(|h| if h.reserve.is_none() { h.limit.ttl_seconds() } else { 3_600 })
+            .max()
+            .unwrap_or(60)
+            .min(crate::policy::MAX_SLOT_TTL_SECONDS);
         let work = Work::Held { items, id, script_ms, headers: headers.clone() };
-        let ticket = self.park_until(work, now_ms + ttl_ms, now_ms);
+        let ticket = self.new_ticket();
+        let deadline_ms = now_ms + keep_s as f64 * 1000.0;
+        self.watching.insert(ticket, Pending { work, deadline_ms, sent_ms: now_ms });
         let until_end = slots > 0 || !sse_keys.is_empty();
-        Some(Watch { ticket, until_end, headers, strip, sse_keys })
+        Some(Watch { ticket, until_end, headers, strip: Vec::new(), sse_keys })
     }
 
     /// A watched response was delivered: its slots released and its costs settled in one script call
@@ -890,10 +948,7 @@ impl<'c> Gateway<'c> {
         let mut costs = false;
         for h in items {
             let (delta, arg) = match (h.reserve, h.limit.settle()) {
-                (None, _) => {
-                    counts.slots_released += 1;
-                    (0, id.clone())
-                }
+                (None, _) => (0, id.clone()),
                 (Some(reserve), Some(settle)) => match settle.actual(delivered) {
                     Some(actual) => {
                         counts.settled += 1;
@@ -1120,15 +1175,26 @@ impl<'c> Gateway<'c> {
     }
 }
 
-/// A watch that only strips the usage headers `checks` say to strip (none: no watch).
-fn strip_only(checks: &[Check<'_>]) -> Option<Watch> {
+/// The usage headers the limits of `checks` say to strip from the client's response, whatever the
+/// request holds.
+fn strip_of(checks: &[Check<'_>]) -> Vec<String> {
     let mut strip: Vec<String> = Vec::new();
     for s in checks.iter().filter_map(|c| c.limit.settle()).filter(|s| s.strip) {
         if let Some(h) = s.header().filter(|h| !strip.iter().any(|x| x == h)) {
             strip.push(h.to_string());
         }
     }
-    (!strip.is_empty()).then(|| Watch { ticket: 0, until_end: false, headers: Vec::new(), strip, sse_keys: Vec::new() })
+    strip
+}
+
+/// The slots a decision whose answer never came may have taken: every enforcing or shadow in-flight
+/// limit's.
+fn maybe_taken<'c>(checks: &[Check<'c>]) -> Vec<Held<'c>> {
+    checks
+        .iter()
+        .filter(|c| c.limit.is_concurrency() && matches!(c.mode, Mode::Enforce | Mode::Shadow))
+        .map(|c| Held { key: c.key.clone(), limit: c.limit, overrides: c.overrides.clone(), reserve: None })
+        .collect()
 }
 
 /// What an admitted request holds until its response has been delivered: the slots it took and the
@@ -1153,12 +1219,12 @@ fn held_of<'c>(checks: &[Check<'c>], decision: &Decision) -> Vec<Held<'c>> {
 }
 
 fn respond(response: Response) -> Step {
-    Step::Respond { response, note: None, report: None }
+    Step::Respond { response, note: None, report: None, wake: None }
 }
 
 fn with_note(step: Step, note: Option<String>) -> Step {
     match step {
-        Step::Respond { response, report, .. } => Step::Respond { response, note, report },
+        Step::Respond { response, report, wake, .. } => Step::Respond { response, note, report, wake },
         other => other,
     }
 }
@@ -1269,5 +1335,5 @@ fn misconfigured_line(e: &ConfigError) -> String {
 }
 
 fn misconfigured(e: &ConfigError) -> Step {
-    Step::Respond { response: http::misconfigured(e), note: Some(misconfigured_line(e)), report: None }
+    Step::Respond { response: http::misconfigured(e), note: Some(misconfigured_line(e)), report: None, wake: None }
 }

@@ -551,7 +551,8 @@ impl RawLimit {
                 .find(|k| f.get(k).is_some())
             {
                 return Err(format!(
-                    "{at}`{k}` does not apply to a `concurrency` limit (it counts requests in flight;                      `slot_ttl_seconds` says when a slot whose release never came expires)"
+                    "{at}`{k}` does not apply to a `concurrency` limit (it counts requests in flight; \
+                     `slot_ttl_seconds` says when a slot whose release never came expires)"
                 ));
             }
         } else if f.get("slot_ttl_seconds").is_some() {

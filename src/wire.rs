@@ -7,7 +7,8 @@
 //!
 //! A step is `head \0 extra \0 body`: `head` is lines, its first the kind:
 //! - `R` respond: status, asset name (`""` = `body`), note, report ticket (`""` = none), report
-//!   timeout, then header name / value lines; `extra` is the report's pipeline body.
+//!   timeout, wake ticket (`""` = none), wake ms, then header name / value lines; `extra` is the
+//!   report's pipeline body.
 //! - `F` forward: url (`""` = the request's own), note, report ticket, report timeout, wake ticket
 //!   (`""` = none), wake ms, watch ticket (`""` = none, `0` = only strip headers), `e` to report at the body's end (else as
 //!   soon as the headers are in), the origin's response headers to report
@@ -68,7 +69,7 @@ pub fn encode_start(isolate: &Isolate) -> String {
         Isolate::Ready(g) => (g.config().redis_url.as_str(), g.config().redis_authorization.expose()),
         Isolate::Misconfigured(_) => ("", ""),
     };
-    let unreachable = Step::Respond { response: http::origin_unreachable(), note: None, report: None };
+    let unreachable = Step::Respond { response: http::origin_unreachable(), note: None, report: None, wake: None };
     format!("{}\0{url}\0{authorization}\0{}", isolate.header_names().join("\n"), encode_step(&unreachable))
 }
 
@@ -96,7 +97,7 @@ pub fn reply(code: i32, text: &str) -> Reply<'_> {
 pub fn encode_step(step: &Step) -> String {
     let mut head = String::with_capacity(128);
     let (extra, body): (&str, &str) = match step {
-        Step::Respond { response, note, report } => {
+        Step::Respond { response, note, report, wake } => {
             let asset = match &response.body {
                 Body::Asset(a) => a.name(),
                 Body::Text(_) => "",
@@ -106,6 +107,7 @@ pub fn encode_step(step: &Step) -> String {
             line(&mut head, asset);
             note_line(&mut head, note.as_deref());
             let extra = report_lines(&mut head, report.as_ref());
+            wake_lines(&mut head, wake.as_ref());
             headers(&mut head, &response.headers);
             (extra, response.text())
         }
@@ -260,10 +262,11 @@ mod tests {
         let report = Fetch { ticket: 9, pipeline: true, body: "[[\"HINCRBY\"]]".into(), timeout_ms: 500 };
         let mut r = http::problem(429, "rate-limited", "Too Many Requests", "a\nb\0c");
         r.headers.push(("retry-after", "12".into()));
-        let step = Step::Respond { response: r, note: Some("line one\nline two".into()), report: Some(report) };
+        let wake = Some(Wake { ticket: 3, ms: 0 });
+        let step = Step::Respond { response: r, note: Some("line one\nline two".into()), report: Some(report), wake };
         let text = encode_step(&step);
         let (head, extra, body) = decode_step(&text).unwrap();
-        assert_eq!(&head[..6], ["R", "429", "", "line one line two", "9", "500"]);
+        assert_eq!(&head[..8], ["R", "429", "", "line one line two", "9", "500", "3", "0"]);
         assert_eq!(&head[head.len() - 2..], ["retry-after", "12"]);
         assert_eq!(extra, "[[\"HINCRBY\"]]");
         assert!(body.contains("\"detail\":\"a\\nb\\u0000c\""), "{body}");

@@ -10,7 +10,12 @@ use edge_ratelimit::{Config, Gateway, Reply, Request, Step, Totals};
 const T0: f64 = 1.8e12;
 
 fn config(policy: &str) -> Config {
+    config_with(policy, "open")
+}
+
+fn config_with(policy: &str, fail_mode: &str) -> Config {
     let vars = [
+        ("FAIL_MODE", fail_mode),
         ("UPSTASH_REDIS_REST_URL", "http://127.0.0.1:1"),
         ("UPSTASH_REDIS_REST_TOKEN", "t"),
         ("USER_ID_HEADER", "x-user-id"),
@@ -279,4 +284,62 @@ fn a_usage_header_is_stripped_even_when_nothing_is_settled() {
         (0, &["x-usage-tokens".to_string()][..]),
         "nothing to report, a header to strip"
     );
+}
+
+#[test]
+fn a_decision_whose_answer_was_lost_still_releases_the_slots_it_may_have_taken() {
+    let rest = Rest::new();
+    for mode in ["closed", "open"] {
+        let config = config_with(INFLIGHT, mode);
+        let mut gw = Gateway::new(&config).with_instance_id(mode);
+        let user = format!("lost-{mode}-{}", std::process::id());
+        let key = format!("rate:{user}:/api/%2A!inflight");
+        let req = Req::new(&gw, "GET", "/api/chat", &[("x-user-id", &user)]);
+        let headers: Vec<Option<&str>> = req.headers.iter().map(|h| h.as_deref()).collect();
+        // Warm the script first, so the decision below is one EVALSHA that Redis runs.
+        send(&mut gw, &rest, &format!("{user}-warm"), T0);
+        let parked = gw.pending(); // (the warm request's watch)
+        let Step::Fetch(f) = gw.begin(&Request { method: &req.method, url: &req.url, headers: &headers }, T0) else {
+            panic!()
+        };
+        rest.answer(&f); // the slot is taken, but the answer never comes back:
+        assert_eq!(rest.redis(&["ZCARD", &key]), 1);
+        let step = gw.resume(f.ticket, Reply::Timeout, T0 + 1.0);
+        let mut next = match (&step, mode) {
+            (Step::Respond { wake: Some(w), .. }, "closed") => {
+                assert_eq!(status(&step), 503);
+                gw.resume(w.ticket, Reply::Woke, T0 + 2.0)
+            }
+            (Step::Forward { watch: Some(w), .. }, "open") => gw.resume(w.ticket, Reply::Delivered("1"), T0 + 2.0),
+            _ => panic!("{mode}: {step:?}"),
+        };
+        while let Step::Fetch(f) = next {
+            let (code, body) = rest.answer(&f);
+            next = gw.resume(f.ticket, Reply::Http { status: code, body: &body }, T0 + 3.0);
+        }
+        assert_eq!(next, Step::Done);
+        assert_eq!(rest.redis(&["ZCARD", &key]), 0, "{mode}: released");
+        assert_eq!(gw.pending(), parked, "{mode}: nothing left parked");
+    }
+}
+
+#[test]
+fn a_usage_header_is_stripped_beside_a_slot_too() {
+    let rest = Rest::new();
+    let config = config(
+        r#"{"rules":[{"name":"llm","route":"/v1/*","limits":[
+            {"name":"inflight","concurrency":2},
+            {"name":"tokens","capacity":100,"refill":"1/d","shadow":true,
+             "cost":{"reserve":60,"settle":"header:x-usage-tokens","strip":true}}]}]}"#,
+    );
+    let mut gw = Gateway::new(&config).with_instance_id("both");
+    // The second request's shadow cost cannot pay 60 (40 left: nothing reserved), its slot is held: the
+    // header is stripped all the same.
+    let user = format!("both{}", std::process::id());
+    send_to(&mut gw, &rest, "/v1/chat", &user, T0);
+    let step = send_to(&mut gw, &rest, "/v1/chat", &user, T0 + 1.0);
+    assert_eq!(header(&step, "x-ratelimit-status"), Some("shadow; limit=\"tokens\""));
+    let Step::Forward { watch: Some(w), .. } = &step else { panic!("{step:?}") };
+    assert!(w.ticket != 0 && w.until_end);
+    assert_eq!(w.strip, ["x-usage-tokens"]);
 }

@@ -524,7 +524,12 @@ fn settling_charges_refunds_never_above_capacity_and_once_per_marker() {
     assert_eq!(tokens(&mut con), -50.0);
     let ttl: i64 = redis::cmd("TTL").arg(&key).query(&mut con).unwrap();
     assert!(ttl >= 150 * 86_400 - 1, "{ttl}: debt is not forgiven by an expiry");
+    // A refund of another request while in debt keeps it so (it wrote the short TTL before).
+    raw(&mut con, "3", &[&key], &[bucket("-5")], t0, &[]);
+    assert_eq!(tokens(&mut con), -45.0);
+    let ttl: i64 = redis::cmd("TTL").arg(&key).query(&mut con).unwrap();
+    assert!(ttl >= 145 * 86_400 - 1, "{ttl}: a refund in debt must not shorten the key's life");
     let denied = raw(&mut con, "", &[&key], &[bucket("1")], t0, &[]);
-    assert_eq!(&denied[..3], &[0, 1, -50], "in debt: denied, the reply shows the debt (headers say 0)…");
-    assert!(denied[3] >= 51 * 86_400_000, "…and the wait covers the debt: {}", denied[3]);
+    assert_eq!(&denied[..3], &[0, 1, -45], "in debt: denied, the reply shows the debt (headers say 0)…");
+    assert!(denied[3] >= 46 * 86_400_000, "…and the wait covers the debt: {}", denied[3]);
 }

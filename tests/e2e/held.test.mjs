@@ -42,6 +42,14 @@ async function startOrigin() {
       res.write(`data: {"choices":[{"delta":"lo"}],"early":${early}}\n\n`);
       if (url.searchParams.has("n")) res.write(`data: {"usage":{"total_tokens":${url.searchParams.get("n")}}}\n\n`);
       res.end("data: [DONE]\n\n");
+    } else if (url.pathname.endsWith("/crlf")) {
+      // CRLF line ends, the usage event split across writes (mid-line and between CR and LF).
+      res.writeHead(200, { "content-type": "text/event-stream" });
+      for (const part of ['data: {"choices":[]}\r\n\r\ndata: {"usage":{"total_', 'tokens":30}}\r', "\n\r\n", "data: [DONE]\r\n\r\n"]) {
+        res.write(part);
+        await sleep(20);
+      }
+      res.end();
     } else if (url.pathname.endsWith("/forever")) {
       res.writeHead(200, { "content-type": "text/event-stream" });
       res.write("data: {}\n\n");
@@ -243,6 +251,13 @@ describe("costs settled from the response", () => {
     assert.match(rest_, /total_tokens":30/, "events pass through unchanged");
     await eventually(async () => Math.round(await tokens(key)) === 70, "70 left");
     await eventually(async () => (await live(`rate:${user}:/sse/%2A!sse-inflight`)) === 0, "its slot released too");
+  });
+
+  test("a stream with CRLF line ends, its usage event split across chunks", async () => {
+    const user = freshUser("crlf");
+    const key = `rate:${user}:/sse/%2A#sse-tokens`;
+    assert.equal((await gw.fetch("/sse/crlf", as(user))).status, 200);
+    await eventually(async () => Math.round(await tokens(key)) === 70, "70 left");
   });
 
   test("a stream without usage settles at the reservation", async () => {
