@@ -327,7 +327,8 @@ impl<'c> Gateway<'c> {
     }
 
     /// The same gateway, its request ids prefixed by `id`: in-flight slots are members of a sorted set
-    /// shared by every isolate, so two isolates must never name a request alike.
+    /// shared by every isolate, so two isolates must never name a request alike. Every gateway of a
+    /// deployment needs one of its own (the executor draws a random one); without it ids are `.1`, `.2`…
     pub fn with_instance_id(mut self, id: &str) -> Gateway<'c> {
         self.instance_id = id.to_string();
         self
