@@ -343,3 +343,27 @@ fn a_usage_header_is_stripped_beside_a_slot_too() {
     assert!(w.ticket != 0 && w.until_end);
     assert_eq!(w.strip, ["x-usage-tokens"]);
 }
+
+#[test]
+fn the_admin_api_peeks_at_live_slots_and_resets_them() {
+    let rest = Rest::new();
+    let config = config(INFLIGHT);
+    let mut gw = Gateway::new(&config).with_instance_id("admin");
+    let user = format!("adm{}", std::process::id());
+    let auth = "Bearer admin-token-of-thirty-two-bytes-or-more";
+    let admin = |gw: &mut Gateway<'_>, method: &str| {
+        let target = format!("/__ratelimit/buckets?user={user}&path=/api/chat");
+        let req = Req::new(gw, method, &target, &[("authorization", auth)]);
+        let step = common::run(gw, &rest, &req, T0 + 10.0);
+        assert_eq!(status(&step), 200, "{step:?}");
+        body_json(&step)
+    };
+    send(&mut gw, &rest, &user, T0);
+    let peek = admin(&mut gw, "GET");
+    let slots = &peek["limits"][0];
+    assert_eq!((slots["limit"].as_str(), slots["algorithm"].as_str()), (Some("inflight"), Some("concurrency")));
+    assert_eq!((slots["capacity"].as_u64(), slots["remaining"].as_u64()), (Some(2), Some(1)), "one live slot");
+    assert_eq!(rest.redis(&["ZCARD", &format!("rate:{user}:/api/%2A!inflight")]), 1, "a peek takes nothing");
+    admin(&mut gw, "DELETE");
+    assert_eq!(rest.redis(&["EXISTS", &format!("rate:{user}:/api/%2A!inflight")]), 0, "reset deletes the slots");
+}
