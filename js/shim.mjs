@@ -301,7 +301,7 @@ function delivery(f, ctx) {
     // Chunks pass on as they arrive, through the runtime's own pipe unless an event stream is read on
     // the way (bench/run: a JavaScript pull stream cost about 400 µs of CPU per request more); the
     // pipe's end, or its failure (the client gone, the origin failed), says the response was delivered.
-    if (keys.length > 0 && (response.headers.get("content-type") ?? "").includes("text/event-stream")) tail = sse(keys);
+    if (keys.length > 0) tail = sse(keys); // (whether the response is an event stream, the core decides)
     const through = tail !== null
       ? new TransformStream({ transform: (chunk, c) => { tail.push(chunk); c.enqueue(chunk); } })
       : typeof IdentityTransformStream === "function" ? new IdentityTransformStream() : new TransformStream();

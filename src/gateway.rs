@@ -907,6 +907,10 @@ impl<'c> Gateway<'c> {
                 if !sse_keys.iter().any(|x| x == k) {
                     sse_keys.push(k.to_string());
                 }
+                // (usage is read from a stream only if the response says it is one: see `Settle::actual`)
+                if !headers.iter().any(|x| x == "content-type") {
+                    headers.push("content-type".to_string());
+                }
             }
         }
         let slots = items.iter().filter(|h| h.reserve.is_none()).count() as u64;

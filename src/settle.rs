@@ -86,7 +86,16 @@ impl Settle {
     pub fn actual(&self, delivered: &Delivered<'_>) -> Option<u32> {
         match &self.usage {
             Usage::Header(h) => delivered.header(h).and_then(usage_number),
-            Usage::Sse(path) => delivered.events.iter().rev().find_map(|e| sse_usage(e, path)),
+            Usage::Sse(path) => {
+                // Only a server-sent event stream's events count (a JSON body with `data:` lines does not).
+                let stream = delivered
+                    .header("content-type")
+                    .is_some_and(|t| t.trim().to_ascii_lowercase().starts_with("text/event-stream"));
+                if !stream {
+                    return None;
+                }
+                delivered.events.iter().rev().find_map(|e| sse_usage(e, path))
+            }
         }
     }
 }
@@ -186,11 +195,14 @@ mod tests {
     #[test]
     fn the_last_event_that_carries_the_path_counts() {
         let s = Settle::parse("sse:usage.total_tokens", false).unwrap();
-        let names: Vec<String> = vec![];
-        let text = "1\0{\"usage\":{\"total_tokens\":7}}\0{\"usage\":{\"total_tokens\":30}}\0{\"total_tokens\":99}";
-        let d = Delivered::decode(text, &names);
+        let names = vec!["content-type".to_string()];
+        let events = "{\"usage\":{\"total_tokens\":7}}\0{\"usage\":{\"total_tokens\":30}}\0{\"total_tokens\":99}";
+        let text = format!("1\ntext/event-stream; charset=utf-8\0{events}");
+        let d = Delivered::decode(&text, &names);
         assert!(d.complete);
         assert_eq!(s.actual(&d), Some(30), "the last event whose JSON has the path, not merely the word");
+        let json = format!("1\napplication/json\0{events}");
+        assert_eq!(s.actual(&Delivered::decode(&json, &names)), None, "not an event stream: no events count");
         let h = Settle::parse("header:x-usage", false).unwrap();
         let names = vec!["x-usage".to_string(), "x-other".to_string()];
         let d = Delivered::decode("0\n12\n\u{1}", &names);

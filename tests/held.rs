@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{body_json, carry, header, status, Req, Rest};
+use common::{body_json, header, status, Req, Rest};
 use edge_ratelimit::{Config, Gateway, Reply, Request, Step, Totals};
 
 const T0: f64 = 1.8e12;
@@ -32,10 +32,7 @@ const INFLIGHT: &str = r#"{"rules":[{"name":"api","route":"/api/*","limits":[
 
 /// Starts `user`'s request and carries it to its final step (the response not yet delivered).
 fn send(gw: &mut Gateway<'_>, rest: &Rest, user: &str, now: f64) -> Step {
-    let req = Req::new(gw, "GET", "/api/chat", &[("x-user-id", user)]);
-    let headers: Vec<Option<&str>> = req.headers.iter().map(|h| h.as_deref()).collect();
-    let step = gw.begin(&Request { method: &req.method, url: &req.url, headers: &headers }, now);
-    carry(gw, rest, &req, step, now)
+    common::run(gw, rest, &Req::new(gw, "GET", "/api/chat", &[("x-user-id", user)]), now)
 }
 
 /// Reports a forwarded request's response as delivered with `text` (see `Delivered::decode`), and
@@ -135,10 +132,7 @@ fn settled(policy: &str, text: &str) -> (f64, Option<String>, usize, Totals) {
     let config = config(policy);
     let mut gw = Gateway::new(&config).with_instance_id("s");
     let user = format!("llm{}", std::process::id());
-    let req = Req::new(&gw, "POST", "/v1/chat", &[("x-user-id", &user)]);
-    let headers: Vec<Option<&str>> = req.headers.iter().map(|h| h.as_deref()).collect();
-    let step = gw.begin(&Request { method: &req.method, url: &req.url, headers: &headers }, T0);
-    let step = carry(&mut gw, &rest, &req, step, T0);
+    let step = send_to(&mut gw, &rest, "/v1/chat", &user, T0);
     let key = format!("rate:{user}:/v1/%2A#tokens");
     assert_eq!(tokens(&rest, &key), 90.0, "admitted by reserving 10");
     let Step::Forward { watch: Some(w), .. } = &step else { panic!("{step:?}") };
@@ -181,11 +175,13 @@ const STREAMED: &str = r#"{"rules":[{"name":"llm","route":"/v1/*","limits":[
 #[test]
 fn a_reserved_cost_is_settled_from_the_last_event_of_a_stream_that_carries_the_path() {
     let events = "{\"choices\":[{\"delta\":\"hi\"}]}\0{\"usage\":{\"total_tokens\":30},\"id\":\"x\"}";
-    let (left, strip, _, _) = settled(STREAMED, &format!("1\0{events}"));
+    let (left, strip, _, _) = settled(STREAMED, &format!("1\ntext/event-stream\0{events}"));
     assert_eq!((left, strip), (70.0, None));
-    let (left, _, _, _) = settled(STREAMED, "1\0{\"usage\":{\"total_tokens\":2}}");
+    let (left, _, _, _) = settled(STREAMED, "1\ntext/event-stream\0{\"usage\":{\"total_tokens\":2}}");
     assert_eq!(left, 98.0);
-    let (left, _, _, totals) = settled(STREAMED, "0\0{\"choices\":[]}");
+    let (left, _, _, totals) = settled(STREAMED, &format!("1\napplication/json\0{events}"));
+    assert_eq!((left, totals.held.missing), (90.0, 1), "not an event stream: the reservation");
+    let (left, _, _, totals) = settled(STREAMED, "0\ntext/event-stream\0{\"choices\":[]}");
     assert_eq!((left, totals.held.missing), (90.0, 1), "a stream cut short without usage: the reservation");
 }
 

@@ -4,7 +4,6 @@
 // reserved costs are charged or refunded once. Figures print as `MEASURED …`.
 import { after, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
-import { createServer } from "node:http";
 import http from "node:http";
 import { startRedis, startRest, startGateway, TOKEN } from "./harness.mjs";
 
@@ -21,7 +20,7 @@ async function startOrigin() {
   let peak = 0;
   let gate = null;
   const opened = new Set();
-  const server = createServer(async (req, res) => {
+  const server = http.createServer(async (req, res) => {
     const url = new URL(req.url, "http://o");
     served.push(url.pathname);
     inFlight++;
