@@ -613,7 +613,7 @@ impl<'c> Gateway<'c> {
                 self.limiter.answered(call.asked());
                 let (result, candidate) = self.split_candidates(&limited, result);
                 let script_ms = result.as_ref().ok().and_then(|ints| ints.last().copied()).unwrap_or(0);
-                let result = self.limiter.decided(&limited.checks, result, now_ms);
+                let result = self.limiter.decided(&limited.checks, result, call.asked(), now_ms);
                 let admission = id.map(|id| (id, script_ms));
                 self.decided(limited, &target, result, candidate, admission, started_ms, now_ms)
             }
@@ -627,7 +627,7 @@ impl<'c> Gateway<'c> {
             }
             Work::Call { limited, started_ms, call, .. } => {
                 self.limiter.answered(call.asked());
-                let result = self.limiter.decided(&limited.checks, result, now_ms);
+                let result = self.limiter.decided(&limited.checks, result, call.asked(), now_ms);
                 self.rpc_decided(limited, result, started_ms, now_ms)
             }
             Work::GiveBack { tokens, since_ms, last, .. } => {

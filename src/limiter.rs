@@ -650,11 +650,13 @@ impl Limiter {
 
     /// The decision the script's integers stand for, remembered for the deny cache: a denial is
     /// cached, an allowed call drops what this isolate believed about its keys (say, before an admin
-    /// reset elsewhere).
+    /// reset elsewhere). A lease is taken only for the keys `asked` ([`ScriptCall::asked`]): a reply
+    /// that claims a grant nobody asked for (a broken or hostile endpoint) hands out nothing.
     pub fn decided(
         &self,
         checks: &[Check<'_>],
         reply: Result<Vec<i64>, Failure>,
+        asked: &[String],
         now_ms: f64,
     ) -> Result<Decision, Failure> {
         let limits: Vec<(&str, &Limit, bool)> = checks.iter().map(|c| (c.policy, c.limit, c.shadow())).collect();
@@ -678,7 +680,7 @@ impl Limiter {
                 let script_ms = ints.last().copied().unwrap_or(0);
                 for (i, (c, status)) in checks.iter().zip(decision.limits.iter_mut()).enumerate() {
                     let leased = ints[2 + PER_LIMIT * i + 5];
-                    if leased > 0 {
+                    if leased > 0 && asked.contains(&c.key) {
                         book.grant(&c.key, leased as u64, script_ms, status, c.limit, &c.overrides, now_ms);
                     }
                     status.remaining = status.remaining.saturating_add(book.held(&c.key, now_ms));

@@ -404,3 +404,21 @@ fn at_no_instant_do_the_bucket_and_the_leases_hold_more_than_the_capacity() {
     // refill back until its slot has passed.
     assert!(admitted >= 80, "{admitted}: the leases' price is bounded");
 }
+
+/// Found by the `rpc` fuzz target: a reply that claims a lease the call never asked for (a broken or
+/// hostile REST endpoint; the script grants only what is asked) must hand the isolate nothing to spend.
+#[test]
+fn a_grant_nobody_asked_for_is_ignored() {
+    let config = config(&[]); // capacity 5: too small to lease, so no lease is asked
+    let mut gw = Gateway::new(&config);
+    let req = Req::new(&gw, "GET", "/api/busy", &[("x-user-id", "u")]);
+    let headers: Vec<Option<&str>> = req.headers.iter().map(|h| h.as_deref()).collect();
+    let Step::Fetch(f) = gw.begin(&Request { method: &req.method, url: &req.url, headers: &headers }, T0) else {
+        panic!()
+    };
+    let claimed = r#"{"result":[1,0,3,0,0,5,60,9,1800000000000]}"#;
+    let step = gw.resume(f.ticket, Reply::Http { status: 200, body: claimed }, T0 + 1.0);
+    assert!(matches!(step, Step::Forward { wake: None, .. }), "{step:?}");
+    assert_eq!(gw.limiter().leased_tokens(), 0, "nothing leased");
+    assert_eq!(gw.pending(), 0, "no wake parked for a lease that does not exist");
+}
