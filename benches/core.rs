@@ -4,7 +4,7 @@
 use divan::{black_box, AllocProfiler, Bencher};
 use edge_ratelimit::{
     bucket_key, decode_request, encode_step, evalsha_body, identify, normalize, parse_script_reply, rate_limit_headers,
-    Config, Decision, Gateway, JwtConfig, JwtSettings, Limit, Policy, Refill, Reply, Request, Step, Variant,
+    Asked, Config, Decision, Gateway, JwtConfig, JwtSettings, Limit, Policy, Refill, Reply, Request, Step, Variant,
     Verification,
 };
 
@@ -75,7 +75,7 @@ fn rest_reply_and_headers(bencher: Bencher) {
     let limit = Limit::new(5, Refill::parse("5/min").unwrap(), 60).unwrap();
     bencher.bench_local(|| {
         let values = parse_script_reply(200, black_box(r#"{"result":[1,0,4,0,12000,5,60,0,1800000000000]}"#)).unwrap();
-        let d = Decision::from_script(&values, &[("default", &limit, false)]).unwrap();
+        let d = Decision::from_script(&values, &[Asked::new("default", &limit, false, 1)]).unwrap();
         rate_limit_headers(&d).len()
     });
 }

@@ -18,7 +18,7 @@ use crate::decision::Decision;
 use crate::http::{self, Answer, Body, Header, Response};
 use crate::jwt::{JwtMode, SignatureCheck};
 use crate::limit::Limit;
-use crate::limiter::{Check, Failure, Limiter, Next, ScriptCall, Settlement, TransportError};
+use crate::limiter::{after_reply, Check, Failure, Limiter, Next, ScriptCall, Settlement, TransportError};
 use crate::log::Line;
 use crate::metrics::HeldCounts;
 use crate::metrics::Metrics;
@@ -226,6 +226,8 @@ enum Work<'c> {
         tokens: u64,
         since_ms: f64,
         last: bool,
+        /// What is given back (its reply is checked against them).
+        items: Vec<crate::lease::GiveBack>,
     },
     /// A token's signature; the request is planned again with the verdict.
     Token {
@@ -613,7 +615,7 @@ impl<'c> Gateway<'c> {
                 self.limiter.answered(call.asked());
                 let (result, candidate) = self.split_candidates(&limited, result);
                 let script_ms = result.as_ref().ok().and_then(|ints| ints.last().copied()).unwrap_or(0);
-                let result = self.limiter.decided(&limited.checks, result, call.asked(), now_ms);
+                let result = self.limiter.decided(&limited.checks, result, call.wants(), now_ms);
                 let admission = id.map(|id| (id, script_ms));
                 self.decided(limited, &target, result, candidate, admission, started_ms, now_ms)
             }
@@ -627,11 +629,14 @@ impl<'c> Gateway<'c> {
             }
             Work::Call { limited, started_ms, call, .. } => {
                 self.limiter.answered(call.asked());
-                let result = self.limiter.decided(&limited.checks, result, call.asked(), now_ms);
+                let result = self.limiter.decided(&limited.checks, result, call.wants(), now_ms);
                 self.rpc_decided(limited, result, started_ms, now_ms)
             }
-            Work::GiveBack { tokens, since_ms, last, .. } => {
-                self.limiter.gave_back(tokens, result.is_ok());
+            Work::GiveBack { tokens, since_ms, last, items, .. } => {
+                let ok = result.and_then(|ints| {
+                    after_reply(&ints, items.iter().map(|g| (&g.limit, g.overrides.as_slice())), false)
+                });
+                self.limiter.gave_back(tokens, ok.is_ok());
                 if last {
                     self.limiter.unschedule_wake(); // the next decision that leases starts a new chain
                     return Step::Done;
@@ -639,10 +644,11 @@ impl<'c> Gateway<'c> {
                 self.next_wake(since_ms, now_ms)
             }
             Work::Settling { items, marker, attempt, .. } => {
-                match result {
-                    Ok(ints) => {
+                let limits = items.iter().map(|s| (s.limit, s.overrides.as_slice()));
+                match result.and_then(|ints| after_reply(&ints, limits, marker.is_some())) {
+                    Ok(repeated) => {
                         let slots_released = items.iter().filter(|s| s.limit.is_concurrency()).count() as u64;
-                        let repeated = u64::from(ints.first() == Some(&0));
+                        let repeated = u64::from(repeated);
                         self.metrics.add_held(HeldCounts { slots_released, repeated, ..HeldCounts::default() });
                         Step::Done
                     }
@@ -700,7 +706,7 @@ impl<'c> Gateway<'c> {
         let tokens = due.iter().map(|g| g.tokens).sum();
         let (call, body) = ScriptCall::give_back(&self.limiter, &due, self.config.clock, now_ms);
         let deadline_ms = now_ms + f64::from(self.config.redis_timeout_ms);
-        let work = Work::GiveBack { call, tokens, since_ms, last };
+        let work = Work::GiveBack { call, tokens, since_ms, last, items: due };
         self.pending.insert(ticket, Pending { work, deadline_ms, sent_ms: now_ms });
         Step::Fetch(Fetch { ticket, pipeline: false, body, timeout_ms: self.config.redis_timeout_ms })
     }
@@ -800,7 +806,7 @@ impl<'c> Gateway<'c> {
         let mut candidate = vec![1, 0];
         candidate.extend(ints.drain(live..));
         ints.push(candidate[candidate.len() - 1]); // the script's time ends both parts
-        let limits: Vec<_> = limited.candidates.iter().map(|c| (c.policy, c.limit, true)).collect();
+        let limits: Vec<_> = limited.candidates.iter().map(|c| c.asked(0, 0.0)).collect();
         let statuses = Decision::from_script(&candidate, &limits).ok().map(|d| d.limits);
         (Ok(ints), statuses)
     }

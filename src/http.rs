@@ -277,15 +277,16 @@ mod tests {
         Limit::new(5, Refill::parse("5/min").unwrap(), 60).unwrap()
     }
 
-    /// A decision from the script's integers, five per limit (no lease granted, the time 0 added).
+    /// A decision from the script's integers, five per limit (no lease granted, the time 1 added).
     fn decision(reply: &[i64], limits: &[(&str, &Limit, bool)]) -> Decision {
         let mut full = reply[..2].to_vec();
         for limit in reply[2..].chunks(5) {
             full.extend(limit);
             full.push(0);
         }
-        full.push(0);
-        Decision::from_script(&full, limits).unwrap()
+        full.push(1);
+        let limits: Vec<_> = limits.iter().map(|(p, l, s)| crate::decision::Asked::new(p, l, *s, 1)).collect();
+        Decision::from_script(&full, &limits).unwrap()
     }
 
     #[test]
@@ -313,7 +314,10 @@ mod tests {
             let d = decision(&[0, 1, 0, ms, 1, 5, 60], &[("default", &l, false)]);
             assert_eq!(rate_limit_headers(&d)[2], ("retry-after", s.to_string()), "{ms} ms");
         }
-        let zero = decision(&[0, 1, 0, 0, 0, 5, 60], &[("default", &l, false)]);
+        // (The script never denies without a wait, and such a reply is malformed; any other source of a
+        // denial still gets the floor.)
+        let mut zero = decision(&[0, 1, 0, 1, 0, 5, 60], &[("default", &l, false)]);
+        zero.limits[0].retry_ms = 0;
         assert_eq!(rate_limit_headers(&zero)[2].1, "1", "a denial with no wait still says at least 1 s");
     }
 
@@ -347,7 +351,7 @@ mod tests {
     fn a_local_denial_has_one_status_field_even_beside_a_shadow_denial() {
         let (a, b) = (limit(), limit());
         let d = decision(
-            &[0, 2, 0, 12_000, 60_000, 5, 60, 0, 24_000, 60_000, 5, 60],
+            &[0, 2, 0, 12_000, 60_000, 5, 60, 0, 12_000, 60_000, 5, 60],
             &[("trial", &a, true), ("user", &b, false)],
         );
         let Answer::Respond(r) = answer(&Outcome::DeniedLocally(d, Failure::Timeout)) else { panic!("a 429") };
@@ -369,9 +373,12 @@ mod tests {
     fn every_number_in_a_header_is_a_structured_field_integer() {
         let l = limit();
         let huge = 999_999_999_999_999_999;
-        for reply in
-            [[0, 1, huge, huge, huge, huge, huge], [1, 0, huge, 0, huge, huge, huge], [0, 1, -huge, -1, -5, 0, 0]]
-        {
+        // (Numbers beyond what the script can say are a malformed reply now: `crate::decision`'s tests.
+        // The largest it can say: a bucket deep in debt, of the largest capacity and window.)
+        for reply in [
+            [0, 1, -huge, huge, huge, 1_000_000_000, 3_153_600_000],
+            [1, 0, 999_999_999, 0, 3_153_600_000_000, 1_000_000_000, 3_153_600_000],
+        ] {
             let d = decision(&reply, &[("default", &l, false)]);
             for (name, value) in rate_limit_headers(&d) {
                 for number in value.split(|c: char| !c.is_ascii_digit()).filter(|n| !n.is_empty()) {

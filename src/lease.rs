@@ -197,6 +197,11 @@ impl LeaseBook {
         LeaseBook { config, ..LeaseBook::default() }
     }
 
+    /// The most of the capacity in effect one grant may take (`RATE_LIMIT_LEASE_SHARE`).
+    pub fn share(&self) -> f64 {
+        self.config.share
+    }
+
     /// The most one isolate may hold of `limit` (0: never leased).
     /// (A lease is taken only when it covers two requests' cost and [`MIN_LEASE`]: see [`LeaseBook::wants`].)
     pub fn cap(&self, limit: &Limit, mode: Mode) -> u64 {

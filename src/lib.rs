@@ -65,7 +65,7 @@ mod edge;
 
 pub use admin::{admin_target, authorized, wants_body, AdminBody, MAX_BODY_BYTES};
 pub use config::{Candidate, Clock, Config, ConfigError, FailMode, LeaseConfig, LogCallerIds, VARIABLES};
-pub use decision::{Decision, LimitStatus, MAX_SF_INTEGER};
+pub use decision::{Asked, Decision, LimitStatus, MAX_SCRIPT_MS, MAX_SF_INTEGER};
 pub use gateway::{Fetch, Gateway, Isolate, Reply, Request, Step};
 pub use http::{rate_limit_headers, Asset, Body, Header, Response};
 pub use identity::{identify, Caller, IdentityError, DEFAULT_IPV6_PREFIX};

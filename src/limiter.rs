@@ -13,7 +13,7 @@ use std::collections::HashMap;
 
 use crate::bucket::{self, Mode, Op, Spec, State, PER_LIMIT};
 use crate::config::{Clock, FailMode, LeaseConfig};
-use crate::decision::{Decision, LimitStatus};
+use crate::decision::{Asked, Decision, LimitStatus};
 use crate::lease::{GiveBack, LeaseBook, LeaseCounts, Renewal, Want};
 use crate::limit::Limit;
 use crate::script::Variant;
@@ -45,10 +45,21 @@ pub struct Check<'a> {
     pub overrides: Vec<String>,
 }
 
-impl Check<'_> {
+impl<'a> Check<'a> {
     /// Whether it never denies (shadow, a candidate's, or only reported).
     pub fn shadow(&self) -> bool {
         self.mode != Mode::Enforce
+    }
+
+    /// What a call deciding it asked: its cost, and `want` lease tokens of at most `share` of the
+    /// capacity in effect (the bounds its reply is checked against).
+    pub fn asked(&self, want: u64, share: f64) -> Asked<'a> {
+        Asked {
+            want,
+            share,
+            overridable: !self.overrides.is_empty(),
+            ..Asked::new(self.policy, self.limit, self.shadow(), self.cost)
+        }
     }
 }
 
@@ -243,6 +254,19 @@ fn script_args<'a>(
     (keys, args)
 }
 
+/// Checks the reply to a call that gave back or settled `limits` (each a limit and its override keys;
+/// `settle_once`: the call carried a settle marker): `Ok(true)` when the request had been settled
+/// before, `Ok(false)` when the call was applied, and malformed when any number is out of bounds.
+pub fn after_reply<'a>(
+    reply: &[i64],
+    limits: impl Iterator<Item = (&'a Limit, &'a [String])>,
+    settle_once: bool,
+) -> Result<bool, Failure> {
+    let asked: Vec<Asked<'_>> =
+        limits.map(|(l, o)| Asked { overridable: !o.is_empty(), ..Asked::new("", l, false, 0) }).collect();
+    Decision::settled(reply, &asked, settle_once).map_err(Failure::Rest)
+}
+
 /// One limit of a request to settle after its response: a slot to release (`delta` 0, `arg` the
 /// request's id) or a cost to charge (`delta` > 0) or refund (< 0), `arg` when it was reserved (the
 /// script's ms).
@@ -289,6 +313,8 @@ pub struct ScriptCall {
     phase: Phase,
     /// The keys this call asks a lease for.
     asked: Vec<String>,
+    /// The lease tokens it asks, per limit (empty: none).
+    wants: Vec<u64>,
 }
 
 impl ScriptCall {
@@ -340,7 +366,7 @@ impl ScriptCall {
             .zip(lease_args)
             .map(|(c, arg)| (c.key.as_str(), c.limit, i64::from(c.cost), c.mode, c.overrides.as_slice(), arg));
         let (keys, args) = script_args(limits, checks.len(), clock, now_ms, op);
-        Self::with(limiter, keys, args, asked)
+        Self::with(limiter, keys, args, asked, if leasable { wants } else { Vec::new() })
     }
 
     /// The call that gives the unused tokens of ended leases back to their buckets.
@@ -351,7 +377,7 @@ impl ScriptCall {
             (g.key.as_str(), &g.limit, i64::from(tokens), Mode::Enforce, g.overrides.as_slice(), arg)
         });
         let (keys, args) = script_args(limits, items.len(), clock, now_ms, Op::GiveBack);
-        Self::with(limiter, keys, args, Vec::new())
+        Self::with(limiter, keys, args, Vec::new(), Vec::new())
     }
 
     /// The call after a response that releases its slots and settles its costs (`marker`: the
@@ -369,7 +395,7 @@ impl ScriptCall {
         let op = if marker.is_some() { Op::SettleOnce } else { Op::Settle };
         let (mut keys, args) = script_args(limits, items.len(), clock, now_ms, op);
         keys.extend(marker.map(str::to_string));
-        Self::with(limiter, keys, args, Vec::new())
+        Self::with(limiter, keys, args, Vec::new(), Vec::new())
     }
 
     /// The call that tops up leases running low: cost 0, only the leases asked for.
@@ -383,17 +409,34 @@ impl ScriptCall {
             .zip(lease_args)
             .map(|(r, arg)| (r.key.as_str(), &r.limit, 0, Mode::Enforce, r.overrides.as_slice(), arg));
         let (keys, args) = script_args(limits, items.len(), clock, now_ms, Op::Take);
-        Self::with(limiter, keys, args, items.iter().map(|r| r.key.clone()).collect())
+        Self::with(
+            limiter,
+            keys,
+            args,
+            items.iter().map(|r| r.key.clone()).collect(),
+            items.iter().map(|r| r.want).collect(),
+        )
     }
 
-    fn with(limiter: &Limiter, keys: Vec<String>, args: Vec<String>, asked: Vec<String>) -> (ScriptCall, String) {
+    fn with(
+        limiter: &Limiter,
+        keys: Vec<String>,
+        args: Vec<String>,
+        asked: Vec<String>,
+        wants: Vec<u64>,
+    ) -> (ScriptCall, String) {
         let body = evalsha_body(limiter.variant.get(), &keys, &args);
-        (ScriptCall { keys, args, phase: Phase::First { generation: limiter.generation.get() }, asked }, body)
+        (ScriptCall { keys, args, phase: Phase::First { generation: limiter.generation.get() }, asked, wants }, body)
     }
 
     /// The keys this call asked a lease for.
     pub fn asked(&self) -> &[String] {
         &self.asked
+    }
+
+    /// The lease tokens this call asked, per limit in the order given (empty: none).
+    pub fn wants(&self) -> &[u64] {
+        &self.wants
     }
 
     fn evalsha(&mut self, limiter: &Limiter) -> Next {
@@ -574,7 +617,16 @@ impl Limiter {
         let keys: Vec<String> = items.iter().map(|r| r.key.clone()).collect();
         self.answered(&keys);
         let Ok(ints) = reply else { return };
-        let limits: Vec<(&str, &Limit, bool)> = items.iter().map(|r| ("", &r.limit, false)).collect();
+        let share = self.share();
+        let limits: Vec<Asked<'_>> = items
+            .iter()
+            .map(|r| Asked {
+                want: r.want,
+                share,
+                overridable: !r.overrides.is_empty(),
+                ..Asked::new("", &r.limit, false, 0)
+            })
+            .collect();
         let Ok(decision) = Decision::from_script(&ints, &limits) else { return };
         let script_ms = ints.last().copied().unwrap_or(0);
         let mut book = self.leases.borrow_mut();
@@ -618,6 +670,11 @@ impl Limiter {
         self.leases.borrow_mut().unschedule_wake();
     }
 
+    /// The most of a limit's capacity one lease grant may take.
+    fn share(&self) -> f64 {
+        self.leases.borrow().share()
+    }
+
     /// Tokens given back (`ok`), or lost because the call failed.
     pub fn gave_back(&self, tokens: u64, ok: bool) {
         self.leases.borrow_mut().gave_back(tokens, ok);
@@ -650,16 +707,19 @@ impl Limiter {
 
     /// The decision the script's integers stand for, remembered for the deny cache: a denial is
     /// cached, an allowed call drops what this isolate believed about its keys (say, before an admin
-    /// reset elsewhere). A lease is taken only for the keys `asked` ([`ScriptCall::asked`]): a reply
-    /// that claims a grant nobody asked for (a broken or hostile endpoint) hands out nothing.
+    /// reset elsewhere). The reply is bounded by what the call asked ([`ScriptCall::wants`], the lease
+    /// tokens per limit): a grant nobody asked for, or more than asked (a broken or hostile endpoint),
+    /// makes the reply malformed — the fail mode's answer, never a decision.
     pub fn decided(
         &self,
         checks: &[Check<'_>],
         reply: Result<Vec<i64>, Failure>,
-        asked: &[String],
+        wants: &[u64],
         now_ms: f64,
     ) -> Result<Decision, Failure> {
-        let limits: Vec<(&str, &Limit, bool)> = checks.iter().map(|c| (c.policy, c.limit, c.shadow())).collect();
+        let share = self.share();
+        let limits: Vec<Asked<'_>> =
+            checks.iter().enumerate().map(|(i, c)| c.asked(wants.get(i).copied().unwrap_or(0), share)).collect();
         let ints = reply?;
         let mut decision = Decision::from_script(&ints, &limits).map_err(Failure::Rest)?;
         match decision.denied_by {
@@ -680,7 +740,7 @@ impl Limiter {
                 let script_ms = ints.last().copied().unwrap_or(0);
                 for (i, (c, status)) in checks.iter().zip(decision.limits.iter_mut()).enumerate() {
                     let leased = ints[2 + PER_LIMIT * i + 5];
-                    if leased > 0 && asked.contains(&c.key) {
+                    if leased > 0 {
                         book.grant(&c.key, leased as u64, script_ms, status, c.limit, &c.overrides, now_ms);
                     }
                     status.remaining = status.remaining.saturating_add(book.held(&c.key, now_ms));
@@ -692,7 +752,7 @@ impl Limiter {
 
     /// The script's integers for a peek (the admin API): nothing remembered.
     pub fn peeked(&self, checks: &[Check<'_>], reply: Result<Vec<i64>, Failure>) -> Result<Decision, Failure> {
-        let limits: Vec<(&str, &Limit, bool)> = checks.iter().map(|c| (c.policy, c.limit, c.shadow())).collect();
+        let limits: Vec<Asked<'_>> = checks.iter().map(|c| c.asked(0, 0.0)).collect();
         Decision::from_script(&reply?, &limits).map_err(Failure::Rest)
     }
 
@@ -738,7 +798,7 @@ impl Limiter {
                 local.insert(c.key.clone(), state);
             }
         }
-        let limits: Vec<(&str, &Limit, bool)> = checks.iter().map(|c| (c.policy, c.limit, c.shadow())).collect();
+        let limits: Vec<Asked<'_>> = checks.iter().map(|c| Asked::new(c.policy, c.limit, c.shadow(), c.cost)).collect();
         match Decision::from_script(&reply.to_flat(), &limits) {
             Ok(decision) if !reply.allowed => Outcome::DeniedLocally(decision, failure),
             local => Outcome::FailedOpen(failure, local.ok()),

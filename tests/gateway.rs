@@ -268,8 +268,8 @@ fn each_outcome_becomes_its_status_and_headers() {
     assert_eq!(header(&step, "ratelimit"), Some("\"default\";r=4;t=12"));
     assert_eq!(header(&step, "retry-after"), None);
 
-    // Denied, with no wait left at all: Retry-After is still at least one second.
-    let (code, step) = answer(&[], Reply::Http { status: 200, body: r#"{"result":[0,1,0,0,0,5,60,0,1700000000000]}"# });
+    // Denied, with a millisecond left: Retry-After is still at least one second.
+    let (code, step) = answer(&[], Reply::Http { status: 200, body: r#"{"result":[0,1,0,1,0,5,60,0,1700000000000]}"# });
     assert_eq!((code, header(&step, "retry-after")), (429, Some("1")));
     assert_eq!(body_json(&step)["type"], "urn:edge-ratelimit:problem:rate-limited");
     assert_eq!(header(&step, "content-type"), Some("application/problem+json"));
@@ -285,6 +285,12 @@ fn each_outcome_becomes_its_status_and_headers() {
         (Reply::Http { status: 502, body: "" }, "server-error"),
         (Reply::Http { status: 308, body: "" }, "redirected"),
         (Reply::Http { status: 200, body: "{" }, "malformed-reply"),
+        // Numbers beyond what the call asked (issue 23): more left than the capacity, a denial with
+        // nothing to wait for, a lease nobody asked for, a reset beyond the window.
+        (Reply::Http { status: 200, body: r#"{"result":[1,0,6,0,0,5,60,0,1700000000000]}"# }, "malformed-reply"),
+        (Reply::Http { status: 200, body: r#"{"result":[0,1,0,0,0,5,60,0,1700000000000]}"# }, "malformed-reply"),
+        (Reply::Http { status: 200, body: r#"{"result":[1,0,4,0,0,5,60,4,1700000000000]}"# }, "malformed-reply"),
+        (Reply::Http { status: 200, body: r#"{"result":[1,0,4,0,90000,5,60,0,1700000000000]}"# }, "malformed-reply"),
         (Reply::Http { status: 400, body: r#"{"error":"OOM"}"# }, "redis-error"),
     ] {
         let (code, open) = answer(&[], reply);

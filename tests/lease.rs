@@ -26,6 +26,8 @@ fn config(extra: &[(&str, &str)]) -> Config {
 struct Isolate<'c> {
     gw: Gateway<'c>,
     wakes: Vec<(u32, f64)>,
+    /// A broken or hostile endpoint: every lease its replies grant claims this many tokens.
+    inflate: Option<i64>,
 }
 
 /// What the REST endpoint was asked, by kind: decisions and give-backs are counted by their EVALSHA.
@@ -38,7 +40,7 @@ struct Calls {
 
 impl<'c> Isolate<'c> {
     fn new(config: &'c Config) -> Isolate<'c> {
-        Isolate { gw: Gateway::new(config), wakes: Vec::new() }
+        Isolate { gw: Gateway::new(config), wakes: Vec::new(), inflate: None }
     }
 
     /// Carries `step` out at `now` (every fetch answered at once), keeping any wake for later.
@@ -53,7 +55,17 @@ impl<'c> Isolate<'c> {
                     } else {
                         calls.decisions += 1;
                     }
-                    let (status, body) = rest.answer(&f);
+                    let (status, mut body) = rest.answer(&f);
+                    if let (Some(claim), Ok(mut reply)) = (self.inflate, serde_json::from_str::<Value>(&body)) {
+                        if let Some(ints) = reply["result"].as_array_mut() {
+                            for i in (7..ints.len()).step_by(6) {
+                                if ints[i].as_i64().is_some_and(|v| v > 0) {
+                                    ints[i] = claim.into();
+                                }
+                            }
+                            body = reply.to_string();
+                        }
+                    }
                     self.gw.resume(f.ticket, Reply::Http { status, body: &body }, now)
                 }
                 Step::Wait { ticket, ms } => {
@@ -406,9 +418,10 @@ fn at_no_instant_do_the_bucket_and_the_leases_hold_more_than_the_capacity() {
 }
 
 /// Found by the `rpc` fuzz target: a reply that claims a lease the call never asked for (a broken or
-/// hostile REST endpoint; the script grants only what is asked) must hand the isolate nothing to spend.
+/// hostile REST endpoint; the script grants only what is asked) must hand the isolate nothing to spend;
+/// since issue 23 such a reply is malformed (the fail mode's answer: open here).
 #[test]
-fn a_grant_nobody_asked_for_is_ignored() {
+fn a_grant_nobody_asked_for_is_malformed() {
     let config = config(&[]); // capacity 5: too small to lease, so no lease is asked
     let mut gw = Gateway::new(&config);
     let req = Req::new(&gw, "GET", "/api/busy", &[("x-user-id", "u")]);
@@ -419,6 +432,52 @@ fn a_grant_nobody_asked_for_is_ignored() {
     let claimed = r#"{"result":[1,0,3,0,0,5,60,9,1800000000000]}"#;
     let step = gw.resume(f.ticket, Reply::Http { status: 200, body: claimed }, T0 + 1.0);
     assert!(matches!(step, Step::Forward { wake: None, .. }), "{step:?}");
+    assert_eq!(header(&step, "x-ratelimit-status"), Some("degraded; reason=malformed-reply"));
     assert_eq!(gw.limiter().leased_tokens(), 0, "nothing leased");
     assert_eq!(gw.pending(), 0, "no wake parked for a lease that does not exist");
+}
+
+/// Issue 23, item 1: a reply claiming a lease of 1,000,000 tokens on a bucket of 400 was honoured
+/// (1,200 of 1,200 admitted, and the give-back refilled the bucket with tokens Redis never debited).
+/// A reply beyond what the call asked is malformed: the fail mode's answer, never a decision.
+#[test]
+fn a_lease_beyond_what_was_asked_is_a_malformed_reply_never_a_decision() {
+    let run = |inflate: Option<i64>| {
+        let rest = Rest::new();
+        let c = config(&[("RATE_LIMIT_CAPACITY", "400"), ("RATE_LIMIT_REFILL", "400/min"), ("FAIL_MODE", "closed")]);
+        let mut iso = Isolate::new(&c);
+        iso.inflate = inflate;
+        let (mut calls, mut admitted, mut malformed, mut held) = (Calls::default(), 0, 0, 0);
+        let mut now = T0;
+        for _ in 0..1_200 {
+            now += 1.0;
+            let step = iso.request(&rest, "k", now, &mut calls);
+            match status(&step) {
+                200 => admitted += 1,
+                503 => {
+                    assert_eq!(header(&step, "x-ratelimit-status"), Some("unavailable; reason=malformed-reply"));
+                    malformed += 1;
+                }
+                _ => {}
+            }
+            held = held.max(iso.gw.limiter().leased_tokens());
+        }
+        iso.wake(&rest, now + 5_000.0, &mut calls);
+        iso.wake(&rest, now + 5_100.0, &mut calls);
+        let left: f64 = rest.redis(&["HGET", "rate:k:/api/busy", "tokens"]).as_str().unwrap().parse().unwrap();
+        (admitted, malformed, held, left, now)
+    };
+    // The same traffic from an honest endpoint leases (so the hostile run goes through the lease path).
+    let (admitted, malformed, held, _, _) = run(None);
+    assert!(held > 0 && malformed == 0 && admitted > 400, "honest: leased {held}, admitted {admitted}");
+
+    let (admitted, malformed, held, left, end) = run(Some(1_000_000));
+    assert_eq!(held, 0, "nothing of a claimed lease is held");
+    assert!(malformed > 0, "the inflated replies are malformed");
+    let refill = ((end - T0) / 1000.0 * 400.0 / 60.0).ceil();
+    assert!(admitted as f64 <= 400.0 + refill, "{admitted} admitted on a bucket of 400");
+    assert!(
+        left + admitted as f64 <= 400.0 + refill,
+        "{left} left after {admitted} admitted: no tokens came back unearned"
+    );
 }

@@ -48,7 +48,7 @@ fn decide_with(
                 call.on_reply(limiter, reply.as_ref().map(|(s, b)| (*s, b.as_str())).map_err(|e| *e), now_ms, deadline)
             }
             Next::Wait(_) => call.on_wake(limiter, now_ms, deadline),
-            Next::Done(result) => return limiter.decided(checks, result, call.asked(), now_ms),
+            Next::Done(result) => return limiter.decided(checks, result, call.wants(), now_ms),
         };
     }
 }
