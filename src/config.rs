@@ -389,12 +389,13 @@ impl Config {
                 ),
             ));
         }
-        let whole_ms = |name: &'static str, default: u32, max: u32| -> Result<u32, ConfigError> {
+        // (One message for a value below and above the range: it names the range that is accepted.)
+        let whole_ms = |name: &'static str, default: u32, min: u32, max: u32| -> Result<u32, ConfigError> {
             match optional(&var, name) {
                 None => Ok(default),
                 Some(v) => match parse_whole(&v) {
-                    Ok(ms) if ms <= u64::from(max) => Ok(ms as u32),
-                    Ok(_) => Err(err(name, format!("must be from 0 to {max} milliseconds, got {v}"))),
+                    Ok(ms) if (u64::from(min)..=u64::from(max)).contains(&ms) => Ok(ms as u32),
+                    Ok(_) => Err(err(name, format!("must be from {min} to {max} milliseconds, got {v}"))),
                     Err(m) => Err(err(name, m)),
                 },
             }
@@ -419,8 +420,8 @@ impl Config {
                 Some(p)
             }
         };
-        let metrics_flush_ms = whole_ms("METRICS_FLUSH_MS", DEFAULT_METRICS_FLUSH_MS, 3_600_000)?;
-        let deny_cache_max_ms = whole_ms("DENY_CACHE_MAX_MS", DEFAULT_DENY_CACHE_MAX_MS, 86_400_000)?;
+        let metrics_flush_ms = whole_ms("METRICS_FLUSH_MS", DEFAULT_METRICS_FLUSH_MS, 0, 3_600_000)?;
+        let deny_cache_max_ms = whole_ms("DENY_CACHE_MAX_MS", DEFAULT_DENY_CACHE_MAX_MS, 0, 86_400_000)?;
 
         let log_caller_ids = match optional(&var, "LOG_CALLER_IDS").as_deref().map(str::trim) {
             None | Some("hashed") => {
@@ -458,10 +459,7 @@ impl Config {
                     }
                 },
             },
-            horizon_ms: match whole_ms("RATE_LIMIT_LEASE_MS", DEFAULT_LEASE_MS, 10_000)? {
-                ms if ms >= 10 => ms,
-                _ => return Err(err("RATE_LIMIT_LEASE_MS", "must be from 10 to 10000 milliseconds".into())),
-            },
+            horizon_ms: whole_ms("RATE_LIMIT_LEASE_MS", DEFAULT_LEASE_MS, 10, 10_000)?,
             deadline_ms: redis_timeout_ms,
         };
 
@@ -709,8 +707,10 @@ mod tests {
             ("RATE_LIMIT_LEASE_SHARE", "0", "above 0 and at most 0.5"),
             ("RATE_LIMIT_LEASE_SHARE", "0.6", "above 0 and at most 0.5"),
             ("RATE_LIMIT_LEASE_SHARE", "1e-2", "above 0 and at most 0.5"),
-            ("RATE_LIMIT_LEASE_MS", "5", "from 10 to 10000"),
-            ("RATE_LIMIT_LEASE_MS", "10001", "from 0 to 10000"),
+            // Issue 23, item 6: the range named is the one accepted, from either side.
+            ("RATE_LIMIT_LEASE_MS", "5", "must be from 10 to 10000 milliseconds, got 5"),
+            ("RATE_LIMIT_LEASE_MS", "9", "must be from 10 to 10000 milliseconds, got 9"),
+            ("RATE_LIMIT_LEASE_MS", "10001", "must be from 10 to 10000 milliseconds, got 10001"),
             ("METRICS_FLUSH_MS", "soon", "must be a whole number"),
             ("DENY_CACHE_MAX_MS", "-1", "must be a whole number"),
             ("DENY_CACHE_MAX_MS", "86400001", "must be from 0 to 86400000"),
@@ -842,6 +842,14 @@ mod tests {
             assert!(VARIABLES.contains(&name.as_str()), "{name} is read but not in VARIABLES");
         }
         assert!(read.borrow().len() >= VARIABLES.len() - 1, "{:?}", read.borrow());
+    }
+
+    #[test]
+    fn the_lease_horizon_accepts_both_ends_of_its_range() {
+        for ms in [10, 10_000] {
+            let c = config(&[("RATE_LIMIT_LEASE_MS", &ms.to_string())]).unwrap();
+            assert_eq!(c.leases.horizon_ms, ms);
+        }
     }
 
     #[test]
