@@ -440,6 +440,11 @@ impl<'c> Gateway<'c> {
             c.mode = crate::bucket::Mode::Report;
             c
         }));
+        // A caller this isolate knows to be out of reads costs no round trip (only the endpoint's own
+        // bucket is looked up: the limits it reports are always read from Redis).
+        if let Some(denied) = self.limiter.cached_denial(&all[..1], now_ms) {
+            return respond(head_only(quota::answer(&limited.checks, Ok(denied)), head));
+        }
         let (call, body) = ScriptCall::start(&self.limiter, &all, self.config.clock, now_ms, false);
         let ticket = self.park(Work::Quota { call, listed: limited.checks, all, head }, now_ms);
         Step::Fetch(Fetch { ticket, pipeline: false, body, timeout_ms: self.config.redis_timeout_ms })
@@ -621,7 +626,7 @@ impl<'c> Gateway<'c> {
             }
             Work::Peek { peek, .. } => respond(admin::peeked(&peek, self.limiter.peeked(&peek.checks, result))),
             Work::Quota { listed, all, head, .. } => {
-                respond(head_only(quota::answer(&listed, self.limiter.peeked(&all, result)), head))
+                respond(head_only(quota::answer(&listed, self.limiter.read_quota(&all, result, now_ms)), head))
             }
             Work::Call { limited, method: Method::Peek, .. } => {
                 let peeked = self.limiter.peeked(&limited.checks, result);

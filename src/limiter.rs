@@ -756,6 +756,22 @@ impl Limiter {
         Decision::from_script(&reply?, &limits).map_err(Failure::Rest)
     }
 
+    /// The script's integers for a quota read (`checks[0]` the endpoint's own bucket, the others only
+    /// reported): a denial by its own bucket is remembered, so a caller known to be out of reads costs
+    /// no round trip; nothing of the reported limits is.
+    pub fn read_quota(
+        &self,
+        checks: &[Check<'_>],
+        reply: Result<Vec<i64>, Failure>,
+        now_ms: f64,
+    ) -> Result<Decision, Failure> {
+        let decision = self.peeked(checks, reply)?;
+        if let (Some(0), Some(own)) = (decision.denied_by, checks.first()) {
+            self.remember_denial(own, &decision.limits[0], now_ms);
+        }
+        Ok(decision)
+    }
+
     /// What the gateway does with a decision attempt under `mode`. When Redis
     /// failed and the mode is open, this isolate's local bucket for each key
     /// (same capacity and refill, the Worker's clock) still bounds the traffic:

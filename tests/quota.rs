@@ -133,6 +133,18 @@ fn the_quota_endpoint_is_limited_itself_and_strict_about_its_query() {
     assert_eq!(status(&step), 429, "60 reads per caller");
     assert!(header(&step, "ratelimit").is_some_and(|f| f.starts_with("\"quota\";r=0")), "{step:?}");
     assert!(header(&step, "retry-after").is_some());
+    // Issue 23, item 4: a caller this isolate knows to be out of reads costs no REST call (30 refused
+    // reads cost 30 calls before); its answer is the same 429.
+    let sent = rest.sent.borrow().len();
+    for _ in 0..30 {
+        let again = send(&mut gw, &rest, "GET", &format!("{QUOTA}?path=/search"), &me);
+        assert_eq!((status(&again), header(&again, "ratelimit")), (429, header(&step, "ratelimit")));
+    }
+    assert_eq!(rest.sent.borrow().len(), sent, "refused reads from the deny cache");
+    // Once the deny cache's maximum age (1 s) has passed, a read asks Redis again.
+    let req = Req::new(&gw, "GET", &format!("{QUOTA}?path=/search"), &[("cf-connecting-ip", "203.0.113.9"), me[0]]);
+    let later = run(&mut gw, &rest, &req, NOW + 1_001.0);
+    assert_eq!(rest.sent.borrow().len(), sent + 1, "{later:?}");
     let other = [("x-user-id", "dave")];
     let every = quota(&mut gw, &rest, "", &other).1;
     let names: Vec<&str> = every["limits"].as_array().unwrap().iter().map(|l| l["name"].as_str().unwrap()).collect();
