@@ -261,10 +261,11 @@ pub fn route<'c>(config: &'c Config, req: &AdminRequest<'_>, now_ms: f64) -> Act
                         Ok(k) => k,
                         Err(r) => return done(r),
                     };
+                    let slots = overrides::slots_key(&key);
                     if m == "GET" {
-                        Action::Redis(vec![cmd(&["HGET", INDEX_KEY, &key]), cmd(&["EXISTS", &key])], Then::Get)
+                        Action::Redis(vec![cmd(&["HGET", INDEX_KEY, &key]), cmd(&["EXISTS", &key, &slots])], Then::Get)
                     } else {
-                        Action::Redis(vec![cmd(&["DEL", &key]), cmd(&["HDEL", INDEX_KEY, &key])], Then::Delete)
+                        Action::Redis(vec![cmd(&["DEL", &key, &slots]), cmd(&["HDEL", INDEX_KEY, &key])], Then::Delete)
                     }
                 }
                 "PUT" => put_override(config, scope, &name, body, now_ms),
@@ -304,7 +305,7 @@ pub fn finish(
             ok(Obj::new().raw("overrides", &json::array(list.iter().map(Override::to_json))).finish())
         }
         Then::Get => match replies[0].as_str().and_then(Override::from_json) {
-            Some(o) if integer(&replies[1]) == 1 && o.live(now_ms) => ok(o.to_json()),
+            Some(o) if integer(&replies[1]) >= 1 && o.live(now_ms) => ok(o.to_json()),
             _ => no_override(),
         },
         Then::Put(record) => {
@@ -363,7 +364,8 @@ impl Then {
         match self {
             Then::Status(n) => *n,
             Then::Candidate(n) => *n,
-            Then::Get | Then::Put(_) | Then::Delete => 2,
+            Then::Put(_) => 3,
+            Then::Get | Then::Delete => 2,
             Then::Metrics | Then::List | Then::Reset(_) => 1,
         }
     }
@@ -569,11 +571,23 @@ fn put_override<'c>(config: &Config, scope: Scope, name: &str, body: &str, now_m
         Err(e) => return Action::Done(invalid(e)),
     };
     let record = new.record.to_json();
-    let mut set = cmd(&["SET", &new.key, &new.value]);
-    if let Some(ms) = new.ttl_ms {
-        set.extend(["PX".to_string(), ms.to_string()]);
-    }
-    Action::Redis(vec![set, cmd(&["HSET", INDEX_KEY, &new.key, &record])], Then::Put(record))
+    // Each part set, or deleted when the override has none (a PUT replaces the whole override).
+    let part = |key: &str, value: &Option<String>| match value {
+        Some(v) => {
+            let mut set = cmd(&["SET", key, v]);
+            if let Some(ms) = new.ttl_ms {
+                set.extend(["PX".to_string(), ms.to_string()]);
+            }
+            set
+        }
+        None => cmd(&["DEL", key]),
+    };
+    let commands = vec![
+        part(&new.key, &new.value),
+        part(&new.slots_key, &new.slots_value),
+        cmd(&["HSET", INDEX_KEY, &new.key, &record]),
+    ];
+    Action::Redis(commands, Then::Put(record))
 }
 
 // ---- status ----

@@ -5,10 +5,16 @@
 //! override keys that may apply to it, most specific first (caller, route,
 //! tier), and the first that exists wins.
 //!
+//! An override has rate numbers (`capacity` and `refill`, for token buckets and windows), a
+//! `concurrency` (for in-flight limits), or both. Each applies only to its own kind of limit: a rate
+//! override never lifts a caller's in-flight slots, and a concurrency never changes a rate.
+//!
 //! Redis layout (fixed prefixes; the variable part is escaped like bucket keys):
 //! - `ratelimit:override:<scope>:<name>`: the string `"<capacity> <tokens per second>"`,
 //!   with the override's expiry as the key's own TTL;
-//! - `ratelimit:overrides`: a hash from those keys to the override as JSON, for listing.
+//! - `ratelimit:override:slots:<scope>:<name>`: the string `"<slots> <slots>"` (an in-flight
+//!   limit's capacity and rate: the script reads it as any override), its expiry the same;
+//! - `ratelimit:overrides`: a hash from the first kind of key to the override as JSON, for listing.
 
 use crate::json::Obj;
 use crate::json::Q;
@@ -66,6 +72,17 @@ pub fn tier_key(tier: &str) -> String {
     k
 }
 
+/// The key of the concurrency that the override at `key` (a [`caller_key`], [`tier_key`] or
+/// [`route_key`]) sets for in-flight limits.
+pub fn slots_key(key: &str) -> String {
+    let scoped = key.strip_prefix(KEY_PREFIX).unwrap_or(key);
+    let mut k = String::with_capacity(KEY_PREFIX.len() + 6 + scoped.len());
+    k.push_str(KEY_PREFIX);
+    k.push_str("slots:");
+    k.push_str(scoped);
+    k
+}
+
 /// `route` is a route template or canonical path (printable ASCII; `*` written `%2A`).
 pub fn route_key(route: &str) -> String {
     let mut k = String::with_capacity(KEY_PREFIX.len() + 6 + route.len());
@@ -86,8 +103,11 @@ pub fn route_key(route: &str) -> String {
 pub struct Override {
     pub scope: String,
     pub name: String,
-    pub capacity: u32,
-    pub refill: String,
+    /// The rate part (token buckets and windows): both or neither.
+    pub capacity: Option<u32>,
+    pub refill: Option<String>,
+    /// The in-flight part: slots for in-flight limits.
+    pub concurrency: Option<u32>,
     /// Epoch ms, or `None` for no expiry.
     pub expires_at_ms: Option<u64>,
     pub created_at_ms: u64,
@@ -99,8 +119,9 @@ impl Override {
         Obj::new()
             .str("scope", &self.scope)
             .str("name", &self.name)
-            .int("capacity", self.capacity)
-            .str("refill", &self.refill)
+            .opt_int("capacity", self.capacity.map(u64::from))
+            .opt_str("refill", self.refill.as_deref())
+            .opt_int("concurrency", self.concurrency.map(u64::from))
             .opt_int("expires_at_ms", self.expires_at_ms)
             .int("created_at_ms", self.created_at_ms)
             .finish()
@@ -109,11 +130,19 @@ impl Override {
     /// From [`Override::to_json`]'s form; `None` for anything else.
     pub fn from_json(text: &str) -> Option<Override> {
         let v: serde_json::Value = serde_json::from_str(text).ok()?;
+        let whole = |v: &serde_json::Value| match v {
+            serde_json::Value::Null => Some(None),
+            n => Some(Some(u32::try_from(n.as_u64()?).ok()?)),
+        };
         Some(Override {
             scope: v["scope"].as_str()?.to_string(),
             name: v["name"].as_str()?.to_string(),
-            capacity: u32::try_from(v["capacity"].as_u64()?).ok()?,
-            refill: v["refill"].as_str()?.to_string(),
+            capacity: whole(&v["capacity"])?,
+            refill: match &v["refill"] {
+                serde_json::Value::Null => None,
+                r => Some(r.as_str()?.to_string()),
+            },
+            concurrency: whole(&v["concurrency"])?,
             expires_at_ms: match &v["expires_at_ms"] {
                 serde_json::Value::Null => None,
                 t => Some(t.as_u64()?),
@@ -142,10 +171,13 @@ fn invalid(field: &'static str, message: impl Into<String>) -> Invalid {
 /// A validated override, ready to be written.
 #[derive(Clone, Debug, PartialEq)]
 pub struct NewOverride {
-    /// The Redis key the script reads.
+    /// The Redis key the script reads for rate limits, and the one it reads for in-flight limits.
     pub key: String,
-    /// `"<capacity> <rate>"`.
-    pub value: String,
+    pub slots_key: String,
+    /// `"<capacity> <rate>"`, when the override sets rates (else the key is deleted).
+    pub value: Option<String>,
+    /// `"<slots> <slots>"`, when it sets a concurrency (else the key is deleted).
+    pub slots_value: Option<String>,
     pub ttl_ms: Option<u64>,
     pub record: Override,
 }
@@ -222,19 +254,34 @@ pub fn parse(
     let Some(members) = body.as_object() else {
         return Err(invalid("body", "an override is a JSON object: {\"capacity\": 100, \"refill\": \"100/min\"}"));
     };
-    if let Some(unknown) = members.keys().find(|k| !["capacity", "refill", "expires_in_s"].contains(&k.as_str())) {
-        return Err(invalid("body", format!("unknown field {}; expected capacity, refill, expires_in_s", Q(&unknown))));
+    const FIELDS: [&str; 4] = ["capacity", "refill", "concurrency", "expires_in_s"];
+    if let Some(unknown) = members.keys().find(|k| !FIELDS.contains(&k.as_str())) {
+        return Err(invalid(
+            "body",
+            format!("unknown field {}; expected capacity, refill, concurrency, expires_in_s", Q(&unknown)),
+        ));
     }
-    let raw = (&body["capacity"], &body["refill"], &body["expires_in_s"]);
-    let capacity = raw
-        .0
-        .as_u64()
-        .filter(|c| (1..=u64::from(MAX_CAPACITY)).contains(c))
-        .ok_or_else(|| invalid("capacity", format!("must be a whole number from 1 to {MAX_CAPACITY}")))?;
-    let refill_text = raw.1.as_str().ok_or_else(|| invalid("refill", "must be a string like \"100/min\""))?;
-    let refill = Refill::parse(refill_text).map_err(|m| invalid("refill", m))?;
-    // The numbers the script will run on must make a limit the gateway could have been configured with.
-    crate::limit::Limit::new(capacity as u32, refill, 1).map_err(|e| invalid("refill", e.message))?;
+    let raw = (&body["capacity"], &body["refill"], &body["expires_in_s"], &body["concurrency"]);
+    let rates = match (raw.0, raw.1) {
+        (serde_json::Value::Null, serde_json::Value::Null) if !raw.3.is_null() => None,
+        _ => {
+            let capacity = raw.0.as_u64().filter(|c| (1..=u64::from(MAX_CAPACITY)).contains(c)).ok_or_else(|| {
+                invalid("capacity", format!("must be a whole number from 1 to {MAX_CAPACITY} (with refill)"))
+            })?;
+            let text = raw.1.as_str().ok_or_else(|| invalid("refill", "must be a string like \"100/min\""))?;
+            let refill = Refill::parse(text).map_err(|m| invalid("refill", m))?;
+            // The numbers the script will run on must make a limit the gateway could have been configured with.
+            crate::limit::Limit::new(capacity as u32, refill, 1).map_err(|e| invalid("refill", e.message))?;
+            Some((capacity as u32, refill, text.trim().to_string()))
+        }
+    };
+    // In-flight slots of their own: a rate override never lifts them, and this never changes a rate.
+    let concurrency = match raw.3 {
+        serde_json::Value::Null => None,
+        v => Some(v.as_u64().filter(|c| (1..=u64::from(MAX_CAPACITY)).contains(c)).ok_or_else(|| {
+            invalid("concurrency", format!("must be a whole number of slots from 1 to {MAX_CAPACITY}"))
+        })? as u32),
+    };
     let ttl_ms = match raw.2 {
         serde_json::Value::Null => None,
         v => Some(
@@ -253,12 +300,20 @@ pub fn parse(
         }
         .to_string(),
         name,
-        capacity: capacity as u32,
-        refill: refill_text.trim().to_string(),
+        capacity: rates.as_ref().map(|r| r.0),
+        refill: rates.as_ref().map(|r| r.2.clone()),
+        concurrency,
         expires_at_ms: ttl_ms.map(|t| now + t),
         created_at_ms: now,
     };
-    Ok(NewOverride { key, value: format!("{} {}", capacity, refill.tokens_per_second()), ttl_ms, record })
+    Ok(NewOverride {
+        slots_key: slots_key(&key),
+        key,
+        value: rates.map(|(capacity, refill, _)| format!("{} {}", capacity, refill.tokens_per_second())),
+        slots_value: concurrency.map(|n| format!("{n} {n}")),
+        ttl_ms,
+        record,
+    })
 }
 
 #[cfg(test)]
@@ -301,13 +356,32 @@ mod tests {
             1000.0,
         )
         .unwrap();
-        assert_eq!(o.value, format!("100 {}", 100.0 / 60.0));
+        assert_eq!(o.value, Some(format!("100 {}", 100.0 / 60.0)));
+        assert_eq!((o.slots_key.as_str(), o.slots_value.as_deref()), ("ratelimit:override:slots:caller:alice", None));
         assert_eq!(o.ttl_ms, Some(60_000));
         assert_eq!(o.record.expires_at_ms, Some(61_000));
         assert!(o.record.live(60_999.0) && !o.record.live(61_000.0));
         let o =
             parse(Scope::Route, "/API/x/../orders", r#"{"capacity":1,"refill":"1/s"}"#, None, true, 64, 0.0).unwrap();
         assert_eq!(o.key, "ratelimit:override:route:/api/orders");
+    }
+
+    /// Issue 23, item 5: in-flight limits take an override field of their own.
+    #[test]
+    fn a_concurrency_is_an_override_of_its_own_kind() {
+        let o = parse(Scope::User, "alice", r#"{"concurrency":3,"expires_in_s":60}"#, None, false, 64, 0.0).unwrap();
+        assert_eq!((o.key.as_str(), o.value), ("ratelimit:override:caller:alice", None));
+        assert_eq!(
+            (o.slots_key.as_str(), o.slots_value.as_deref()),
+            ("ratelimit:override:slots:caller:alice", Some("3 3"))
+        );
+        assert_eq!((o.record.capacity, o.record.concurrency), (None, Some(3)));
+        assert_eq!(Override::from_json(&o.record.to_json()), Some(o.record));
+        let both = parse(Scope::User, "a", r#"{"concurrency":2,"capacity":9,"refill":"9/min"}"#, None, false, 64, 0.0);
+        let both = both.unwrap();
+        assert_eq!((both.value.is_some(), both.slots_value.as_deref()), (true, Some("2 2")));
+        assert_eq!(slots_key(&tier_key("pro")), "ratelimit:override:slots:tier:pro");
+        assert_eq!(slots_key(&route_key("/api/*")), "ratelimit:override:slots:route:/api/%2A");
     }
 
     #[test]
@@ -327,6 +401,12 @@ mod tests {
         assert_eq!(field(Scope::User, "a", r#"{"capacity":10,"refill":"1/s","expires_in_s":0}"#), "expires_in_s");
         assert_eq!(field(Scope::User, "a", r#"{"capacity":10,"refill":"1/s","colour":1}"#), "body");
         assert_eq!(field(Scope::User, "a", r#"{"refill":"1/s"}"#), "capacity");
+        assert_eq!(field(Scope::User, "a", r#"{"capacity":10}"#), "refill");
+        assert_eq!(field(Scope::User, "a", r#"{}"#), "capacity");
+        assert_eq!(field(Scope::User, "a", r#"{"concurrency":0}"#), "concurrency");
+        assert_eq!(field(Scope::User, "a", r#"{"concurrency":1.5}"#), "concurrency");
+        assert_eq!(field(Scope::User, "a", r#"{"concurrency":"3"}"#), "concurrency");
+        assert_eq!(field(Scope::User, "a", r#"{"concurrency":3,"capacity":10}"#), "refill");
         assert_eq!(field(Scope::User, "a", "not json"), "body");
         // Issue 10, item 6: numbers the script cannot turn into a TTL are refused here, by field.
         assert_eq!(field(Scope::User, "a", r#"{"capacity":1000000000,"refill":"0.0003/d"}"#), "refill");

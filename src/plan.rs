@@ -337,17 +337,17 @@ pub fn limited_by<'c>(
     let checks = applied
         .into_iter()
         .map(|a| {
-            let mut overrides = Vec::with_capacity(3);
-            if a.limit.is_concurrency() {
-                // An override's capacity is a rate's: it must not lift a caller's in-flight slots too
-                // (overrides are per caller, route or tier, not per limit).
-            } else if a.per_caller {
-                overrides.push(caller_override.clone());
+            // Most specific first: the caller's (for a limit counted per caller), the route's, the tier's.
+            let mut keys = Vec::with_capacity(3);
+            if a.per_caller {
+                keys.push(caller_override.clone());
             }
-            if !a.limit.is_concurrency() {
-                overrides.push(overrides::route_key(a.route));
-                overrides.extend(tier_override.clone());
-            }
+            keys.push(overrides::route_key(a.route));
+            keys.extend(tier_override.clone());
+            // An in-flight limit reads only an override's concurrency, a rate limit only its rates: a
+            // rate override never lifts a caller's slots, and a concurrency never changes a rate.
+            let overrides =
+                if a.limit.is_concurrency() { keys.iter().map(|k| overrides::slots_key(k)).collect() } else { keys };
             Check {
                 key: a.key,
                 policy: a.name,

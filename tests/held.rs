@@ -263,6 +263,57 @@ fn an_override_of_a_callers_rates_does_not_lift_their_in_flight_slots() {
     assert_eq!(header(&step, "ratelimit-policy"), Some("\"inflight\";q=2;w=1, \"rate\";q=100;w=60"));
 }
 
+/// An admin API call through the gateway: its status.
+fn admin(gw: &mut Gateway<'_>, rest: &Rest, method: &str, target: &str, body: &str) -> u16 {
+    let auth = "Bearer admin-token-of-thirty-two-bytes-or-more";
+    let mut req = Req::new(gw, method, &format!("/__ratelimit/{target}"), &[("authorization", auth)]);
+    req.body = body.to_string();
+    status(&common::run(gw, rest, &req, T0))
+}
+
+/// Issue 23, item 5: in-flight limits take an override of their own (`concurrency`, per caller, route
+/// or tier), which applies only to them; a rate override still never lifts slots, and a concurrency
+/// never changes a rate.
+#[test]
+fn a_concurrency_override_sets_in_flight_slots_and_only_them() {
+    let rest = Rest::new();
+    let config = config(INFLIGHT);
+    let mut gw = Gateway::new(&config).with_instance_id("cov");
+    let user = format!("cov{}", std::process::id());
+    let in_flight = |gw: &mut Gateway<'_>, user: &str, at: f64| -> Vec<u16> {
+        (0..5).map(|i| status(&send(gw, &rest, user, at + f64::from(i)))).collect()
+    };
+    // The caller's own: 4 slots, the rate untouched.
+    assert_eq!(admin(&mut gw, &rest, "PUT", &format!("overrides/user/{user}"), r#"{"concurrency":4}"#), 200);
+    assert_eq!(in_flight(&mut gw, &user, T0), [200, 200, 200, 200, 429], "4 in flight");
+    let probe = send(&mut gw, &rest, &user, T0 + 10.0);
+    assert_eq!(
+        header(&probe, "ratelimit-policy"),
+        Some("\"inflight\";q=4;w=1, \"rate\";q=100;w=60"),
+        "rates untouched"
+    );
+    // A PUT replaces the whole override: rates only now, and the slots are the policy's 2 again.
+    let rates = r#"{"capacity":1000,"refill":"1000/min"}"#;
+    assert_eq!(admin(&mut gw, &rest, "PUT", &format!("overrides/user/{user}"), rates), 200);
+    let next = format!("{user}-b");
+    assert_eq!(admin(&mut gw, &rest, "PUT", &format!("overrides/user/{next}"), rates), 200);
+    assert_eq!(in_flight(&mut gw, &next, T0 + 100.0), [200, 200, 429, 429, 429], "a rate override lifts no slot");
+    let probe = send(&mut gw, &rest, &next, T0 + 110.0);
+    assert_eq!(header(&probe, "ratelimit-policy"), Some("\"inflight\";q=2;w=1, \"rate\";q=1000;w=60"));
+    // A route's concurrency reaches every caller of the route; the caller's own outranks it.
+    assert_eq!(admin(&mut gw, &rest, "PUT", "overrides/route/api/*", r#"{"concurrency":1}"#), 200);
+    assert_eq!(in_flight(&mut gw, &format!("{user}-c"), T0 + 200.0), [200, 429, 429, 429, 429], "the route's 1");
+    let both = r#"{"concurrency":3,"capacity":50,"refill":"50/min"}"#;
+    assert_eq!(admin(&mut gw, &rest, "PUT", &format!("overrides/user/{user}-d"), both), 200);
+    assert_eq!(in_flight(&mut gw, &format!("{user}-d"), T0 + 300.0), [200, 200, 200, 429, 429], "the caller's 3");
+    let probe = send(&mut gw, &rest, &format!("{user}-d"), T0 + 310.0);
+    assert_eq!(header(&probe, "ratelimit-policy"), Some("\"inflight\";q=3;w=1, \"rate\";q=50;w=60"));
+    // Deleted: both parts go.
+    assert_eq!(admin(&mut gw, &rest, "DELETE", &format!("overrides/user/{user}-d"), ""), 200);
+    assert_eq!(rest.redis(&["EXISTS", &format!("ratelimit:override:slots:caller:{user}-d")]), serde_json::json!(0));
+    assert_eq!(admin(&mut gw, &rest, "PUT", &format!("overrides/user/{user}"), r#"{"concurrency":0}"#), 400);
+}
+
 #[test]
 fn a_usage_header_is_stripped_even_when_nothing_is_settled() {
     // Redis unreachable and the fail mode open: forwarded, nothing reserved, the header still stripped.
