@@ -188,7 +188,21 @@ const CALLER = `
 export default {
   async fetch(request, env) {
     const { method, options, times = 1 } = await request.json();
-    const arg = options === "undefined" ? undefined : options === "bigint" ? { key: "k", cost: 1n } : options;
+    // JavaScript values JSON cannot carry as they are (issue 23, item 3), by name.
+    const special = {
+      undefined: undefined,
+      bigint: { key: "k", cost: 1n },
+      "bigint-cost": { key: "k", cost: 5n },
+      "date-key": { key: new Date(0) },
+      "now-key": { key: new Date() },
+      "boxed-key": { key: new String("k") },
+      "nan-cost": { key: "k", cost: NaN },
+      "infinite-cost": { key: "k", cost: Infinity },
+      "map-rule": { key: "k", rule: new Map([["path", "/export/x"]]) },
+      "date-options": new Date(0),
+      "date-in-rule": { key: "k", rule: { method: "POST", path: new Date(0) } },
+    };
+    const arg = Object.hasOwn(special, options) ? special[options] : options;
     const one = async () => {
       try {
         return { value: await env.LIMITER[method](arg) };

@@ -121,7 +121,18 @@ describe("limit over a service binding", () => {
     const w = await limiter({ RATE_LIMIT_POLICY: POLICY });
     const cases = [
       ["limit", "undefined", "TypeError", /options must be an object/],
-      ["limit", "bigint", "TypeError", /plain object/],
+      // Checked before they are serialised (issue 23, item 3): every message names the argument.
+      ["limit", "bigint", "TypeError", /^options\.cost must be a number, got a BigInt$/],
+      ["limit", "bigint-cost", "TypeError", /^options\.cost must be a number, got a BigInt$/],
+      ["limit", "date-key", "TypeError", /^options\.key must be a string, got a Date$/],
+      ["limit", "now-key", "TypeError", /^options\.key must be a string, got a Date$/],
+      ["limit", "boxed-key", "TypeError", /^options\.key must be a string, got a String$/],
+      ["limit", "nan-cost", "RangeError", /^options\.cost must be a finite number, got NaN$/],
+      ["limit", "infinite-cost", "RangeError", /^options\.cost must be a finite number, got Infinity$/],
+      ["limit", "map-rule", "TypeError", /^options\.rule must be a rule name or \{ method, path \}, got a Map$/],
+      ["limit", "date-options", "TypeError", /^limit\(options\): options must be a plain object .*, got a Date$/],
+      ["limit", "date-in-rule", "TypeError", /^options\.rule\.path must be a string, got a Date$/],
+      ["limit", { key: "k", cost: 1000000001 }, "RangeError", /options\.cost must be a whole number from 1 to 1000000000/],
       ["limit", {}, "TypeError", /options\.key is required/],
       ["limit", { key: 42 }, "TypeError", /options\.key must be a string/],
       ["limit", { key: "" }, "RangeError", /options\.key must not be empty/],
