@@ -94,7 +94,9 @@ impl Settle {
                 if !stream {
                     return None;
                 }
-                delivered.events.iter().rev().find_map(|e| sse_usage(e, path))
+                // The last event that has the path decides: a bad value there settles at the
+                // reservation, never at an earlier event's usage.
+                delivered.events.iter().rev().find_map(|e| sse_field(e, path)).flatten()
             }
         }
     }
@@ -111,18 +113,24 @@ pub fn usage_number(text: &str) -> Option<u32> {
 
 /// The number at `path` in one event's data (JSON): a whole number from 0 to [`MAX_CAPACITY`].
 pub fn sse_usage(data: &str, path: &[String]) -> Option<u32> {
+    sse_field(data, path).flatten()
+}
+
+/// What one event's data holds at `path`: `None` when it has no such path (or is no JSON), `Some(None)`
+/// when the value there is not a whole number from 0 to [`MAX_CAPACITY`].
+fn sse_field(data: &str, path: &[String]) -> Option<Option<u32>> {
     let value: serde_json::Value = serde_json::from_str(data.trim()).ok()?;
     let mut at = &value;
     for segment in path {
         at = at.as_object()?.get(segment)?;
     }
-    match at.as_u64() {
+    Some(match at.as_u64() {
         Some(n) if n <= u64::from(MAX_CAPACITY) => Some(n as u32),
         Some(_) => None,
         None => {
             at.as_f64().filter(|f| f.fract() == 0.0 && *f >= 0.0 && *f <= f64::from(MAX_CAPACITY)).map(|f| f as u32)
         }
-    }
+    })
 }
 
 /// What the executor saw of a response once it was delivered (or abandoned).
@@ -201,6 +209,12 @@ mod tests {
         let d = Delivered::decode(&text, &names);
         assert!(d.complete);
         assert_eq!(s.actual(&d), Some(30), "the last event whose JSON has the path, not merely the word");
+        // Found by a helper's review (issue 23, item 7): a bad value in the last event that has the path
+        // settles at the reservation (as the README says), never at an earlier event's usage.
+        for last in [r#"{"usage":{"total_tokens":1000000001}}"#, r#"{"usage":{"total_tokens":"x"}}"#] {
+            let text = format!("1\ntext/event-stream\0{{\"usage\":{{\"total_tokens\":5}}}}\0{last}");
+            assert_eq!(s.actual(&Delivered::decode(&text, &["content-type".to_string()])), None, "{last}");
+        }
         let json = format!("1\napplication/json\0{events}");
         assert_eq!(s.actual(&Delivered::decode(&json, &names)), None, "not an event stream: no events count");
         let h = Settle::parse("header:x-usage", false).unwrap();
