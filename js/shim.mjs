@@ -268,7 +268,7 @@ function respond(f, report, body, ctx) {
 function forward(f, report, request, ctx) {
   sideEffects(f[2], f[3], f[4], report, ctx);
   later(f[5], f[6], ctx);
-  const watch = f[7] === "" ? null : delivery(f, ctx);
+  const watch = f[7] === "" ? null : delivery(f, ctx, request?.signal);
   const sent = f[1] === "" ? fetch(request) : fetch(f[1], request);
   return sent.then(
     (response) => {
@@ -282,7 +282,8 @@ function forward(f, report, request, ctx) {
       return watch.watched(response, headers);
     },
     (e) => {
-      log("origin_unreachable", "error", { status: 502, reason: String(e) });
+      // (With the client gone, the runtime aborts the forwarded request too: nothing to log.)
+      if (!request?.signal?.aborted) log("origin_unreachable", "error", { status: 502, reason: String(e) });
       watch?.done("0");
       const out = carry(unreachable, request, null);
       for (let i = 12; i + 1 < f.length; i += 2) out.headers.set(f[i], f[i + 1]);
@@ -293,8 +294,12 @@ function forward(f, report, request, ctx) {
 
 /** A watched response (src/wire.rs): streamed through as it comes, unbuffered; once delivered (to its
  * end, the client gone, the origin failed) the core hears what was seen — the usage headers asked for,
- * the last few SSE events that mention a usage key — and releases or settles after the response. */
-function delivery(f, ctx) {
+ * the last few SSE events that mention a usage key — and releases or settles after the response.
+ * The client's leaving is heard two ways, since the runtime tells it by one or the other depending on
+ * timing (issue 23; workerd issue 6832): the request's `signal` (compatibility flag
+ * `enable_request_signal`) and the cancellation of the body handed to the runtime. Either ends the
+ * delivery and stops the origin's stream. */
+function delivery(f, ctx, signal) {
   const ticket = Number(f[7]);
   const untilEnd = f[8] === "e";
   const names = f[9] === "" ? [] : f[9].split(",");
@@ -309,12 +314,19 @@ function delivery(f, ctx) {
     ctx.waitUntil(ended.then((complete) => background(born, ticket, -8, complete + "\n" + values.join("\n") + "\0" + (tail?.events.join("\0") ?? ""))));
   }
   let over = false;
+  let stop = null; // stops reading the origin's body, once it is being read
   const done = (complete) => {
     if (over) return;
     over = true;
     tail?.flush();
     finish(complete);
   };
+  const gone = () => {
+    done("0");
+    stop?.();
+  };
+  if (signal?.aborted) gone();
+  else signal?.addEventListener("abort", gone, { once: true });
   return {
     done,
     watched(response, headers) {
@@ -337,12 +349,47 @@ function delivery(f, ctx) {
     // Chunks pass on as they arrive, through the runtime's own pipe unless an event stream is read on
     // the way (bench/run: a JavaScript pull stream cost about 400 µs of CPU per request more); the
     // pipe's end, or its failure (the client gone, the origin failed), says the response was delivered.
-    if (keys.length > 0) tail = sse(keys); // (whether the response is an event stream, the core decides)
-    const through = tail !== null
-      ? new TransformStream({ transform: (chunk, c) => { tail.push(chunk); c.enqueue(chunk); } })
-      : typeof IdentityTransformStream === "function" ? new IdentityTransformStream() : new TransformStream();
-    response.body.pipeTo(through.writable).then(() => done("1"), () => done("0"));
+    if (keys.length > 0) return new Response(reading(response.body, (tail = sse(keys))), init);
+    const through = typeof IdentityTransformStream === "function" ? new IdentityTransformStream() : new TransformStream();
+    const abort = new AbortController();
+    stop = () => abort.abort();
+    if (over) stop(); // (the client left before the origin answered)
+    response.body.pipeTo(through.writable, { signal: abort.signal }).then(() => done("1"), () => done("0"));
     return new Response(through.readable, init);
+  }
+
+  /** The origin's body, read for usage on its way: a pull stream (one chunk read per chunk the client
+   * takes: unbuffered) whose `cancel` is the runtime telling that the client went away. */
+  function reading(body, tail) {
+    const reader = body.getReader();
+    stop = () => reader.cancel().catch(() => {});
+    if (over) stop(); // (the client left before the origin answered)
+    return new ReadableStream(
+      {
+        async pull(c) {
+          try {
+            const next = await reader.read();
+            if (next.done) {
+              c.close();
+              done("1");
+            } else {
+              tail.push(next.value);
+              c.enqueue(next.value);
+            }
+          } catch (e) {
+            done("0"); // the origin failed (or the client left while a read was pending)
+            try {
+              c.error(e);
+            } catch {} // (already cancelled)
+          }
+        },
+        cancel(reason) {
+          done("0"); // the client went away: released and settled now, the origin's stream closed
+          return reader.cancel(reason).catch(() => {});
+        },
+      },
+      { highWaterMark: 0 },
+    );
   }
 }
 

@@ -1,6 +1,7 @@
 // Test harness: a real Redis, the local Upstash REST endpoint, a recording origin and the built
 // Worker in Miniflare, all on 127.0.0.1. Every process is started per test file and stopped after.
 import { spawn, spawnSync } from "node:child_process";
+import { readFileSync } from "node:fs";
 import { createServer } from "node:http";
 import net from "node:net";
 import path from "node:path";
@@ -11,6 +12,13 @@ export const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "
 export const TOKEN = "local-test-token";
 const WORKER_DIR = process.env.WORKER_DIR ?? path.join(ROOT, "build/worker");
 const REST_BIN = process.env.UPSTASH_LOCAL_BIN ?? path.join(ROOT, "target/release/upstash-local");
+
+/** The compatibility date and flags a deploy gets (wrangler.toml): the tests run the Worker on the same. */
+const WRANGLER = readFileSync(path.join(ROOT, "wrangler.toml"), "utf8");
+export const COMPATIBILITY = {
+  compatibilityDate: WRANGLER.match(/^compatibility_date\s*=\s*"([^"]+)"/m)[1],
+  compatibilityFlags: JSON.parse(WRANGLER.match(/^compatibility_flags\s*=\s*(\[[^\]]*\])/m)?.[1] ?? "[]"),
+};
 
 export async function freePort() {
   return new Promise((resolve, reject) => {
@@ -153,7 +161,7 @@ const gatewayWorker = (vars) => ({
     { type: "ESModule", include: ["**/*.js", "**/*.mjs"] },
     { type: "CompiledWasm", include: ["**/*.wasm"] },
   ],
-  compatibilityDate: "2025-09-01",
+  ...COMPATIBILITY,
   bindings: vars,
 });
 
@@ -242,7 +250,7 @@ export async function startWithCaller(vars, { callerScript = CALLER } = {}) {
         name: "caller",
         modules: true,
         script: callerScript,
-        compatibilityDate: "2025-09-01",
+        ...COMPATIBILITY,
         serviceBindings: { LIMITER: { name: "edge-ratelimit", entrypoint: "RateLimiter" } },
       },
     ],

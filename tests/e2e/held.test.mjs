@@ -20,6 +20,7 @@ async function startOrigin() {
   let peak = 0;
   let gate = null;
   const opened = new Set();
+  const chatty = new Set(); // the users whose /chatty stream is still open
   const server = http.createServer(async (req, res) => {
     const url = new URL(req.url, "http://o");
     served.push(url.pathname);
@@ -49,11 +50,30 @@ async function startOrigin() {
         await sleep(20);
       }
       res.end();
+    } else if (url.pathname.endsWith("/chatty")) {
+      // The usage first, then events of `size` bytes every 5 ms, never ending (until the client leaves).
+      res.writeHead(200, { "content-type": "text/event-stream" });
+      res.write(`data: {"usage":{"total_tokens":${url.searchParams.get("n") ?? 30}}}\n\n`);
+      const size = Number(url.searchParams.get("size") ?? 31);
+      const event = `data: ${"x".repeat(Math.max(0, size - 8))}\n\n`;
+      const timer = setInterval(() => res.write(event), 5);
+      const user = req.headers["x-user-id"];
+      chatty.add(user);
+      res.on("close", () => {
+        clearInterval(timer);
+        chatty.delete(user);
+      });
     } else if (url.pathname.endsWith("/forever")) {
+      // An event, then a keep-alive comment every 250 ms (as SSE servers send): a runtime notices a
+      // client gone only when it next writes to it.
       res.writeHead(200, { "content-type": "text/event-stream" });
       res.write("data: {}\n\n");
+      const timer = setInterval(() => res.write(": keep-alive\n\n"), 250);
       opened.add(res);
-      res.on("close", () => opened.delete(res));
+      res.on("close", () => {
+        clearInterval(timer);
+        opened.delete(res);
+      });
     } else {
       res.writeHead(200).end("ok");
     }
@@ -66,6 +86,7 @@ async function startOrigin() {
     resetPeak: () => (peak = inFlight),
     release: () => gate?.(),
     open: () => opened.size,
+    streaming: (user) => chatty.has(user),
     stop: () => new Promise((r) => { server.closeAllConnections(); server.close(r); }),
   };
 }
@@ -195,8 +216,34 @@ describe("in-flight limits", () => {
       setTimeout(() => reject(new Error("no first event")), 5000);
       req.end();
     });
-    await eventually(async () => (await live(key)) === 0, "the abandoned response's slot released");
+    // (Well within the slot's TTL of 3 s: released, not expired.)
+    await eventually(async () => (await live(key)) === 0, "the abandoned response's slot released", 1500);
   });
+
+  // Issue 23, item 2, on the slot-only path (the runtime's own pipe): several event sizes, an origin that
+  // never ends.
+  for (const size of [23, 31, 1000]) {
+    test(`a client gone from a never-ending stream (${size}-byte events) releases its slot at once`, async () => {
+      const user = freshUser(`gone${size}`);
+      const key = `rate:${user}:/api/%2A!inflight`;
+      const url = new URL((await a.mf.ready).toString());
+      await new Promise((resolve, reject) => {
+        const headers = { "x-user-id": user, host: "gateway.test" };
+        const req = http.request({ host: url.hostname, port: url.port, path: `/api/chatty?size=${size}`, headers }, (res) => {
+          assert.equal(res.statusCode, 200);
+          res.once("data", () => {
+            req.destroy();
+            resolve();
+          });
+        });
+        req.on("error", () => {});
+        setTimeout(() => reject(new Error("no first event")), 5000);
+        req.end();
+      });
+      await eventually(async () => (await live(key)) === 0, "released, well within its TTL of 3 s", 1500);
+      await eventually(async () => !origin.streaming(user), "the origin's stream closed too");
+    });
+  }
 
   test("an instance stopped while holding a slot: the slot frees after its TTL (3 s)", async () => {
     const user = freshUser("stopped");
@@ -251,6 +298,37 @@ describe("costs settled from the response", () => {
     await eventually(async () => Math.round(await tokens(key)) === 70, "70 left");
     await eventually(async () => (await live(`rate:${user}:/sse/%2A!sse-inflight`)) === 0, "its slot released too");
   });
+
+  // Issue 23, item 2: a client that leaves right after the usage event while the origin keeps streaming
+  // released nothing and paid the reservation (with ~31-byte events: the JavaScript pipe that reads
+  // usage never learnt the client had left). Several event sizes, a never-ending origin.
+  for (const size of [23, 31, 64, 1000, 16_384]) {
+    test(`a client gone after the usage event of a never-ending stream (${size}-byte events): released and settled`, async () => {
+      const user = freshUser(`leave${size}`);
+      const key = `rate:${user}:/sse/%2A#sse-tokens`;
+      const url = new URL((await gw.mf.ready).toString());
+      await new Promise((resolve, reject) => {
+        const headers = { "x-user-id": user, host: "gateway.test", "cf-connecting-ip": "203.0.113.7" };
+        const req = http.request({ host: url.hostname, port: url.port, path: `/sse/chatty?n=30&size=${size}`, headers }, (res) => {
+          assert.equal(res.statusCode, 200);
+          let seen = "";
+          res.on("data", (chunk) => {
+            seen += chunk;
+            if (seen.includes("total_tokens")) {
+              req.destroy(); // gone, with the origin still streaming
+              resolve();
+            }
+          });
+        });
+        req.on("error", () => {});
+        setTimeout(() => reject(new Error("no usage event")), 5000);
+        req.end();
+      });
+      await eventually(async () => (await live(`rate:${user}:/sse/%2A!sse-inflight`)) === 0, "its slot released");
+      await eventually(async () => Math.round(await tokens(key)) === 70, "settled at its usage: 70 left");
+      await eventually(async () => !origin.streaming(user), "the origin's stream closed too");
+    });
+  }
 
   test("a stream with CRLF line ends, its usage event split across chunks", async () => {
     const user = freshUser("crlf");

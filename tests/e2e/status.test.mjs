@@ -128,8 +128,8 @@ describe("status page against a fake status.json", () => {
     },
     top_denied: [{ caller: HOSTILE, denied: 12 }, { caller: "alice", denied: 3 }],
     overrides: [
-      { scope: "user", name: HOSTILE, capacity: 100, refill: "100/min", expires_at_ms: null, created_at_ms: Date.now() },
-      { scope: "ip", name: "192.0.2.1", capacity: 1, refill: "1/min", expires_at_ms: Date.UTC(2030, 0, 2), created_at_ms: Date.now() },
+      { scope: "user", name: HOSTILE, capacity: 100, refill: "100/min", concurrency: null, expires_at_ms: null, created_at_ms: Date.now() },
+      { scope: "ip", name: "192.0.2.1", capacity: null, refill: null, concurrency: 3, expires_at_ms: Date.UTC(2030, 0, 2), created_at_ms: Date.now() },
     ],
     noscript: 2,
     deny_cache_hits: 4,
@@ -184,7 +184,9 @@ describe("status page against a fake status.json", () => {
       assert.equal(await page.locator("#overrides tbody tr").count(), 2);
       const row = page.locator("#overrides tbody tr").first();
       assert.equal(await row.getAttribute("data-name"), HOSTILE);
-      assert.deepEqual(await row.locator("td").allTextContents(), ["user", HOSTILE, "100", "100/min", "never"]);
+      assert.deepEqual(await row.locator("td").allTextContents(), ["user", HOSTILE, "100", "100/min", "–", "never"]);
+      // An override of in-flight slots only (issue 23, item 5).
+      assert.deepEqual(await page.locator("#overrides tr[data-scope=ip] td").allTextContents(), ["ip", "192.0.2.1", "–", "–", "3", "2030-01-02T00:00:00Z"]);
       assert.equal(await page.locator("#overrides tr[data-scope=ip] td").last().textContent(), "2030-01-02T00:00:00Z");
       assert.equal(await page.locator("#chart svg g").filter({ hasText: "svg onload" }).count(), 1);
       assert.ok((await page.locator("#legend").textContent()).includes(HOSTILE_RULE));
