@@ -7,7 +7,7 @@ import { execFileSync, spawn } from "node:child_process";
 import { readFileSync, readdirSync, writeFileSync, mkdirSync } from "node:fs";
 import path from "node:path";
 import { Miniflare } from "miniflare";
-import { ROOT, TOKEN, startRedis, startRest, freePort } from "../tests/e2e/harness.mjs";
+import { COMPATIBILITY, ROOT, TOKEN, startRedis, startRest, freePort } from "../tests/e2e/harness.mjs";
 
 const SECONDS = Number(process.env.SECONDS_PER_RUN ?? 5);
 const ROUNDS = Number(process.env.ROUNDS ?? 3);
@@ -46,7 +46,7 @@ const rustOptions = (dir = "build/worker") => ({
 const jsOptions = (file) => ({ modules: true, scriptPath: file });
 async function startWorker(name, options, extra = {}) {
   const before = workerdPids();
-  const mf = new Miniflare({ ...options, compatibilityDate: "2025-09-01", bindings: { ...vars, ...extra } });
+  const mf = new Miniflare({ ...options, ...COMPATIBILITY, bindings: { ...vars, ...extra } });
   const url = (await mf.ready).toString().replace(/\/$/, "");
   const pid = [...workerdPids()].find((p) => !before.has(p));
   return { name, mf, url, pid };
@@ -56,9 +56,9 @@ async function startRpcWorker(name, callerFile, limiter = { ...rustOptions(), bi
   const before = workerdPids();
   const mf = new Miniflare({
     workers: [
-      { name: "caller", modules: true, scriptPath: callerFile, compatibilityDate: "2025-09-01", bindings: { ORIGIN_URL },
+      { name: "caller", modules: true, scriptPath: callerFile, ...COMPATIBILITY, bindings: { ORIGIN_URL },
         serviceBindings: { LIMITER: { name: "edge-ratelimit", entrypoint: "RateLimiter" } } },
-      { name: "edge-ratelimit", compatibilityDate: "2025-09-01", ...limiter },
+      { name: "edge-ratelimit", ...COMPATIBILITY, ...limiter },
     ],
   });
   const url = (await mf.ready).toString().replace(/\/$/, "");
@@ -230,7 +230,7 @@ const coldTimes = Object.fromEntries(coldWorkers.map(([n]) => [n, []]));
 for (let i = 0; i < COLD; i++) {
   for (const [name, options, extra] of coldWorkers) {
     progress(`cold start ${i + 1}/${COLD}: ${name}`);
-    const mf = new Miniflare({ ...options, compatibilityDate: "2025-09-01", bindings: { ...vars, ...extra } });
+    const mf = new Miniflare({ ...options, ...COMPATIBILITY, bindings: { ...vars, ...extra } });
     const url = (await mf.ready).toString().replace(/\/$/, "");
     const t0 = performance.now();
     await fetch(url + "/cold", { headers: { "x-user-id": `cold-${i}` } }).then((r) => r.text());
