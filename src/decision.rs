@@ -247,6 +247,11 @@ mod tests {
         // In debt (a settled cost charged more than there was): longer waits, still bounded.
         let d = Decision::from_script(&[0, 1, -400, 60_150, 120_000, 400, 60, 0, NOW], &[asked(&l)]).unwrap();
         assert_eq!(d.limits[0].remaining, 0);
+        // Deep in debt, times beyond 15 digits: each kept a structured-field integer.
+        let far = 1_500_000_000_000_000_000;
+        let d =
+            Decision::from_script(&[0, 1, -10_000_000_000_000_000, far, far, 400, 60, 0, NOW], &[asked(&l)]).unwrap();
+        assert_eq!((d.limits[0].retry_ms, d.limits[0].reset_ms), (MAX_SF_INTEGER, MAX_SF_INTEGER));
     }
 
     #[test]
@@ -326,6 +331,7 @@ mod tests {
         assert_eq!(Decision::settled(&[0, 0, 0, 0, 0, 0, 0, 0, NOW], &a, true), Ok(true));
         for (reply, once) in [
             (&[0, 0, 0, 0, 0, 0, 0, 0, NOW][..], false), // a repeat only exists exactly once
+            (&[0, 1, 0, 1, 24_000, 5, 60, 0, NOW][..], false), // a settlement denied
             (&[0, 0, 3, 0, 0, 0, 0, 0, NOW][..], true),  // a repeat with numbers
             (&[0, 1, 0, 1, 24_000, 5, 60, 0, NOW][..], true), // a settlement denied
             (&[1, 0, 3, 0, 24_000, 5, 60, 4, NOW][..], true), // a lease nobody asked for

@@ -111,11 +111,6 @@ pub fn usage_number(text: &str) -> Option<u32> {
     t.parse::<u64>().ok().filter(|n| *n <= u64::from(MAX_CAPACITY)).map(|n| n as u32)
 }
 
-/// The number at `path` in one event's data (JSON): a whole number from 0 to [`MAX_CAPACITY`].
-pub fn sse_usage(data: &str, path: &[String]) -> Option<u32> {
-    sse_field(data, path).flatten()
-}
-
 /// What one event's data holds at `path`: `None` when it has no such path (or is no JSON), `Some(None)`
 /// when the value there is not a whole number from 0 to [`MAX_CAPACITY`].
 fn sse_field(data: &str, path: &[String]) -> Option<Option<u32>> {
@@ -176,6 +171,11 @@ mod tests {
             assert!(Settle::parse(bad, false).is_err(), "{bad:?}");
         }
         assert!(Settle::parse("sse:usage.total_tokens", true).is_err(), "strip is for headers");
+    }
+
+    /// The number at `path` in one event's data, if it is a whole number from 0 to [`MAX_CAPACITY`].
+    fn sse_usage(data: &str, path: &[String]) -> Option<u32> {
+        sse_field(data, path).flatten()
     }
 
     #[test]

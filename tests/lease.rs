@@ -12,14 +12,7 @@ use serde_json::Value;
 const T0: f64 = 1.8e12;
 
 fn config(extra: &[(&str, &str)]) -> Config {
-    let mut vars = vec![
-        ("UPSTASH_REDIS_REST_URL", "http://127.0.0.1:1"),
-        ("UPSTASH_REDIS_REST_TOKEN", "t"),
-        ("USER_ID_HEADER", "x-user-id"),
-        ("RATE_LIMIT_CLOCK", "worker"),
-    ];
-    vars.extend_from_slice(extra);
-    Config::from_env(|name| vars.iter().rev().find(|(k, _)| *k == name).map(|(_, v)| v.to_string())).unwrap()
+    common::worker_clock_config(extra)
 }
 
 /// One isolate: its gateway, and the wakes it was asked to carry out later (ticket, when).

@@ -24,14 +24,7 @@ const MAX_PATH_BYTES: usize = 1024;
 const BILLION: u64 = 1_000_000_000;
 
 fn config(extra: &[(&str, &str)]) -> Config {
-    let mut vars = vec![
-        ("UPSTASH_REDIS_REST_URL", "http://127.0.0.1:1"),
-        ("UPSTASH_REDIS_REST_TOKEN", "t"),
-        ("USER_ID_HEADER", "x-user-id"),
-        ("RATE_LIMIT_CLOCK", "worker"),
-    ];
-    vars.extend_from_slice(extra);
-    Config::from_env(|name| vars.iter().rev().find(|(k, _)| *k == name).map(|(_, v)| v.to_string())).unwrap()
+    common::worker_clock_config(extra)
 }
 
 /// The first step of `method target` with `headers`.

@@ -306,3 +306,17 @@ pub fn keys_of(step: &Step) -> Vec<String> {
         _ => Vec::new(),
     }
 }
+
+/// A configuration on the Worker's clock, callers named by `x-user-id`, with `extra` on top (the last
+/// of a name wins); the REST URL is never dialled: a test's [`Rest`] answers every fetch itself.
+pub fn worker_clock_config(extra: &[(&str, &str)]) -> edge_ratelimit::Config {
+    let mut vars = vec![
+        ("UPSTASH_REDIS_REST_URL", "http://127.0.0.1:1"),
+        ("UPSTASH_REDIS_REST_TOKEN", "t"),
+        ("USER_ID_HEADER", "x-user-id"),
+        ("RATE_LIMIT_CLOCK", "worker"),
+    ];
+    vars.extend_from_slice(extra);
+    edge_ratelimit::Config::from_env(|name| vars.iter().rev().find(|(k, _)| *k == name).map(|(_, v)| v.to_string()))
+        .unwrap()
+}
