@@ -4,12 +4,12 @@
 //! fields, `Retry-After`, `X-RateLimit-Status`). Problem bodies are RFC 9457 JSON and never carry
 //! internal detail; numbers in headers are RFC 9651 integers.
 
-use crate::config::ConfigError;
-use crate::decision::{Decision, MAX_SF_INTEGER};
-use crate::identity::IdentityError;
+use crate::identity::caller::IdentityError;
+use crate::identity::jwt::JwtError;
 use crate::json::{push_u64, Obj};
-use crate::jwt::JwtError;
 use crate::limiter::{Failure, Outcome};
+use crate::policy::config::ConfigError;
+use crate::store::decision::{Decision, MAX_SF_INTEGER};
 
 /// A header the gateway sets: a lower-case name and its value.
 pub type Header = (&'static str, String);
@@ -270,8 +270,8 @@ pub fn origin_unreachable() -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::limit::Limit;
-    use crate::rate::Refill;
+    use crate::policy::limit::Limit;
+    use crate::policy::rate::Refill;
 
     fn limit() -> Limit {
         Limit::new(5, Refill::parse("5/min").unwrap(), 60).unwrap()
@@ -285,7 +285,7 @@ mod tests {
             full.push(0);
         }
         full.push(1);
-        let limits: Vec<_> = limits.iter().map(|(p, l, s)| crate::decision::Asked::new(p, l, *s, 1)).collect();
+        let limits: Vec<_> = limits.iter().map(|(p, l, s)| crate::store::decision::Asked::new(p, l, *s, 1)).collect();
         Decision::from_script(&full, &limits).unwrap()
     }
 
@@ -373,7 +373,7 @@ mod tests {
     fn every_number_in_a_header_is_a_structured_field_integer() {
         let l = limit();
         let huge = 999_999_999_999_999_999;
-        // (Numbers beyond what the script can say are a malformed reply now: `crate::decision`'s tests.
+        // (Numbers beyond what the script can say are a malformed reply now: `crate::store::decision`'s tests.
         // The largest it can say: a bucket deep in debt, of the largest capacity and window.)
         for reply in [
             [0, 1, -huge, huge, huge, 1_000_000_000, 3_153_600_000],
@@ -391,7 +391,7 @@ mod tests {
     /// The renderer clamps too, whatever a decision holds (not only what the script's reply became).
     #[test]
     fn the_renderer_clamps_numbers_it_is_handed() {
-        use crate::decision::LimitStatus;
+        use crate::store::decision::LimitStatus;
         let huge = LimitStatus {
             policy: "p".into(),
             shadow: false,

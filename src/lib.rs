@@ -4,91 +4,78 @@
 //! windows) per caller and API path, and decided by one atomic Lua script in Redis (reached over the
 //! Upstash REST API), then forwarded to the origin or answered 429.
 //!
-//! Module map (dependencies point down; only `edge` names `worker`, and nothing reads a clock or the
-//! network: time comes in as an argument, I/O goes out as a [`Step`]):
-//! - `edge`      — the executor's Rust half (wasm32 only): four synchronous exports around an
-//!   [`Isolate`]; `js/shim.mjs` is the other half, and carries out the steps.
-//! - `wire`      — steps and replies as the executor's text.
-//! - `gateway`   — the whole request: [`Gateway::begin`] / [`Gateway::resume`], step by step.
-//! - `http`      — every response and every header the gateway renders.
-//! - `rpc`       — the RPC entry's arguments and results (`env.LIMITER.limit({ key })`).
-//! - `log`       — the JSON log lines, callers named by a keyed hash.
-//! - `quota`     — the caller quota endpoint (`QUOTA_PATH`): its query and its answer.
-//! - `plan`      — a request's plan: identity (token, header, IP), lists, the limits that apply.
-//! - `admin`     — the admin API: routes, auth, peek/reset, overrides, metrics and status.
-//! - `limiter`   — one isolate's limiter: the script call and its NOSCRIPT recovery, deny cache,
-//!   fail mode and the local buckets that bound fail-open traffic.
-//! - `lease`     — leases: tokens of busy keys debited in Redis for this isolate, spent without a call.
-//! - `upstash`   — the REST protocol: bodies in, classified replies out.
-//! - `decision`  — what the script said, per limit.
-//! - `config`, `limit`, `rate` — validated configuration.
-//! - `policy`    — rules (methods + route template → limits per user/IP/header/global, tiers).
-//! - `jwt`       — verified JWT callers (algorithm pinned by key, time passed in, asymmetric
-//!   signatures checked by the executor's WebCrypto).
-//! - `identity`, `path`, `key` — who is calling, on which canonical path, in which bucket.
-//! - `overrides` — live limit overrides for a caller, tier or route, read by the script.
-//! - `metrics`   — per-isolate counts reported to Redis, read back as Prometheus text.
-//! - `script`    — the Lua script (token bucket and sliding window) and its build-time SHA1s.
-//! - `bucket`    — both algorithms in Rust: the reference the Lua script must agree with, and
-//!   the local bucket that bounds fail-open traffic.
+//! Module map: concern folders, layered; a module uses only modules of its own layer or below (no
+//! import circle, none running back up: `tests/architecture.rs` checks both from the sources). Only
+//! `edge` names `worker`, and nothing reads a clock or the network: time comes in as an argument, I/O
+//! goes out as a [`Step`].
+//! 1. `edge/`     — the executor's Rust half: `exports` (wasm32 only: four synchronous exports around an
+//!    [`Isolate`]; `js/shim.mjs` is the other half and carries out the steps) and `wire` (steps and
+//!    replies as the executor's text).
+//! 2. `gateway/`  — the whole request: [`Gateway::begin`] / [`Gateway::resume`], step by step; `rpc`,
+//!    the RPC entry's arguments and results (`env.LIMITER.limit({ key })`).
+//! 3. `ops/`      — operating it: `admin` (routes, auth, peek/reset, overrides, status), `metrics`
+//!    (per-isolate counts reported to Redis, read back as Prometheus text), `quota` (the caller quota
+//!    endpoint), `log` (JSON log lines, callers named by a keyed hash).
+//! 4. `http`      — every response and every header the gateway renders.
+//! 5. `limiter/`  — one isolate's view of the shared buckets: the script call and its NOSCRIPT
+//!    recovery, deny cache, fail mode, the local buckets that bound fail-open traffic; `lease`, tokens
+//!    of busy keys debited in Redis for this isolate and spent without a call.
+//! 6. `store/`    — Redis: `script` (the Lua script and its build-time SHA1s), `upstash` (the REST
+//!    protocol: bodies in, classified replies out), `decision` (what the script said, per limit,
+//!    bounded by what the call asked), `bucket` (the script's arithmetic in Rust: the reference the Lua
+//!    agrees with bit for bit, and the local fail-open bucket).
+//! 7. `policy/`   — what applies: `config` (validated configuration), `document` (rules, tiers, lists),
+//!    `limit`, `rate`, `settle` (settle sources and what was delivered), `overrides` (live overrides for
+//!    a caller, tier or route), `check` (one limit that applies to a request, and how it takes part),
+//!    `plan` (a request's plan: identity, lists, the limits that apply).
+//! 8. `identity/` — who is calling, on which canonical path, in which bucket: `caller`, `jwt` (verified
+//!    callers: algorithm pinned by key, time passed in, asymmetric signatures checked by the
+//!    executor's WebCrypto), `path`, `key`.
+//! 9. `json`      — the JSON writer every layer uses.
 
-mod admin;
-mod config;
-mod decision;
+mod edge;
 mod gateway;
 mod http;
 mod identity;
 mod json;
-mod jwt;
-mod key;
-mod lease;
-mod limit;
 mod limiter;
-mod log;
-mod metrics;
-mod overrides;
-mod path;
-mod plan;
+mod ops;
 mod policy;
-mod quota;
-mod rate;
-mod rpc;
-mod script;
-mod settle;
-mod upstash;
-mod wire;
+mod store;
 
-pub mod bucket;
+pub use policy::check::{Check, Mode};
+pub use store::bucket;
 
-#[cfg(target_arch = "wasm32")]
-mod edge;
-
-pub use admin::{admin_target, authorized, wants_body, AdminBody, MAX_BODY_BYTES};
-pub use config::{Candidate, Clock, Config, ConfigError, FailMode, LeaseConfig, LogCallerIds, VARIABLES};
-pub use decision::{Asked, Decision, LimitStatus, MAX_SCRIPT_MS, MAX_SF_INTEGER};
+pub use edge::wire::{decode_request, decode_step, decode_vars, encode_start, encode_step, reply};
+pub use gateway::rpc::{CallError, ErrorKind, Method, MAX_KEY_BYTES};
 pub use gateway::{Fetch, Gateway, Isolate, Reply, Request, Step};
 pub use http::{rate_limit_headers, Asset, Body, Header, Response};
-pub use identity::{identify, Caller, IdentityError, DEFAULT_IPV6_PREFIX};
-pub use jwt::{JwtConfig, JwtError, JwtMode, JwtSettings, SignatureCheck, Verification, Verified};
-pub use key::bucket_key;
-pub use lease::{GiveBack, Lease, LeaseBook, LeaseCounts, Want, MIN_LEASE};
-pub use limit::{Algorithm, Limit};
+pub use identity::caller::{identify, Caller, IdentityError, DEFAULT_IPV6_PREFIX};
+pub use identity::jwt::{JwtConfig, JwtError, JwtMode, JwtSettings, SignatureCheck, Verification, Verified};
+pub use identity::key::bucket_key;
+pub use identity::path::{normalize, normalize_with, path_and_query, views};
+pub use limiter::lease::{GiveBack, Lease, LeaseBook, LeaseCounts, Want, MIN_LEASE};
 pub use limiter::{
-    script_call, Check, Failure, Limiter, Next, Outcome, ScriptCall, Settlement, TransportError,
-    DEFAULT_DENY_CACHE_MAX_MS, DENY_CACHE_ENTRIES, LOAD_EPISODE_MS, LOCAL_BUCKETS,
+    script_call, Failure, Limiter, Next, Outcome, ScriptCall, Settlement, TransportError, DENY_CACHE_ENTRIES,
+    LOAD_EPISODE_MS, LOCAL_BUCKETS,
 };
-pub use log::caller_id;
-pub use metrics::{Event, HeldCounts, Histogram, Metrics, Report, Totals, DENIED_KEY, LATENCY_BUCKETS_MS, METRICS_KEY};
-pub use overrides::{Override, Scope};
-pub use path::{normalize, normalize_with, path_and_query, views};
-pub use plan::{
+pub use ops::admin::{admin_target, authorized, wants_body, AdminBody, MAX_BODY_BYTES};
+pub use ops::log::caller_id;
+pub use ops::metrics::{
+    Event, HeldCounts, Histogram, Metrics, Report, Totals, DENIED_KEY, LATENCY_BUCKETS_MS, METRICS_KEY,
+};
+pub use policy::config::{
+    Candidate, Clock, Config, ConfigError, FailMode, LeaseConfig, LogCallerIds, DEFAULT_DENY_CACHE_MAX_MS, VARIABLES,
+};
+pub use policy::document::{parse_net, Applied, CountBy, Facts, LimitRule, Lists, Policy, Rule, Tiered};
+pub use policy::limit::{Algorithm, Limit};
+pub use policy::overrides::{Override, Scope};
+pub use policy::plan::{
     limits_for, plan, plan_select, Limited, Plan, RequestFacts, Select, Target, CANDIDATE_SUBJECT_PREFIX,
     DEFAULT_POLICY,
 };
-pub use policy::{parse_net, Applied, CountBy, Facts, LimitRule, Lists, Policy, Rule, Tiered};
-pub use rate::Refill;
-pub use rpc::{CallError, ErrorKind, Method, MAX_KEY_BYTES};
-pub use script::{Variant, SCRIPT_FLAGGED, SCRIPT_FLAGGED_SHA, SCRIPT_PLAIN, SCRIPT_PLAIN_SHA};
-pub use settle::{Delivered, Settle, Usage};
-pub use upstash::{eval_body, evalsha_body, parse_script_reply, RestError};
-pub use wire::{decode_request, decode_step, decode_vars, encode_start, encode_step, reply};
+pub use policy::rate::Refill;
+pub use policy::settle::{Delivered, Settle, Usage};
+pub use store::decision::{Asked, Decision, LimitStatus, MAX_SCRIPT_MS, MAX_SF_INTEGER};
+pub use store::script::{Variant, SCRIPT_FLAGGED, SCRIPT_FLAGGED_SHA, SCRIPT_PLAIN, SCRIPT_PLAIN_SHA};
+pub use store::upstash::{eval_body, evalsha_body, parse_script_reply, RestError};

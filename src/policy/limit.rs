@@ -3,11 +3,10 @@
 
 use std::num::NonZeroU32;
 
-use crate::rate::Refill;
-use crate::settle::Settle;
+use crate::policy::rate::Refill;
+pub use crate::policy::rate::MAX_CAPACITY;
+use crate::policy::settle::Settle;
 
-/// The largest capacity accepted; far below 2^53 so every token count stays exact in a double.
-pub const MAX_CAPACITY: u32 = 1_000_000_000;
 /// The longest TTL accepted (a year).
 pub const MAX_TTL_SECONDS: u64 = 365 * 86_400;
 /// The longest time an empty bucket may take to refill (or a window may last): a hundred years. The

@@ -6,16 +6,13 @@
 //! caller is who the request proves to be, never a parameter), and is limited itself: a bucket of
 //! [`QUOTA_CAPACITY`] per caller, taken in the same script call that reads the others (one REST call).
 
-use crate::decision::{Decision, LimitStatus};
 use crate::http::{self, Response};
 use crate::json::{self, Obj};
-use crate::limit::Limit;
-use crate::limiter::{Check, Failure};
-use crate::rate::Refill;
+use crate::limiter::Failure;
+use crate::policy::check::Check;
+use crate::policy::limit::Limit;
+use crate::store::decision::{Decision, LimitStatus};
 
-/// The endpoint's own bucket per caller: this many reads, refilled at [`QUOTA_REFILL`].
-pub const QUOTA_CAPACITY: u32 = 60;
-pub const QUOTA_REFILL: &str = "60/min";
 /// Its name in the `RateLimit` fields of a 429 (and in its key, `rate:<caller>:@quota`).
 pub const QUOTA_POLICY: &str = "quota";
 
@@ -30,9 +27,9 @@ pub enum Asked {
 
 /// Reads the endpoint's query; a `400` naming the parameter when it is wrong.
 pub fn asked(query: &str, has_policy: bool) -> Result<Asked, Response> {
-    let pairs = crate::admin::query_pairs(query, &["method", "path"])?;
+    let pairs = crate::ops::admin::query_pairs(query, &["method", "path"])?;
     let get = |name: &str| pairs.iter().find(|(n, _)| *n == name).map(|(_, v)| v.clone());
-    let bad = crate::admin::bad_request;
+    let bad = crate::ops::admin::bad_request;
     match (get("method"), get("path")) {
         (method, Some(path)) => {
             if !path.starts_with('/') || path.len() > 8192 {
@@ -52,12 +49,6 @@ pub fn asked(query: &str, has_policy: bool) -> Result<Asked, Response> {
     }
 }
 
-/// The endpoint's own limit.
-pub fn limit() -> Limit {
-    let limit = Limit::new(QUOTA_CAPACITY, Refill::parse(QUOTA_REFILL).expect("a valid refill"), 60);
-    limit.expect("a valid limit").with_lease(false) // every read asks Redis
-}
-
 /// The answer when no limit applies (allow-listed, or no rule for that method and path): nothing to read.
 pub fn unlimited() -> Response {
     Response::json(200, r#"{"allowed_now":true,"limits":[]}"#.to_string())
@@ -70,7 +61,7 @@ pub fn own_check<'c>(subject: &str, limit: &'c Limit) -> Check<'c> {
         policy: QUOTA_POLICY,
         limit,
         cost: 1,
-        mode: crate::bucket::Mode::Enforce,
+        mode: crate::policy::check::Mode::Enforce,
         rule: QUOTA_POLICY,
         overrides: Vec::new(),
     }

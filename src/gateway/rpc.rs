@@ -10,19 +10,20 @@
 
 use serde_json::{Map, Value};
 
-use crate::bucket::Mode;
-use crate::config::Config;
-use crate::decision::{Decision, LimitStatus};
-use crate::identity::Caller;
+use crate::identity::caller::Caller;
+use crate::identity::key::subject_key;
+use crate::identity::path::{normalize_with, views_of};
 use crate::json::{Obj, Q};
-use crate::key::subject_key;
-use crate::limit::MAX_CAPACITY;
-use crate::limiter::{Check, Failure, Outcome};
-use crate::path::{normalize_with, views_of};
-use crate::plan::{limited_by, limits_for, Limited, Target, DEFAULT_POLICY};
-use crate::policy::Facts;
+use crate::limiter::{Failure, Outcome};
+use crate::policy::check::Check;
+use crate::policy::check::Mode;
+use crate::policy::config::Config;
+use crate::policy::document::Facts;
+use crate::policy::limit::MAX_CAPACITY;
+use crate::policy::plan::{limited_by, limits_for, Limited, Target, DEFAULT_POLICY};
+use crate::store::decision::{Decision, LimitStatus};
 
-/// The longest `key` accepted, in UTF-8 bytes (keys longer than [`crate::key::MAX_ID_BYTES`] are
+/// The longest `key` accepted, in UTF-8 bytes (keys longer than [`crate::identity::key::MAX_ID_BYTES`] are
 /// hashed in Redis).
 pub const MAX_KEY_BYTES: usize = 4096;
 
@@ -393,7 +394,7 @@ mod tests {
         assert_eq!(call.limited.checks[0].key, "rate:@rpc/alice");
         assert_eq!((call.limited.checks[0].cost, call.limited.checks[0].policy), (1, "default"));
         // An HTTP caller who calls itself "@rpc/alice" is escaped: its keys never start with "rate:@rpc/".
-        let http = crate::key::bucket_key(&Caller::User("@rpc/alice".into()), "/");
+        let http = crate::identity::key::bucket_key(&Caller::User("@rpc/alice".into()), "/");
         assert!(!http.starts_with("rate:@rpc/"), "{http}");
         let colon = parse(&c, "limit", r#"{"key":"a:b"}"#).unwrap();
         assert_eq!(colon.limited.checks[0].key, "rate:@rpc/a%3Ab");

@@ -4,7 +4,7 @@
 //! `{"error": "…"}` with an HTTP status. Only the transport (src/edge) does I/O.
 
 use crate::json::push_str;
-use crate::script::Variant;
+use crate::store::script::Variant;
 
 /// Why the REST endpoint did not give us a usable script result.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -177,7 +177,7 @@ mod tests {
         }
         assert_eq!(integers_fast(r#"{"result":[1,0,4]}"#), Some(vec![1, 0, 4]));
     }
-    use crate::script::{SCRIPT_FLAGGED_SHA, SCRIPT_PLAIN_SHA};
+    use crate::store::script::{SCRIPT_FLAGGED_SHA, SCRIPT_PLAIN_SHA};
 
     #[test]
     fn evalsha_body_is_a_json_array_of_strings() {

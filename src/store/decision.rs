@@ -1,9 +1,10 @@
 //! What the limiter decided, per limit, as the script (or the local bucket) said it; `crate::http`
 //! renders it.
 
-use crate::bucket::{MIN_GRANT, PER_LIMIT};
-use crate::limit::{Algorithm, Limit, MAX_CAPACITY, MAX_WINDOW_SECONDS};
-use crate::upstash::RestError;
+use crate::policy::check::Check;
+use crate::policy::limit::{Algorithm, Limit, MAX_CAPACITY, MAX_WINDOW_SECONDS};
+use crate::store::bucket::{MIN_GRANT, PER_LIMIT};
+use crate::store::upstash::RestError;
 
 /// The largest integer of an RFC 9651 structured field (15 digits); every number the gateway puts in a
 /// header is clamped to it.
@@ -39,6 +40,17 @@ impl<'a> Asked<'a> {
     /// A limit asked at `cost`, without a lease, whose numbers an override may have replaced.
     pub fn new(policy: &'a str, limit: &'a Limit, shadow: bool, cost: u32) -> Asked<'a> {
         Asked { policy, limit, shadow, cost, want: 0, share: 0.0, overridable: true }
+    }
+
+    /// What a call deciding `check` asked: its cost, and `want` lease tokens of at most `share` of the
+    /// capacity in effect.
+    pub fn of(check: &Check<'a>, want: u64, share: f64) -> Asked<'a> {
+        Asked {
+            want,
+            share,
+            overridable: !check.overrides.is_empty(),
+            ..Asked::new(check.policy, check.limit, check.shadow(), check.cost)
+        }
     }
 }
 
@@ -219,7 +231,7 @@ fn within(asked: &Asked<'_>, v: &[i64], allowed: bool, denying: bool) -> Result<
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::rate::Refill;
+    use crate::policy::rate::Refill;
 
     fn limit() -> Limit {
         Limit::new(5, Refill::parse("5/min").unwrap(), 60).unwrap()

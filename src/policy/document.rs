@@ -8,14 +8,14 @@ use std::net::IpAddr;
 
 use serde_json::Value;
 
-use crate::identity::Caller;
+use crate::identity::caller::Caller;
+use crate::identity::key::{push_escaped, subject_key};
+use crate::identity::path::normalize_with;
 use crate::json::Q;
 use crate::json::{self, Obj};
-use crate::key::{push_escaped, subject_key};
-use crate::limit::{Algorithm, Limit, LimitPart};
-use crate::path::normalize_with;
-use crate::rate::Refill;
-use crate::settle::Settle;
+use crate::policy::limit::{Algorithm, Limit, LimitPart};
+use crate::policy::rate::Refill;
+use crate::policy::settle::Settle;
 
 /// What a limit counts by.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -119,7 +119,7 @@ pub struct Facts<'a> {
     pub method: &'a str,
     /// Methods the origin may run instead (overrides; see [`crate::gateway`]): a rule for any applies.
     pub method_overrides: &'a [String],
-    /// Every view of the path (see [`crate::path::views`]), the canonical one first: a rule that
+    /// Every view of the path (see [`crate::identity::path::views`]), the canonical one first: a rule that
     /// matches any of them applies.
     pub paths: &'a [String],
     pub caller: &'a Caller,
@@ -689,9 +689,8 @@ impl Policy {
                 };
                 let ttl = match &l.ttl_seconds {
                     None => ttl_seconds,
-                    Some(n) => {
-                        whole(n, 1, crate::limit::MAX_TTL_SECONDS).map_err(|m| format!("{at}: `ttl_seconds` {m}"))?
-                    }
+                    Some(n) => whole(n, 1, crate::policy::limit::MAX_TTL_SECONDS)
+                        .map_err(|m| format!("{at}: `ttl_seconds` {m}"))?,
                 };
                 let algo = match &l.algorithm {
                     None => rule_algorithm,
@@ -717,7 +716,7 @@ impl Policy {
                                slots: Option<&serde_json::Number>|
                  -> Result<Tiered, String> {
                     if let Some(slots) = slots {
-                        let slots = whole(slots, 1, u64::from(crate::limit::MAX_CAPACITY))
+                        let slots = whole(slots, 1, u64::from(crate::policy::limit::MAX_CAPACITY))
                             .map_err(|m| format!("`concurrency` {m}"))?;
                         let limit = Limit::concurrency(slots as u32, slot_ttl).map_err(|e| e.to_string())?;
                         return Ok(Tiered { limit, cost: 1 });
@@ -769,7 +768,8 @@ fn tiered(
     ttl: u64,
     algorithm: Algorithm,
 ) -> Result<Tiered, String> {
-    let capacity = whole(capacity, 1, u64::from(crate::limit::MAX_CAPACITY)).map_err(|m| format!("`capacity` {m}"))?;
+    let capacity =
+        whole(capacity, 1, u64::from(crate::policy::limit::MAX_CAPACITY)).map_err(|m| format!("`capacity` {m}"))?;
     let refill = Refill::parse(refill).map_err(|m| format!("`refill` {m}"))?;
     let cost = match cost {
         None => 1,
@@ -912,7 +912,7 @@ mod tests {
         tier: Option<&str>,
         header: impl Fn(&str) -> Option<&'static str>,
     ) -> Vec<Applied<'p>> {
-        let paths = [crate::path::normalize(path)];
+        let paths = [crate::identity::path::normalize(path)];
         p.applied(&Facts { method, method_overrides: &[], paths: &paths, caller, client: None, tier }, header)
     }
 

@@ -9,25 +9,28 @@
 //! A cached denial is one synchronous [`Gateway::begin`] that answers at once: no I/O, nothing pending.
 //! (The shape is quinn-proto's `Endpoint::handle(now, …)`: the core says what to do, the shell does it.)
 
+pub(crate) mod rpc;
+
 use std::collections::HashMap;
 
-use crate::admin::{self, Action, AdminBody, AdminRequest, Peek, Then, MAX_BODY_BYTES};
-use crate::bucket::Mode;
-use crate::config::{Config, ConfigError};
-use crate::decision::Decision;
+use crate::gateway::rpc::{CallError, ErrorKind, Method};
 use crate::http::{self, Answer, Body, Header, Response};
-use crate::jwt::{JwtMode, SignatureCheck};
-use crate::limit::Limit;
-use crate::limiter::{after_reply, Check, Failure, Limiter, Next, ScriptCall, Settlement, TransportError};
-use crate::log::Line;
-use crate::metrics::HeldCounts;
-use crate::metrics::Metrics;
-use crate::path::{normalize_with, path_and_query};
-use crate::plan::{bearer, plan_select, Limited, Plan, RequestFacts, Select, METHOD_OVERRIDE_HEADERS};
-use crate::policy::CountBy;
-use crate::quota::{self, Asked};
-use crate::rpc::{self, CallError, ErrorKind, Method};
-use crate::settle::Delivered;
+use crate::identity::jwt::{JwtMode, SignatureCheck};
+use crate::identity::path::{normalize_with, path_and_query};
+use crate::limiter::{after_reply, Failure, Limiter, Next, ScriptCall, Settlement, TransportError};
+use crate::ops::admin::{self, Action, AdminBody, AdminRequest, Peek, Then, MAX_BODY_BYTES};
+use crate::ops::log::Line;
+use crate::ops::metrics::HeldCounts;
+use crate::ops::metrics::Metrics;
+use crate::ops::quota::{self, Asked};
+use crate::policy::check::Check;
+use crate::policy::check::Mode;
+use crate::policy::config::{Config, ConfigError};
+use crate::policy::document::CountBy;
+use crate::policy::limit::Limit;
+use crate::policy::plan::{bearer, plan_select, Limited, Plan, RequestFacts, Select, METHOD_OVERRIDE_HEADERS};
+use crate::policy::settle::Delivered;
+use crate::store::decision::Decision;
 
 /// A request as the executor read it.
 #[derive(Clone, Copy, Debug)]
@@ -124,7 +127,7 @@ pub enum Reply<'a> {
     /// The body (`None`: longer than the limit, or unreadable).
     Body(Option<&'a str>),
     /// A watched response was delivered (or abandoned): what the executor saw, as
-    /// [`crate::settle::Delivered::decode`] reads it.
+    /// [`crate::policy::settle::Delivered::decode`] reads it.
     Delivered(&'a str),
 }
 
@@ -214,11 +217,11 @@ enum Work<'c> {
     },
     /// Leases running low, topped up after the response (at the wake), then the give-back chain.
     Renew {
-        items: Vec<crate::lease::Renewal>,
+        items: Vec<crate::limiter::lease::Renewal>,
     },
     Renewing {
         call: ScriptCall,
-        items: Vec<crate::lease::Renewal>,
+        items: Vec<crate::limiter::lease::Renewal>,
     },
     /// Ended leases' unused tokens given back (`tokens` in all); `last`: the chain ends after it.
     GiveBack {
@@ -227,7 +230,7 @@ enum Work<'c> {
         since_ms: f64,
         last: bool,
         /// What is given back (its reply is checked against them).
-        items: Vec<crate::lease::GiveBack>,
+        items: Vec<crate::limiter::lease::GiveBack>,
     },
     /// A token's signature; the request is planned again with the verdict.
     Token {
@@ -370,7 +373,12 @@ impl<'c> Gateway<'c> {
         self.begin_verified(req, now_ms, None)
     }
 
-    fn begin_verified(&mut self, req: &Request<'_>, now_ms: f64, verified: Option<crate::jwt::Verified>) -> Step {
+    fn begin_verified(
+        &mut self,
+        req: &Request<'_>,
+        now_ms: f64,
+        verified: Option<crate::identity::jwt::Verified>,
+    ) -> Step {
         self.collect(now_ms);
         let target = path_and_query(req.url);
         #[cfg(feature = "bench-floor")]
@@ -400,7 +408,7 @@ impl<'c> Gateway<'c> {
     }
 
     /// Parks `req` until WebCrypto has checked its token's signature; it is planned again with the verdict.
-    fn verify(&mut self, req: &Request<'_>, check: crate::jwt::SignatureCheck, now_ms: f64) -> Step {
+    fn verify(&mut self, req: &Request<'_>, check: crate::identity::jwt::SignatureCheck, now_ms: f64) -> Step {
         let token = bearer(self.header(req, "authorization")).unwrap_or_default().to_string();
         let ticket = self.park(Work::Token { request: OwnedRequest::of(req), token }, now_ms);
         Step::Verify { ticket, check }
@@ -409,7 +417,13 @@ impl<'c> Gateway<'c> {
     /// A read of the caller's own quota (`QUOTA_PATH`): the caller identified as a request would be, the
     /// limits of the asked method and path (or of every rule) reported in one script call that also
     /// takes a token from the endpoint's own bucket.
-    fn quota(&mut self, req: &Request<'_>, target: &str, now_ms: f64, verified: Option<crate::jwt::Verified>) -> Step {
+    fn quota(
+        &mut self,
+        req: &Request<'_>,
+        target: &str,
+        now_ms: f64,
+        verified: Option<crate::identity::jwt::Verified>,
+    ) -> Step {
         let head = req.method.eq_ignore_ascii_case("HEAD");
         if !head && !req.method.eq_ignore_ascii_case("GET") {
             return respond(admin::method_not_allowed("GET, HEAD"));
@@ -437,7 +451,7 @@ impl<'c> Gateway<'c> {
         let mut all = Vec::with_capacity(1 + limited.checks.len());
         all.push(quota::own_check(&limited.subject, &self.config.quota_limit));
         all.extend(limited.checks.iter().cloned().map(|mut c| {
-            c.mode = crate::bucket::Mode::Report;
+            c.mode = crate::policy::check::Mode::Report;
             c
         }));
         // A caller this isolate knows to be out of reads costs no round trip (only the endpoint's own
@@ -485,7 +499,7 @@ impl<'c> Gateway<'c> {
             Work::Reset { keys } => {
                 let deleted = match http {
                     Some(Ok((status, body))) => {
-                        crate::upstash::parse_integer_reply(status, body).map_err(Failure::Rest)
+                        crate::store::upstash::parse_integer_reply(status, body).map_err(Failure::Rest)
                     }
                     Some(Err(e)) => Err(Failure::from(e)),
                     None => Err(Failure::Unreachable),
@@ -660,7 +674,9 @@ impl<'c> Gateway<'c> {
                     // No answer (or a server error): it may or may not have been applied; the marker makes
                     // one retry safe.
                     Err(
-                        Failure::Timeout | Failure::Unreachable | Failure::Rest(crate::upstash::RestError::Server(_)),
+                        Failure::Timeout
+                        | Failure::Unreachable
+                        | Failure::Rest(crate::store::upstash::RestError::Server(_)),
                     ) if attempt == 0 => self.settle_call(items, marker, 1, now_ms),
                     Err(_) => {
                         let slots = items.iter().filter(|s| s.limit.is_concurrency()).count() as u64;
@@ -703,7 +719,7 @@ impl<'c> Gateway<'c> {
     fn give_back_now(
         &mut self,
         ticket: u32,
-        due: Vec<crate::lease::GiveBack>,
+        due: Vec<crate::limiter::lease::GiveBack>,
         since_ms: f64,
         last: bool,
         now_ms: f64,
@@ -797,21 +813,21 @@ impl<'c> Gateway<'c> {
         &self,
         limited: &Limited<'_>,
         result: Result<Vec<i64>, Failure>,
-    ) -> (Result<Vec<i64>, Failure>, Option<Vec<crate::decision::LimitStatus>>) {
+    ) -> (Result<Vec<i64>, Failure>, Option<Vec<crate::store::decision::LimitStatus>>) {
         if limited.candidates.is_empty() || self.candidate_digest().is_none() {
             return (result, None);
         }
         let Ok(mut ints) = result else { return (result, None) };
-        let per = crate::bucket::PER_LIMIT;
+        let per = crate::store::bucket::PER_LIMIT;
         let live = 2 + per * limited.checks.len();
         if ints.len() != live + per * limited.candidates.len() + 1 {
-            let e = crate::upstash::RestError::Malformed(format!("script returned {} integers", ints.len()));
+            let e = crate::store::upstash::RestError::Malformed(format!("script returned {} integers", ints.len()));
             return (Err(Failure::Rest(e)), None);
         }
         let mut candidate = vec![1, 0];
         candidate.extend(ints.drain(live..));
         ints.push(candidate[candidate.len() - 1]); // the script's time ends both parts
-        let limits: Vec<_> = limited.candidates.iter().map(|c| c.asked(0, 0.0)).collect();
+        let limits: Vec<_> = limited.candidates.iter().map(|c| crate::store::decision::Asked::of(c, 0, 0.0)).collect();
         let statuses = Decision::from_script(&candidate, &limits).ok().map(|d| d.limits);
         (Ok(ints), statuses)
     }
@@ -824,8 +840,8 @@ impl<'c> Gateway<'c> {
         &mut self,
         limited: Limited<'c>,
         target: &str,
-        result: Result<crate::decision::Decision, Failure>,
-        candidate: Option<Vec<crate::decision::LimitStatus>>,
+        result: Result<crate::store::decision::Decision, Failure>,
+        candidate: Option<Vec<crate::store::decision::LimitStatus>>,
         admission: Option<(String, i64)>,
         started_ms: f64,
         now_ms: f64,
@@ -940,7 +956,7 @@ impl<'c> Gateway<'c> {
             .map(|h| if h.reserve.is_none() { h.limit.ttl_seconds() } else { 3_600 })
             .max()
             .unwrap_or(60)
-            .min(crate::policy::MAX_SLOT_TTL_SECONDS);
+            .min(crate::policy::document::MAX_SLOT_TTL_SECONDS);
         let work = Work::Held { items, id, script_ms, headers: headers.clone() };
         let ticket = self.new_ticket();
         let deadline_ms = now_ms + keep_s as f64 * 1000.0;
@@ -1027,7 +1043,10 @@ impl<'c> Gateway<'c> {
             .str("via", via)
             .str("reason", failure.reason())
             .str("detail", &failure.to_string())
-            .str("fail_mode", if self.config.fail_mode == crate::config::FailMode::Open { "open" } else { "closed" })
+            .str(
+                "fail_mode",
+                if self.config.fail_mode == crate::policy::config::FailMode::Open { "open" } else { "closed" },
+            )
             .str("rule", rule);
         if let Some(s) = subject {
             line = line.caller(&self.config.log_caller_ids, s);
@@ -1123,7 +1142,7 @@ impl<'c> Gateway<'c> {
                 Step::Return { value, note: None, report: None, wake: None }
             }
             Err(f) => {
-                let open = self.config.fail_mode == crate::config::FailMode::Open;
+                let open = self.config.fail_mode == crate::policy::config::FailMode::Open;
                 let rule = checks.first().map_or("", |c| c.rule);
                 let note = Some(self.degraded_line(&f, "rpc", Some(&limited.subject), rule));
                 Step::Return { value: rpc::result_json(open, None, checks, Some(&f)), note, report: None, wake: None }
@@ -1176,14 +1195,14 @@ impl<'c> Gateway<'c> {
     /// The benchmark floors: a 429 at once, or one plain REST call and a forward, through the same
     /// entry and executor as the real gateway.
     #[cfg(feature = "bench-floor")]
-    fn floor(&mut self, floor: crate::config::BenchFloor, target: &str, now_ms: f64) -> Step {
+    fn floor(&mut self, floor: crate::policy::config::BenchFloor, target: &str, now_ms: f64) -> Step {
         match floor {
-            crate::config::BenchFloor::Deny => respond(Response {
+            crate::policy::config::BenchFloor::Deny => respond(Response {
                 status: 429,
                 headers: vec![("retry-after", "12".into())],
                 body: Body::Text("Too Many Requests".into()),
             }),
-            crate::config::BenchFloor::Limit => {
+            crate::policy::config::BenchFloor::Limit => {
                 let ticket = self.park(Work::Floor { target: target.to_string() }, now_ms);
                 Step::Fetch(Fetch { ticket, pipeline: false, body: "[\"PING\"]".into(), timeout_ms: 500 })
             }

@@ -14,18 +14,19 @@
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-use crate::config::{Candidate, Clock, Config, FailMode};
-use crate::decision::Decision;
 use crate::http::{problem, problem_with, Asset, Body, Response};
-use crate::identity::{identify, Caller};
+use crate::identity::caller::{identify, Caller};
+use crate::identity::path::{normalize_with, percent_decode, views};
 use crate::json::Q;
 use crate::json::{self, Obj};
-use crate::limiter::{Check, Failure, Limiter};
-use crate::metrics::{Totals, DENIED_KEY, METRICS_KEY};
-use crate::overrides::{self, Invalid, Override, Scope, INDEX_KEY};
-use crate::path::{normalize_with, percent_decode, views};
-use crate::plan::{limits_for, Limited, Target};
-use crate::policy::limit_json;
+use crate::limiter::{Failure, Limiter};
+use crate::ops::metrics::{Totals, DENIED_KEY, METRICS_KEY};
+use crate::policy::check::Check;
+use crate::policy::config::{Candidate, Clock, Config, FailMode};
+use crate::policy::document::limit_json;
+use crate::policy::overrides::{self, Invalid, Override, Scope, INDEX_KEY};
+use crate::policy::plan::{limits_for, Limited, Target};
+use crate::store::decision::Decision;
 
 /// The largest request body accepted.
 pub const MAX_BODY_BYTES: usize = 16 * 1024;
@@ -485,7 +486,7 @@ fn limits_of<'c>(config: &'c Config, q: &BucketQuery) -> Option<Limited<'c>> {
 
 /// A peek at every limit `q` would be checked against, or its answer when none applies.
 fn peek<'c>(config: &'c Config, q: BucketQuery) -> Action<'c> {
-    let caller = crate::key::subject_key(&q.caller);
+    let caller = crate::identity::key::subject_key(&q.caller);
     let path = q.paths[0].clone();
     match limits_of(config, &q) {
         Some(limited) => Action::Peek(Peek { caller, path, checks: limited.checks }),
@@ -609,7 +610,7 @@ fn status_json(config: &Config, replies: &[Value], now_ms: f64) -> Response {
         json::array(strings(&replies[1]).chunks_exact(2).map(|p| {
             Obj::new().str("caller", &p[0]).int("denied", p[1].parse::<f64>().unwrap_or(0.0) as u64).finish()
         }));
-    let latency = |h: &crate::metrics::Histogram| {
+    let latency = |h: &crate::ops::metrics::Histogram| {
         Obj::new()
             .int("count", h.count)
             .opt_num("p50", h.quantile(0.5))
@@ -682,10 +683,10 @@ fn candidate_limits<'c>(config: &Config, c: &'c Candidate) -> Vec<(&'c str, &'c 
 
 /// The pipeline that reads the candidate's report: its counters, then each limit's top callers.
 fn candidate_commands(c: &Candidate) -> Vec<Vec<String>> {
-    let mut commands = vec![cmd(&["HGETALL", &crate::metrics::candidate_key(&c.digest)])];
+    let mut commands = vec![cmd(&["HGETALL", &crate::ops::metrics::candidate_key(&c.digest)])];
     for r in &c.policy.rules {
         for l in &r.limits {
-            let key = crate::metrics::candidate_callers_key(&c.digest, &r.name, &l.name);
+            let key = crate::ops::metrics::candidate_callers_key(&c.digest, &r.name, &l.name);
             commands.push(cmd(&["ZREVRANGE", &key, "0", "4", "WITHSCORES"]));
         }
     }
@@ -722,7 +723,7 @@ fn candidate_json(config: &Config, c: &Candidate, replies: &[Value]) -> String {
 }
 
 /// 422: the candidate document does not parse; the message names the variable (the live policy works).
-fn candidate_invalid(e: &crate::config::ConfigError) -> Response {
+fn candidate_invalid(e: &crate::policy::config::ConfigError) -> Response {
     problem_with(422, "candidate-invalid", "Unprocessable Content", &e.to_string(), |o| o.str("variable", e.variable))
 }
 

@@ -4,15 +4,15 @@
 
 use std::net::IpAddr;
 
-use crate::bucket::Mode;
-use crate::config::Config;
-use crate::identity::{identify, Caller, IdentityError};
-use crate::jwt::{JwtError, JwtMode, SignatureCheck, Verification, Verified};
-use crate::key::{bucket_key_of, subject_key};
-use crate::limiter::Check;
-use crate::overrides;
-use crate::path::{percent_decode, views_of};
-use crate::policy::Facts;
+use crate::identity::caller::{identify, Caller, IdentityError};
+use crate::identity::jwt::{JwtError, JwtMode, SignatureCheck, Verification, Verified};
+use crate::identity::key::{bucket_key_of, subject_key};
+use crate::identity::path::{percent_decode, views_of};
+use crate::policy::check::Check;
+use crate::policy::check::Mode;
+use crate::policy::config::Config;
+use crate::policy::document::Facts;
+use crate::policy::overrides;
 
 /// The zero-config policy's name in `RateLimit-Policy`.
 pub const DEFAULT_POLICY: &str = "default";
@@ -256,7 +256,7 @@ pub struct Target<'a> {
     pub method: &'a str,
     /// Methods the origin may run instead ([`method_overrides`]): a rule for any of them applies.
     pub method_overrides: &'a [String],
-    /// The views of the path ([`crate::path::views`]), the canonical one first; the bucket key and
+    /// The views of the path ([`crate::identity::path::views`]), the canonical one first; the bucket key and
     /// route overrides use the canonical one.
     pub paths: &'a [String],
 }
@@ -283,7 +283,7 @@ pub fn limits_for<'c, 'h>(
     let Some(policy) = &config.policy else {
         let mut overrides = vec![overrides::caller_key(&subject)];
         // A path too long for its own bucket key (hashed there) has no route override either.
-        if on.path().len() <= crate::key::MAX_PATH_BYTES {
+        if on.path().len() <= crate::identity::key::MAX_PATH_BYTES {
             overrides.push(overrides::route_key(on.path()));
         }
         overrides.extend(tier.as_deref().map(overrides::tier_key));
@@ -303,7 +303,7 @@ pub fn limits_for<'c, 'h>(
 
 /// The limits of `policy`'s rules that match `on`, for `caller`.
 fn policy_limits<'c, 'h>(
-    policy: &'c crate::policy::Policy,
+    policy: &'c crate::policy::document::Policy,
     caller: &Caller,
     client: Option<&Caller>,
     tier: Option<String>,
@@ -324,8 +324,8 @@ fn policy_limits<'c, 'h>(
 /// The checks for `applied` (limits of `policy`'s rules) of the caller `subject` in `tier`, with the
 /// override keys that may replace their numbers; `None` when nothing applies.
 pub fn limited_by<'c>(
-    policy: &'c crate::policy::Policy,
-    applied: Vec<crate::policy::Applied<'c>>,
+    policy: &'c crate::policy::document::Policy,
+    applied: Vec<crate::policy::document::Applied<'c>>,
     subject: String,
     tier: Option<String>,
 ) -> Option<Limited<'c>> {

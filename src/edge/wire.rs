@@ -247,7 +247,7 @@ pub fn decode_step(text: &str) -> Option<(Vec<&str>, &str, &str)> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::jwt::SignatureCheck;
+    use crate::identity::jwt::SignatureCheck;
 
     #[test]
     fn a_request_decodes_with_absent_headers() {
@@ -328,7 +328,10 @@ mod tests {
             decode_step(&encode_step(&j)).unwrap(),
             (vec!["J", "{\"event\":\"x\"}", "11", "400", "", ""], "[[\"HINCRBY\"]]", "{\"success\":true}")
         );
-        let error = crate::rpc::CallError { kind: crate::rpc::ErrorKind::Range, message: "options.cost\nmust".into() };
+        let error = crate::gateway::rpc::CallError {
+            kind: crate::gateway::rpc::ErrorKind::Range,
+            message: "options.cost\nmust".into(),
+        };
         let t = Step::Throw { error, note: None };
         assert_eq!(decode_step(&encode_step(&t)).unwrap(), (vec!["T", "RangeError", ""], "", "options.cost\nmust"));
     }

@@ -4,15 +4,14 @@
 
 use std::fmt;
 
-use crate::identity::DEFAULT_IPV6_PREFIX;
+use crate::identity::caller::DEFAULT_IPV6_PREFIX;
+use crate::identity::jwt::{JwtConfig, JwtSettings};
 use crate::json::Q;
-use crate::jwt::{JwtConfig, JwtSettings};
 use sha2::{Digest, Sha256};
 
-use crate::limit::{Algorithm, Limit, LimitPart};
-use crate::limiter::DEFAULT_DENY_CACHE_MAX_MS;
-use crate::policy::Policy;
-use crate::rate::Refill;
+use crate::policy::document::Policy;
+use crate::policy::limit::{Algorithm, Limit, LimitPart};
+use crate::policy::rate::Refill;
 
 /// What to do when Redis cannot decide in time.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -57,7 +56,7 @@ pub struct Config {
     pub candidate: Result<Option<Candidate>, ConfigError>,
     /// Where callers read their own quota (`QUOTA_PATH`, a canonical path); `None`: off.
     pub quota_path: Option<String>,
-    /// The quota endpoint's own bucket per caller ([`crate::quota::QUOTA_CAPACITY`]).
+    /// The quota endpoint's own bucket per caller ([`QUOTA_CAPACITY`]).
     pub quota_limit: Limit,
     /// Rules from `RATE_LIMIT_POLICY`; `None`: one bucket per caller and path with [`Config::limit`].
     pub policy: Option<Policy>,
@@ -85,6 +84,20 @@ pub struct Candidate {
     pub policy: Policy,
     /// 16 hex digits of the document's SHA-256.
     pub digest: String,
+}
+
+/// How long a cached denial stands by default: an admin reset or a raised override reaches every
+/// isolate within it, and a caller hammering an empty bucket costs at most one call per second.
+pub const DEFAULT_DENY_CACHE_MAX_MS: u32 = 1_000;
+
+/// The quota endpoint's own bucket per caller: this many reads, refilled at [`QUOTA_REFILL`].
+pub const QUOTA_CAPACITY: u32 = 60;
+pub const QUOTA_REFILL: &str = "60/min";
+
+/// The quota endpoint's own limit (never leased: every read asks Redis).
+pub fn quota_limit() -> Limit {
+    let limit = Limit::new(QUOTA_CAPACITY, Refill::parse(QUOTA_REFILL).expect("a valid refill"), 60);
+    limit.expect("a valid limit").with_lease(false)
 }
 
 /// How isolates lease tokens of busy keys (see [`crate::limiter`]'s leases).
@@ -115,7 +128,7 @@ impl Default for LeaseConfig {
 /// How the gateway's log lines name a caller.
 #[derive(Clone, PartialEq, Eq)]
 pub enum LogCallerIds {
-    /// A short keyed hash (see [`crate::log`]): the same caller has the same hash in every isolate of one
+    /// A short keyed hash (see [`crate::ops::log`]): the same caller has the same hash in every isolate of one
     /// deployment, and nobody without the REST token can test a guess (an IP address, an email) against it.
     Hashed { key: [u8; 32] },
     /// As in bucket keys (`alice`, `@ip/203.0.113.7`).
@@ -403,7 +416,7 @@ impl Config {
         let quota_path = match optional(&var, "QUOTA_PATH") {
             None => None,
             Some(p) => {
-                let canonical = crate::path::normalize_with(&p, path_case_insensitive);
+                let canonical = crate::identity::path::normalize_with(&p, path_case_insensitive);
                 if !p.starts_with('/') || canonical != p || p == "/" || p.contains(['?', '#', ';', '%']) {
                     return Err(err(
                         "QUOTA_PATH",
@@ -481,7 +494,7 @@ impl Config {
             leases,
             candidate,
             quota_path,
-            quota_limit: crate::quota::limit(),
+            quota_limit: quota_limit(),
             jwt,
             policy,
             redis_authorization: Secret(format!("Bearer {redis_token}")),

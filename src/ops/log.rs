@@ -9,8 +9,8 @@ use std::fmt::Write;
 
 use sha2::{Digest, Sha256};
 
-use crate::config::LogCallerIds;
 use crate::json::Obj;
+use crate::policy::config::LogCallerIds;
 
 /// Hex digits of a hashed caller id (64 bits: distinct for any realistic number of callers).
 pub const HASH_HEX_DIGITS: usize = 16;

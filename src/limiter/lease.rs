@@ -26,9 +26,9 @@
 
 use std::collections::{HashMap, VecDeque};
 
-use crate::bucket::Mode;
-use crate::config::LeaseConfig;
-use crate::limit::Limit;
+use crate::policy::check::Mode;
+use crate::policy::config::LeaseConfig;
+use crate::policy::limit::Limit;
 
 /// The smallest lease worth taking (tokens): a smaller one may cost a give-back call for each call it saves.
 pub const MIN_LEASE: u64 = 4;
@@ -286,7 +286,7 @@ impl LeaseBook {
         key: &str,
         tokens: u64,
         script_ms: i64,
-        status: &crate::decision::LimitStatus,
+        status: &crate::store::decision::LimitStatus,
         limit: &Limit,
         overrides: &[String],
         now_ms: f64,
@@ -510,8 +510,8 @@ impl LeaseBook {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::decision::LimitStatus;
-    use crate::rate::Refill;
+    use crate::policy::rate::Refill;
+    use crate::store::decision::LimitStatus;
 
     fn status() -> LimitStatus {
         LimitStatus {

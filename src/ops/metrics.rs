@@ -13,8 +13,9 @@
 use std::collections::HashMap;
 use std::fmt::Write;
 
-use crate::lease::LeaseCounts;
-use crate::limiter::{Check, Outcome};
+use crate::limiter::lease::LeaseCounts;
+use crate::limiter::Outcome;
+use crate::policy::check::Check;
 
 pub const METRICS_KEY: &str = "ratelimit:metrics";
 pub const DENIED_KEY: &str = "ratelimit:denied";
@@ -255,7 +256,7 @@ impl Metrics {
         digest: &str,
         live_allowed: bool,
         candidates: &[Check<'_>],
-        statuses: &[crate::decision::LimitStatus],
+        statuses: &[crate::store::decision::LimitStatus],
         subject: &str,
         now_ms: f64,
     ) {
@@ -266,7 +267,7 @@ impl Metrics {
         if self.candidate_since_ms == 0.0 {
             self.candidate_since_ms = now_ms;
         }
-        let counted = |c: &&Check<'_>| c.mode == crate::bucket::Mode::Candidate; // not its shadow limits
+        let counted = |c: &&Check<'_>| c.mode == crate::policy::check::Mode::Candidate; // not its shadow limits
         let denying = candidates.iter().zip(statuses).position(|(c, l)| counted(&c) && l.retry_ms > 0);
         let differs: Vec<(&Check<'_>, bool)> = match (live_allowed, denying) {
             (true, Some(i)) => candidates.get(i).map(|c| (c, true)).into_iter().collect(),
@@ -638,9 +639,9 @@ fn label(v: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::decision::{Decision, LimitStatus};
-    use crate::limit::Limit;
-    use crate::rate::Refill;
+    use crate::policy::limit::Limit;
+    use crate::policy::rate::Refill;
+    use crate::store::decision::{Decision, LimitStatus};
 
     fn status(policy: &str, shadow: bool, retry_ms: u64) -> LimitStatus {
         LimitStatus { policy: policy.into(), shadow, capacity: 5, window_s: 60, remaining: 0, retry_ms, reset_ms: 0 }
@@ -654,7 +655,7 @@ mod tests {
             policy: "p",
             limit: &l,
             cost: 1,
-            mode: crate::bucket::Mode::Enforce,
+            mode: crate::policy::check::Mode::Enforce,
             rule,
             overrides: vec![],
         };

@@ -13,13 +13,13 @@ use std::fmt::Write;
 
 use sha2::{Digest, Sha256};
 
-use crate::identity::Caller;
-use crate::path::push_percent;
+use crate::identity::caller::Caller;
+use crate::identity::path::push_percent;
 
 pub const MAX_ID_BYTES: usize = 256;
 pub const MAX_PATH_BYTES: usize = 1024;
 
-/// The bucket key for `caller` on the canonical `path` (see [`crate::path::normalize`]).
+/// The bucket key for `caller` on the canonical `path` (see [`crate::identity::path::normalize`]).
 pub fn bucket_key(caller: &Caller, path: &str) -> String {
     bucket_key_of(&subject_key(caller), path)
 }
@@ -78,7 +78,7 @@ fn push_digest(key: &mut String, bytes: &[u8]) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::identity::identify;
+    use crate::identity::caller::identify;
 
     fn user(id: &str) -> Caller {
         Caller::User(id.into())

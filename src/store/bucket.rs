@@ -8,7 +8,8 @@
 //! the script directly (`tests/lua.rs`). Here such a limit never denies and keeps no state, so the
 //! fail-open bucket bounds rates only.
 
-use crate::limit::Algorithm;
+pub use crate::policy::check::Mode;
+use crate::policy::limit::Algorithm;
 
 /// One limit's stored state (the hash fields).
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -67,32 +68,6 @@ impl Slots {
 
 /// The smallest lease the script grants (`MIN_LEASE` in the script).
 pub const MIN_GRANT: f64 = 4.0;
-
-/// How a limit takes part in a call (the script's `ARGV[a+5]`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Mode {
-    /// It denies when it cannot pay; debited when the call is allowed.
-    Enforce,
-    /// It never denies; debited only when the call is allowed and it can pay.
-    Shadow,
-    /// A limit of a candidate policy: it never denies, and the candidate limits of a call are debited
-    /// all or nothing among themselves, whatever the enforcing limits say.
-    Candidate,
-    /// Reported, never denying, never debited.
-    Report,
-}
-
-impl Mode {
-    /// Its code in the script's arguments.
-    pub fn code(self) -> &'static str {
-        match self {
-            Mode::Enforce => "0",
-            Mode::Shadow => "1",
-            Mode::Candidate => "2",
-            Mode::Report => "3",
-        }
-    }
-}
 
 /// One limit's parameters for one call (ARGV of the script, overrides applied).
 #[derive(Clone, Copy, Debug, PartialEq)]

@@ -19,12 +19,12 @@
 use crate::json::Obj;
 use crate::json::Q;
 
-use crate::identity::{identify, Caller};
-use crate::key::{push_escaped, subject_key};
-use crate::limit::MAX_CAPACITY;
-use crate::path::normalize_with;
-use crate::policy::Policy;
-use crate::rate::Refill;
+use crate::identity::caller::{identify, Caller};
+use crate::identity::key::{push_escaped, subject_key};
+use crate::identity::path::normalize_with;
+use crate::policy::document::Policy;
+use crate::policy::limit::MAX_CAPACITY;
+use crate::policy::rate::Refill;
 
 /// The hash that lists every override.
 pub const INDEX_KEY: &str = "ratelimit:overrides";
@@ -227,7 +227,7 @@ pub fn target_key(
                         return Err(invalid("name", "a route starts with /"));
                     }
                     let path = normalize_with(name, fold_case);
-                    if path.len() > crate::key::MAX_PATH_BYTES {
+                    if path.len() > crate::identity::key::MAX_PATH_BYTES {
                         return Err(invalid("name", "the path is too long to have its own bucket"));
                     }
                     path
@@ -271,7 +271,7 @@ pub fn parse(
             let text = raw.1.as_str().ok_or_else(|| invalid("refill", "must be a string like \"100/min\""))?;
             let refill = Refill::parse(text).map_err(|m| invalid("refill", m))?;
             // The numbers the script will run on must make a limit the gateway could have been configured with.
-            crate::limit::Limit::new(capacity as u32, refill, 1).map_err(|e| invalid("refill", e.message))?;
+            crate::policy::limit::Limit::new(capacity as u32, refill, 1).map_err(|e| invalid("refill", e.message))?;
             Some((capacity as u32, refill, text.trim().to_string()))
         }
     };

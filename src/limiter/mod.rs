@@ -8,16 +8,20 @@
 //! Synchronous and without I/O: a [`ScriptCall`] says what to send next and is
 //! told what came back; time comes in as an argument.
 
+pub(crate) mod lease;
+
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 
-use crate::bucket::{self, Mode, Op, Spec, State, PER_LIMIT};
-use crate::config::{Clock, FailMode, LeaseConfig};
-use crate::decision::{Asked, Decision, LimitStatus};
-use crate::lease::{GiveBack, LeaseBook, LeaseCounts, Renewal, Want};
-use crate::limit::Limit;
-use crate::script::Variant;
-use crate::upstash::{eval_body, evalsha_body, parse_script_reply, RestError};
+use crate::limiter::lease::{GiveBack, LeaseBook, LeaseCounts, Renewal, Want};
+use crate::policy::check::Check;
+use crate::policy::check::Mode;
+use crate::policy::config::{Clock, FailMode, LeaseConfig, DEFAULT_DENY_CACHE_MAX_MS};
+use crate::policy::limit::Limit;
+use crate::store::bucket::{self, Op, Spec, State, PER_LIMIT};
+use crate::store::decision::{Asked, Decision, LimitStatus};
+use crate::store::script::Variant;
+use crate::store::upstash::{eval_body, evalsha_body, parse_script_reply, RestError};
 
 /// Why the REST endpoint gave no reply at all.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -26,41 +30,6 @@ pub enum TransportError {
     Timeout,
     /// The endpoint could not be reached (DNS, connect, TLS, reset).
     Unreachable,
-}
-
-/// One limit that applies to a request.
-#[derive(Clone, Debug)]
-pub struct Check<'a> {
-    pub key: String,
-    /// The limit's name in `RateLimit-Policy`.
-    pub policy: &'a str,
-    pub limit: &'a Limit,
-    pub cost: u32,
-    /// Enforcing, shadow (reported but never denying), a candidate policy's, or only reported.
-    pub mode: Mode,
-    /// The rule the limit belongs to (for metrics).
-    pub rule: &'a str,
-    /// Override keys that may replace the limit's capacity and refill, most specific first
-    /// (see [`crate::overrides`]); the script reads them in the same call.
-    pub overrides: Vec<String>,
-}
-
-impl<'a> Check<'a> {
-    /// Whether it never denies (shadow, a candidate's, or only reported).
-    pub fn shadow(&self) -> bool {
-        self.mode != Mode::Enforce
-    }
-
-    /// What a call deciding it asked: its cost, and `want` lease tokens of at most `share` of the
-    /// capacity in effect (the bounds its reply is checked against).
-    pub fn asked(&self, want: u64, share: f64) -> Asked<'a> {
-        Asked {
-            want,
-            share,
-            overridable: !self.overrides.is_empty(),
-            ..Asked::new(self.policy, self.limit, self.shadow(), self.cost)
-        }
-    }
 }
 
 /// Why no decision came from Redis.
@@ -154,10 +123,6 @@ pub const LOAD_POLL_MS: u32 = 2;
 /// After a load, how long NOSCRIPT replies fail instead of loading again, unless an EVALSHA has worked
 /// in between (an endpoint that keeps forgetting the script gets one EVAL per isolate per second).
 pub const LOAD_EPISODE_MS: f64 = 1_000.0;
-
-/// How long a cached denial stands by default: an admin reset or a raised override reaches every
-/// isolate within it, and a caller hammering an empty bucket costs at most one call per second.
-pub const DEFAULT_DENY_CACHE_MAX_MS: u32 = 1_000;
 
 /// Per-isolate limiter state. Nothing here is authoritative: the deny cache
 /// only ever says no, and only until Redis said the bucket refills; the local
@@ -719,7 +684,7 @@ impl Limiter {
     ) -> Result<Decision, Failure> {
         let share = self.share();
         let limits: Vec<Asked<'_>> =
-            checks.iter().enumerate().map(|(i, c)| c.asked(wants.get(i).copied().unwrap_or(0), share)).collect();
+            checks.iter().enumerate().map(|(i, c)| Asked::of(c, wants.get(i).copied().unwrap_or(0), share)).collect();
         let ints = reply?;
         let mut decision = Decision::from_script(&ints, &limits).map_err(Failure::Rest)?;
         match decision.denied_by {
@@ -752,7 +717,7 @@ impl Limiter {
 
     /// The script's integers for a peek (the admin API): nothing remembered.
     pub fn peeked(&self, checks: &[Check<'_>], reply: Result<Vec<i64>, Failure>) -> Result<Decision, Failure> {
-        let limits: Vec<Asked<'_>> = checks.iter().map(|c| c.asked(0, 0.0)).collect();
+        let limits: Vec<Asked<'_>> = checks.iter().map(|c| Asked::of(c, 0, 0.0)).collect();
         Decision::from_script(&reply?, &limits).map_err(Failure::Rest)
     }
 

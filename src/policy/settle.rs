@@ -6,7 +6,7 @@
 //! what it saw ([`Delivered`]), this module reads the numbers.
 
 use crate::json::Q;
-use crate::limit::MAX_CAPACITY;
+use crate::policy::rate::MAX_CAPACITY;
 
 /// Where a request's actual cost is read.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -145,7 +145,7 @@ impl<'a> Delivered<'a> {
         self.headers.iter().find(|(n, _)| *n == name).and_then(|(_, v)| *v)
     }
 
-    /// The executor's text for `names` (see `crate::wire`): `complete \n value … \0 event \0 event …`,
+    /// The executor's text for `names` (see `crate::edge::wire`): `complete \n value … \0 event \0 event …`,
     /// one value line per name (`\u{1}` for an absent header).
     pub fn decode(text: &'a str, names: &'a [String]) -> Delivered<'a> {
         let (head, events) = text.split_once('\0').unwrap_or((text, ""));
