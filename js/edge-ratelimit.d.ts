@@ -30,7 +30,7 @@ export interface LimitOptions {
 export type PeekOptions = Omit<LimitOptions, "shadow">;
 export type ResetOptions = Pick<LimitOptions, "key" | "rule" | "tier">;
 
-/** Why Redis did not decide (the fail mode did): see the README's reasons. */
+/** Why Redis did not decide (the fail mode did): see docs/responses.md for the reasons. */
 export type DegradedReason =
   | "timeout"
   | "unreachable"

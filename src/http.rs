@@ -76,7 +76,7 @@ impl Response {
     }
 }
 
-/// An RFC 9457 problem; its type is `urn:edge-ratelimit:problem:<kind>` (the README lists the kinds).
+/// An RFC 9457 problem; its type is `urn:edge-ratelimit:problem:<kind>` (docs/responses.md lists the kinds).
 pub fn problem(status: u16, kind: &str, title: &str, detail: &str) -> Response {
     problem_with(status, kind, title, detail, |o| o)
 }

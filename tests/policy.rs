@@ -30,11 +30,18 @@ fn every_rejected_fixture_is_rejected_with_its_message() {
     assert!(seen >= 20, "only {seen} fixtures");
 }
 
+/// The first JSON block of a document.
+fn first_json_block(file: &str) -> String {
+    let text = fs::read_to_string(file).unwrap();
+    let start = text.find("```json\n").unwrap_or_else(|| panic!("{file} has a JSON policy example")) + "```json\n".len();
+    let end = start + text[start..].find("```").unwrap();
+    text[start..end].to_string()
+}
+
 #[test]
-fn the_readme_example_policy_parses() {
-    let readme = fs::read_to_string("README.md").unwrap();
-    let start = readme.find("```json\n").expect("README has a JSON policy example") + "```json\n".len();
-    let end = start + readme[start..].find("```").unwrap();
-    let policy = Policy::parse(&readme[start..end], 60, false).unwrap();
+fn the_readme_example_policy_parses_and_is_the_manuals() {
+    let example = first_json_block("README.md");
+    let policy = Policy::parse(&example, 60, false).unwrap();
     assert!(policy.rules.len() >= 3);
+    assert_eq!(example, first_json_block("docs/policy.md"), "the README shows docs/policy.md's example");
 }

@@ -1,6 +1,6 @@
 //! The gateway's log lines: each one JSON object on one line (the executor `console.log`s the text), so
 //! Workers Logs, `wrangler tail` and Logpush read fields instead of prose. Field names are stable (the
-//! README lists them): `event` (what happened), `level` (`info`, `warn`, `error`), `via` (`http` or
+//! docs/logs.md lists them): `event` (what happened), `level` (`info`, `warn`, `error`), `via` (`http` or
 //! `rpc`), `rule`, `limit`, `reason`, `status`, `variable`, `caller`, `detail`.
 //!
 //! A caller appears only as [`caller_id`]: a short keyed hash unless `LOG_CALLER_IDS = "plain"`.

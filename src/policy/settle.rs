@@ -210,7 +210,7 @@ mod tests {
         assert!(d.complete);
         assert_eq!(s.actual(&d), Some(30), "the last event whose JSON has the path, not merely the word");
         // Found by a helper's review (issue 23, item 7): a bad value in the last event that has the path
-        // settles at the reservation (as the README says), never at an earlier event's usage.
+        // settles at the reservation (as docs/in-flight-and-costs.md says), never at an earlier event's usage.
         for last in [r#"{"usage":{"total_tokens":1000000001}}"#, r#"{"usage":{"total_tokens":"x"}}"#] {
             let text = format!("1\ntext/event-stream\0{{\"usage\":{{\"total_tokens\":5}}}}\0{last}");
             assert_eq!(s.actual(&Delivered::decode(&text, &["content-type".to_string()])), None, "{last}");

@@ -102,7 +102,7 @@ describe("leases", () => {
     const drained = await drain(b, user);
     const ended = await redisNow();
     const lost = allowance(started, ended) - (admitted + drained);
-    // (README, Leases: at most ⌊s·c⌋ spendable, plus as much of ended grants on their way back)
+    // (docs/leases.md: at most ⌊s·c⌋ spendable, plus as much of ended grants on their way back)
     const bound = 2 * Math.floor(CAPACITY * 0.05);
     console.log(`MEASURED leases, an instance stopped mid-lease: ${lost} tokens lost (at most ${bound})`);
     assert.ok(lost >= 0, `over-admission: ${admitted + drained} > ${allowance(started, ended)}`);
