@@ -77,12 +77,18 @@ impl Response {
 }
 
 /// An RFC 9457 problem; its type is `urn:edge-ratelimit:problem:<kind>` (docs/responses.md lists the kinds).
-pub fn problem(status: u16, kind: &str, title: &str, detail: &str) -> Response {
+pub(crate) fn problem(status: u16, kind: &str, title: &str, detail: &str) -> Response {
     problem_with(status, kind, title, detail, |o| o)
 }
 
 /// [`problem`] with extension members (the admin API's `field`).
-pub fn problem_with(status: u16, kind: &str, title: &str, detail: &str, extend: impl FnOnce(Obj) -> Obj) -> Response {
+pub(crate) fn problem_with(
+    status: u16,
+    kind: &str,
+    title: &str,
+    detail: &str,
+    extend: impl FnOnce(Obj) -> Obj,
+) -> Response {
     let body = Obj::new()
         .str("type", &format!("urn:edge-ratelimit:problem:{kind}"))
         .str("title", title)
@@ -113,7 +119,7 @@ fn problem_fast(status: u16, kind: &'static str, title: &'static str, detail: &s
 
 /// What the gateway does with a request once the limiter has spoken.
 #[derive(Clone, Debug, PartialEq)]
-pub enum Answer {
+pub(crate) enum Answer {
     /// Send the request on, adding these headers to the origin's response.
     Forward(Vec<Header>),
     Respond(Response),
@@ -121,13 +127,13 @@ pub enum Answer {
 
 /// The answer for an outcome: allowed → forward with the RateLimit fields; denied → 429; Redis failed →
 /// forward marked degraded, 429 from the local bucket, or 503, by the fail mode.
-pub fn answer(outcome: &Outcome) -> Answer {
+pub(crate) fn answer(outcome: &Outcome) -> Answer {
     answer_in_flight(outcome, |_| false)
 }
 
 /// [`answer`], where `in_flight(i)` says whether limit `i` counts requests in flight: a request it
 /// denies gets its own problem type (`too-many-concurrent`).
-pub fn answer_in_flight(outcome: &Outcome, in_flight: impl Fn(usize) -> bool) -> Answer {
+pub(crate) fn answer_in_flight(outcome: &Outcome, in_flight: impl Fn(usize) -> bool) -> Answer {
     match outcome {
         Outcome::Allowed(d) => Answer::Forward(rate_limit_headers(d)),
         Outcome::Denied(d) if d.denied_by.is_some_and(in_flight) => Answer::Respond(too_many_concurrent(d)),
@@ -225,12 +231,12 @@ pub fn rate_limit_headers(decision: &Decision) -> Vec<Header> {
 }
 
 /// 500: the configuration is invalid. The message names the variable and never repeats a secret.
-pub fn misconfigured(e: &ConfigError) -> Response {
+pub(crate) fn misconfigured(e: &ConfigError) -> Response {
     problem(500, "misconfigured", "Gateway Misconfigured", &format!("The gateway is misconfigured: {e}"))
 }
 
 /// 401: the token is missing (required) or invalid.
-pub fn unauthorized(e: JwtError) -> Response {
+pub(crate) fn unauthorized(e: JwtError) -> Response {
     let challenge = match e {
         // RFC 6750: no error code when the request carried no token at all.
         JwtError::Missing => "Bearer".to_string(),
@@ -241,7 +247,7 @@ pub fn unauthorized(e: JwtError) -> Response {
 }
 
 /// 400: the caller cannot be identified.
-pub fn unidentified(e: IdentityError) -> Response {
+pub(crate) fn unidentified(e: IdentityError) -> Response {
     let detail = match e {
         IdentityError::Anonymous => "The caller cannot be identified: no user id and no CF-Connecting-IP header.",
         IdentityError::BadClientIp => "The caller cannot be identified: CF-Connecting-IP is not an IP address.",
@@ -253,17 +259,18 @@ pub fn unidentified(e: IdentityError) -> Response {
 }
 
 /// 403: the deny list names the caller or its network.
-pub fn forbidden() -> Response {
+pub(crate) fn forbidden() -> Response {
     problem(403, "denied", "Forbidden", "This caller or network is on the gateway's deny list.")
 }
 
 /// 404: an admin path while the admin API is off, or another spelling of the prefix (never forwarded).
-pub fn not_found() -> Response {
+pub(crate) fn not_found() -> Response {
     problem(404, "not-found", "Not Found", "No such resource.")
 }
 
 /// 502: the origin could not be reached (the executor sends it when the forward fails).
-pub fn origin_unreachable() -> Response {
+#[cfg_attr(not(target_arch = "wasm32"), allow(dead_code))] // (the wasm exports use it)
+pub(crate) fn origin_unreachable() -> Response {
     problem(502, "origin-unreachable", "Bad Gateway", "The origin could not be reached.")
 }
 

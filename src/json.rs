@@ -6,7 +6,7 @@ use std::fmt::Write;
 
 /// Appends `s` as a JSON string literal. Runs of plain bytes are copied at once (this is on the
 /// path of every decision: keys and arguments of the script call).
-pub fn push_str(out: &mut String, s: &str) {
+pub(crate) fn push_str(out: &mut String, s: &str) {
     out.push('"');
     let bytes = s.as_bytes();
     let mut plain = 0;
@@ -33,7 +33,7 @@ pub fn push_str(out: &mut String, s: &str) {
 }
 
 /// Appends `n` in decimal (without the formatting machinery: this is on every request's path).
-pub fn push_u64(out: &mut String, mut n: u64) {
+pub(crate) fn push_u64(out: &mut String, mut n: u64) {
     let mut digits = [0u8; 20];
     let mut i = digits.len();
     loop {
@@ -49,7 +49,7 @@ pub fn push_u64(out: &mut String, mut n: u64) {
 }
 
 /// `s` as a JSON string literal.
-pub fn string(s: &str) -> String {
+pub(crate) fn string(s: &str) -> String {
     let mut out = String::with_capacity(s.len() + 2);
     push_str(&mut out, s);
     out
@@ -57,7 +57,7 @@ pub fn string(s: &str) -> String {
 
 /// A string shown quoted in a message, as a JSON string literal (`"a\"b"`): the one quoting every
 /// error message uses (it costs the wasm far less than `{:?}`, which brings Unicode tables along).
-pub struct Q<'a, T: ?Sized>(pub &'a T);
+pub(crate) struct Q<'a, T: ?Sized>(pub &'a T);
 
 impl<T: AsRef<str> + ?Sized> std::fmt::Display for Q<'_, T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -68,7 +68,7 @@ impl<T: AsRef<str> + ?Sized> std::fmt::Display for Q<'_, T> {
 }
 
 /// A JSON array of already-written values.
-pub fn array<I: IntoIterator<Item = String>>(items: I) -> String {
+pub(crate) fn array<I: IntoIterator<Item = String>>(items: I) -> String {
     let mut out = String::from("[");
     for (i, item) in items.into_iter().enumerate() {
         if i > 0 {
@@ -81,12 +81,12 @@ pub fn array<I: IntoIterator<Item = String>>(items: I) -> String {
 }
 
 /// A JSON array of strings.
-pub fn strings<S: AsRef<str>>(items: &[S]) -> String {
+pub(crate) fn strings<S: AsRef<str>>(items: &[S]) -> String {
     array(items.iter().map(|s| string(s.as_ref())))
 }
 
 /// A finite number (`null` otherwise, which JSON has no other way to say).
-pub fn number(n: f64) -> String {
+pub(crate) fn number(n: f64) -> String {
     if n.is_finite() {
         format!("{n}")
     } else {
@@ -95,7 +95,7 @@ pub fn number(n: f64) -> String {
 }
 
 /// A JSON object under construction: `Obj::new().str("a", "x").int("n", 3).finish()`.
-pub struct Obj(String);
+pub(crate) struct Obj(String);
 
 impl Default for Obj {
     fn default() -> Self {
@@ -104,12 +104,12 @@ impl Default for Obj {
 }
 
 impl Obj {
-    pub fn new() -> Obj {
+    pub(crate) fn new() -> Obj {
         Obj(String::from("{"))
     }
 
     /// A member whose value is already JSON.
-    pub fn raw(mut self, key: &str, value: &str) -> Obj {
+    pub(crate) fn raw(mut self, key: &str, value: &str) -> Obj {
         if self.0.len() > 1 {
             self.0.push(',');
         }
@@ -119,47 +119,47 @@ impl Obj {
         self
     }
 
-    pub fn str(self, key: &str, value: &str) -> Obj {
+    pub(crate) fn str(self, key: &str, value: &str) -> Obj {
         let v = string(value);
         self.raw(key, &v)
     }
 
-    pub fn opt_str(self, key: &str, value: Option<&str>) -> Obj {
+    pub(crate) fn opt_str(self, key: &str, value: Option<&str>) -> Obj {
         match value {
             Some(v) => self.str(key, v),
             None => self.raw(key, "null"),
         }
     }
 
-    pub fn int(self, key: &str, value: impl Into<i128>) -> Obj {
+    pub(crate) fn int(self, key: &str, value: impl Into<i128>) -> Obj {
         let v = value.into().to_string();
         self.raw(key, &v)
     }
 
-    pub fn opt_int(self, key: &str, value: Option<u64>) -> Obj {
+    pub(crate) fn opt_int(self, key: &str, value: Option<u64>) -> Obj {
         match value {
             Some(v) => self.int(key, v),
             None => self.raw(key, "null"),
         }
     }
 
-    pub fn num(self, key: &str, value: f64) -> Obj {
+    pub(crate) fn num(self, key: &str, value: f64) -> Obj {
         let v = number(value);
         self.raw(key, &v)
     }
 
-    pub fn opt_num(self, key: &str, value: Option<f64>) -> Obj {
+    pub(crate) fn opt_num(self, key: &str, value: Option<f64>) -> Obj {
         match value {
             Some(v) => self.num(key, v),
             None => self.raw(key, "null"),
         }
     }
 
-    pub fn bool(self, key: &str, value: bool) -> Obj {
+    pub(crate) fn bool(self, key: &str, value: bool) -> Obj {
         self.raw(key, if value { "true" } else { "false" })
     }
 
-    pub fn finish(mut self) -> String {
+    pub(crate) fn finish(mut self) -> String {
         self.0.push('}');
         self.0
     }

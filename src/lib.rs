@@ -33,6 +33,9 @@
 //!    executor's WebCrypto), `path`, `key`.
 //! 9. `json`      — the JSON writer every layer uses.
 
+// A small public surface: `pub(crate)` unless the crate's users (tests, benches, fuzz, examples) need it.
+#![warn(unreachable_pub)]
+
 mod edge;
 mod gateway;
 mod http;
@@ -43,39 +46,29 @@ mod ops;
 mod policy;
 mod store;
 
-pub use policy::check::{Check, Mode};
-pub use store::bucket;
-
-pub use edge::wire::{decode_request, decode_step, decode_vars, encode_start, encode_step, reply};
-pub use gateway::rpc::{CallError, ErrorKind, Method, MAX_KEY_BYTES};
+// The public surface: what tests, benches, fuzz targets and examples use (the executor uses `edge`).
+pub use edge::wire::{decode_request, encode_step, reply};
+pub use gateway::rpc::{ErrorKind, Method, MAX_KEY_BYTES};
 pub use gateway::{Fetch, Gateway, Isolate, Reply, Request, Step};
-pub use http::{rate_limit_headers, Asset, Body, Header, Response};
-pub use identity::caller::{identify, Caller, IdentityError, DEFAULT_IPV6_PREFIX};
+pub use http::{rate_limit_headers, Asset, Body, Header};
+pub use identity::caller::{identify, Caller};
 pub use identity::jwt::{JwtConfig, JwtError, JwtMode, JwtSettings, SignatureCheck, Verification, Verified};
 pub use identity::key::bucket_key;
-pub use identity::path::{normalize, normalize_with, path_and_query, views};
-pub use limiter::lease::{GiveBack, Lease, LeaseBook, LeaseCounts, Want, MIN_LEASE};
-pub use limiter::{
-    script_call, Failure, Limiter, Next, Outcome, ScriptCall, Settlement, TransportError, DENY_CACHE_ENTRIES,
-    LOAD_EPISODE_MS, LOCAL_BUCKETS,
-};
-pub use ops::admin::{admin_target, authorized, wants_body, AdminBody, MAX_BODY_BYTES};
+pub use identity::path::{normalize, normalize_with, views};
+pub use limiter::lease::{GiveBack, Lease, LeaseBook, Want, MIN_LEASE};
+pub use limiter::{Failure, Limiter, Next, Outcome, ScriptCall, TransportError};
+pub use ops::admin::{admin_target, MAX_BODY_BYTES};
 pub use ops::log::caller_id;
-pub use ops::metrics::{
-    Event, HeldCounts, Histogram, Metrics, Report, Totals, DENIED_KEY, LATENCY_BUCKETS_MS, METRICS_KEY,
-};
-pub use policy::config::{
-    Candidate, Clock, Config, ConfigError, FailMode, LeaseConfig, LogCallerIds, DEFAULT_DENY_CACHE_MAX_MS, VARIABLES,
-};
-pub use policy::document::{parse_net, Applied, CountBy, Facts, LimitRule, Lists, Policy, Rule, Tiered};
+pub use ops::metrics::{Event, Report, Totals, METRICS_KEY};
+pub use policy::check::{Check, Mode};
+pub use policy::config::{Candidate, Clock, Config, FailMode, LeaseConfig, VARIABLES};
+pub use policy::document::{Facts, Policy};
 pub use policy::limit::{Algorithm, Limit};
-pub use policy::overrides::{Override, Scope};
-pub use policy::plan::{
-    limits_for, plan, plan_select, Limited, Plan, RequestFacts, Select, Target, CANDIDATE_SUBJECT_PREFIX,
-    DEFAULT_POLICY,
-};
+pub use policy::overrides::Override;
+pub use policy::plan::plan;
 pub use policy::rate::Refill;
-pub use policy::settle::{Delivered, Settle, Usage};
-pub use store::decision::{Asked, Decision, LimitStatus, MAX_SCRIPT_MS, MAX_SF_INTEGER};
+pub use policy::settle::{Delivered, Settle};
+pub use store::bucket;
+pub use store::decision::{Asked, Decision, LimitStatus, MAX_SF_INTEGER};
 pub use store::script::{Variant, SCRIPT_FLAGGED, SCRIPT_FLAGGED_SHA, SCRIPT_PLAIN, SCRIPT_PLAIN_SHA};
-pub use store::upstash::{eval_body, evalsha_body, parse_script_reply, RestError};
+pub use store::upstash::{evalsha_body, parse_script_reply, RestError};

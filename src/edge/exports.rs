@@ -3,6 +3,8 @@
 //! carries out each step (the REST fetch with its deadline, the forward, the Response, WebCrypto,
 //! `waitUntil`) and hands the results back. Nothing here decides; nothing here awaits.
 
+#![allow(unreachable_pub)] // (wasm-bindgen exports: public to the executor, not to Rust)
+
 use std::cell::RefCell;
 
 use worker::wasm_bindgen::prelude::*;

@@ -44,7 +44,8 @@ use crate::http::{self, Body, Header};
 
 /// The variables the executor passes once per isolate: `name \0 value \0 …` (values as strings;
 /// an object, such as a `[vars]` table, as JSON).
-pub fn decode_vars(text: &str) -> Vec<(&str, &str)> {
+#[cfg_attr(not(target_arch = "wasm32"), allow(dead_code))] // (the wasm exports use it)
+pub(crate) fn decode_vars(text: &str) -> Vec<(&str, &str)> {
     let mut parts = text.split('\0');
     let mut out = Vec::new();
     while let (Some(name), Some(value)) = (parts.next(), parts.next()) {
@@ -64,7 +65,8 @@ pub fn decode_request(facts: &str) -> (&str, &str, Vec<Option<&str>>) {
 /// What the executor learns once per isolate: the header names to read, the REST URL and its
 /// authorization, and the 502 to answer when the origin cannot be reached —
 /// `names (\n-joined) \0 url \0 authorization \0 step`.
-pub fn encode_start(isolate: &Isolate) -> String {
+#[cfg_attr(not(target_arch = "wasm32"), allow(dead_code))] // (the wasm exports use it)
+pub(crate) fn encode_start(isolate: &Isolate) -> String {
     let (url, authorization) = match isolate {
         Isolate::Ready(g) => (g.config().redis_url.as_str(), g.config().redis_authorization.expose()),
         Isolate::Misconfigured(_) => ("", ""),
@@ -238,7 +240,8 @@ fn headers(out: &mut String, headers: &[Header]) {
 }
 
 /// Parses a step's wire form back (for tests of the executor's side of the format).
-pub fn decode_step(text: &str) -> Option<(Vec<&str>, &str, &str)> {
+#[cfg(test)]
+pub(crate) fn decode_step(text: &str) -> Option<(Vec<&str>, &str, &str)> {
     let first = text.find('\0')?;
     let second = first + 1 + text[first + 1..].find('\0')?;
     Some((text[..first].split('\n').collect(), &text[first + 1..second], &text[second + 1..]))

@@ -28,7 +28,7 @@ use crate::store::decision::{Decision, LimitStatus};
 pub const MAX_KEY_BYTES: usize = 4096;
 
 /// Where the zero-config limit of RPC keys lives: `rate:@rpc/<key>`.
-pub const RPC_SUBJECT_PREFIX: &str = "@rpc/";
+pub(crate) const RPC_SUBJECT_PREFIX: &str = "@rpc/";
 
 /// An RPC method.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -108,13 +108,13 @@ fn range_error(message: String) -> CallError {
 
 /// A checked call: its method, and the limits it is decided against.
 #[derive(Debug)]
-pub struct Call<'c> {
+pub(crate) struct Call<'c> {
     pub method: Method,
     pub limited: Limited<'c>,
 }
 
 /// Reads `method` and its options (`args`: the options object as JSON, `""` when none was given).
-pub fn parse<'c>(config: &'c Config, method: &str, args: &str) -> Result<Call<'c>, CallError> {
+pub(crate) fn parse<'c>(config: &'c Config, method: &str, args: &str) -> Result<Call<'c>, CallError> {
     let Some(m) = Method::parse(method) else {
         return Err(type_error(format!("{} is not a method of RateLimiter: use limit, peek or reset", Q(method))));
     };
@@ -313,7 +313,7 @@ fn reported(d: &Decision) -> Option<&LimitStatus> {
 
 /// The result object of a `limit` or `peek`: `{ success, remaining, reset, retryAfter, limit, policy,
 /// shadowDenied }`, plus `degraded` (the reason) when Redis could not decide.
-pub fn result_json(
+pub(crate) fn result_json(
     success: bool,
     decision: Option<&Decision>,
     checks: &[Check<'_>],
@@ -349,7 +349,7 @@ pub fn result_json(
 }
 
 /// The result of a `limit` call's outcome.
-pub fn limit_result(outcome: &Outcome, checks: &[Check<'_>]) -> String {
+pub(crate) fn limit_result(outcome: &Outcome, checks: &[Check<'_>]) -> String {
     match outcome {
         Outcome::Allowed(d) => result_json(true, Some(d), checks, None),
         Outcome::Denied(d) => result_json(false, Some(d), checks, None),
@@ -361,7 +361,7 @@ pub fn limit_result(outcome: &Outcome, checks: &[Check<'_>]) -> String {
 
 /// The result of a `reset`: `{ success, deleted }` (how many of the buckets existed), or `success:
 /// false` and `degraded` when Redis could not be asked.
-pub fn reset_result(deleted: Result<i64, &Failure>) -> String {
+pub(crate) fn reset_result(deleted: Result<i64, &Failure>) -> String {
     match deleted {
         Ok(n) => Obj::new().bool("success", true).int("deleted", n.max(0)).finish(),
         Err(f) => Obj::new().bool("success", false).int("deleted", 0).str("degraded", f.reason()).finish(),

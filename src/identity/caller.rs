@@ -7,7 +7,7 @@ use std::net::{IpAddr, Ipv6Addr};
 
 /// Default IPv6 grouping: one /64 is one caller, as an end site usually gets at least a /64
 /// and could otherwise mint a bucket per address.
-pub const DEFAULT_IPV6_PREFIX: u8 = 64;
+pub(crate) const DEFAULT_IPV6_PREFIX: u8 = 64;
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum Caller {

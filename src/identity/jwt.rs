@@ -119,7 +119,7 @@ struct Known {
 }
 
 /// How many verified tokens an isolate remembers; beyond it the cache starts over.
-pub const VERIFIED_TOKENS: usize = 10_000;
+pub(crate) const VERIFIED_TOKENS: usize = 10_000;
 /// Longer tokens are verified every time rather than remembered.
 const MAX_CACHED_TOKEN: usize = 4096;
 

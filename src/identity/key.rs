@@ -16,8 +16,8 @@ use sha2::{Digest, Sha256};
 use crate::identity::caller::Caller;
 use crate::identity::path::push_percent;
 
-pub const MAX_ID_BYTES: usize = 256;
-pub const MAX_PATH_BYTES: usize = 1024;
+pub(crate) const MAX_ID_BYTES: usize = 256;
+pub(crate) const MAX_PATH_BYTES: usize = 1024;
 
 /// The bucket key for `caller` on the canonical `path` (see [`crate::identity::path::normalize`]).
 pub fn bucket_key(caller: &Caller, path: &str) -> String {
@@ -25,7 +25,7 @@ pub fn bucket_key(caller: &Caller, path: &str) -> String {
 }
 
 /// [`bucket_key`] from the caller's [`subject_key`].
-pub fn bucket_key_of(subject: &str, path: &str) -> String {
+pub(crate) fn bucket_key_of(subject: &str, path: &str) -> String {
     let mut key = String::with_capacity(6 + subject.len() + path.len().min(MAX_PATH_BYTES + 72));
     key.push_str("rate:");
     key.push_str(subject);
@@ -39,7 +39,7 @@ pub fn bucket_key_of(subject: &str, path: &str) -> String {
 }
 
 /// The caller part of a key (`alice`, `@ip/203.0.113.7`, `@sha256/…`).
-pub fn subject_key(caller: &Caller) -> String {
+pub(crate) fn subject_key(caller: &Caller) -> String {
     let mut s = String::new();
     push_caller(&mut s, caller);
     s

@@ -60,7 +60,7 @@ pub fn views(target: &str, fold_case: bool) -> Vec<String> {
 }
 
 /// [`views`] for a target whose canonical path is already known.
-pub fn views_of(target: &str, canonical: &str, fold_case: bool) -> Vec<String> {
+pub(crate) fn views_of(target: &str, canonical: &str, fold_case: bool) -> Vec<String> {
     let raw = raw_path(target);
     let canonical = canonical.to_string();
     let bytes = raw.as_bytes();
@@ -155,7 +155,7 @@ fn render(raw: &str, split: Split, fold_case: bool) -> String {
 
 /// The path-and-query part of an absolute URL (`https://host/a?b` → `/a?b`), without any
 /// fragment; `/` when the URL has no path.
-pub fn path_and_query(url: &str) -> &str {
+pub(crate) fn path_and_query(url: &str) -> &str {
     let after_scheme = url.find("://").map_or(url, |i| &url[i + 3..]);
     let without_fragment = after_scheme.split('#').next().unwrap_or("");
     match without_fragment.find(['/', '?']) {

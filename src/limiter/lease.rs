@@ -34,7 +34,7 @@ use crate::policy::limit::Limit;
 pub const MIN_LEASE: u64 = 4;
 /// Keys an isolate tracks (rates seen, leases held); beyond it, what it saw is forgotten (leases are
 /// kept: they are given back).
-pub const TRACKED_KEYS: usize = 10_000;
+pub(crate) const TRACKED_KEYS: usize = 10_000;
 /// Tokens within part of a horizon that count as a burst to project from.
 const BURST: u64 = 8;
 /// How long an ask may stay unanswered before another request of the key may ask again.

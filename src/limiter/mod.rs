@@ -97,7 +97,7 @@ pub enum Outcome {
 
 /// How many denials an isolate remembers; beyond it, expired entries are dropped, and if none
 /// are, the cache starts over (losing only a shortcut, never correctness).
-pub const DENY_CACHE_ENTRIES: usize = 10_000;
+pub(crate) const DENY_CACHE_ENTRIES: usize = 10_000;
 
 #[derive(Clone, Copy, Debug)]
 struct Denial {
@@ -115,14 +115,14 @@ struct Denial {
 
 /// How many keys an isolate keeps a local (fail-open) bucket for; beyond it the
 /// map starts over, which can hand each key one more local capacity during an outage.
-pub const LOCAL_BUCKETS: usize = 10_000;
+pub(crate) const LOCAL_BUCKETS: usize = 10_000;
 
 /// How often a request that met `NOSCRIPT` looks whether another request's EVAL is done.
-pub const LOAD_POLL_MS: u32 = 2;
+pub(crate) const LOAD_POLL_MS: u32 = 2;
 
 /// After a load, how long NOSCRIPT replies fail instead of loading again, unless an EVALSHA has worked
 /// in between (an endpoint that keeps forgetting the script gets one EVAL per isolate per second).
-pub const LOAD_EPISODE_MS: f64 = 1_000.0;
+pub(crate) const LOAD_EPISODE_MS: f64 = 1_000.0;
 
 /// Per-isolate limiter state. Nothing here is authoritative: the deny cache
 /// only ever says no, and only until Redis said the bucket refills; the local
@@ -157,15 +157,6 @@ impl Default for Limiter {
     fn default() -> Self {
         Limiter::new(DEFAULT_DENY_CACHE_MAX_MS)
     }
-}
-
-/// The script's KEYS and ARGV for `checks` (see the header of `lua/ratelimit.lua`), asking for no lease.
-pub fn script_call(checks: &[Check<'_>], clock: Clock, now_ms: f64, peek: bool) -> (Vec<String>, Vec<String>) {
-    let op = if peek { Op::Peek } else { Op::Take };
-    let limits = checks
-        .iter()
-        .map(|c| (c.key.as_str(), c.limit, i64::from(c.cost), c.mode, c.overrides.as_slice(), "0".to_string()));
-    script_args(limits, checks.len(), clock, now_ms, op)
 }
 
 /// KEYS and ARGV for `n` limits: (key, limit, cost, mode, override keys, lease argument `ARGV[a+7]`) each.
@@ -222,7 +213,7 @@ fn script_args<'a>(
 /// Checks the reply to a call that gave back or settled `limits` (each a limit and its override keys;
 /// `settle_once`: the call carried a settle marker): `Ok(true)` when the request had been settled
 /// before, `Ok(false)` when the call was applied, and malformed when any number is out of bounds.
-pub fn after_reply<'a>(
+pub(crate) fn after_reply<'a>(
     reply: &[i64],
     limits: impl Iterator<Item = (&'a Limit, &'a [String])>,
     settle_once: bool,

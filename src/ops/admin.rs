@@ -31,12 +31,12 @@ use crate::store::decision::Decision;
 /// The largest request body accepted.
 pub const MAX_BODY_BYTES: usize = 16 * 1024;
 /// The status page's Content-Security-Policy: its own inline script and style, `fetch` to itself.
-pub const STATUS_CSP: &str = "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; \
+pub(crate) const STATUS_CSP: &str = "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; \
      connect-src 'self'; img-src data:; base-uri 'none'; form-action 'self'; frame-ancestors 'none'";
 
 /// An admin request's body, as far as the executor read it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum AdminBody<'a> {
+pub(crate) enum AdminBody<'a> {
     /// Not read: not a write, or the token was wrong (see [`wants_body`]).
     Unread,
     Text(&'a str),
@@ -45,7 +45,7 @@ pub enum AdminBody<'a> {
 }
 
 /// An admin request, as the gateway sees it.
-pub struct AdminRequest<'a> {
+pub(crate) struct AdminRequest<'a> {
     pub method: &'a str,
     /// The path after the prefix, as sent (still percent-encoded).
     pub rest: &'a str,
@@ -64,7 +64,11 @@ pub fn admin_target<'t>(config: &Config, target: &'t str) -> Option<Option<(&'t 
 }
 
 /// [`admin_target`] for a request whose canonical path is already known.
-pub fn admin_target_of<'t>(config: &Config, target: &'t str, canonical: &str) -> Option<Option<(&'t str, &'t str)>> {
+pub(crate) fn admin_target_of<'t>(
+    config: &Config,
+    target: &'t str,
+    canonical: &str,
+) -> Option<Option<(&'t str, &'t str)>> {
     let (path, query) = target.split_once('?').unwrap_or((target, ""));
     let prefix = config.admin_prefix.as_str();
     if let Some(rest) = path.strip_prefix(prefix) {
@@ -87,14 +91,14 @@ pub fn admin_target_of<'t>(config: &Config, target: &'t str, canonical: &str) ->
 /// Whether the edge should read this admin request's body: only for a write, and only once the token
 /// is known to be right, so an unauthenticated request never makes the Worker read anything. The edge
 /// reads at most [`MAX_BODY_BYTES`] + 1 bytes and then stops.
-pub fn wants_body(config: &Config, method: &str, authorization: Option<&str>) -> bool {
+pub(crate) fn wants_body(config: &Config, method: &str, authorization: Option<&str>) -> bool {
     matches!(method.to_ascii_uppercase().as_str(), "PUT" | "POST" | "PATCH")
         && config.admin_token_sha256.as_ref().is_some_and(|t| authorized(t, authorization))
 }
 
 /// `Authorization: Bearer <token>` against the configured token's digest, in constant time (the
 /// digests have a fixed length whatever the token's).
-pub fn authorized(expected: &[u8; 32], authorization: Option<&str>) -> bool {
+pub(crate) fn authorized(expected: &[u8; 32], authorization: Option<&str>) -> bool {
     let Some(h) = authorization.map(str::trim) else { return false };
     let Some(token) = h.get(..7).filter(|p| p.eq_ignore_ascii_case("bearer ")).map(|_| h[7..].trim()) else {
         return false;
@@ -133,7 +137,7 @@ fn unavailable(detail: &str) -> Response {
 }
 
 /// What a request needs after routing: nothing more, one Redis pipeline, or a peek.
-pub enum Action<'c> {
+pub(crate) enum Action<'c> {
     Done(Response),
     /// Send these commands as one pipeline; [`finish`] makes the answer from the replies.
     Redis(Vec<Vec<String>>, Then),
@@ -142,7 +146,7 @@ pub enum Action<'c> {
 }
 
 /// A peek's caller and path, and the limits the script is asked about.
-pub struct Peek<'c> {
+pub(crate) struct Peek<'c> {
     pub caller: String,
     pub path: String,
     pub checks: Vec<Check<'c>>,
@@ -150,7 +154,7 @@ pub struct Peek<'c> {
 
 /// What to make of a pipeline's replies.
 #[derive(Clone, Debug)]
-pub enum Then {
+pub(crate) enum Then {
     Metrics,
     /// The status page's data: 3 commands, then the candidate's.
     Status(usize),
@@ -164,7 +168,7 @@ pub enum Then {
 }
 
 /// What an admin request needs. `now_ms` is the Worker's clock.
-pub fn route<'c>(config: &'c Config, req: &AdminRequest<'_>, now_ms: f64) -> Action<'c> {
+pub(crate) fn route<'c>(config: &'c Config, req: &AdminRequest<'_>, now_ms: f64) -> Action<'c> {
     let done = Action::Done;
     let Some(token) = &config.admin_token_sha256 else { return done(not_found()) };
     let segments: Vec<&str> = req.rest.split('/').collect();
@@ -278,7 +282,7 @@ pub fn route<'c>(config: &'c Config, req: &AdminRequest<'_>, now_ms: f64) -> Act
 }
 
 /// The answer from a pipeline's reply (`Err` when none came back).
-pub fn finish(
+pub(crate) fn finish(
     config: &Config,
     limiter: &Limiter,
     then: Then,
@@ -373,7 +377,7 @@ impl Then {
 }
 
 /// The body of one Redis pipeline.
-pub fn pipeline_body(commands: &[Vec<String>]) -> String {
+pub(crate) fn pipeline_body(commands: &[Vec<String>]) -> String {
     json::array(commands.iter().map(|c| json::strings(c)))
 }
 
@@ -498,7 +502,7 @@ fn peek<'c>(config: &'c Config, q: BucketQuery) -> Action<'c> {
 }
 
 /// The answer to a peek, from what the script said (consuming nothing).
-pub fn peeked(p: &Peek<'_>, decision: Result<Decision, Failure>) -> Response {
+pub(crate) fn peeked(p: &Peek<'_>, decision: Result<Decision, Failure>) -> Response {
     let decision = match decision {
         Ok(d) => d,
         Err(f) => return unavailable(&format!("Redis could not be asked ({})", f.reason())),

@@ -13,28 +13,28 @@ use crate::json::Obj;
 use crate::policy::config::LogCallerIds;
 
 /// Hex digits of a hashed caller id (64 bits: distinct for any realistic number of callers).
-pub const HASH_HEX_DIGITS: usize = 16;
+pub(crate) const HASH_HEX_DIGITS: usize = 16;
 
 /// One log line under construction.
-pub struct Line(Obj);
+pub(crate) struct Line(Obj);
 
 impl Line {
     /// A line for `event` at `level`.
-    pub fn new(event: &str, level: &str) -> Line {
+    pub(crate) fn new(event: &str, level: &str) -> Line {
         Line(Obj::new().str("event", event).str("level", level))
     }
 
-    pub fn str(self, key: &str, value: &str) -> Line {
+    pub(crate) fn str(self, key: &str, value: &str) -> Line {
         Line(self.0.str(key, value))
     }
 
     /// The caller, as `ids` says to name it.
-    pub fn caller(self, ids: &LogCallerIds, subject: &str) -> Line {
+    pub(crate) fn caller(self, ids: &LogCallerIds, subject: &str) -> Line {
         let id = caller_id(ids, subject);
         self.str("caller", &id)
     }
 
-    pub fn finish(self) -> String {
+    pub(crate) fn finish(self) -> String {
         self.0.finish()
     }
 }

@@ -18,14 +18,14 @@ use crate::limiter::Outcome;
 use crate::policy::check::Check;
 
 pub const METRICS_KEY: &str = "ratelimit:metrics";
-pub const DENIED_KEY: &str = "ratelimit:denied";
+pub(crate) const DENIED_KEY: &str = "ratelimit:denied";
 /// How many callers `ratelimit:denied` keeps (the most denied).
-pub const DENIED_KEEP: usize = 1_000;
+pub(crate) const DENIED_KEEP: usize = 1_000;
 /// Callers one isolate tracks between reports; beyond it new callers are not counted by name.
 const DENIED_CALLERS_PER_BATCH: usize = 1_000;
 
 /// Upper bounds (ms) of the latency histograms' buckets; one more bucket is `+Inf`.
-pub const LATENCY_BUCKETS_MS: [f64; 12] =
+pub(crate) const LATENCY_BUCKETS_MS: [f64; 12] =
     [1.0, 2.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0];
 
 /// What happened to a request, per rule.
@@ -194,17 +194,17 @@ pub struct Metrics {
 }
 
 /// How long a candidate's counters live after their last report (a retired candidate's fade away).
-pub const CANDIDATE_TTL_SECONDS: u64 = 30 * 86_400;
+pub(crate) const CANDIDATE_TTL_SECONDS: u64 = 30 * 86_400;
 /// Callers kept per candidate limit.
-pub const CANDIDATE_CALLERS_KEPT: usize = 100;
+pub(crate) const CANDIDATE_CALLERS_KEPT: usize = 100;
 
 /// The hash of a candidate policy's counters.
-pub fn candidate_key(digest: &str) -> String {
+pub(crate) fn candidate_key(digest: &str) -> String {
     format!("ratelimit:candidate:{digest}")
 }
 
 /// The sorted set of the callers a candidate limit treated differently.
-pub fn candidate_callers_key(digest: &str, rule: &str, limit: &str) -> String {
+pub(crate) fn candidate_callers_key(digest: &str, rule: &str, limit: &str) -> String {
     format!("ratelimit:candidate:{digest}:callers:{rule}#{limit}")
 }
 

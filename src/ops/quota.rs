@@ -14,11 +14,11 @@ use crate::policy::limit::Limit;
 use crate::store::decision::{Decision, LimitStatus};
 
 /// Its name in the `RateLimit` fields of a 429 (and in its key, `rate:<caller>:@quota`).
-pub const QUOTA_POLICY: &str = "quota";
+pub(crate) const QUOTA_POLICY: &str = "quota";
 
 /// What a quota read asks about.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Asked {
+pub(crate) enum Asked {
     /// The limits a request with this method and path (as sent: it is matched as a request is) meets.
     Request { method: String, path: String },
     /// Every limit of every rule of the policy.
@@ -26,7 +26,7 @@ pub enum Asked {
 }
 
 /// Reads the endpoint's query; a `400` naming the parameter when it is wrong.
-pub fn asked(query: &str, has_policy: bool) -> Result<Asked, Response> {
+pub(crate) fn asked(query: &str, has_policy: bool) -> Result<Asked, Response> {
     let pairs = crate::ops::admin::query_pairs(query, &["method", "path"])?;
     let get = |name: &str| pairs.iter().find(|(n, _)| *n == name).map(|(_, v)| v.clone());
     let bad = crate::ops::admin::bad_request;
@@ -50,12 +50,12 @@ pub fn asked(query: &str, has_policy: bool) -> Result<Asked, Response> {
 }
 
 /// The answer when no limit applies (allow-listed, or no rule for that method and path): nothing to read.
-pub fn unlimited() -> Response {
+pub(crate) fn unlimited() -> Response {
     Response::json(200, r#"{"allowed_now":true,"limits":[]}"#.to_string())
 }
 
 /// The check of the endpoint's own bucket for the caller `subject`.
-pub fn own_check<'c>(subject: &str, limit: &'c Limit) -> Check<'c> {
+pub(crate) fn own_check<'c>(subject: &str, limit: &'c Limit) -> Check<'c> {
     Check {
         key: format!("rate:{subject}:@quota"),
         policy: QUOTA_POLICY,
@@ -69,7 +69,7 @@ pub fn own_check<'c>(subject: &str, limit: &'c Limit) -> Check<'c> {
 
 /// The answer once the script spoke: `decision.limits[0]` is the endpoint's own bucket, the rest are
 /// `listed` (reported, not consumed).
-pub fn answer(listed: &[Check<'_>], decision: Result<Decision, Failure>) -> Response {
+pub(crate) fn answer(listed: &[Check<'_>], decision: Result<Decision, Failure>) -> Response {
     let decision = match decision {
         Ok(d) => d,
         Err(f) => {

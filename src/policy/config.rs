@@ -88,14 +88,14 @@ pub struct Candidate {
 
 /// How long a cached denial stands by default: an admin reset or a raised override reaches every
 /// isolate within it, and a caller hammering an empty bucket costs at most one call per second.
-pub const DEFAULT_DENY_CACHE_MAX_MS: u32 = 1_000;
+pub(crate) const DEFAULT_DENY_CACHE_MAX_MS: u32 = 1_000;
 
 /// The quota endpoint's own bucket per caller: this many reads, refilled at [`QUOTA_REFILL`].
-pub const QUOTA_CAPACITY: u32 = 60;
-pub const QUOTA_REFILL: &str = "60/min";
+pub(crate) const QUOTA_CAPACITY: u32 = 60;
+pub(crate) const QUOTA_REFILL: &str = "60/min";
 
 /// The quota endpoint's own limit (never leased: every read asks Redis).
-pub fn quota_limit() -> Limit {
+pub(crate) fn quota_limit() -> Limit {
     let limit = Limit::new(QUOTA_CAPACITY, Refill::parse(QUOTA_REFILL).expect("a valid refill"), 60);
     limit.expect("a valid limit").with_lease(false)
 }
@@ -115,9 +115,9 @@ pub struct LeaseConfig {
 }
 
 /// The default lease share: one isolate holds at most 5 % of a bucket, so leases start at capacity 40.
-pub const DEFAULT_LEASE_SHARE: f64 = 0.05;
+pub(crate) const DEFAULT_LEASE_SHARE: f64 = 0.05;
 /// The default lease horizon.
-pub const DEFAULT_LEASE_MS: u32 = 1_000;
+pub(crate) const DEFAULT_LEASE_MS: u32 = 1_000;
 
 impl Default for LeaseConfig {
     fn default() -> Self {
@@ -207,15 +207,15 @@ impl fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
-pub const DEFAULT_CAPACITY: u32 = 5;
-pub const DEFAULT_REFILL: &str = "5/min";
-pub const DEFAULT_TTL_SECONDS: u64 = 60;
-pub const DEFAULT_USER_ID_HEADER: &str = "x-user-id";
-pub const DEFAULT_REDIS_TIMEOUT_MS: u32 = 500;
-pub const MAX_REDIS_TIMEOUT_MS: u32 = 30_000;
-pub const DEFAULT_ADMIN_PREFIX: &str = "/__ratelimit/";
-pub const MIN_ADMIN_TOKEN_BYTES: usize = 16;
-pub const DEFAULT_METRICS_FLUSH_MS: u32 = 10_000;
+pub(crate) const DEFAULT_CAPACITY: u32 = 5;
+pub(crate) const DEFAULT_REFILL: &str = "5/min";
+pub(crate) const DEFAULT_TTL_SECONDS: u64 = 60;
+pub(crate) const DEFAULT_USER_ID_HEADER: &str = "x-user-id";
+pub(crate) const DEFAULT_REDIS_TIMEOUT_MS: u32 = 500;
+pub(crate) const MAX_REDIS_TIMEOUT_MS: u32 = 30_000;
+pub(crate) const DEFAULT_ADMIN_PREFIX: &str = "/__ratelimit/";
+pub(crate) const MIN_ADMIN_TOKEN_BYTES: usize = 16;
+pub(crate) const DEFAULT_METRICS_FLUSH_MS: u32 = 10_000;
 
 impl Config {
     /// Builds the configuration from a variable lookup (`None` = not set).

@@ -189,7 +189,7 @@ impl Policy {
 }
 
 /// A limit's numbers as the admin API shows them, as JSON members.
-pub fn limit_json(o: Obj, limit: &Limit, cost: u32) -> Obj {
+pub(crate) fn limit_json(o: Obj, limit: &Limit, cost: u32) -> Obj {
     let o = match limit.is_concurrency() {
         true => o.int("concurrency", limit.capacity()).int("slot_ttl_seconds", limit.ttl_seconds()),
         false => o,
@@ -592,8 +592,8 @@ const METHODS: [&str; 9] = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OP
 const MAX_RULES: usize = 256;
 const MAX_LIMITS_PER_RULE: usize = 8;
 /// How long an in-flight slot whose release never came lasts, by default and at most.
-pub const DEFAULT_SLOT_TTL_SECONDS: u64 = 60;
-pub const MAX_SLOT_TTL_SECONDS: u64 = 86_400;
+pub(crate) const DEFAULT_SLOT_TTL_SECONDS: u64 = 60;
+pub(crate) const MAX_SLOT_TTL_SECONDS: u64 = 86_400;
 
 impl Policy {
     /// Parses a policy document. `ttl_seconds` is the default bucket TTL; `fold_case` must match
@@ -863,7 +863,7 @@ fn lists(raw: Option<RawLists>, field: &str) -> Result<Lists, String> {
 }
 
 /// `1.2.3.4`, `10.0.0.0/8`, `2001:db8::/32`.
-pub fn parse_net(text: &str) -> Result<(IpAddr, u8), String> {
+pub(crate) fn parse_net(text: &str) -> Result<(IpAddr, u8), String> {
     let (addr, prefix) = match text.split_once('/') {
         Some((a, p)) => (a, Some(p)),
         None => (text, None),

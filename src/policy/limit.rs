@@ -4,15 +4,15 @@
 use std::num::NonZeroU32;
 
 use crate::policy::rate::Refill;
-pub use crate::policy::rate::MAX_CAPACITY;
+pub(crate) use crate::policy::rate::MAX_CAPACITY;
 use crate::policy::settle::Settle;
 
 /// The longest TTL accepted (a year).
-pub const MAX_TTL_SECONDS: u64 = 365 * 86_400;
+pub(crate) const MAX_TTL_SECONDS: u64 = 365 * 86_400;
 /// The longest time an empty bucket may take to refill (or a window may last): a hundred years. The
 /// script sets TTLs of up to two windows, and Lua writes numbers from 10^14 on with an exponent,
 /// which `EXPIRE` refuses; this bound keeps every TTL far below that.
-pub const MAX_WINDOW_SECONDS: u64 = 100 * 365 * 86_400;
+pub(crate) const MAX_WINDOW_SECONDS: u64 = 100 * 365 * 86_400;
 
 /// Which number of a limit is wrong.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -27,14 +27,14 @@ use crate::policy::limit::MAX_CAPACITY;
 use crate::policy::rate::Refill;
 
 /// The hash that lists every override.
-pub const INDEX_KEY: &str = "ratelimit:overrides";
+pub(crate) const INDEX_KEY: &str = "ratelimit:overrides";
 const KEY_PREFIX: &str = "ratelimit:override:";
 /// The longest expiry accepted (a year).
-pub const MAX_EXPIRES_IN_S: u64 = 365 * 86_400;
+pub(crate) const MAX_EXPIRES_IN_S: u64 = 365 * 86_400;
 
 /// Who an override is for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Scope {
+pub(crate) enum Scope {
     /// A caller identified by user id (verified token subject or trusted header).
     User,
     /// A caller identified by client IP (IPv6 grouped by the configured prefix).
@@ -46,7 +46,7 @@ pub enum Scope {
 }
 
 impl Scope {
-    pub fn parse(text: &str) -> Option<Scope> {
+    pub(crate) fn parse(text: &str) -> Option<Scope> {
         match text {
             "user" => Some(Scope::User),
             "ip" => Some(Scope::Ip),
@@ -58,7 +58,7 @@ impl Scope {
 }
 
 /// The override key of a caller's limits (`subject` as in bucket keys: `alice`, `@ip/…`).
-pub fn caller_key(subject: &str) -> String {
+pub(crate) fn caller_key(subject: &str) -> String {
     let mut k = String::with_capacity(KEY_PREFIX.len() + 7 + subject.len());
     k.push_str(KEY_PREFIX);
     k.push_str("caller:");
@@ -66,7 +66,7 @@ pub fn caller_key(subject: &str) -> String {
     k
 }
 
-pub fn tier_key(tier: &str) -> String {
+pub(crate) fn tier_key(tier: &str) -> String {
     let mut k = format!("{KEY_PREFIX}tier:");
     push_escaped(&mut k, tier);
     k
@@ -74,7 +74,7 @@ pub fn tier_key(tier: &str) -> String {
 
 /// The key of the concurrency that the override at `key` (a [`caller_key`], [`tier_key`] or
 /// [`route_key`]) sets for in-flight limits.
-pub fn slots_key(key: &str) -> String {
+pub(crate) fn slots_key(key: &str) -> String {
     let scoped = key.strip_prefix(KEY_PREFIX).unwrap_or(key);
     let mut k = String::with_capacity(KEY_PREFIX.len() + 6 + scoped.len());
     k.push_str(KEY_PREFIX);
@@ -84,7 +84,7 @@ pub fn slots_key(key: &str) -> String {
 }
 
 /// `route` is a route template or canonical path (printable ASCII; `*` written `%2A`).
-pub fn route_key(route: &str) -> String {
+pub(crate) fn route_key(route: &str) -> String {
     let mut k = String::with_capacity(KEY_PREFIX.len() + 6 + route.len());
     k.push_str(KEY_PREFIX);
     k.push_str("route:");
@@ -159,7 +159,7 @@ impl Override {
 
 /// A bad request, with the field it is about.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Invalid {
+pub(crate) struct Invalid {
     pub field: &'static str,
     pub message: String,
 }
@@ -170,7 +170,7 @@ fn invalid(field: &'static str, message: impl Into<String>) -> Invalid {
 
 /// A validated override, ready to be written.
 #[derive(Clone, Debug, PartialEq)]
-pub struct NewOverride {
+pub(crate) struct NewOverride {
     /// The Redis key the script reads for rate limits, and the one it reads for in-flight limits.
     pub key: String,
     pub slots_key: String,
@@ -184,7 +184,7 @@ pub struct NewOverride {
 
 /// Where an override for (`scope`, `name`) lives, checked against the configuration: a tier must be
 /// one the policy declares, a route one of its rules' routes (or, without a policy, a path).
-pub fn target_key(
+pub(crate) fn target_key(
     scope: Scope,
     name: &str,
     policy: Option<&Policy>,
@@ -239,7 +239,7 @@ pub fn target_key(
 }
 
 /// Parses and validates an override's JSON body for (`scope`, `name`) at `now_ms`.
-pub fn parse(
+pub(crate) fn parse(
     scope: Scope,
     name: &str,
     body: &str,

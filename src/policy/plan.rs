@@ -15,7 +15,7 @@ use crate::policy::document::Facts;
 use crate::policy::overrides;
 
 /// The zero-config policy's name in `RateLimit-Policy`.
-pub const DEFAULT_POLICY: &str = "default";
+pub(crate) const DEFAULT_POLICY: &str = "default";
 
 /// The parts of a request the gateway looks at.
 pub struct RequestFacts<'a> {
@@ -59,14 +59,14 @@ pub struct Limited<'c> {
 }
 
 /// The bearer token of an `Authorization` header.
-pub fn bearer(authorization: Option<&str>) -> Option<&str> {
+pub(crate) fn bearer(authorization: Option<&str>) -> Option<&str> {
     let v = authorization?.trim();
     v.get(..7).filter(|p| p.eq_ignore_ascii_case("bearer ")).map(|_| v[7..].trim())
 }
 
 /// Which limits a plan lists.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Select {
+pub(crate) enum Select {
     /// Those of the rules the request matches, and the candidate policy's beside them.
     Request,
     /// Every limit of every rule of the policy, for the caller (the quota endpoint without a path).
@@ -80,7 +80,7 @@ pub fn plan<'c>(config: &'c Config, req: &RequestFacts<'_>, verified: Option<Ver
 }
 
 /// [`plan`], listing the limits `select` says.
-pub fn plan_select<'c>(
+pub(crate) fn plan_select<'c>(
     config: &'c Config,
     req: &RequestFacts<'_>,
     verified: Option<Verified>,
@@ -192,7 +192,7 @@ pub fn plan_select<'c>(
 
 /// The prefix of a candidate policy's keys: `rate:@candidate/<subject>:<route>#<limit>` (no HTTP or RPC
 /// subject starts with `@candidate/`, so its counters never touch a live bucket).
-pub const CANDIDATE_SUBJECT_PREFIX: &str = "@candidate/";
+pub(crate) const CANDIDATE_SUBJECT_PREFIX: &str = "@candidate/";
 
 /// A candidate policy's limits for a request (matched as the live ones are), as checks in keys of their
 /// own, each in [`Mode::Candidate`] (its shadow and in-flight limits only reported).
@@ -212,7 +212,7 @@ fn as_candidates(limited: Limited<'_>) -> Vec<Check<'_>> {
 /// Request headers that name a method the origin may run instead of the request's own: Rails and
 /// Express (`X-HTTP-Method-Override`), ASP.NET (`X-HTTP-Method`), others (`X-Method-Override`). The
 /// edge reads them when a policy is set.
-pub const METHOD_OVERRIDE_HEADERS: [&str; 3] = ["x-http-method-override", "x-http-method", "x-method-override"];
+pub(crate) const METHOD_OVERRIDE_HEADERS: [&str; 3] = ["x-http-method-override", "x-http-method", "x-method-override"];
 
 /// Methods a form POST may carry in its `_method` field (Rails, Laravel, Symfony). Bodies are never
 /// read, so a form POST counts under the rules for each of them.
@@ -220,7 +220,7 @@ const FORM_METHODS: [&str; 3] = ["PUT", "PATCH", "DELETE"];
 
 /// Every method the origin may run for this request besides its own: each override header's values,
 /// the `_method` query parameter, and for a form POST the methods a form can override to.
-pub fn method_overrides<'a>(header: &dyn Fn(&str) -> Option<&'a str>, target: &str) -> Vec<String> {
+pub(crate) fn method_overrides<'a>(header: &dyn Fn(&str) -> Option<&'a str>, target: &str) -> Vec<String> {
     let mut out: Vec<String> = Vec::new();
     let mut add = |m: &str| {
         let m = m.trim().to_ascii_uppercase();
@@ -252,7 +252,7 @@ pub fn method_overrides<'a>(header: &dyn Fn(&str) -> Option<&'a str>, target: &s
 }
 
 /// A request's method(s) and path.
-pub struct Target<'a> {
+pub(crate) struct Target<'a> {
     pub method: &'a str,
     /// Methods the origin may run instead ([`method_overrides`]): a rule for any of them applies.
     pub method_overrides: &'a [String],
@@ -263,7 +263,7 @@ pub struct Target<'a> {
 
 impl Target<'_> {
     /// The canonical path.
-    pub fn path(&self) -> &str {
+    pub(crate) fn path(&self) -> &str {
         &self.paths[0]
     }
 }
@@ -271,7 +271,7 @@ impl Target<'_> {
 /// The limits a request of `caller` (in `tier`, from `client`) to `on` is checked against, each with
 /// the override keys that may replace its numbers; `None` when no rule applies. The admin API's
 /// peek and reset use it too, so they name exactly the buckets a request would use.
-pub fn limits_for<'c, 'h>(
+pub(crate) fn limits_for<'c, 'h>(
     config: &'c Config,
     caller: &Caller,
     client: Option<&Caller>,
@@ -323,7 +323,7 @@ fn policy_limits<'c, 'h>(
 
 /// The checks for `applied` (limits of `policy`'s rules) of the caller `subject` in `tier`, with the
 /// override keys that may replace their numbers; `None` when nothing applies.
-pub fn limited_by<'c>(
+pub(crate) fn limited_by<'c>(
     policy: &'c crate::policy::document::Policy,
     applied: Vec<crate::policy::document::Applied<'c>>,
     subject: String,

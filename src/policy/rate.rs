@@ -5,7 +5,7 @@ use std::fmt;
 use crate::json::Q;
 
 /// The largest capacity accepted; far below 2^53 so every token count stays exact in a double.
-pub const MAX_CAPACITY: u32 = 1_000_000_000;
+pub(crate) const MAX_CAPACITY: u32 = 1_000_000_000;
 
 /// Tokens added to a bucket per second; always finite and > 0.
 #[derive(Clone, Copy, Debug, PartialEq)]

@@ -103,7 +103,7 @@ impl Settle {
 }
 
 /// A whole number of tokens from a header value (`30`, ` 30 `), at most [`MAX_CAPACITY`].
-pub fn usage_number(text: &str) -> Option<u32> {
+pub(crate) fn usage_number(text: &str) -> Option<u32> {
     let t = text.trim();
     if t.is_empty() || t.len() > 10 || !t.bytes().all(|b| b.is_ascii_digit()) {
         return None;

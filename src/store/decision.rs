@@ -11,7 +11,7 @@ use crate::store::upstash::RestError;
 pub const MAX_SF_INTEGER: u64 = 999_999_999_999_999;
 
 /// The latest script time a reply may carry (epoch ms): the largest integer a double holds exactly.
-pub const MAX_SCRIPT_MS: i64 = (1 << 53) - 1;
+pub(crate) const MAX_SCRIPT_MS: i64 = (1 << 53) - 1;
 
 /// What one call asked of one limit. A reply is never taken on trust: every number it carries for the
 /// limit is bounded by what was asked (a lease by the tokens wanted and the share of the capacity, the

@@ -34,7 +34,7 @@ pub fn evalsha_body(variant: Variant, keys: &[String], args: &[String]) -> Strin
 }
 
 /// `["EVAL", script, numkeys, keys…, args…]` for `variant`.
-pub fn eval_body(variant: Variant, keys: &[String], args: &[String]) -> String {
+pub(crate) fn eval_body(variant: Variant, keys: &[String], args: &[String]) -> String {
     body("EVAL", variant.text(), keys, args)
 }
 
@@ -90,7 +90,7 @@ pub fn parse_script_reply(status: u16, body: &str) -> Result<Vec<i64>, RestError
 }
 
 /// Classifies an HTTP reply to a command that answers an integer (`DEL`).
-pub fn parse_integer_reply(status: u16, body: &str) -> Result<i64, RestError> {
+pub(crate) fn parse_integer_reply(status: u16, body: &str) -> Result<i64, RestError> {
     classify_status(status)?;
     result_of(status, body)?.as_i64().ok_or_else(|| RestError::Malformed("the result is not an integer".into()))
 }
