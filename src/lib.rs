@@ -11,8 +11,11 @@
 //! 1. `edge/`     — the executor's Rust half: `exports` (wasm32 only: four synchronous exports around an
 //!    [`Isolate`]; `js/shim.mjs` is the other half and carries out the steps) and `wire` (steps and
 //!    replies as the executor's text).
-//! 2. `gateway/`  — the whole request: [`Gateway::begin`] / [`Gateway::resume`], step by step; `rpc`,
-//!    the RPC entry's arguments and results (`env.LIMITER.limit({ key })`).
+//! 2. `gateway/`  — the whole request, one file a job: `mod.rs` the HTTP entries ([`Gateway::begin`]:
+//!    requests, quota reads, the admin API), `step` the executor protocol, `work` pending work and
+//!    [`Gateway::resume`], `decide` decisions and candidates, `after` what follows a response (slots,
+//!    settlements, the lease chain), `call` the RPC entry, `rpc` its arguments and results
+//!    (`env.LIMITER.limit({ key })`), `isolate` a gateway for an isolate's lifetime.
 //! 3. `ops/`      — operating it: `admin` (routes, auth, peek/reset, overrides, status), `metrics`
 //!    (per-isolate counts reported to Redis, read back as Prometheus text), `quota` (the caller quota
 //!    endpoint), `log` (JSON log lines, callers named by a keyed hash).

@@ -1,0 +1,398 @@
+//! Pending work: what a ticket waits for, and [`Gateway::resume`] carrying it on — the script call's
+//! next round, or what its answer means for the work that asked.
+
+use super::*;
+
+/// A request kept while its I/O is under way.
+#[derive(Clone, Debug)]
+pub(super) struct OwnedRequest {
+    pub(super) method: String,
+    pub(super) url: String,
+    pub(super) headers: Vec<Option<String>>,
+}
+
+impl OwnedRequest {
+    pub(super) fn of(req: &Request<'_>) -> OwnedRequest {
+        OwnedRequest {
+            method: req.method.to_string(),
+            url: req.url.to_string(),
+            headers: req.headers.iter().map(|h| h.map(str::to_string)).collect(),
+        }
+    }
+}
+
+/// What a pending ticket waits for.
+pub(super) enum Work<'c> {
+    /// A decision's script call.
+    Decide {
+        call: ScriptCall,
+        limited: Limited<'c>,
+        target: String,
+        started_ms: f64,
+        /// The request's id, when it takes in-flight slots or settles a cost.
+        id: Option<String>,
+    },
+    /// An admitted request's slots and reserved costs, until its response has been delivered.
+    Held {
+        items: Vec<Held<'c>>,
+        id: String,
+        /// The script's time of the admission (epoch ms).
+        script_ms: i64,
+        headers: Vec<String>,
+    },
+    /// Slots a failed decision may have taken, to release at the wake.
+    Release {
+        items: Vec<Settlement<'c>>,
+    },
+    /// The call that releases and settles them; `attempt` 0, then 1 for the one retry.
+    Settling {
+        call: ScriptCall,
+        items: Vec<Settlement<'c>>,
+        marker: Option<String>,
+        attempt: u8,
+    },
+    /// The admin API's peek.
+    Peek {
+        call: ScriptCall,
+        peek: Peek<'c>,
+    },
+    /// An admin pipeline.
+    Admin {
+        then: Then,
+        head: bool,
+    },
+    /// An RPC `limit` or `peek`'s script call.
+    Call {
+        call: ScriptCall,
+        limited: Limited<'c>,
+        method: Method,
+        started_ms: f64,
+    },
+    /// An RPC `reset`: these keys deleted.
+    Reset {
+        keys: Vec<String>,
+    },
+    /// A quota read's script call: `all` is the endpoint's own bucket then `listed` (reported only).
+    Quota {
+        call: ScriptCall,
+        listed: Vec<Check<'c>>,
+        all: Vec<Check<'c>>,
+        head: bool,
+    },
+    /// A metrics report.
+    Report {
+        counts: Box<Metrics>,
+    },
+    /// The wake that gives back ended leases; the chain of wakes began at `since_ms`.
+    Wake {
+        since_ms: f64,
+    },
+    /// Leases running low, topped up after the response (at the wake), then the give-back chain.
+    Renew {
+        items: Vec<crate::limiter::lease::Renewal>,
+    },
+    Renewing {
+        call: ScriptCall,
+        items: Vec<crate::limiter::lease::Renewal>,
+    },
+    /// Ended leases' unused tokens given back (`tokens` in all); `last`: the chain ends after it.
+    GiveBack {
+        call: ScriptCall,
+        tokens: u64,
+        since_ms: f64,
+        last: bool,
+        /// What is given back (its reply is checked against them).
+        items: Vec<crate::limiter::lease::GiveBack>,
+    },
+    /// A token's signature; the request is planned again with the verdict.
+    Token {
+        request: OwnedRequest,
+        token: String,
+    },
+    /// An admin request's body.
+    Body {
+        request: OwnedRequest,
+    },
+    /// The benchmark's limit floor: one PING, then forward.
+    #[cfg(feature = "bench-floor")]
+    Floor {
+        target: String,
+    },
+}
+
+impl Work<'_> {
+    pub(super) fn call(&mut self) -> Option<&mut ScriptCall> {
+        match self {
+            Work::Decide { call, .. }
+            | Work::Peek { call, .. }
+            | Work::Call { call, .. }
+            | Work::GiveBack { call, .. }
+            | Work::Renewing { call, .. }
+            | Work::Settling { call, .. }
+            | Work::Quota { call, .. } => Some(call),
+            _ => None,
+        }
+    }
+}
+
+pub(super) struct Pending<'c> {
+    pub(super) work: Work<'c>,
+    pub(super) deadline_ms: f64,
+    /// When the last fetch of this ticket was handed out (for the Redis round-trip histogram).
+    pub(super) sent_ms: f64,
+}
+
+/// Pending tickets kept at most; beyond it, those past their deadline are dropped (an executor that
+/// never resumes a ticket cannot make the gateway grow).
+pub(super) const PENDING_KEPT: usize = 4096;
+
+/// Watched responses kept at most per isolate (beyond it, and none past its time, a new one is not
+/// watched: its slots expire after their TTL).
+pub(super) const WATCHED_KEPT: usize = 4096;
+
+/// How long past its deadline a ticket may still be resumed.
+pub(super) const PENDING_GRACE_MS: f64 = 10_000.0;
+
+impl<'c> Gateway<'c> {
+    /// The next step for `ticket`, with what its last step brought back at `now_ms`.
+    pub fn resume(&mut self, ticket: u32, reply: Reply<'_>, now_ms: f64) -> Step {
+        let Some(p) = self.pending.remove(&ticket).or_else(|| self.watching.remove(&ticket)) else { return Step::Done };
+        let http = match reply {
+            Reply::Http { status, body } => Some(Ok((status, body))),
+            Reply::Timeout => Some(Err(TransportError::Timeout)),
+            Reply::Unreachable => Some(Err(TransportError::Unreachable)),
+            _ => None,
+        };
+        if http.is_some() && self.config.admin_token_sha256.is_some() && !matches!(p.work, Work::Report { .. }) {
+            self.metrics.redis.observe(now_ms - p.sent_ms);
+        }
+        let deadline = p.deadline_ms;
+        match p.work {
+            mut work @ (Work::Decide { .. }
+            | Work::Peek { .. }
+            | Work::Call { .. }
+            | Work::Quota { .. }
+            | Work::GiveBack { .. }
+            | Work::Settling { .. }
+            | Work::Renewing { .. }) => {
+                let Some(call) = work.call() else { return Step::Done };
+                let next = match http {
+                    Some(r) => call.on_reply(&self.limiter, r, now_ms, deadline),
+                    None => call.on_wake(&self.limiter, now_ms, deadline),
+                };
+                self.continue_script(ticket, work, next, deadline, now_ms)
+            }
+            Work::Admin { then, head } => {
+                let reply = http.unwrap_or(Err(TransportError::Unreachable)).map_err(Failure::from);
+                respond(head_only(admin::finish(self.config, &self.limiter, then, reply, now_ms), head))
+            }
+            Work::Reset { keys } => {
+                let deleted = match http {
+                    Some(Ok((status, body))) => {
+                        crate::store::upstash::parse_integer_reply(status, body).map_err(Failure::Rest)
+                    }
+                    Some(Err(e)) => Err(Failure::from(e)),
+                    None => Err(Failure::Unreachable),
+                };
+                if deleted.is_ok() {
+                    self.limiter.forget(Some(&keys));
+                }
+                let note = deleted.as_ref().err().map(|f| self.degraded_line(f, "rpc", None, "reset"));
+                Step::Return { value: rpc::reset_result(deleted.as_ref().copied()), note, report: None, wake: None }
+            }
+            Work::Wake { since_ms } => self.give_back(ticket, since_ms, now_ms),
+            Work::Release { items } => self.settle_call(items, None, 0, now_ms),
+            Work::Held { items, id, script_ms, headers } => {
+                // Anything but a delivery report (an executor that lost track) releases all the same.
+                let text = match reply {
+                    Reply::Delivered(text) => text,
+                    _ => "0",
+                };
+                self.delivered(items, id, script_ms, &Delivered::decode(text, &headers), now_ms)
+            }
+            Work::Renew { items } => {
+                let (call, body) = ScriptCall::renew(&self.limiter, &items, self.config.clock, now_ms);
+                let deadline_ms = now_ms + f64::from(self.config.redis_timeout_ms);
+                self.pending
+                    .insert(ticket, Pending { work: Work::Renewing { call, items }, deadline_ms, sent_ms: now_ms });
+                Step::Fetch(Fetch { ticket, pipeline: false, body, timeout_ms: self.config.redis_timeout_ms })
+            }
+            Work::Report { counts } => {
+                let sent = matches!(http, Some(Ok((200, body))) if !body.contains("\"error\""));
+                if !sent {
+                    self.metrics.restore(*counts);
+                }
+                Step::Done
+            }
+            Work::Token { request, token } => {
+                let now_s = (now_ms / 1000.0).floor() as i64;
+                let (verdict, note) = match reply {
+                    Reply::Signature(Some(valid)) => (valid, None),
+                    _ => {
+                        let line = Line::new("jwks_key_unusable", "error")
+                            .str("variable", "JWT_JWKS")
+                            .str("reason", "a key could not be used by WebCrypto; its tokens are refused");
+                        (false, Some(line.finish()))
+                    }
+                };
+                let headers: Vec<Option<&str>> = request.headers.iter().map(|h| h.as_deref()).collect();
+                let req = Request { method: &request.method, url: &request.url, headers: &headers };
+                match self.config.jwt.complete(&token, now_s, verdict) {
+                    Ok(verified) => self.begin_verified(&req, now_ms, Some(verified)),
+                    Err(e) => with_note(respond(http::unauthorized(e)), note),
+                }
+            }
+            Work::Body { request } => {
+                let headers: Vec<Option<&str>> = request.headers.iter().map(|h| h.as_deref()).collect();
+                let req = Request { method: &request.method, url: &request.url, headers: &headers };
+                let target = path_and_query(req.url);
+                let Some(Some((rest, query))) = admin::admin_target(self.config, target) else {
+                    return respond(http::not_found());
+                };
+                let body = match reply {
+                    Reply::Body(Some(text)) if text.len() <= MAX_BODY_BYTES => AdminBody::Text(text),
+                    _ => AdminBody::TooLarge,
+                };
+                self.admin(&req, rest, query, body, now_ms)
+            }
+            #[cfg(feature = "bench-floor")]
+            Work::Floor { target } => self.forward(&target, Vec::new(), None, None),
+        }
+    }
+
+    /// A ticket for `work`, due within the configured timeout.
+    pub(super) fn park(&mut self, work: Work<'c>, now_ms: f64) -> u32 {
+        let deadline_ms = now_ms + f64::from(self.config.redis_timeout_ms);
+        self.park_until(work, deadline_ms, now_ms)
+    }
+
+    pub(super) fn park_until(&mut self, work: Work<'c>, deadline_ms: f64, now_ms: f64) -> u32 {
+        let ticket = self.new_ticket();
+        self.pending.insert(ticket, Pending { work, deadline_ms, sent_ms: now_ms });
+        ticket
+    }
+
+    pub(super) fn new_ticket(&mut self) -> u32 {
+        self.next_ticket = self.next_ticket.wrapping_add(1).max(1);
+        self.next_ticket
+    }
+
+    /// Drops tickets nobody resumed, once there are many.
+    pub(super) fn collect(&mut self, now_ms: f64) {
+        if self.pending.len() >= PENDING_KEPT {
+            self.pending.retain(|_, p| p.deadline_ms + PENDING_GRACE_MS > now_ms);
+            if self.pending.len() >= PENDING_KEPT {
+                self.pending.clear();
+            }
+        }
+    }
+
+    /// The step for a script call's `next`: send or wait under the same ticket, or (done, or out of
+    /// time) the answer.
+    pub(super) fn continue_script(
+        &mut self,
+        ticket: u32,
+        mut work: Work<'c>,
+        mut next: Next,
+        deadline_ms: f64,
+        now_ms: f64,
+    ) -> Step {
+        loop {
+            let left = (deadline_ms - now_ms).ceil();
+            next = match next {
+                Next::Done(result) => return self.script_done(work, result, now_ms),
+                // The deadline has passed: the call ends as a timeout, without another round trip.
+                _ if left < 1.0 => match work.call() {
+                    Some(call) => call.on_reply(&self.limiter, Err(TransportError::Timeout), now_ms, deadline_ms),
+                    None => return Step::Done,
+                },
+                Next::Send(body) => {
+                    self.pending.insert(ticket, Pending { work, deadline_ms, sent_ms: now_ms });
+                    return Step::Fetch(Fetch { ticket, pipeline: false, body, timeout_ms: left as u32 });
+                }
+                Next::Wait(ms) => {
+                    self.pending.insert(ticket, Pending { work, deadline_ms, sent_ms: now_ms });
+                    return Step::Wait { ticket, ms: ms.min(left as u32) };
+                }
+            };
+        }
+    }
+
+    pub(super) fn script_done(&mut self, work: Work<'c>, result: Result<Vec<i64>, Failure>, now_ms: f64) -> Step {
+        match work {
+            Work::Decide { limited, target, started_ms, call, id } => {
+                self.limiter.answered(call.asked());
+                let (result, candidate) = self.split_candidates(&limited, result);
+                let script_ms = result.as_ref().ok().and_then(|ints| ints.last().copied()).unwrap_or(0);
+                let result = self.limiter.decided(&limited.checks, result, call.wants(), now_ms);
+                let admission = id.map(|id| (id, script_ms));
+                self.decided(limited, &target, result, candidate, admission, started_ms, now_ms)
+            }
+            Work::Peek { peek, .. } => respond(admin::peeked(&peek, self.limiter.peeked(&peek.checks, result))),
+            Work::Quota { listed, all, head, .. } => {
+                respond(head_only(quota::answer(&listed, self.limiter.read_quota(&all, result, now_ms)), head))
+            }
+            Work::Call { limited, method: Method::Peek, .. } => {
+                let peeked = self.limiter.peeked(&limited.checks, result);
+                self.peek_result(&limited, peeked)
+            }
+            Work::Call { limited, started_ms, call, .. } => {
+                self.limiter.answered(call.asked());
+                let result = self.limiter.decided(&limited.checks, result, call.wants(), now_ms);
+                self.rpc_decided(limited, result, started_ms, now_ms)
+            }
+            Work::GiveBack { tokens, since_ms, last, items, .. } => {
+                let ok = result.and_then(|ints| {
+                    after_reply(&ints, items.iter().map(|g| (&g.limit, g.overrides.as_slice())), false)
+                });
+                self.limiter.gave_back(tokens, ok.is_ok());
+                if last {
+                    self.limiter.unschedule_wake(); // the next decision that leases starts a new chain
+                    return Step::Done;
+                }
+                self.next_wake(since_ms, now_ms)
+            }
+            Work::Settling { items, marker, attempt, .. } => {
+                let limits = items.iter().map(|s| (s.limit, s.overrides.as_slice()));
+                match result.and_then(|ints| after_reply(&ints, limits, marker.is_some())) {
+                    Ok(repeated) => {
+                        let slots_released = items.iter().filter(|s| s.limit.is_concurrency()).count() as u64;
+                        let repeated = u64::from(repeated);
+                        self.metrics.add_held(HeldCounts { slots_released, repeated, ..HeldCounts::default() });
+                        Step::Done
+                    }
+                    // No answer (or a server error): it may or may not have been applied; the marker makes
+                    // one retry safe.
+                    Err(
+                        Failure::Timeout
+                        | Failure::Unreachable
+                        | Failure::Rest(crate::store::upstash::RestError::Server(_)),
+                    ) if attempt == 0 => self.settle_call(items, marker, 1, now_ms),
+                    Err(_) => {
+                        let slots = items.iter().filter(|s| s.limit.is_concurrency()).count() as u64;
+                        let costs = items.len() as u64 - slots;
+                        self.metrics.add_held(HeldCounts {
+                            release_failed: slots,
+                            settle_failed: costs,
+                            ..HeldCounts::default()
+                        });
+                        Step::Done
+                    }
+                }
+            }
+            Work::Renewing { items, .. } => {
+                self.limiter.renewed(&items, result, now_ms);
+                // Then the give-back chain, if this isolate holds leases and none is scheduled.
+                match self.limiter.schedule_wake(now_ms) {
+                    Some(ms) => {
+                        let deadline_ms = now_ms + f64::from(ms) + f64::from(self.config.redis_timeout_ms);
+                        let ticket = self.park_until(Work::Wake { since_ms: now_ms }, deadline_ms, now_ms);
+                        Step::Wait { ticket, ms }
+                    }
+                    None => Step::Done,
+                }
+            }
+            _ => Step::Done,
+        }
+    }
+}
