@@ -4,6 +4,24 @@
 //! windows) per caller and API path, and decided by one atomic Lua script in Redis (reached over the
 //! Upstash REST API), then forwarded to the origin or answered 429.
 //!
+//! Glossary (one word, one meaning):
+//! - **policy** — the rules document (`RATE_LIMIT_POLICY`, [`Policy`]); **rule** — one of its entries
+//!   (methods + route → limits); **limit** — one bucket, window or set of in-flight slots of a rule
+//!   ([`Limit`]), named in `RateLimit-Policy`; **tier** — a named set of a limit's numbers.
+//! - **caller** — who is calling ([`Caller`]: a verified token's subject, a trusted header, the IP);
+//!   **subject** — whose bucket a limit counts (the caller, or a `by: ip | header:… | global` value);
+//!   **key** — the Redis key of one limit of one subject (`rate:<subject>:<route>…`).
+//! - **check** — one limit that applies to a request, with its key, cost and [`Mode`] ([`Check`]);
+//!   **decision** — what the script (or the local bucket) said of a request's checks ([`Decision`]);
+//!   **outcome** — what the gateway does with it, the fail mode applied ([`Outcome`]).
+//! - **step** — what the core asks the executor to do next ([`Step`]); **ticket** — the number a
+//!   step's reply comes back under ([`Gateway::resume`]); **work** — what a ticket waits for.
+//! - **lease** — tokens debited in Redis for one isolate and spent without a call; **grant** — one
+//!   addition to a lease; **give-back** — returning a lease's unspent tokens; **wake** — the step that
+//!   carries the lease chain on after a response.
+//! - **slot** — one admitted request of an in-flight limit, held until its response is delivered;
+//!   **settlement** — after a response, releasing its slots and charging or refunding its cost.
+//!
 //! Module map: concern folders, layered; a module uses only modules of its own layer or below (no
 //! import circle, none running back up: `tests/architecture.rs` checks both from the sources). Only
 //! `edge` names `worker`, and nothing reads a clock or the network: time comes in as an argument, I/O
