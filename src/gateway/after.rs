@@ -125,8 +125,7 @@ impl<'c> Gateway<'c> {
         now_ms: f64,
     ) -> Step {
         let (call, body) = ScriptCall::settle(&self.limiter, &items, marker.as_deref(), self.config.clock, now_ms);
-        let ticket = self.park(Work::Settling { call, items, marker, attempt }, now_ms);
-        Step::Fetch(Fetch { ticket, pipeline: false, body, timeout_ms: self.config.redis_timeout_ms })
+        self.send(Work::Settling { call, items, marker, attempt }, false, body, now_ms)
     }
 
     /// The wake to schedule after a decision: at once when leases run low (topped up, then the

@@ -31,8 +31,7 @@ impl<'c> Gateway<'c> {
                 let mut del = vec!["DEL".to_string()];
                 del.extend(keys.iter().cloned());
                 let body = crate::json::strings(&del);
-                let ticket = self.park(Work::Reset { keys }, now_ms);
-                Step::Fetch(Fetch { ticket, pipeline: false, body, timeout_ms: self.config.redis_timeout_ms })
+                self.send(Work::Reset { keys }, false, body, now_ms)
             }
             method => {
                 let peek = method == Method::Peek;
@@ -45,8 +44,7 @@ impl<'c> Gateway<'c> {
                     }
                 }
                 let (call, body) = ScriptCall::start(&self.limiter, &limited.checks, self.config.clock, now_ms, peek);
-                let ticket = self.park(Work::Call { call, limited, method, started_ms: now_ms }, now_ms);
-                Step::Fetch(Fetch { ticket, pipeline: false, body, timeout_ms: self.config.redis_timeout_ms })
+                self.send(Work::Call { call, limited, method, started_ms: now_ms }, false, body, now_ms)
             }
         }
     }

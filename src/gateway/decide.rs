@@ -29,8 +29,7 @@ impl<'c> Gateway<'c> {
             ScriptCall::start_with_id(&self.limiter, &all, clock, now_ms, false, id.as_deref().unwrap_or(""))
         };
         let work = Work::Decide { call, limited, target: target.to_string(), started_ms: now_ms, id };
-        let ticket = self.park(work, now_ms);
-        Step::Fetch(Fetch { ticket, pipeline: false, body, timeout_ms: self.config.redis_timeout_ms })
+        self.send(work, false, body, now_ms)
     }
 
     /// The digest of the candidate policy, when one is set and counted (the admin API reads its report).

@@ -209,8 +209,7 @@ impl<'c> Gateway<'c> {
             return respond(head_only(quota::answer(&limited.checks, Ok(denied)), head));
         }
         let (call, body) = ScriptCall::start(&self.limiter, &all, self.config.clock, now_ms, false);
-        let ticket = self.park(Work::Quota { call, listed: limited.checks, all, head }, now_ms);
-        Step::Fetch(Fetch { ticket, pipeline: false, body, timeout_ms: self.config.redis_timeout_ms })
+        self.send(Work::Quota { call, listed: limited.checks, all, head }, false, body, now_ms)
     }
 
     /// The metrics report due now, if any, as a fetch to send after the response.
@@ -244,13 +243,11 @@ impl<'c> Gateway<'c> {
             Action::Done(response) => respond(head_only(response, head)),
             Action::Redis(commands, then) => {
                 let body = admin::pipeline_body(&commands);
-                let ticket = self.park(Work::Admin { then, head }, now_ms);
-                Step::Fetch(Fetch { ticket, pipeline: true, body, timeout_ms: self.config.redis_timeout_ms })
+                self.send(Work::Admin { then, head }, true, body, now_ms)
             }
             Action::Peek(peek) => {
                 let (call, body) = ScriptCall::start(&self.limiter, &peek.checks, self.config.clock, now_ms, true);
-                let ticket = self.park(Work::Peek { call, peek }, now_ms);
-                Step::Fetch(Fetch { ticket, pipeline: false, body, timeout_ms: self.config.redis_timeout_ms })
+                self.send(Work::Peek { call, peek }, false, body, now_ms)
             }
         }
     }

@@ -266,6 +266,13 @@ impl<'c> Gateway<'c> {
         self.park_until(work, deadline_ms, now_ms)
     }
 
+    /// Parks `work` and asks the executor to POST `body` to the REST endpoint (`pipeline`: to its
+    /// pipeline) within the Redis deadline.
+    pub(super) fn send(&mut self, work: Work<'c>, pipeline: bool, body: String, now_ms: f64) -> Step {
+        let ticket = self.park(work, now_ms);
+        Step::Fetch(Fetch { ticket, pipeline, body, timeout_ms: self.config.redis_timeout_ms })
+    }
+
     pub(super) fn park_until(&mut self, work: Work<'c>, deadline_ms: f64, now_ms: f64) -> u32 {
         let ticket = self.new_ticket();
         self.pending.insert(ticket, Pending { work, deadline_ms, sent_ms: now_ms });
