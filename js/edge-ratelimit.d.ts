@@ -53,7 +53,7 @@ export interface LimitResult {
   /** The reported limit's capacity (an override's, when one is in effect). */
   limit: number;
   /** The reported limit's name: the one that denied, else the one with the fewest tokens left; "default" for the zero-config limit. */
-  policy: string;
+  name: string;
   /** A shadow limit (or a `shadow: true` call) would have denied this call. */
   shadowDenied: boolean;
   /** Present when Redis could not decide: the answer is FAIL_MODE's (open: success, bounded by a local bucket; closed: not); `remaining` and `reset` are then the local bucket's, or 0 without one. */

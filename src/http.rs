@@ -8,8 +8,9 @@ use crate::identity::caller::IdentityError;
 use crate::identity::jwt::JwtError;
 use crate::json::{push_u64, Obj};
 use crate::limiter::{Failure, Outcome};
+use crate::policy::check::Check;
 use crate::policy::config::ConfigError;
-use crate::store::decision::{Decision, MAX_SF_INTEGER};
+use crate::store::decision::{Decision, LimitStatus, MAX_SF_INTEGER};
 
 /// A header the gateway sets: a lower-case name and its value.
 pub type Header = (&'static str, String);
@@ -188,6 +189,24 @@ fn rate_limited(decision: &Decision, degraded_by: Option<&Failure>) -> Response 
         r.headers.push(degraded(failure));
     }
     r
+}
+
+/// A limit's status as JSON, the one rendering wherever one appears (the admin API's peek, the
+/// quota endpoint): `{ key?, name, rule, algorithm, shadow, capacity, window_s, cost, remaining,
+/// retry_after_ms, reset_ms }` — `key` (its Redis key) only for the admin API.
+pub(crate) fn limit_json(check: &Check<'_>, status: &LimitStatus, with_key: bool) -> String {
+    let o = if with_key { Obj::new().str("key", &check.key) } else { Obj::new() };
+    o.str("name", check.policy)
+        .str("rule", check.rule)
+        .str("algorithm", check.limit.algorithm().name())
+        .bool("shadow", check.shadow())
+        .int("capacity", status.capacity)
+        .int("window_s", status.window_s)
+        .int("cost", check.cost)
+        .int("remaining", status.remaining)
+        .int("retry_after_ms", status.retry_ms)
+        .int("reset_ms", status.reset_ms)
+        .finish()
 }
 
 /// The `RateLimit-Policy` and `RateLimit` fields (and `Retry-After` when denied, `X-RateLimit-Status`

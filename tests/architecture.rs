@@ -55,9 +55,8 @@ fn arrows() -> BTreeMap<String, BTreeSet<String>> {
             let rest = &code[at + "crate::".len()..];
             let end = rest.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == ':')).unwrap_or(rest.len());
             if let Some(used) = resolve(rest[..end].trim_end_matches(':')) {
-                let related = used == *name
-                    || used.starts_with(&format!("{name}::"))
-                    || name.starts_with(&format!("{used}::"));
+                let related =
+                    used == *name || used.starts_with(&format!("{name}::")) || name.starts_with(&format!("{used}::"));
                 if !related {
                     uses.insert(used);
                 }
@@ -145,7 +144,8 @@ fn the_module_map_names_every_top_level_module_and_its_files() {
 #[test]
 fn an_arrow_up_the_layers_would_be_seen() {
     assert!(layer("policy::config") > layer("limiter"), "policy lies below the limiter");
-    let source = "use crate::limiter::Limiter; // crate::edge in a comment\n#[cfg(test)]\nmod tests {\n use crate::gateway;\n}";
+    let source =
+        "use crate::limiter::Limiter; // crate::edge in a comment\n#[cfg(test)]\nmod tests {\n use crate::gateway;\n}";
     let code = code(source);
     assert!(code.contains("crate::limiter") && !code.contains("crate::edge") && !code.contains("crate::gateway"));
 }

@@ -408,7 +408,7 @@ fn the_admin_api_peeks_at_live_slots_and_resets_them() {
     send(&mut gw, &rest, &user, T0);
     let peek = admin(&mut gw, "GET");
     let slots = &peek["limits"][0];
-    assert_eq!((slots["limit"].as_str(), slots["algorithm"].as_str()), (Some("inflight"), Some("concurrency")));
+    assert_eq!((slots["name"].as_str(), slots["algorithm"].as_str()), (Some("inflight"), Some("concurrency")));
     assert_eq!((slots["capacity"].as_u64(), slots["remaining"].as_u64()), (Some(2), Some(1)), "one live slot");
     assert_eq!(rest.redis(&["ZCARD", &format!("rate:{user}:/api/%2A!inflight")]), 1, "a peek takes nothing");
     admin(&mut gw, "DELETE");

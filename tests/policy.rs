@@ -33,7 +33,8 @@ fn every_rejected_fixture_is_rejected_with_its_message() {
 /// The first JSON block of a document.
 fn first_json_block(file: &str) -> String {
     let text = fs::read_to_string(file).unwrap();
-    let start = text.find("```json\n").unwrap_or_else(|| panic!("{file} has a JSON policy example")) + "```json\n".len();
+    let start =
+        text.find("```json\n").unwrap_or_else(|| panic!("{file} has a JSON policy example")) + "```json\n".len();
     let end = start + text[start..].find("```").unwrap();
     text[start..end].to_string()
 }

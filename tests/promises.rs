@@ -554,7 +554,7 @@ fn the_quotas_allowed_now_ignores_shadow_limits() {
         assert_eq!(body["allowed_now"], allowed, "hard {hard:?}, soft {soft:?}: {body}");
         let soft_item = &body["limits"][1];
         assert_eq!((soft_item["name"].as_str(), soft_item["shadow"].as_bool()), (Some("soft"), Some(true)));
-        assert_eq!(soft_item["retry_after_s"], soft[1] as u64 / 1000, "the shadow limit is still reported");
+        assert_eq!(soft_item["retry_after_ms"], soft[1] as u64, "the shadow limit is still reported");
         assert_eq!(body["limits"][0]["shadow"], false);
     }
     // Only shadow limits, all short: a request would pass.

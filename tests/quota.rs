@@ -64,7 +64,7 @@ fn a_quota_read_shows_what_the_next_request_will_and_consumes_nothing() {
         assert_eq!(body["allowed_now"], true);
         let l = &body["limits"][0];
         assert_eq!(
-            (l["name"].clone(), l["remaining"].clone(), l["retry_after_s"].clone()),
+            (l["name"].clone(), l["remaining"].clone(), l["retry_after_ms"].clone()),
             (json!("exports"), json!(5), json!(0))
         );
         assert_eq!((l["capacity"].clone(), l["window_s"].clone()), (json!(5), json!(3600)));
@@ -86,7 +86,7 @@ fn a_quota_read_shows_what_the_next_request_will_and_consumes_nothing() {
     assert_eq!(status(&send(&mut gw, &rest, "POST", "/export/b", &alice)), 429);
     let (_, body, _) = quota(&mut gw, &rest, "?method=POST&path=/export/b", &alice);
     assert_eq!(body["allowed_now"], false);
-    assert!(body["limits"][0]["retry_after_s"].as_u64().unwrap() >= 1);
+    assert!(body["limits"][0]["retry_after_ms"].as_u64().unwrap() >= 1);
 }
 
 #[test]
@@ -193,11 +193,11 @@ fn a_candidate_is_decided_in_the_same_call_in_keys_of_its_own_and_never_blocks()
     let limits = r["limits"].as_array().unwrap();
     // The candidate's burst limit (capacity 1) is the first to run dry: request 2 on would be denied.
     // Its own all-or-nothing: once it denies, the candidate's other limit is not debited either.
-    let burst = limits.iter().find(|l| l["limit"] == "exports-burst").unwrap();
+    let burst = limits.iter().find(|l| l["name"] == "exports-burst").unwrap();
     assert_eq!((burst["would_deny"].clone(), burst["would_allow"].clone()), (json!(4), json!(0)), "{r}");
     assert_eq!(burst["top_callers"], json!([{ "caller": "erin", "requests": 4 }]));
     assert_eq!(burst["on_adoption"], "starts fresh");
-    let exports = limits.iter().find(|l| l["limit"] == "exports").unwrap();
+    let exports = limits.iter().find(|l| l["name"] == "exports").unwrap();
     assert_eq!(
         (exports["would_deny"].clone(), exports["on_adoption"].clone()),
         (json!(0), json!("keeps its live bucket"))
@@ -281,7 +281,7 @@ fn a_candidate_is_compared_on_new_routes_by_its_own_headers_and_its_shadow_limit
     assert!(keys.iter().any(|k| k.starts_with("rate:@candidate/@hdr/x-api-key=k1:")), "{keys:?}");
     let auth = format!("Bearer {ADMIN}");
     let r = body_json(&send(&mut gw, &rest, "GET", "/__ratelimit/candidate", &[("authorization", &auth)]));
-    let limit = |name: &str| r["limits"].as_array().unwrap().iter().find(|l| l["limit"] == name).unwrap().clone();
+    let limit = |name: &str| r["limits"].as_array().unwrap().iter().find(|l| l["name"] == name).unwrap().clone();
     assert_eq!(limit("beta-per-key")["would_deny"], 1, "k1's second request, counted by its own key: {r}");
     assert_eq!(limit("beta-watch")["would_deny"], 0, "a candidate's shadow limit would not have denied: {r}");
     assert_eq!(limit("beta-per-key")["on_adoption"], "starts fresh");

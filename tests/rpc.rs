@@ -46,7 +46,7 @@ fn limit_admits_exactly_the_capacity_and_reports_the_bindings_fields() {
     let results: Vec<Value> = (0..5).map(|_| limit(&mut gw, &rest, json!({ "key": "k1" }))).collect();
     assert!(results.iter().all(|r| r["success"] == true), "RATE_LIMIT_CAPACITY: {results:?}");
     assert_eq!(results[0]["remaining"], 4);
-    assert_eq!((results[0]["limit"].clone(), results[0]["policy"].clone()), (json!(5), json!("default")));
+    assert_eq!((results[0]["limit"].clone(), results[0]["name"].clone()), (json!(5), json!("default")));
     assert_eq!((results[0]["retryAfter"].clone(), results[0]["shadowDenied"].clone()), (json!(0), json!(false)));
     assert!(results[0]["reset"].as_u64().is_some_and(|t| (1..=12).contains(&t)), "{}", results[0]);
     rest.take_sent();
@@ -87,7 +87,7 @@ fn a_rule_shares_the_buckets_the_gateway_keeps_for_that_user_id() {
     let mut gw = Gateway::new(&c);
     assert_eq!(limit(&mut gw, &rest, json!({ "key": "alice", "rule": "export" }))["remaining"], 4);
     let by_route = limit(&mut gw, &rest, json!({ "key": "alice", "rule": { "method": "POST", "path": "/export/x" } }));
-    assert_eq!((by_route["remaining"].clone(), by_route["policy"].clone()), (json!(3), json!("exports")));
+    assert_eq!((by_route["remaining"].clone(), by_route["name"].clone()), (json!(3), json!("exports")));
     let req = Req::new(&gw, "POST", "/export/y", &[("x-user-id", "alice")]);
     let http = run(&mut gw, &rest, &req, NOW);
     assert_eq!(

@@ -7,7 +7,7 @@ import { WorkerEntrypoint } from "cloudflare:workers";
 export class RateLimiter extends WorkerEntrypoint {
   async limit() {
     if (this.env.FLOOR === "deny") {
-      return { success: false, remaining: 0, reset: 60, retryAfter: 12, limit: 5, policy: "default", shadowDenied: false };
+      return { success: false, remaining: 0, reset: 60, retryAfter: 12, limit: 5, name: "default", shadowDenied: false };
     }
     const reply = await fetch(this.env.UPSTASH_REDIS_REST_URL, {
       method: "POST",
@@ -15,7 +15,7 @@ export class RateLimiter extends WorkerEntrypoint {
       body: '["PING"]',
     });
     await reply.text();
-    return { success: true, remaining: 4, reset: 12, retryAfter: 0, limit: 5, policy: "default", shadowDenied: false };
+    return { success: true, remaining: 4, reset: 12, retryAfter: 0, limit: 5, name: "default", shadowDenied: false };
   }
 }
 

@@ -50,7 +50,7 @@ fuzz_target!(|data: &[u8]| {
                 for field in ["remaining", "reset", "retryAfter", "limit"] {
                     assert!(v[field].is_u64(), "{field} in {v}");
                 }
-                assert!(v["policy"].is_string() && v["shadowDenied"].is_boolean(), "{v}");
+                assert!(v["name"].is_string() && v["shadowDenied"].is_boolean(), "{v}");
                 if method == "limit" {
                     assert_eq!(v["retryAfter"].as_u64().unwrap() >= 1, !success, "{v}");
                 }

@@ -311,8 +311,9 @@ fn reported(d: &Decision) -> Option<&LimitStatus> {
         .or_else(|| d.limits.iter().min_by_key(|l| l.remaining))
 }
 
-/// The result object of a `limit` or `peek`: `{ success, remaining, reset, retryAfter, limit, policy,
-/// shadowDenied }`, plus `degraded` (the reason) when Redis could not decide.
+/// The result object of a `limit` or `peek`: `{ success, remaining, reset, retryAfter, limit, name,
+/// shadowDenied }` (`limit` is the capacity, as Cloudflare's binding and @upstash/ratelimit say; `name`
+/// the reported limit's), plus `degraded` (the reason) when Redis could not decide.
 pub(crate) fn result_json(
     success: bool,
     decision: Option<&Decision>,
@@ -340,7 +341,7 @@ pub(crate) fn result_json(
         .int("reset", reset)
         .int("retryAfter", retry_after)
         .int("limit", capacity)
-        .str("policy", policy)
+        .str("name", policy)
         .bool("shadowDenied", shadow_denied);
     match degraded {
         Some(f) => o.str("degraded", f.reason()).finish(),

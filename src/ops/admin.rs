@@ -507,20 +507,7 @@ pub(crate) fn peeked(p: &Peek<'_>, decision: Result<Decision, Failure>) -> Respo
         Ok(d) => d,
         Err(f) => return unavailable(&format!("Redis could not be asked ({})", f.reason())),
     };
-    let limits = json::array(p.checks.iter().zip(&decision.limits).map(|(c, l)| {
-        Obj::new()
-            .str("key", &c.key)
-            .str("rule", c.rule)
-            .str("limit", c.policy)
-            .str("algorithm", c.limit.algorithm().name())
-            .bool("shadow", c.shadow())
-            .int("capacity", l.capacity)
-            .int("window_seconds", l.window_s)
-            .int("remaining", l.remaining)
-            .int("retry_after_ms", l.retry_ms)
-            .int("reset_ms", l.reset_ms)
-            .finish()
-    }));
+    let limits = json::array(p.checks.iter().zip(&decision.limits).map(|(c, l)| crate::http::limit_json(c, l, true)));
     let body = Obj::new().str("caller", &p.caller).str("path", &p.path).bool("allowed_now", decision.allowed);
     ok(body.raw("limits", &limits).finish())
 }
@@ -697,7 +684,7 @@ fn candidate_commands(c: &Candidate) -> Vec<Vec<String>> {
     commands
 }
 
-/// The candidate's report: `{ digest, since_ms, unevaluated, limits: [{ rule, limit, would_deny,
+/// The candidate's report: `{ digest, since_ms, unevaluated, limits: [{ rule, name, would_deny,
 /// would_allow, top_callers, on_adoption }] }` from [`candidate_commands`]'s replies.
 fn candidate_json(config: &Config, c: &Candidate, replies: &[Value]) -> String {
     let fields = replies.first().map(strings).unwrap_or_default();
@@ -710,7 +697,7 @@ fn candidate_json(config: &Config, c: &Candidate, replies: &[Value]) -> String {
         }));
         Obj::new()
             .str("rule", rule)
-            .str("limit", limit)
+            .str("name", limit)
             .int("would_deny", count(format!("d|{rule}|{limit}")))
             .int("would_allow", count(format!("a|{rule}|{limit}")))
             .raw("top_callers", &top)

@@ -92,7 +92,7 @@ pub(crate) fn answer(listed: &[Check<'_>], decision: Result<Decision, Failure>) 
         };
     }
     let passes = listed.iter().zip(&limits).all(|(c, l)| c.shadow() || l.retry_ms == 0);
-    let items = json::array(listed.iter().zip(&limits).map(|(c, l)| item(c, l)));
+    let items = json::array(listed.iter().zip(&limits).map(|(c, l)| http::limit_json(c, l, false)));
     let body = Obj::new().bool("allowed_now", passes).raw("limits", &items).finish();
     let mut response = Response::json(200, body);
     // The fields a request would carry, of the state now (nothing was taken); shadow limits as the
@@ -105,19 +105,4 @@ pub(crate) fn answer(listed: &[Check<'_>], decision: Result<Decision, Failure>) 
         }
     }
     response
-}
-
-fn item(c: &Check<'_>, l: &LimitStatus) -> String {
-    Obj::new()
-        .str("name", c.policy)
-        .str("rule", c.rule)
-        .str("algorithm", c.limit.algorithm().name())
-        .bool("shadow", c.shadow())
-        .int("capacity", l.capacity)
-        .int("window_s", l.window_s)
-        .int("cost", c.cost)
-        .int("remaining", l.remaining)
-        .int("reset_s", l.reset_ms.div_ceil(1000))
-        .int("retry_after_s", l.retry_ms.div_ceil(1000))
-        .finish()
 }

@@ -72,7 +72,7 @@ describe("limit over a service binding", () => {
     assert.equal(denied.remaining, 0);
     assert.ok(denied.retryAfter >= 1, JSON.stringify(denied));
     assert.equal(denied.limit, 50);
-    assert.equal(denied.policy, "default");
+    assert.equal(denied.name, "default");
   });
 
   test("cost, peek that consumes nothing, reset, and shadow calls", async () => {
@@ -106,7 +106,7 @@ describe("limit over a service binding", () => {
     assert.equal((await w.call("limit", { key: user, rule: "export" })).remaining, 4);
     const byRoute = await w.call("limit", { key: user, rule: { method: "POST", path: "/export/report.csv" } });
     assert.equal(byRoute.remaining, 3);
-    assert.equal(byRoute.policy, "exports");
+    assert.equal(byRoute.name, "exports");
     // The gateway's own HTTP decision for that user counts in the same bucket (the origin is down: 502,
     // but the RateLimit field was set by then).
     const http = await w.fetch("/export/x", { method: "POST", headers: { "x-user-id": user } });
