@@ -1,13 +1,13 @@
-// The Worker entry and executor. The Rust core (src/gateway.rs, through src/edge) decides everything;
+// The Worker entry and executor. The Rust core (src/gateway/, through src/edge) decides everything;
 // this file reads a request's facts once, carries out each step the core returns — answer, forward,
 // a REST call with its deadline, a short wait, a WebCrypto signature check, reading an admin body,
 // a metrics report after the response — and hands the results back. Steps and replies are strings
-// (src/wire.rs documents the format). A cached denial is one synchronous call into the wasm.
+// (src/edge/wire.rs documents the format). A cached denial is one synchronous call into the wasm.
 // A Rust panic aborts as a WebAssembly trap; the instance is then reset so the next request runs on
 // a clean one, and this request gets a problem body without internal detail.
 // The same Worker is an RPC service (`RateLimiter`, below): another Worker bound to it calls
 // `env.LIMITER.limit({ key })`, and the core decides it exactly as it decides a request.
-// Every log line is one JSON object (src/log.rs names the fields).
+// Every log line is one JSON object (src/ops/log.rs names the fields).
 import { WorkerEntrypoint } from "cloudflare:workers";
 import * as wasm from "./index.js";
 import { assets } from "./assets.mjs";
@@ -19,7 +19,7 @@ const CRASHED = JSON.stringify({
   detail: "The gateway failed on this request; it has been reset.",
 });
 
-// What the core said once per isolate (src/wire.rs encode_start).
+// What the core said once per isolate (src/edge/wire.rs encode_start).
 let names = null; // the request headers it reads, in order
 let restUrl = "";
 let restAuthorization = "";
@@ -292,7 +292,7 @@ function forward(f, report, request, ctx) {
   );
 }
 
-/** A watched response (src/wire.rs): streamed through as it comes, unbuffered; once delivered (to its
+/** A watched response (src/edge/wire.rs): streamed through as it comes, unbuffered; once delivered (to its
  * end, the client gone, the origin failed) the core hears what was seen — the usage headers asked for,
  * the last few SSE events that mention a usage key — and releases or settles after the response.
  * The client's leaving is heard two ways, since the runtime tells it by one or the other depending on
@@ -394,7 +394,7 @@ function delivery(f, ctx, signal) {
 }
 
 /** The data of the last few server-sent events that mention one of `keys` (what the core reads the
- * usage from: src/settle.rs), kept while the stream passes through. Lines end at LF, CRLF or CR; each
+ * usage from: src/policy/settle.rs), kept while the stream passes through. Lines end at LF, CRLF or CR; each
  * chunk is scanned once. Bounded: a line or an event's data beyond 1 MiB is dropped (to its end), and
  * 4 events are kept. */
 function sse(keys) {

@@ -84,8 +84,8 @@ if ARGV[1] == "" then
 else
   now = tonumber(ARGV[1]) / 1000
 end
-local MAX_WINDOW = 3153600000                  -- 100 years (src/limit.rs MAX_WINDOW_SECONDS)
-local MIN_LEASE = 4                            -- src/lease.rs MIN_LEASE
+local MAX_WINDOW = 3153600000                  -- 100 years (src/policy/limit.rs MAX_WINDOW_SECONDS)
+local MIN_LEASE = 4                            -- src/limiter/lease.rs MIN_LEASE
 local peek = ARGV[2] == "1"
 local give = ARGV[2] == "2"
 local settle = ARGV[2] == "3" or ARGV[2] == "4"

@@ -1,5 +1,5 @@
 //! The Lua script against a real Redis: its embedded SHA1s, and bit-for-bit
-//! agreement with the Rust reference bucket (src/bucket.rs).
+//! agreement with the Rust reference bucket (src/store/bucket.rs).
 
 mod common;
 

@@ -17,7 +17,7 @@ use serde_json::Value;
 
 const T0: f64 = 1.8e12;
 const ADMIN: &str = "an-admin-token-of-thirty-two-bytes-or-more";
-/// The key and path bounds of `src/key.rs` (not exported): ids over 256 bytes and paths over 1024
+/// The key and path bounds of `src/identity/key.rs` (not exported): ids over 256 bytes and paths over 1024
 /// bytes are hashed.
 const MAX_ID_BYTES: usize = 256;
 const MAX_PATH_BYTES: usize = 1024;
