@@ -157,7 +157,7 @@ pub(crate) fn answer_in_flight(outcome: &Outcome, in_flight: impl Fn(usize) -> b
 /// 429: an in-flight limit is full. `Retry-After: 1` (a slot frees when a response ends, which nobody
 /// can foresee) and the RateLimit fields naming the limit.
 fn too_many_concurrent(decision: &Decision) -> Response {
-    let name = decision.most_restrictive().map_or("", |l| l.policy.as_str());
+    let name = decision.most_restrictive().map_or("", |l| l.name.as_str());
     let detail = format!("In-flight limit \"{name}\" reached: too many requests at once; retry in 1 s.");
     let mut r = problem_fast(429, "too-many-concurrent", "Too Many Requests", &detail);
     r.headers.extend(rate_limit_headers(decision));
@@ -175,7 +175,7 @@ fn rate_limited(decision: &Decision, degraded_by: Option<&Failure>) -> Response 
     detail.push_str("Rate limit ");
     if let (None, Some(l)) = (degraded_by, decision.most_restrictive()) {
         detail.push('"');
-        detail.push_str(&l.policy);
+        detail.push_str(&l.name);
         detail.push_str("\" ");
     }
     detail.push_str("exceeded; retry in ");
@@ -196,7 +196,7 @@ fn rate_limited(decision: &Decision, degraded_by: Option<&Failure>) -> Response 
 /// retry_after_ms, reset_ms }` — `key` (its Redis key) only for the admin API.
 pub(crate) fn limit_json(check: &Check<'_>, status: &LimitStatus, with_key: bool) -> String {
     let o = if with_key { Obj::new().str("key", &check.key) } else { Obj::new() };
-    o.str("name", check.policy)
+    o.str("name", check.name)
         .str("rule", check.rule)
         .str("algorithm", check.limit.algorithm().name())
         .bool("shadow", check.shadow())
@@ -218,7 +218,7 @@ pub fn rate_limit_headers(decision: &Decision) -> Vec<Header> {
             policy.push_str(", ");
         }
         policy.push('"');
-        policy.push_str(&l.policy);
+        policy.push_str(&l.name);
         policy.push_str("\";q=");
         push_u64(&mut policy, u64::from(l.capacity));
         policy.push_str(";w=");
@@ -229,9 +229,9 @@ pub fn rate_limit_headers(decision: &Decision) -> Vec<Header> {
         headers.push(("ratelimit-policy", policy));
     }
     if let Some(l) = decision.most_restrictive().filter(|l| !l.shadow) {
-        let mut field = String::with_capacity(32 + l.policy.len());
+        let mut field = String::with_capacity(32 + l.name.len());
         field.push('"');
-        field.push_str(&l.policy);
+        field.push_str(&l.name);
         field.push_str("\";r=");
         push_u64(&mut field, l.remaining.min(MAX_SF_INTEGER));
         field.push_str(";t=");
@@ -244,7 +244,7 @@ pub fn rate_limit_headers(decision: &Decision) -> Vec<Header> {
         headers.push(("retry-after", retry));
     }
     if let Some(l) = decision.shadow_denial() {
-        headers.push(("x-ratelimit-status", format!("shadow; limit=\"{}\"", l.policy)));
+        headers.push(("x-ratelimit-status", format!("shadow; limit=\"{}\"", l.name)));
     }
     headers
 }
@@ -419,7 +419,7 @@ mod tests {
     fn the_renderer_clamps_numbers_it_is_handed() {
         use crate::store::decision::LimitStatus;
         let huge = LimitStatus {
-            policy: "p".into(),
+            name: "p".into(),
             shadow: false,
             capacity: 5,
             window_s: u64::MAX,

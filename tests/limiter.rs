@@ -20,7 +20,7 @@ fn limit(capacity: u32, refill: &str) -> Limit {
 
 /// One default-policy limit on `key`, without overrides.
 fn check(key: String, limit: &Limit, cost: u32) -> Check<'_> {
-    Check { key, policy: "default", limit, cost, mode: Mode::Enforce, rule: "default", overrides: vec![] }
+    Check { key, name: "default", limit, cost, mode: Mode::Enforce, rule: "default", overrides: vec![] }
 }
 
 fn key(name: &str) -> String {

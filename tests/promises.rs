@@ -279,7 +279,7 @@ fn limit(capacity: u32) -> Limit {
 
 fn status_of(capacity: u32) -> LimitStatus {
     LimitStatus {
-        policy: "p".into(),
+        name: "p".into(),
         shadow: false,
         capacity,
         window_s: 60,

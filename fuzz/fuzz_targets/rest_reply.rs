@@ -72,7 +72,7 @@ fuzz_target!(|data: &[u8]| {
         .iter()
         .map(|k| Check {
             key: (*k).to_string(),
-            policy: "l",
+            name: "l",
             limit: &bucket,
             cost: 1,
             mode: Mode::Enforce,

@@ -167,7 +167,7 @@ impl<'c> Gateway<'c> {
                 let line = Line::new("shadow_denied", "info")
                     .str("via", via)
                     .str("rule", limited.checks.get(i).map_or("", |c| c.rule))
-                    .str("limit", &d.limits[i].policy)
+                    .str("limit", &d.limits[i].name)
                     .caller(&self.config.log_caller_ids, &limited.subject);
                 Some(line.finish())
             }

@@ -215,7 +215,7 @@ fn zero_config<'c>(config: &'c Config, key: &str) -> Limited<'c> {
     let subject = format!("{RPC_SUBJECT_PREFIX}{}", subject_key(&Caller::User(key.to_string())));
     let check = Check {
         key: format!("rate:{subject}"),
-        policy: DEFAULT_POLICY,
+        name: DEFAULT_POLICY,
         limit: &config.limit,
         cost: 1,
         mode: Mode::Enforce,
@@ -322,10 +322,10 @@ pub(crate) fn result_json(
 ) -> String {
     let status = decision.and_then(reported);
     let (remaining, reset, capacity, policy) = match status {
-        Some(l) => (l.remaining, l.reset_ms.div_ceil(1000), u64::from(l.capacity), l.policy.as_str()),
+        Some(l) => (l.remaining, l.reset_ms.div_ceil(1000), u64::from(l.capacity), l.name.as_str()),
         // Nothing known beyond the configured numbers (a failed call without a local bucket's say).
         None => match checks.first() {
-            Some(c) => (0, 0, u64::from(c.limit.capacity()), c.policy),
+            Some(c) => (0, 0, u64::from(c.limit.capacity()), c.name),
             None => (0, 0, 0, DEFAULT_POLICY),
         },
     };
@@ -393,7 +393,7 @@ mod tests {
         let c = config(&[]);
         let call = parse(&c, "limit", r#"{"key":"alice"}"#).unwrap();
         assert_eq!(call.limited.checks[0].key, "rate:@rpc/alice");
-        assert_eq!((call.limited.checks[0].cost, call.limited.checks[0].policy), (1, "default"));
+        assert_eq!((call.limited.checks[0].cost, call.limited.checks[0].name), (1, "default"));
         // An HTTP caller who calls itself "@rpc/alice" is escaped: its keys never start with "rate:@rpc/".
         let http = crate::identity::key::bucket_key(&Caller::User("@rpc/alice".into()), "/");
         assert!(!http.starts_with("rate:@rpc/"), "{http}");

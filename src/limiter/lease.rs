@@ -515,7 +515,7 @@ mod tests {
 
     fn status() -> LimitStatus {
         LimitStatus {
-            policy: "p".into(),
+            name: "p".into(),
             shadow: false,
             capacity: 1000,
             window_s: 60,

@@ -551,7 +551,7 @@ impl Limiter {
             .iter()
             .zip(leases)
             .map(|(c, l)| LimitStatus {
-                policy: c.policy.to_string(),
+                name: c.name.to_string(),
                 shadow: c.shadow(),
                 capacity: l.capacity,
                 window_s: l.window_s,
@@ -770,7 +770,7 @@ impl Limiter {
                 local.insert(c.key.clone(), state);
             }
         }
-        let limits: Vec<Asked<'_>> = checks.iter().map(|c| Asked::new(c.policy, c.limit, c.shadow(), c.cost)).collect();
+        let limits: Vec<Asked<'_>> = checks.iter().map(|c| Asked::new(c.name, c.limit, c.shadow(), c.cost)).collect();
         match Decision::from_script(&reply.to_flat(), &limits) {
             Ok(decision) if !reply.allowed => Outcome::DeniedLocally(decision, failure),
             local => Outcome::FailedOpen(failure, local.ok()),
@@ -820,7 +820,7 @@ impl Limiter {
                     (c.limit.capacity(), c.limit.window_seconds())
                 };
                 LimitStatus {
-                    policy: c.policy.to_string(),
+                    name: c.name.to_string(),
                     shadow: c.shadow(),
                     capacity,
                     window_s,

@@ -275,8 +275,8 @@ impl Metrics {
             _ => Vec::new(),
         };
         for (c, would_deny) in differs {
-            *self.candidate.entry((c.rule.to_string(), c.policy.to_string(), would_deny)).or_default() += 1;
-            let key = (c.rule.to_string(), c.policy.to_string(), subject.to_string());
+            *self.candidate.entry((c.rule.to_string(), c.name.to_string(), would_deny)).or_default() += 1;
+            let key = (c.rule.to_string(), c.name.to_string(), subject.to_string());
             let room = self.candidate_callers.len() < DENIED_CALLERS_PER_BATCH;
             if let Some(n) = self.candidate_callers.get_mut(&key) {
                 *n += 1;
@@ -644,7 +644,7 @@ mod tests {
     use crate::store::decision::{Decision, LimitStatus};
 
     fn status(policy: &str, shadow: bool, retry_ms: u64) -> LimitStatus {
-        LimitStatus { policy: policy.into(), shadow, capacity: 5, window_s: 60, remaining: 0, retry_ms, reset_ms: 0 }
+        LimitStatus { name: policy.into(), shadow, capacity: 5, window_s: 60, remaining: 0, retry_ms, reset_ms: 0 }
     }
 
     #[test]
@@ -652,7 +652,7 @@ mod tests {
         let l = Limit::new(5, Refill::parse("5/min").unwrap(), 60).unwrap();
         let check = |rule| Check {
             key: "k".into(),
-            policy: "p",
+            name: "p",
             limit: &l,
             cost: 1,
             mode: crate::policy::check::Mode::Enforce,

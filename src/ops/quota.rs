@@ -58,7 +58,7 @@ pub(crate) fn unlimited() -> Response {
 pub(crate) fn own_check<'c>(subject: &str, limit: &'c Limit) -> Check<'c> {
     Check {
         key: format!("rate:{subject}:@quota"),
-        policy: QUOTA_POLICY,
+        name: QUOTA_POLICY,
         limit,
         cost: 1,
         mode: crate::policy::check::Mode::Enforce,

@@ -32,8 +32,8 @@ impl Mode {
 #[derive(Clone, Debug)]
 pub struct Check<'a> {
     pub key: String,
-    /// The limit's name in `RateLimit-Policy`.
-    pub policy: &'a str,
+    /// The limit's name (as in `RateLimit-Policy`).
+    pub name: &'a str,
     pub limit: &'a Limit,
     pub cost: u32,
     /// Enforcing, shadow (reported but never denying), a candidate policy's, or only reported.

@@ -289,7 +289,7 @@ pub(crate) fn limits_for<'c, 'h>(
         overrides.extend(tier.as_deref().map(overrides::tier_key));
         let check = Check {
             key: bucket_key_of(&subject, on.path()),
-            policy: DEFAULT_POLICY,
+            name: DEFAULT_POLICY,
             limit: &config.limit,
             cost: 1,
             mode: Mode::Enforce,
@@ -350,7 +350,7 @@ pub(crate) fn limited_by<'c>(
                 if a.limit.is_concurrency() { keys.iter().map(|k| overrides::slots_key(k)).collect() } else { keys };
             Check {
                 key: a.key,
-                policy: a.name,
+                name: a.name,
                 limit: a.limit,
                 cost: a.cost,
                 mode: if a.shadow { Mode::Shadow } else { Mode::Enforce },

@@ -19,8 +19,8 @@ pub(crate) const MAX_SCRIPT_MS: i64 = (1 << 53) - 1;
 /// fail mode's answer, never a decision.
 #[derive(Clone, Copy, Debug)]
 pub struct Asked<'a> {
-    /// The limit's name in `RateLimit-Policy`.
-    pub policy: &'a str,
+    /// The limit's name (as in `RateLimit-Policy`).
+    pub name: &'a str,
     pub limit: &'a Limit,
     /// It never denies (shadow, a candidate's, or only reported).
     pub shadow: bool,
@@ -38,8 +38,8 @@ pub struct Asked<'a> {
 
 impl<'a> Asked<'a> {
     /// A limit asked at `cost`, without a lease, whose numbers an override may have replaced.
-    pub fn new(policy: &'a str, limit: &'a Limit, shadow: bool, cost: u32) -> Asked<'a> {
-        Asked { policy, limit, shadow, cost, want: 0, share: 0.0, overridable: true }
+    pub fn new(name: &'a str, limit: &'a Limit, shadow: bool, cost: u32) -> Asked<'a> {
+        Asked { name, limit, shadow, cost, want: 0, share: 0.0, overridable: true }
     }
 
     /// What a call deciding `check` asked: its cost, and `want` lease tokens of at most `share` of the
@@ -49,7 +49,7 @@ impl<'a> Asked<'a> {
             want,
             share,
             overridable: !check.overrides.is_empty(),
-            ..Asked::new(check.policy, check.limit, check.shadow(), check.cost)
+            ..Asked::new(check.name, check.limit, check.shadow(), check.cost)
         }
     }
 }
@@ -57,8 +57,8 @@ impl<'a> Asked<'a> {
 /// One limit's state after a decision.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LimitStatus {
-    /// Policy name, a `[A-Za-z0-9_.-]` identifier.
-    pub policy: String,
+    /// The limit's name, a `[A-Za-z0-9_.-]` identifier.
+    pub name: String,
     /// A shadow limit: reported in logs and `X-RateLimit-Status`, never in the RateLimit fields.
     pub shadow: bool,
     pub capacity: u32,
@@ -113,7 +113,7 @@ impl Decision {
             .iter()
             .zip(reply[2..].chunks_exact(PER_LIMIT))
             .map(|(asked, v)| LimitStatus {
-                policy: asked.policy.to_string(),
+                name: asked.name.to_string(),
                 shadow: asked.shadow,
                 // What the script had in effect: an override may have replaced the policy's numbers.
                 capacity: v[3] as u32,
