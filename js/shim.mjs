@@ -87,10 +87,9 @@ export class RateLimiter extends WorkerEntrypoint {
 }
 
 function call(method, options, env, ctx) {
-  typed(method, options, "options", 0); // (before JSON, which would turn a Date into a string)
   let args;
   try {
-    args = JSON.stringify(options) ?? "";
+    args = optionsJson(options) ?? "";
   } catch {
     throw new TypeError(`${method}(options): options must be a plain object such as { key: "user-1" }`);
   }
@@ -102,39 +101,23 @@ function call(method, options, env, ctx) {
   }
 }
 
-const EXPECTED = {
-  "options.key": "a string",
-  "options.cost": "a number",
-  "options.shadow": "a boolean",
-  "options.tier": "a string",
-  "options.rule": "a rule name or { method, path }",
-  "options.rule.method": "a string",
-  "options.rule.path": "a string",
-};
-
-/** Refuses, naming the argument, every JavaScript value that JSON would not carry as it is: a Date or a
- * boxed String would become a string (`new Date()` as a key: a fresh bucket every call), a Map or a class
- * instance an object of other fields, NaN and Infinity null, and a BigInt throws. Strings, finite
- * numbers, booleans, null, arrays and plain objects pass (the core checks what they hold). */
-function typed(method, v, path, depth) {
-  const t = typeof v;
-  if (t === "string" || t === "boolean" || v === null || (t === "undefined" && depth > 0)) return;
-  if (t === "number") {
-    if (Number.isFinite(v)) return;
-    throw new RangeError(`${path} must be a finite number, got ${v}`);
-  }
-  if (t === "object" && depth < 8) {
-    const proto = Object.getPrototypeOf(v);
-    if (Array.isArray(v)) return v.forEach((x, i) => typed(method, x, `${path}[${i}]`, depth + 1));
-    if (proto === Object.prototype || proto === null) {
-      for (const k of Object.keys(v)) typed(method, v[k], `${path}.${k}`, depth + 1);
-      return;
+/** The options as JSON, with every value JSON would not carry as it is marked `{"\u0000js": what}`
+ * (what the core's src/gateway/rpc.rs refuses by name): a Date or a boxed String would become a string,
+ * a Map or a class instance an object of other fields, NaN and Infinity null, and a BigInt throws. */
+function optionsJson(options) {
+  const mark = (what) => ({ "\u0000js": what });
+  return JSON.stringify(options, function (key, value) {
+    const raw = this[key]; // (as it was, before a toJSON)
+    const t = typeof raw;
+    if (t === "number") return Number.isFinite(raw) ? raw : mark(String(raw));
+    if (t === "bigint") return mark("BigInt");
+    if (t === "function" || t === "symbol") return mark(t);
+    if (t === "object" && raw !== null && !Array.isArray(raw)) {
+      const proto = Object.getPrototypeOf(raw);
+      if (proto !== Object.prototype && proto !== null) return mark(raw.constructor?.name || "object");
     }
-  }
-  if (t === "undefined") return; // (no options at all: the core says what it needs)
-  const what = t === "bigint" ? "a BigInt" : t === "object" ? `a ${v.constructor?.name || "non-plain object"}` : `a ${t}`;
-  if (depth === 0) throw new TypeError(`${method}(options): options must be a plain object such as { key: "user-1" }, got ${what}`);
-  throw new TypeError(`${path} must be ${EXPECTED[path] ?? "a string, a number, a boolean or a plain object"}, got ${what}`);
+    return value;
+  });
 }
 
 /** What an RPC caller gets when the gateway itself failed: no internal detail. */

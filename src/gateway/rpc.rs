@@ -121,6 +121,12 @@ pub(crate) fn parse<'c>(config: &'c Config, method: &str, args: &str) -> Result<
     let name = m.name();
     let shape = || type_error(format!("{name}(options): options must be an object such as {{ key: \"user-1\" }}"));
     let options = match serde_json::from_str::<Value>(args) {
+        Ok(v) if js_value(&v).is_some() => {
+            return Err(type_error(format!(
+                "{name}(options): options must be an object such as {{ key: \"user-1\" }}, got {}",
+                kind_of(&v)
+            )))
+        }
         Ok(Value::Object(o)) => o,
         Ok(_) => return Err(shape()),
         Err(_) if !args.is_empty() => {
@@ -161,6 +167,9 @@ pub(crate) fn parse<'c>(config: &'c Config, method: &str, args: &str) -> Result<
                 )))
             }
         },
+        Some(v) if matches!(js_value(v), Some("NaN" | "Infinity" | "-Infinity")) => {
+            return Err(range_error(format!("options.cost must be a finite number, got {}", kind_of(v))))
+        }
         Some(other) => return Err(type_error(format!("options.cost must be a number, got {}", kind_of(other)))),
     };
     let shadow = match options.get("shadow") {
@@ -199,7 +208,30 @@ pub(crate) fn parse<'c>(config: &'c Config, method: &str, args: &str) -> Result<
     Ok(Call { method: m, limited })
 }
 
-fn kind_of(v: &Value) -> &'static str {
+/// A JavaScript value that JSON would not carry as it is (a `Date` or a boxed `String` would become a
+/// string — `new Date()` as a key, a fresh bucket every call —, a `Map` or a class instance an object of
+/// other fields, `NaN` `null`, a `BigInt` would throw): the executor sends it as `{"\u0000js": what}`
+/// (`js/shim.mjs`), and the core refuses it by name. `what`: a constructor's name, `BigInt`, `NaN`,
+/// `Infinity`, `function`, `symbol`.
+fn js_value(v: &Value) -> Option<&str> {
+    match v {
+        Value::Object(o) if o.len() == 1 => o.get("\u{0}js")?.as_str(),
+        _ => None,
+    }
+}
+
+/// What `v` is, for a message: its JSON type, or the JavaScript value the executor marked (a name
+/// from the caller's code: shown only when it is a plain identifier of at most 40 characters).
+fn kind_of(v: &Value) -> String {
+    if let Some(js) = js_value(v) {
+        let plain =
+            !js.is_empty() && js.len() <= 40 && js.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+        return match js {
+            "NaN" | "Infinity" | "-Infinity" => js.to_string(),
+            _ if plain => format!("a {js}"),
+            _ => "an object".to_string(),
+        };
+    }
     match v {
         Value::Null => "null",
         Value::Bool(_) => "a boolean",
@@ -208,6 +240,7 @@ fn kind_of(v: &Value) -> &'static str {
         Value::Array(_) => "an array",
         Value::Object(_) => "an object",
     }
+    .to_string()
 }
 
 /// `key`'s zero-config bucket, in the RPC key space.
@@ -258,7 +291,7 @@ fn by_rule<'c>(config: &'c Config, key: &str, rule: &Value, tier: Option<String>
             limited_by(policy, applied, subject_key(&caller), tier)
                 .ok_or_else(|| range_error(format!("options.rule: the rule {} has no limits", Q(name))))
         }
-        Value::Object(route) => {
+        Value::Object(route) if js_value(rule).is_none() => {
             let (method, path) = route_of(route)?;
             let canonical = normalize_with(&path, config.path_case_insensitive);
             let paths = views_of(&path, &canonical, config.path_case_insensitive);
@@ -447,6 +480,44 @@ mod tests {
             ("peek", r#"{"key":"a","shadow":true}"#, ErrorKind::Type, "peek takes key, cost, rule, tier"),
             ("reset", r#"{"key":"a","cost":1}"#, ErrorKind::Type, "unknown option \"cost\""),
             ("lmit", r#"{"key":"a"}"#, ErrorKind::Type, "not a method"),
+            // Issue 23, item 3: JavaScript values the executor marks, refused by name.
+            ("limit", r#"{"key":{"\u0000js":"Date"}}"#, ErrorKind::Type, "options.key must be a string, got a Date"),
+            (
+                "limit",
+                r#"{"key":"a","cost":{"\u0000js":"BigInt"}}"#,
+                ErrorKind::Type,
+                "options.cost must be a number, got a BigInt",
+            ),
+            (
+                "limit",
+                r#"{"key":"a","rule":{"\u0000js":"Map"}}"#,
+                ErrorKind::Type,
+                "options.rule must be a rule's name or { method, path }, got a Map",
+            ),
+            (
+                "limit",
+                r#"{"key":"a","cost":{"\u0000js":"NaN"}}"#,
+                ErrorKind::Range,
+                "options.cost must be a finite number, got NaN",
+            ),
+            (
+                "limit",
+                r#"{"\u0000js":"Date"}"#,
+                ErrorKind::Type,
+                "limit(options): options must be an object such as { key: \"user-1\" }, got a Date",
+            ),
+            (
+                "limit",
+                r#"{"key":"a","rule":{"path":{"\u0000js":"Date"}}}"#,
+                ErrorKind::Type,
+                "options.rule.path must be a string, got a Date",
+            ),
+            (
+                "limit",
+                r#"{"key":{"\u0000js":"<script>"}}"#,
+                ErrorKind::Type,
+                "options.key must be a string, got an object",
+            ),
         ];
         for (method, args, kind, words) in cases {
             let e = error(&c, method, args);
