@@ -9,9 +9,10 @@
 -- KEYS[1..n]         limit i's state: for "c" a sorted set (below); otherwise a hash: token bucket `tokens`, `lastRefill` (epoch s), and while it
 --                    leases, `lq`/`lp` (tokens leased in the current / previous lease slot), `li` (the
 --                    current slot's index, floor(time / `ll`)) and `ll` (the slot's length, s);
---                    sliding window `start` (epoch s), `count`, `previous`
--- KEYS[n+1..]        override keys (strings "<capacity> <rate>"), read with one MGET; with op "4" the last
---                    key is the settle marker, not an override
+--                    sliding window `start` (epoch s), `count`, `previous`; both keep `x`, the key's
+--                    deadline (script time, s: see `expiry` below)
+-- KEYS[n+1..]        override keys (strings "<capacity> <rate>"), read with one MGET (and perhaps the
+--                    overrides' version key: ARGV[4+8n]); with op "4" the last key is the settle marker
 -- ARGV[1]            clock: "" = Redis TIME (default); otherwise the caller's epoch ms (worker-clock mode)
 -- ARGV[2]            the operation: "" take (decide this request); "1" peek: report every limit without
 --                    consuming or writing anything; "2" give back: return unused lease tokens (below);
@@ -59,6 +60,11 @@
 --                    the difference (a bucket may go below zero: the caller waits longer, and the key lives
 --                    until it is full again) or refunded it (a bucket never above capacity; a window off the
 --                    window the reservation was counted in). A key whose state is unreadable gets nothing.
+-- ARGV[4+8n]         optional, what this isolate knows of the overrides: "<v> <version> <j>...": the
+--                    override KEYS indexes j are believed not to exist and are not read, unless KEYS[v]
+--                    (the overrides' version key, read in the same MGET; v = 0: not read) holds another
+--                    version than <version>: then they are read too, in a second MGET. With v > 0 the
+--                    reply ends with the version read (0 when the key does not exist).
 -- Every TTL is clamped to two MAX_WINDOWs: Lua writes numbers from 1e14 on with an exponent, which
 -- EXPIRE refuses, and a failing call would mean no decision at all.
 --
@@ -70,7 +76,7 @@
 --                            reset_ms (until limit i is full again),
 --                            capacity and window_s (ceil(capacity / rate)) in effect, overrides applied,
 --                            leased (tokens debited beyond the cost for this isolate's lease),
---     then the script's time in epoch ms (floored) }
+--     then the script's time in epoch ms (floored), then the overrides' version if it was read }
 -- For "c": retry_ms is 1000 when no slot is free (when one frees is unknown), reset_ms 1000 when none is
 -- left, window_s 1 (the gateway passes rate = capacity). Op "3"/"4" replies in the same shape; with op
 -- "4" a first element of 0 means this request was settled before and nothing was done.
@@ -102,16 +108,62 @@ if ARGV[2] == "4" then
   end
 end
 
-local overrides = {}
+-- Overrides: one MGET of the override keys this isolate knows exist (and the version key when its
+-- check is due); the others only when the version read is not the one expected (a new override).
+local overrides, version = {}, nil
 if last > n then
-  local names = {}
-  for j = n + 1, last do names[#names + 1] = KEYS[j] end
-  local values = redis.call("MGET", unpack(names))
-  for j = 1, #names do overrides[n + j] = values[j] end
+  local vidx, expected, skip = 0, nil, {}
+  local known = ARGV[4 + 8 * n]
+  if known then
+    local words = string.gmatch(known, "%-?%d+")
+    vidx, expected = tonumber(words() or "0"), tonumber(words() or "")
+    for j in words do skip[tonumber(j)] = true end
+  end
+  local names, at, later = {}, {}, {}
+  for j = n + 1, last do
+    if skip[j] then
+      later[#later + 1] = j
+    else
+      names[#names + 1] = KEYS[j]
+      at[#at + 1] = j
+    end
+  end
+  if #names > 0 then
+    local values = redis.call("MGET", unpack(names))
+    for m = 1, #names do overrides[at[m]] = values[m] end
+  end
+  if vidx > 0 then
+    version = tonumber(overrides[vidx]) or 0
+    overrides[vidx] = nil
+    if version ~= expected and #later > 0 then
+      names = {}
+      for m = 1, #later do names[m] = KEYS[later[m]] end
+      local values = redis.call("MGET", unpack(names))
+      for m = 1, #later do overrides[later[m]] = values[m] end
+    end
+  end
 end
 
-local algo, level, stamp, cap, rate, ttl, cost, win, mode, known, slots, fresh =
-  {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}
+local algo, level, stamp, cap, rate, ttl, cost, win, mode, known, slots, fresh, deadline =
+  {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}
+
+-- A write: the hash `fields`, and the key must live until `need` (script time, s). The key keeps its
+-- deadline in field `x`; EXPIRE is sent only when that deadline is less than a quarter TTL beyond
+-- `need`, and then sets it half a TTL beyond the later of `need` and a TTL from now. So a busy key
+-- pays one EXPIRE per quarter TTL at most, and a deadline set by an isolate whose clock runs up to a
+-- quarter TTL ahead of the next writer's is still never short.
+local function expiry(i, t, need, fields)
+  local x = deadline[i]
+  if x == nil or x ~= x or x < need + ttl[i] / 4 then
+    x = math.min(math.max(need, t + ttl[i]) + ttl[i] / 2, t + 2 * MAX_WINDOW)
+    fields[#fields + 1] = "x"
+    fields[#fields + 1] = x
+    redis.call("HSET", KEYS[i], unpack(fields))
+    redis.call("EXPIRE", KEYS[i], math.ceil(x - t))
+  else
+    redis.call("HSET", KEYS[i], unpack(fields))
+  end
+end
 local denied_by = 0
 local candidate_denied = false
 
@@ -140,7 +192,8 @@ for i = 1, n do
     -- Sliding-window counter: the previous window's count, weighted by how much of it still
     -- overlaps the sliding window, plus this window's count.
     local w = c / r
-    local h = redis.call("HMGET", KEYS[i], "start", "count", "previous")
+    local h = redis.call("HMGET", KEYS[i], "start", "count", "previous", "x")
+    deadline[i] = tonumber(h[4])
     local start, cur, prev = tonumber(h[1]), tonumber(h[2]), tonumber(h[3])
     if h[1] == false and h[2] == false and h[3] == false then
       start, cur, prev, usable, new = now, 0, 0, false, true  -- a new (or expired) window is empty
@@ -159,7 +212,8 @@ for i = 1, n do
     tokens = c - (prev * (1 - (t - start) / w) + cur)
     ttl_i = math.max(ttl_i, math.ceil(2 * w))
   else
-    local h = redis.call("HMGET", KEYS[i], "tokens", "lastRefill", "lq", "lp", "li", "ll")
+    local h = redis.call("HMGET", KEYS[i], "tokens", "lastRefill", "lq", "lp", "li", "ll", "x")
+    deadline[i] = tonumber(h[7])
     local last = tonumber(h[2])
     tokens = tonumber(h[1])
     local lq, lp, li, ll = tonumber(h[3]), tonumber(h[4]), tonumber(h[5]), tonumber(h[6])
@@ -255,7 +309,8 @@ for i = 1, n do
     -- When a slot frees is unknown (a response ends): callers are told to try again in a second.
     if tokens < k and not settle then retry = 1 end
     if consume then
-      redis.call("ZREMRANGEBYSCORE", KEYS[i], "-inf", ms)
+      -- (expired members, left by releases that never came, are pruned when the key's slots are
+      -- released, not here: a take is ZCOUNT, ZADD and EXPIRE)
       redis.call("ZADD", KEYS[i], ms + ttl[i] * 1000, ARGV[4 + (i - 1) * 8 + 7])
       redis.call("EXPIRE", KEYS[i], ttl[i])
       tokens = tokens - k
@@ -302,8 +357,7 @@ for i = 1, n do
       tokens = c - (prev * (1 - into / w) + cur)
     end
     if consume or back or settling then
-      redis.call("HSET", KEYS[i], "start", start, "count", cur, "previous", prev)
-      redis.call("EXPIRE", KEYS[i], ttl[i])
+      expiry(i, t, start + 2 * w, { "start", start, "count", cur, "previous", prev })
     end
     if cur > 0 then reset = 2 * w - into elseif prev > 0 then reset = w - into end
   else
@@ -318,16 +372,14 @@ for i = 1, n do
       end
       -- The key lives until it is full again, whatever wrote it: a bucket in debt (a charge, or a
       -- refund or a take after one) must never expire back to full.
-      local full = math.ceil((c - tokens) / r)
-      if full > ttl[i] then ttl[i] = math.min(full, 2 * MAX_WINDOW) end
+      local full = math.min(math.ceil((c - tokens) / r), 2 * MAX_WINDOW)
       -- Lua numbers reach Redis in a round-trip-exact form, so tonumber() reads back the same double.
       local sl = slots[i]
       if sl then
-        redis.call("HSET", KEYS[i], "tokens", tokens, "lastRefill", t, "lq", sl[1], "lp", sl[2], "li", sl[3], "ll", sl[4])
+        expiry(i, t, t + full, { "tokens", tokens, "lastRefill", t, "lq", sl[1], "lp", sl[2], "li", sl[3], "ll", sl[4] })
       else
-        redis.call("HSET", KEYS[i], "tokens", tokens, "lastRefill", t)
+        expiry(i, t, t + full, { "tokens", tokens, "lastRefill", t })
       end
-      redis.call("EXPIRE", KEYS[i], ttl[i])
     end
     reset = (c - tokens) / r
   end
@@ -339,4 +391,5 @@ for i = 1, n do
   out[#out + 1] = lease
 end
 out[#out + 1] = math.floor(now * 1000)
+if version ~= nil then out[#out + 1] = version end
 return out

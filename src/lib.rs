@@ -40,7 +40,8 @@
 //! 4. `http`      — every response and every header the gateway renders.
 //! 5. `limiter/`  — one isolate's view of the shared buckets: the script call and its NOSCRIPT
 //!    recovery, deny cache, fail mode, the local buckets that bound fail-open traffic; `lease`, tokens
-//!    of busy keys debited in Redis for this isolate and spent without a call.
+//!    of busy keys debited in Redis for this isolate and spent without a call; `known`, which override
+//!    keys exist (so a call reads only those).
 //! 6. `store/`    — Redis: `script` (the Lua script and its build-time SHA1s), `upstash` (the REST
 //!    protocol: bodies in, classified replies out), `decision` (what the script said, per limit,
 //!    bounded by what the call asked), `bucket` (the script's arithmetic in Rust: the reference the Lua

@@ -332,6 +332,11 @@ fn a_cached_denial_is_answered_in_one_step_with_nothing_pending() {
         NOW,
     );
     assert_eq!(status(&denied), 429);
+    // After its first response, an isolate reads which overrides exist (off the response path).
+    let Step::Respond { report: Some(read), .. } = &denied else { panic!("the overrides read: {denied:?}") };
+    assert!(read.pipeline && read.body.contains("ratelimit:overrides:version"), "{}", read.body);
+    let index = r#"[{"result":"3"},{"result":[]}]"#;
+    assert!(matches!(gw.resume(read.ticket, Reply::Http { status: 200, body: index }, NOW), Step::Done));
     let cached = begin(&mut gw, "GET", "/api/./h/", &[("x-user-id", "hot")]);
     assert_eq!(status(&cached), 429, "another spelling of the same bucket");
     assert_eq!(header(&cached, "retry-after"), Some("11"));

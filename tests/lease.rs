@@ -427,7 +427,9 @@ fn a_grant_nobody_asked_for_is_malformed() {
     assert!(matches!(step, Step::Forward { wake: None, .. }), "{step:?}");
     assert_eq!(header(&step, "x-ratelimit-status"), Some("degraded; reason=malformed-reply"));
     assert_eq!(gw.limiter().leased_tokens(), 0, "nothing leased");
-    assert_eq!(gw.pending(), 0, "no wake parked for a lease that does not exist");
+    // (the one ticket parked is the read of which overrides exist, sent after the response)
+    let read = usize::from(matches!(&step, Step::Forward { report: Some(_), .. }));
+    assert_eq!(gw.pending(), read, "no wake parked for a lease that does not exist");
 }
 
 /// Issue 23, item 1: a reply claiming a lease of 1,000,000 tokens on a bucket of 400 was honoured

@@ -201,7 +201,7 @@ fn allowed_calls_set_the_ttl_and_denied_calls_leave_it() {
     let spec = Spec::new(TB, 1.0, 1.0 / 60.0, 1.0, Mode::Enforce);
     run(&mut con, &keys, &[(spec, 90)], None);
     let ttl: i64 = redis::cmd("TTL").arg(&keys[0]).query(&mut con).unwrap();
-    assert!((89..=90).contains(&ttl), "TTL {ttl}");
+    assert!((134..=135).contains(&ttl), "a first write sets a TTL and a half: TTL {ttl}");
     redis::cmd("EXPIRE").arg(&keys[0]).arg(500).query::<i64>(&mut con).unwrap();
     assert_eq!(run(&mut con, &keys, &[(spec, 90)], None)[0], 0);
     let ttl: i64 = redis::cmd("TTL").arg(&keys[0]).query(&mut con).unwrap();
@@ -325,7 +325,7 @@ fn the_window_ttl_covers_two_windows() {
     let spec = Spec::new(SW, 5.0, 5.0 / 60.0, 1.0, Mode::Enforce);
     run(&mut con, &keys, &[(spec, 60)], None); // a TTL argument below two windows is raised
     let ttl: i64 = redis::cmd("TTL").arg(&keys[0]).query(&mut con).unwrap();
-    assert!((119..=120).contains(&ttl), "TTL {ttl}");
+    assert!((179..=180).contains(&ttl), "two windows, and half of that again: TTL {ttl}");
 }
 
 #[test]
@@ -373,7 +373,7 @@ fn absurd_overrides_and_arguments_never_make_the_script_fail() {
         let r = run_with(&mut con, &keys, &specs, Some(t), false, &overrides, &indexes);
         assert_eq!((r[5], r[10]), (2, 2), "override {value:?} must be ignored");
         let ttl: i64 = redis::cmd("TTL").arg(&keys[0]).query(&mut con).unwrap();
-        assert!((1..=60).contains(&ttl), "TTL {ttl} with override {value:?}");
+        assert!((1..=90).contains(&ttl), "TTL {ttl} with override {value:?}");
     }
     // An absurd TTL argument is clamped, not passed on to EXPIRE as 1e+17.
     let slow = Spec::new(TB, 1e9, 1e9 / 2.88e17, 1.0, Mode::Enforce);
@@ -387,7 +387,7 @@ fn absurd_overrides_and_arguments_never_make_the_script_fail() {
 fn an_override_raises_the_ttl_to_its_own_refill_time() {
     let redis = Redis::start();
     let mut con = redis.connection();
-    for (algorithm, expected) in [(TB, 6_000), (SW, 12_000)] {
+    for (algorithm, expected) in [(TB, 9_000), (SW, 18_000)] {
         let keys = fresh_keys(&format!("override-ttl-{}", algorithm.code()), 1);
         let overrides = vec![format!("ratelimit:override:caller:ttl-{}-{}", algorithm.code(), std::process::id())];
         redis::cmd("SET").arg(&overrides[0]).arg(format!("100 {}", 1.0 / 60.0)).query::<()>(&mut con).unwrap();
@@ -470,8 +470,9 @@ fn in_flight_slots_are_taken_all_or_nothing_released_by_id_and_expire() {
     let count: i64 = redis::cmd("ZCARD").arg(&slots).query(&mut con).unwrap();
     assert_eq!(count, 2, "a peek writes nothing");
     assert_eq!(take(&mut con, "e", t0 + 60_005)[..3], [1, 0, 1], "c (taken at +4) expired at +60004");
-    let members: Vec<String> = redis::cmd("ZRANGE").arg(&slots).arg(0).arg(-1).query(&mut con).unwrap();
-    assert_eq!(members, ["e"], "expired slots are dropped when a slot is taken");
+    let live: i64 =
+        redis::cmd("ZCOUNT").arg(&slots).arg(format!("({}", t0 + 60_005)).arg("+inf").query(&mut con).unwrap();
+    assert_eq!(live, 1, "only e is live (expired members are pruned when slots are released, not taken)");
 
     // Shadow: never denies, takes a slot only when one is free.
     let shadow = |con: &mut redis::Connection, id: &str| {
@@ -479,8 +480,8 @@ fn in_flight_slots_are_taken_all_or_nothing_released_by_id_and_expire() {
     };
     let s = shadow(&mut con, "f");
     assert_eq!((s[0], s[3]), (1, 1000), "full (e holds the one slot): allowed, would have denied");
-    let count: i64 = redis::cmd("ZCARD").arg(&slots).query(&mut con).unwrap();
-    assert_eq!(count, 1, "a shadow limit that cannot pay takes nothing");
+    let taken: i64 = redis::cmd("ZSCORE").arg(&slots).arg("f").query::<Option<i64>>(&mut con).unwrap().map_or(0, |_| 1);
+    assert_eq!(taken, 0, "a shadow limit that cannot pay takes nothing");
 }
 
 #[test]

@@ -199,7 +199,9 @@ impl<'c> Gateway<'c> {
         started_ms: f64,
         now_ms: f64,
     ) -> Option<Fetch> {
-        self.config.admin_token_sha256.as_ref()?; // metrics are kept only with the admin API on
+        if self.config.admin_token_sha256.is_none() {
+            return self.report(now_ms); // metrics are kept only with the admin API on
+        }
         self.metrics.record(outcome, &limited.checks, limited.tier.as_deref(), &limited.subject);
         self.metrics.decision.observe(now_ms - started_ms);
         self.metrics.add_limiter_counts(self.limiter.take_counts());

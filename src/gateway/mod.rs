@@ -213,10 +213,19 @@ impl<'c> Gateway<'c> {
     }
 
     /// The metrics report due now, if any, as a fetch to send after the response.
+    /// The fetch to send after the response: the metrics report when one is due, else the read of
+    /// which overrides exist when this isolate should make it.
     fn report(&mut self, now_ms: f64) -> Option<Fetch> {
-        let report = self.metrics.report(now_ms, self.config.metrics_flush_ms)?;
-        let ticket = self.park(Work::Report { counts: Box::new(report.counts) }, now_ms);
-        Some(Fetch { ticket, pipeline: true, body: report.body, timeout_ms: self.config.redis_timeout_ms })
+        if self.config.admin_token_sha256.is_some() {
+            if let Some(report) = self.metrics.report(now_ms, self.config.metrics_flush_ms) {
+                let ticket = self.park(Work::Report { counts: Box::new(report.counts) }, now_ms);
+                let timeout_ms = self.config.redis_timeout_ms;
+                return Some(Fetch { ticket, pipeline: true, body: report.body, timeout_ms });
+            }
+        }
+        let body = self.limiter.overrides_fetch(now_ms)?;
+        let ticket = self.park(Work::Overrides, now_ms);
+        Some(Fetch { ticket, pipeline: true, body, timeout_ms: self.config.redis_timeout_ms })
     }
 
     fn forward(&self, target: &str, headers: Vec<Header>, note: Option<String>, report: Option<Fetch>) -> Step {

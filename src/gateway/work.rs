@@ -80,6 +80,8 @@ pub(super) enum Work<'c> {
         head: bool,
     },
     /// A metrics report.
+    /// The read of which overrides exist (the overrides' version, then their index).
+    Overrides,
     Report {
         counts: Box<Metrics>,
     },
@@ -216,6 +218,14 @@ impl<'c> Gateway<'c> {
                 self.pending
                     .insert(ticket, Pending { work: Work::Renewing { call, items }, deadline_ms, sent_ms: now_ms });
                 Step::Fetch(Fetch { ticket, pipeline: false, body, timeout_ms: self.config.redis_timeout_ms })
+            }
+            Work::Overrides => {
+                let reply = match http {
+                    Some(Ok((status, body))) => Some((status, body)),
+                    _ => None,
+                };
+                self.limiter.overrides_fetched(reply, now_ms);
+                Step::Done
             }
             Work::Report { counts } => {
                 let sent = matches!(http, Some(Ok((200, body))) if !body.contains("\"error\""));

@@ -8,11 +8,13 @@
 //! Synchronous and without I/O: a [`ScriptCall`] says what to send next and is
 //! told what came back; time comes in as an argument.
 
+pub(crate) mod known;
 pub(crate) mod lease;
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 
+use crate::limiter::known::{Known, VERSION_KEY};
 use crate::limiter::lease::{GiveBack, LeaseBook, LeaseCounts, Renewal, Want};
 use crate::policy::check::Check;
 use crate::policy::check::Mode;
@@ -151,6 +153,8 @@ pub struct Limiter {
     noscript: Cell<u64>,
     deny_cache_hits: Cell<u64>,
     leases: RefCell<LeaseBook>,
+    /// What this isolate knows of the overrides (which keys exist).
+    known: RefCell<Known>,
 }
 
 impl Default for Limiter {
@@ -166,7 +170,8 @@ fn script_args<'a>(
     clock: Clock,
     now_ms: f64,
     op: Op,
-) -> (Vec<String>, Vec<String>) {
+    known: &Known,
+) -> (Vec<String>, Vec<String>, bool) {
     let mut keys: Vec<String> = Vec::with_capacity(n);
     let mut args = Vec::with_capacity(3 + 8 * n);
     args.push(match clock {
@@ -207,7 +212,28 @@ fn script_args<'a>(
         args[a + 6] = indexes;
         args[a + 7] = lease;
     }
-    (keys, args)
+    // What this isolate knows of the overrides: the keys it believes absent are not read (unless the
+    // version read with them says they may have appeared).
+    let mut checked = false;
+    if keys.len() > n {
+        let plan = known.plan(now_ms);
+        let mut arg = String::new();
+        let skipped: Vec<usize> =
+            (n..keys.len()).filter(|&j| !known.may_exist(&keys[j], now_ms)).map(|j| j + 1).collect();
+        match plan.check {
+            Some(expected) => {
+                keys.push(VERSION_KEY.to_string());
+                checked = true;
+                arg.push_str(&format!("{} {expected}", keys.len()));
+            }
+            None => arg.push_str("0 0"),
+        }
+        for j in skipped {
+            arg.push_str(&format!(" {j}"));
+        }
+        args.push(arg);
+    }
+    (keys, args, checked)
 }
 
 /// Checks the reply to a call that gave back or settled `limits` (each a limit and its override keys;
@@ -271,6 +297,8 @@ pub struct ScriptCall {
     asked: Vec<String>,
     /// The lease tokens it asks, per limit (empty: none).
     wants: Vec<u64>,
+    /// It reads the overrides' version (the reply ends with it).
+    version: bool,
 }
 
 impl ScriptCall {
@@ -321,8 +349,8 @@ impl ScriptCall {
             .iter()
             .zip(lease_args)
             .map(|(c, arg)| (c.key.as_str(), c.limit, i64::from(c.cost), c.mode, c.overrides.as_slice(), arg));
-        let (keys, args) = script_args(limits, checks.len(), clock, now_ms, op);
-        Self::with(limiter, keys, args, asked, if leasable { wants } else { Vec::new() })
+        let (keys, args, version) = script_args(limits, checks.len(), clock, now_ms, op, &limiter.known.borrow());
+        Self::with(limiter, (keys, args, version), asked, if leasable { wants } else { Vec::new() })
     }
 
     /// The call that gives the unused tokens of ended leases back to their buckets.
@@ -332,8 +360,8 @@ impl ScriptCall {
             let arg = format!("{} {} {}", g.taken_ms, g.settle, g.since);
             (g.key.as_str(), &g.limit, i64::from(tokens), Mode::Enforce, g.overrides.as_slice(), arg)
         });
-        let (keys, args) = script_args(limits, items.len(), clock, now_ms, Op::GiveBack);
-        Self::with(limiter, keys, args, Vec::new(), Vec::new())
+        let call = script_args(limits, items.len(), clock, now_ms, Op::GiveBack, &limiter.known.borrow());
+        Self::with(limiter, call, Vec::new(), Vec::new())
     }
 
     /// The call after a response that releases its slots and settles its costs (`marker`: the
@@ -349,9 +377,9 @@ impl ScriptCall {
             .iter()
             .map(|s| (s.key.as_str(), s.limit, s.delta, Mode::Enforce, s.overrides.as_slice(), s.arg.clone()));
         let op = if marker.is_some() { Op::SettleOnce } else { Op::Settle };
-        let (mut keys, args) = script_args(limits, items.len(), clock, now_ms, op);
+        let (mut keys, args, version) = script_args(limits, items.len(), clock, now_ms, op, &limiter.known.borrow());
         keys.extend(marker.map(str::to_string));
-        Self::with(limiter, keys, args, Vec::new(), Vec::new())
+        Self::with(limiter, (keys, args, version), Vec::new(), Vec::new())
     }
 
     /// The call that tops up leases running low: cost 0, only the leases asked for.
@@ -364,25 +392,19 @@ impl ScriptCall {
             .iter()
             .zip(lease_args)
             .map(|(r, arg)| (r.key.as_str(), &r.limit, 0, Mode::Enforce, r.overrides.as_slice(), arg));
-        let (keys, args) = script_args(limits, items.len(), clock, now_ms, Op::Take);
-        Self::with(
-            limiter,
-            keys,
-            args,
-            items.iter().map(|r| r.key.clone()).collect(),
-            items.iter().map(|r| r.want).collect(),
-        )
+        let call = script_args(limits, items.len(), clock, now_ms, Op::Take, &limiter.known.borrow());
+        Self::with(limiter, call, items.iter().map(|r| r.key.clone()).collect(), items.iter().map(|r| r.want).collect())
     }
 
     fn with(
         limiter: &Limiter,
-        keys: Vec<String>,
-        args: Vec<String>,
+        (keys, args, version): (Vec<String>, Vec<String>, bool),
         asked: Vec<String>,
         wants: Vec<u64>,
     ) -> (ScriptCall, String) {
         let body = evalsha_body(limiter.variant.get(), &keys, &args);
-        (ScriptCall { keys, args, phase: Phase::First { generation: limiter.generation.get() }, asked, wants }, body)
+        let phase = Phase::First { generation: limiter.generation.get() };
+        (ScriptCall { keys, args, phase, asked, wants, version }, body)
     }
 
     /// The keys this call asked a lease for.
@@ -411,7 +433,17 @@ impl ScriptCall {
     ) -> Next {
         let result = reply
             .map_err(Failure::from)
-            .and_then(|(status, body)| parse_script_reply(status, body).map_err(Failure::Rest));
+            .and_then(|(status, body)| parse_script_reply(status, body).map_err(Failure::Rest))
+            .map(|mut ints| {
+                // The overrides' version, when the call read it, ends the reply: this isolate's to keep.
+                let n: usize = self.args.get(2).and_then(|n| n.parse().ok()).unwrap_or(0);
+                if self.version && ints.len() == 4 + PER_LIMIT * n {
+                    if let Some(v) = ints.pop() {
+                        limiter.known.borrow_mut().seen(v, now_ms);
+                    }
+                }
+                ints
+            });
         match self.phase {
             Phase::Load(variant) => {
                 if result == Err(Failure::Rest(RestError::ShebangRejected)) && variant == Variant::Flagged {
@@ -479,6 +511,7 @@ impl Limiter {
     pub fn with_leases(deny_cache_max_ms: u32, leases: LeaseConfig) -> Limiter {
         Limiter {
             leases: RefCell::new(LeaseBook::new(leases)),
+            known: RefCell::new(Known::new()),
             variant: Cell::new(Variant::Flagged),
             loading_until_ms: Cell::new(None),
             generation: Cell::new(0),
@@ -532,8 +565,26 @@ impl Limiter {
                 // A lease taken before a reset would give its tokens back to the fresh bucket: dropped.
                 self.leases.borrow_mut().drop_keys(keys);
             }
-            None => denials.clear(), // an override changed: a lease taken before it holds until its horizon
+            None => {
+                denials.clear(); // an override changed: a lease taken before it holds until its horizon
+                self.known.borrow_mut().changed();
+            }
         }
+    }
+
+    /// The pipeline that reads which overrides exist, when this isolate should read it now.
+    pub fn overrides_fetch(&self, now_ms: f64) -> Option<String> {
+        self.known.borrow_mut().fetch(now_ms)
+    }
+
+    /// What that pipeline answered (`None`: no answer).
+    pub fn overrides_fetched(&self, reply: Option<(u16, &str)>, now_ms: f64) {
+        self.known.borrow_mut().fetched(reply, now_ms);
+    }
+
+    /// How many override keys this isolate knows exist (`None`: it knows nothing, and reads them all).
+    pub fn overrides_known(&self) -> Option<usize> {
+        self.known.borrow().held()
     }
 
     /// A decision from this isolate's leases, if every one of `checks` can be paid from one: no

@@ -19,6 +19,7 @@ use crate::identity::caller::{identify, Caller};
 use crate::identity::path::{normalize_with, percent_decode, views};
 use crate::json::Q;
 use crate::json::{self, Obj};
+use crate::limiter::known::VERSION_KEY;
 use crate::limiter::{Failure, Limiter};
 use crate::ops::metrics::{Totals, DENIED_KEY, METRICS_KEY};
 use crate::policy::check::Check;
@@ -270,7 +271,12 @@ pub(crate) fn route<'c>(config: &'c Config, req: &AdminRequest<'_>, now_ms: f64)
                     if m == "GET" {
                         Action::Redis(vec![cmd(&["HGET", INDEX_KEY, &key]), cmd(&["EXISTS", &key, &slots])], Then::Get)
                     } else {
-                        Action::Redis(vec![cmd(&["DEL", &key, &slots]), cmd(&["HDEL", INDEX_KEY, &key])], Then::Delete)
+                        let commands = vec![
+                            cmd(&["DEL", &key, &slots]),
+                            cmd(&["HDEL", INDEX_KEY, &key]),
+                            cmd(&["INCR", VERSION_KEY]),
+                        ];
+                        Action::Redis(commands, Then::Delete)
                     }
                 }
                 "PUT" => put_override(config, scope, &name, body, now_ms),
@@ -369,8 +375,9 @@ impl Then {
         match self {
             Then::Status(n) => *n,
             Then::Candidate(n) => *n,
-            Then::Put(_) => 3,
-            Then::Get | Then::Delete => 2,
+            Then::Put(_) => 4,
+            Then::Delete => 3,
+            Then::Get => 2,
             Then::Metrics | Then::List | Then::Reset(_) => 1,
         }
     }
@@ -578,6 +585,8 @@ fn put_override<'c>(config: &Config, scope: Scope, name: &str, body: &str, now_m
         part(&new.key, &new.value),
         part(&new.slots_key, &new.slots_value),
         cmd(&["HSET", INDEX_KEY, &new.key, &record]),
+        // Last: an isolate that reads the version before this sees the new index the next time.
+        cmd(&["INCR", VERSION_KEY]),
     ];
     Action::Redis(commands, Then::Put(record))
 }

@@ -25,10 +25,10 @@ pub enum FailMode {
 /// Where the token bucket's clock comes from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Clock {
-    /// Redis `TIME` inside the script: one clock for every location (default).
+    /// Redis `TIME` inside the script: one clock for every location, one more command per call.
     Redis,
-    /// The Worker's clock, passed to the script; for Redis services that refuse
-    /// `TIME` in scripts. The script never lets a bucket's time run backwards.
+    /// The Worker's clock, passed to the script (default). The script never lets a limit's time run
+    /// backwards, so a clock behind mints nothing and one `d` ahead admits at most `rate × d` early.
     Worker,
 }
 
@@ -303,8 +303,8 @@ impl Config {
         };
 
         let clock = match optional(&var, "RATE_LIMIT_CLOCK").as_deref().map(str::to_ascii_lowercase).as_deref() {
-            None | Some("redis") => Clock::Redis,
-            Some("worker") => Clock::Worker,
+            Some("redis") => Clock::Redis,
+            None | Some("worker") => Clock::Worker,
             Some(other) => {
                 return Err(err("RATE_LIMIT_CLOCK", format!("must be \"redis\" or \"worker\", got {}", Q(&other))))
             }
@@ -621,7 +621,7 @@ mod tests {
         assert_eq!(c.origin, None);
         assert_eq!(c.fail_mode, FailMode::Open);
         assert_eq!(c.redis_timeout_ms, 500);
-        assert_eq!(c.clock, Clock::Redis);
+        assert_eq!(c.clock, Clock::Worker);
         assert!(!c.path_case_insensitive);
         assert_eq!(c.ipv6_prefix, 64);
     }
@@ -637,7 +637,7 @@ mod tests {
             ("ORIGIN_URL", "http://127.0.0.1:9000/"),
             ("FAIL_MODE", "closed"),
             ("REDIS_TIMEOUT_MS", "250"),
-            ("RATE_LIMIT_CLOCK", "worker"),
+            ("RATE_LIMIT_CLOCK", "Redis"),
             ("PATH_CASE_INSENSITIVE", "TRUE"),
             ("IPV6_PREFIX", "48"),
         ])
@@ -652,7 +652,7 @@ mod tests {
         assert_eq!(c.origin.as_deref(), Some("http://127.0.0.1:9000"));
         assert_eq!(c.fail_mode, FailMode::Closed);
         assert_eq!(c.redis_timeout_ms, 250);
-        assert_eq!(c.clock, Clock::Worker);
+        assert_eq!(c.clock, Clock::Redis);
     }
 
     #[test]

@@ -387,3 +387,27 @@ export async function rawRequest(gateway, head, { chunks = null, ms = 3000 } = {
     });
   });
 }
+
+/**
+ * Warms a gateway's isolate: requests (of a fresh caller) until it has read which overrides exist,
+ * which an isolate does once after its first response (after the metrics report, when one is due), so
+ * that a test counting REST calls counts only its own.
+ */
+export async function warm(gw, rest, path = "/warm") {
+  const stats = () => rest.stats();
+  const before = (await stats()).commands?.HGETALL ?? 0;
+  for (let i = 0; i < 3; i++) {
+    await gw.fetch(path, { headers: { "x-user-id": `warm-${process.pid}-${Date.now()}-${i}` } });
+    for (let t = 0; t < 50; t++) {
+      if (((await stats()).commands?.HGETALL ?? 0) > before) {
+        // Then until the REST calls stand still (a release or settlement of the warm requests).
+        for (let last = -1, now = (await stats()).calls; now !== last; last = now, now = (await stats()).calls) {
+          await new Promise((r) => setTimeout(r, 100));
+        }
+        return;
+      }
+      await new Promise((r) => setTimeout(r, 20));
+    }
+  }
+  throw new Error("the isolate never read which overrides exist");
+}

@@ -5,7 +5,7 @@
 import { after, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
 import http from "node:http";
-import { startRedis, startRest, startGateway, TOKEN } from "./harness.mjs";
+import { startRedis, startRest, startGateway, TOKEN, warm } from "./harness.mjs";
 
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 let n = 0;
@@ -262,6 +262,7 @@ describe("costs settled from the response", () => {
   let gw;
   before(async () => {
     gw = await gateway();
+    await warm(gw, rest, "/api/warm");
   });
 
   for (const [reported, left] of [["30", 70], ["2", 98], [null, 90]]) {

@@ -4,7 +4,7 @@
 // an instance stopped while holding a lease loses at most that lease. Figures print as `MEASURED …`.
 import { after, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
-import { startStack } from "./harness.mjs";
+import { startStack, warm } from "./harness.mjs";
 
 let stack;
 before(async () => {
@@ -112,6 +112,7 @@ describe("leases", () => {
   test("RATE_LIMIT_LEASES = off: every allowed request asks Redis", async () => {
     const gw = await stack.gateway({ ...VARS, RATE_LIMIT_LEASES: "off" });
     const user = freshUser("off");
+    await warm(gw, stack.rest);
     const calls0 = await calls();
     const statuses = await load([gw], user, 100, 10);
     assert.equal(statuses.filter((s) => s === 200).length, 100);
