@@ -21,8 +21,10 @@
 --                    the last key is the request's settle marker, and a call that finds it set does nothing
 -- ARGV[3]            n, the number of limits
 -- limit i's 8 arguments, from a = 4 + 8(i-1):
---   ARGV[a]          algorithm: "t" token bucket, "w" sliding-window counter, "c" in-flight slots: a sorted
---                    set of request ids scored by when their slot expires (epoch ms); capacity = slots
+--   ARGV[a]          algorithm: "t" token bucket, "w" sliding-window counter, "f" fixed window (aligned to
+--                    the clock: windows of capacity / rate seconds from the epoch; the hash field `n`
+--                    counts the current window and the key dies when it ends), "c" in-flight slots: a
+--                    sorted set of request ids scored by when their slot expires (epoch ms); capacity = slots
 --   ARGV[a+1]        capacity (tokens; for a window, requests per window), > 0
 --   ARGV[a+2]        rate (tokens per second, > 0); a window lasts capacity / rate seconds
 --   ARGV[a+3]        TTL in whole seconds (>= the time to refill fully; 2 windows for a window; for "c" the
@@ -188,6 +190,28 @@ for i = 1, n do
     local live = 0
     if not settle then live = redis.call("ZCOUNT", KEYS[i], "(" .. math.floor(now * 1000), "+inf") end
     tokens = c - live
+  elseif ARGV[a] == "f" then
+    -- Fixed window, aligned to the clock: field `n` counts this window, and the key dies when the
+    -- window ends. A take counts first (HINCRBY: one command) and takes it back if not admitted.
+    local w = c / r
+    local ends = (math.floor(t / w) + 1) * w
+    -- (t / w rounded across a window's edge: the window is the one t is in)
+    if ends <= t then ends = ends + w elseif ends - w > t then ends = ends - w end
+    local count, counted = nil, false
+    if peek or give or settle or ARGV[a + 5] == "3" then
+      local ok, v = pcall(redis.call, "HGET", KEYS[i], "n")
+      if ok then count = v == false and 0 or tonumber(v) end
+    else
+      local ok, v = pcall(redis.call, "HINCRBY", KEYS[i], "n", k)
+      if ok then count, counted = v - k, true end
+    end
+    if count == nil or count ~= count then
+      count, usable = c, false                 -- unreadable state: assume full for a window
+    else
+      new = count == 0
+    end
+    win[i] = { ends - w, count, counted, w }
+    tokens = c - count
   elseif ARGV[a] == "w" then
     -- Sliding-window counter: the previous window's count, weighted by how much of it still
     -- overlaps the sliding window, plus this window's count.
@@ -284,7 +308,7 @@ for i = 1, n do
     want, slot_ms, share = tonumber(want), tonumber(slot_ms), tonumber(share)
     if want and slot_ms and share and slot_ms > 0 then
       lease = math.min(want, math.floor((tokens - k) / 2), math.floor(c * share))
-      if algo[i] == "w" and win[i][4] - (t - win[i][1]) < slot_ms / 1000 then
+      if (algo[i] == "w" or algo[i] == "f") and win[i][4] - (t - win[i][1]) < slot_ms / 1000 then
         lease = 0                              -- a window's lease must end within its window
       end
       if not (lease >= MIN_LEASE) then lease = 0 end
@@ -318,6 +342,36 @@ for i = 1, n do
       redis.call("ZREM", KEYS[i], ARGV[4 + (i - 1) * 8 + 7])
     end
     if tokens < 1 then reset = 1 end
+  elseif algo[i] == "f" then
+    local start, count, counted, w = win[i][1], win[i][2], win[i][3], win[i][4]
+    local left = start + w - t                 -- until the window ends
+    local ttl_ms = math.ceil(left * 1000)
+    if tokens < k and not give and not settle then retry = left end
+    if consume then
+      tokens = tokens - k - lease
+      if lease > 0 then redis.call("HINCRBY", KEYS[i], "n", lease) end
+      if count == 0 then redis.call("PEXPIRE", KEYS[i], ttl_ms) end
+      count = count + k + lease
+    elseif counted then
+      -- Not admitted (or a candidate not paying): counted back; a count this call began is deleted.
+      if count == 0 then redis.call("DEL", KEYS[i]) else redis.call("HINCRBY", KEYS[i], "n", -k) end
+    elseif back or (settling and k < 0) then
+      -- Given back or refunded to the window it was counted in, if that is still this one.
+      local at = (tonumber(string.match(ARGV[4 + (i - 1) * 8 + 7] or "", "^(%d+)")) or 0) / 1000
+      if at >= start and count > 0 then
+        local d = math.min(count, math.abs(k))
+        redis.call("HINCRBY", KEYS[i], "n", -d)
+        count = count - d
+      end
+      tokens = c - count
+    elseif settling and k > 0 then
+      -- Charged now, in the current window (beyond the capacity: the rest of the window is denied).
+      redis.call("HINCRBY", KEYS[i], "n", k)
+      if count == 0 then redis.call("PEXPIRE", KEYS[i], ttl_ms) end
+      count = count + k
+      tokens = c - count
+    end
+    if count > 0 then reset = left end
   elseif algo[i] == "w" then
     local start, cur, prev, w = win[i][1], win[i][2], win[i][3], win[i][4]
     local into = t - start

@@ -1,7 +1,7 @@
 //! edge-ratelimit: an API-gateway rate limiter for Cloudflare Workers.
 //!
-//! Every request is identified, mapped to limits (token buckets or sliding
-//! windows) per caller and API path, and decided by one atomic Lua script in Redis (reached over the
+//! Every request is identified, mapped to limits (token buckets, sliding or fixed windows, in-flight
+//! slots) per caller and API path, and decided by one atomic Lua script in Redis (reached over the
 //! Upstash REST API), then forwarded to the origin or answered 429.
 //!
 //! Glossary (one word, one meaning):

@@ -83,6 +83,38 @@ fn a_decision_is_three_commands_a_denial_two_a_new_key_four() {
     assert_eq!(commands(&rest), named(&[]), "then from the deny cache: none");
 }
 
+/// The fixed window (issue 25, item 2): one command on a window's later requests (`HINCRBY`), two on
+/// its first (and `PEXPIRE`: the key dies when the window ends), and a request it denies is counted
+/// back, so a denial costs nothing. Windows are aligned to the clock: the sixth request waits for the
+/// window's end, and the next window starts from zero.
+#[test]
+fn a_fixed_window_is_two_commands_three_on_a_windows_first() {
+    let config = config(&[("RATE_LIMIT_ALGORITHM", "fixed-window")]);
+    let rest = Rest::new();
+    let mut gw = Gateway::new(&config);
+    warm(&mut gw, &rest);
+    let window_ms = 60_000.0; // capacity 5, refill 5/min
+    let start = (T0 / window_ms).ceil() * window_ms; // a window's first millisecond
+    request(&mut gw, &rest, "fay", "/api/a", start + 1_000.0);
+    assert_eq!(commands(&rest), named(&["EVALSHA", "HINCRBY", "PEXPIRE"]), "a window's first: 3");
+    let pttl = rest.redis(&["PTTL", "rate:fay:/api/a"]).as_i64().unwrap();
+    assert!((58_000..=59_000).contains(&pttl), "the key dies when the window ends: PTTL {pttl}");
+    commands(&rest);
+    for i in 2..=5 {
+        let step = request(&mut gw, &rest, "fay", "/api/a", start + f64::from(i) * 1_000.0);
+        assert_eq!(commands(&rest), named(&["EVALSHA", "HINCRBY"]), "later requests: 2");
+        assert_eq!(header(&step, "ratelimit"), Some(format!("\"default\";r={};t={}", 5 - i, 60 - i).as_str()));
+    }
+    let denied = request(&mut gw, &rest, "fay", "/api/a", start + 6_000.0);
+    assert_eq!(header(&denied, "retry-after"), Some("54"), "until the window ends");
+    assert_eq!(commands(&rest), named(&["EVALSHA", "HINCRBY", "HINCRBY"]), "a denial: counted, then counted back");
+    assert_eq!(rest.redis(&["HGET", "rate:fay:/api/a", "n"]), "5", "the denial left the count as it was");
+    // (Redis expires the key when the window ends, as its PTTL said; this test's clock is simulated)
+    rest.redis(&["DEL", "rate:fay:/api/a"]);
+    let next = request(&mut gw, &rest, "fay", "/api/a", start + window_ms + 1.0);
+    assert_eq!(header(&next, "ratelimit"), Some("\"default\";r=4;t=60"), "the next window starts from zero");
+}
+
 #[test]
 fn each_further_limit_costs_two_and_the_version_check_rides_along_every_check_ms() {
     let policy = r#"{"rules":[{"name":"api","route":"/api/*","limits":[

@@ -26,7 +26,8 @@ fn run_with(
     override_indexes: &[String],
 ) -> Vec<i64> {
     let op = if peek { Op::Peek } else { Op::Take };
-    let full = run_op(con, keys, specs, now_ms, op, override_keys, override_indexes);
+    let full =
+        script(keys, specs, now_ms, op, override_keys, override_indexes).query::<Vec<i64>>(con).expect("script runs");
     let mut out = full[..2].to_vec();
     for limit in full[2..full.len() - 1].chunks_exact(bucket::PER_LIMIT) {
         assert_eq!(limit[5], 0, "no lease asked, none granted");
@@ -38,34 +39,33 @@ fn run_with(
     out
 }
 
-/// One call of `op`, the script's whole reply.
-fn run_op(
-    con: &mut redis::Connection,
+/// The EVAL of one call of `op` (its reply: the script's whole reply).
+fn script(
     keys: &[String],
     specs: &[(Spec, u64)],
     now_ms: Option<u64>,
     op: Op,
     override_keys: &[String],
     override_indexes: &[String],
-) -> Vec<i64> {
+) -> redis::Cmd {
     let mut cmd = redis::cmd("EVAL");
     cmd.arg(SCRIPT_PLAIN).arg(keys.len() + override_keys.len()).arg(keys).arg(override_keys);
     cmd.arg(now_ms.map_or(String::new(), |ms| ms.to_string()));
     cmd.arg(op.code()).arg(specs.len());
     for ((spec, ttl), indexes) in specs.iter().zip(override_indexes) {
-        let algorithm = if spec.algorithm == Algorithm::SlidingWindow { "w" } else { "t" };
-        cmd.arg(algorithm)
+        cmd.arg(spec.algorithm.code())
             .arg(spec.capacity.to_string())
             .arg(spec.rate.to_string())
             .arg(ttl)
             .arg(spec.cost.to_string());
         cmd.arg(spec.mode.code()).arg(indexes).arg(spec.lease_arg(op));
     }
-    cmd.query(con).expect("script runs")
+    cmd
 }
 
 const TB: Algorithm = Algorithm::TokenBucket;
 const SW: Algorithm = Algorithm::SlidingWindow;
+const FW: Algorithm = Algorithm::FixedWindow;
 
 fn fresh_keys(prefix: &str, n: usize) -> Vec<String> {
     (0..n).map(|i| format!("rate:{prefix}-{}-{i}:/t", std::process::id())).collect()
@@ -105,7 +105,7 @@ fn lua_agrees_with_the_rust_reference_on_random_sequences() {
         for _ in 0..n {
             let capacity = if rng.below(3) == 0 { 100.0 + rng.below(100) as f64 } else { 1.0 + rng.below(20) as f64 };
             let rate = [5.0 / 60.0, 10.0, 0.5, 1.0 / 3.0, 1000.0 / 7.0][rng.below(5) as usize];
-            let algorithm = if rng.below(2) == 0 { TB } else { SW };
+            let algorithm = [TB, SW, FW][rng.below(3) as usize];
             let mode = [Mode::Enforce, Mode::Enforce, Mode::Enforce, Mode::Shadow, Mode::Candidate, Mode::Report]
                 [rng.below(6) as usize];
             specs.push(Spec::new(algorithm, capacity, rate, 1.0, mode));
@@ -114,6 +114,14 @@ fn lua_agrees_with_the_rust_reference_on_random_sequences() {
         let mut now_ms: u64 = 1_700_000_000_000 + rng.below(1_000_000);
         for step in 0..150 {
             now_ms += [0, 1, 7, 100, 333, 1000, 12_000][rng.below(7) as usize];
+            // A fixed window's key dies when its window ends: here by the simulated clock (the test
+            // removes the real TTL right after each call, in the same transaction, and checks it).
+            for (key, state) in keys.iter().zip(states.iter_mut()) {
+                if matches!(state, Some(State::Fixed { expires_ms, .. }) if *expires_ms <= now_ms as f64) {
+                    redis::cmd("DEL").arg(key).query::<()>(&mut con).unwrap();
+                    *state = None;
+                }
+            }
             if rng.below(20) == 0 {
                 now_ms -= 500; // a Worker clock that runs behind: the bucket's time must not go back
             }
@@ -146,12 +154,34 @@ fn lua_agrees_with_the_rust_reference_on_random_sequences() {
             let call_specs: Vec<Spec> = call.iter().map(|(s, _)| *s).collect();
             let expected = bucket::call_with(&mut states, &call_specs, now_ms as f64 / 1000.0, op).to_flat();
             let none = vec![String::new(); call.len()];
-            let got = run_op(&mut con, &keys, &call, Some(now_ms), op, &[], &none);
+            let before = states.clone();
+            let mut pipe = redis::pipe();
+            pipe.atomic().add_command(script(&keys, &call, Some(now_ms), op, &[], &none));
+            for key in &keys {
+                pipe.cmd("PTTL").arg(key).cmd("PERSIST").arg(key).ignore();
+            }
+            let (got, pttls): (Vec<i64>, Vec<i64>) = {
+                let all: Vec<redis::Value> = pipe.query(&mut con).expect("script runs");
+                let reply: Vec<i64> = redis::from_redis_value(all[0].clone()).unwrap();
+                (reply, all[1..].iter().map(|v| redis::from_redis_value(v.clone()).unwrap()).collect())
+            };
             assert_eq!(got, expected, "seed {seed}, step {step}");
-            for (key, state) in keys.iter().zip(&states) {
+            for (i, (key, state)) in keys.iter().zip(&states).enumerate() {
+                // A fixed window's count that began in this call dies when the window ends.
+                if let Some(State::Fixed { expires_ms, .. }) = state {
+                    let began = !matches!(before[i], Some(State::Fixed { expires_ms: e, .. }) if e == *expires_ms);
+                    if began {
+                        let want = expires_ms - now_ms as f64;
+                        let pttl = pttls[i] as f64;
+                        assert!(
+                            pttl <= want && pttl > want - 1000.0,
+                            "seed {seed}, step {step}: PTTL {pttl}, want {want}"
+                        );
+                    }
+                }
                 let fields: Vec<Option<String>> = redis::cmd("HMGET")
                     .arg(key)
-                    .arg(&["tokens", "lastRefill", "start", "count", "previous", "lq", "lp", "li", "ll"])
+                    .arg(&["tokens", "lastRefill", "start", "count", "previous", "lq", "lp", "li", "ll", "n"])
                     .query(&mut con)
                     .unwrap();
                 let num = |i: usize| fields[i].as_deref().map(|v| v.parse::<f64>().unwrap());
@@ -163,6 +193,12 @@ fn lua_agrees_with_the_rust_reference_on_random_sequences() {
                     other => panic!("seed {seed}, step {step}: lease slots {other:?}"),
                 };
                 let stored = match (num(0), num(1), num(2), num(3), num(4)) {
+                    _ if num(9).is_some() => match state {
+                        Some(State::Fixed { expires_ms, .. }) => {
+                            Some(State::Fixed { count: num(9).unwrap(), expires_ms: *expires_ms })
+                        }
+                        _ => panic!("seed {seed}, step {step}: a count where the reference has {state:?}"),
+                    },
                     (Some(tokens), Some(last_refill), None, None, None) => {
                         Some(State::Bucket { tokens, last_refill, slots })
                     }
@@ -172,7 +208,7 @@ fn lua_agrees_with_the_rust_reference_on_random_sequences() {
                     (None, None, None, None, None) => None,
                     other => panic!("seed {seed}, step {step}: unexpected fields {other:?}"),
                 };
-                assert_eq!(stored, *state, "seed {seed}, step {step}: stored state");
+                assert_eq!(stored, *state, "seed {seed}, step {step}: stored state; {op:?} {call:?} before {before:?}");
             }
         }
     }

@@ -252,7 +252,10 @@ impl Config {
         let limit = match optional(&var, "RATE_LIMIT_ALGORITHM") {
             None => limit,
             Some(a) => limit.with_algorithm(Algorithm::parse(&a.to_ascii_lowercase()).ok_or_else(|| {
-                err("RATE_LIMIT_ALGORITHM", format!("must be \"token-bucket\" or \"sliding-window\", got {}", Q(&a)))
+                err(
+                    "RATE_LIMIT_ALGORITHM",
+                    format!("must be \"token-bucket\", \"sliding-window\" or \"fixed-window\", got {}", Q(&a)),
+                )
             })?),
         };
 
@@ -708,7 +711,11 @@ mod tests {
             ("IPV6_PREFIX", "0", "prefix length from 1 to 128"),
             ("IPV6_PREFIX", "129", "prefix length from 1 to 128"),
             ("IPV6_PREFIX", "/64", "must be a whole number"),
-            ("RATE_LIMIT_ALGORITHM", "fixed-window", "must be \"token-bucket\" or \"sliding-window\""),
+            (
+                "RATE_LIMIT_ALGORITHM",
+                "fixed-windows",
+                "must be \"token-bucket\", \"sliding-window\" or \"fixed-window\"",
+            ),
             ("ADMIN_TOKEN", "short-token", "at least 16 printable ASCII characters"),
             ("ADMIN_TOKEN", "sixteen chars and a space", "without spaces"),
             ("ADMIN_PREFIX", "__ratelimit/", "starts and ends with /"),
@@ -753,6 +760,8 @@ mod tests {
         assert_eq!((c.admin_prefix.as_str(), c.metrics_flush_ms, c.deny_cache_max_ms), ("/ops/limits/", 0, 250));
         assert_eq!(c.limit.algorithm(), Algorithm::SlidingWindow);
         assert_eq!(c.limit.ttl_seconds(), 120, "a window keeps two windows");
+        let fixed = config(&[("RATE_LIMIT_ALGORITHM", "Fixed-Window")]).unwrap().limit;
+        assert_eq!((fixed.algorithm(), fixed.ttl_seconds()), (Algorithm::FixedWindow, 60));
         assert!(!format!("{c:?}").contains(token), "only the digest is kept");
         let e = rejected(&[("ADMIN_TOKEN", "short secret")]);
         assert!(!e.to_string().contains("short secret"), "{e}");

@@ -793,7 +793,8 @@ fn whole(n: &serde_json::Number, min: u64, max: u64) -> Result<u64, String> {
 }
 
 fn algorithm(text: &str) -> Result<Algorithm, String> {
-    Algorithm::parse(text).ok_or_else(|| format!("must be \"token-bucket\" or \"sliding-window\", got {}", Q(&text)))
+    Algorithm::parse(text)
+        .ok_or_else(|| format!("must be \"token-bucket\", \"sliding-window\" or \"fixed-window\", got {}", Q(&text)))
 }
 
 fn check_name(name: &str) -> Result<(), String> {

@@ -45,6 +45,9 @@ pub enum Algorithm {
     /// A sliding-window counter: at most about `capacity` requests in any window of
     /// `capacity / refill` seconds (the previous window's count weighted by its overlap).
     SlidingWindow,
+    /// A fixed window aligned to the clock: at most `capacity` requests in each window of
+    /// `capacity / refill` seconds counted from the epoch (the cheapest exact algorithm: one command).
+    FixedWindow,
     /// In-flight slots: at most `capacity` requests at the origin at once, each slot taken with the
     /// decision and released when its response has been delivered (or expiring after the TTL).
     Concurrency,
@@ -56,6 +59,7 @@ impl Algorithm {
         match self {
             Algorithm::TokenBucket => "token-bucket",
             Algorithm::SlidingWindow => "sliding-window",
+            Algorithm::FixedWindow => "fixed-window",
             Algorithm::Concurrency => "concurrency",
         }
     }
@@ -64,6 +68,7 @@ impl Algorithm {
         match text {
             "token-bucket" => Some(Algorithm::TokenBucket),
             "sliding-window" => Some(Algorithm::SlidingWindow),
+            "fixed-window" => Some(Algorithm::FixedWindow),
             _ => None,
         }
     }
@@ -73,6 +78,7 @@ impl Algorithm {
         match self {
             Algorithm::TokenBucket => "t",
             Algorithm::SlidingWindow => "w",
+            Algorithm::FixedWindow => "f",
             Algorithm::Concurrency => "c",
         }
     }
@@ -229,7 +235,8 @@ mod tests {
         let w = Limit::new(5, refill("5/min"), 60).unwrap().with_algorithm(Algorithm::SlidingWindow);
         assert_eq!((w.window_seconds(), w.ttl_seconds(), w.algorithm()), (60, 120, Algorithm::SlidingWindow));
         assert_eq!(Algorithm::parse(w.algorithm().name()), Some(Algorithm::SlidingWindow));
-        assert_eq!(Algorithm::parse("fixed-window"), None);
+        assert_eq!(Algorithm::parse("fixed-window"), Some(Algorithm::FixedWindow));
+        assert_eq!(Algorithm::parse("concurrency"), None, "in-flight limits say \"concurrency\": N");
     }
 
     /// Issue 10, item 6: capacity 1e9 at 0.0003/d was accepted, and its TTL (2.88e17 s) made every
@@ -251,7 +258,7 @@ mod tests {
         for &c in &capacities {
             for r in rates {
                 for ttl in [1, 60, MAX_TTL_SECONDS] {
-                    for algorithm in [Algorithm::TokenBucket, Algorithm::SlidingWindow] {
+                    for algorithm in [Algorithm::TokenBucket, Algorithm::SlidingWindow, Algorithm::FixedWindow] {
                         let Ok(l) = Limit::new(c, refill(r), ttl) else { continue };
                         let l = l.with_algorithm(algorithm);
                         accepted += 1;

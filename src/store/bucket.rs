@@ -1,5 +1,5 @@
 //! The limits in Rust: the same arithmetic, in the same order, as
-//! `lua/ratelimit.lua` (token bucket and sliding-window counter), so a test
+//! `lua/ratelimit.lua` (token bucket, sliding-window counter, fixed window), so a test
 //! can demand bit-for-bit agreement on random request sequences. Redis is the
 //! only source of truth; the Worker runs this only as the per-isolate bucket
 //! that bounds fail-open traffic while Redis cannot decide.
@@ -18,6 +18,9 @@ pub enum State {
     Bucket { tokens: f64, last_refill: f64, slots: Option<Slots> },
     /// `start` of the current window (epoch seconds), its `count`, and the `previous` window's count.
     Window { start: f64, count: f64, previous: f64 },
+    /// A fixed window's count (`n`), and when its key dies (epoch ms: the window's end, set when the
+    /// window's count began; no such key from then on).
+    Fixed { count: f64, expires_ms: f64 },
 }
 
 /// What a token bucket leased lately (`lq`, `lp`, `li`, `ll`): tokens leased in the current and the
@@ -184,6 +187,9 @@ struct Level {
     tokens: f64,
     t: f64,
     window: Option<(f64, f64, f64, f64)>,
+    /// A fixed window: its count before this call, and whether this call counted its cost first (a
+    /// take: the script's HINCRBY, taken back if not admitted).
+    fixed: Option<(f64, bool)>,
     slots: Option<Slots>,
     known: bool,
     /// No such key yet (or it expired): a bucket is full, a window empty.
@@ -219,11 +225,41 @@ fn level(state: &Option<State>, spec: &Spec, now: f64, op: Op) -> Level {
             };
             let tokens = c - (previous * (1.0 - (t - start) / w) + count);
             let fresh = state.is_none();
-            Level { tokens, t, window: Some((start, count, previous, w)), slots: None, known, fresh }
+            Level { tokens, t, window: Some((start, count, previous, w)), fixed: None, slots: None, known, fresh }
         }
-        Algorithm::Concurrency => Level { tokens: c, t: now, window: None, slots: None, known: false, fresh: false },
+        Algorithm::FixedWindow => {
+            let w = c / r;
+            let mut ends = ((now / w).floor() + 1.0) * w;
+            if ends <= now {
+                ends += w; // (now / w rounded across a window's edge: the window is the one now is in)
+            } else if ends - w > now {
+                ends -= w;
+            }
+            let counts =
+                !matches!(op, Op::Peek | Op::GiveBack | Op::Settle | Op::SettleOnce) && spec.mode != Mode::Report;
+            // (another algorithm's hash has no `n`: a count of 0, as an expired key)
+            let count = match *state {
+                Some(State::Fixed { count, expires_ms }) if now * 1000.0 < expires_ms => count,
+                _ => 0.0,
+            };
+            let (count, known) = if count.is_nan() { (c, false) } else { (count, true) };
+            let fresh = known && count == 0.0;
+            let fixed = Some((count, counts && known));
+            Level {
+                tokens: c - count,
+                t: now,
+                window: Some((ends - w, count, 0.0, w)),
+                fixed,
+                slots: None,
+                known,
+                fresh,
+            }
+        }
+        Algorithm::Concurrency => {
+            Level { tokens: c, t: now, window: None, fixed: None, slots: None, known: false, fresh: false }
+        }
         Algorithm::TokenBucket => match *state {
-            None => Level { tokens: c, t: now, window: None, slots: None, known: false, fresh: true },
+            None => Level { tokens: c, t: now, window: None, fixed: None, slots: None, known: false, fresh: true },
             Some(State::Bucket { tokens, last_refill, slots })
                 if !(tokens.is_nan() || last_refill.is_nan()) && slots.is_none_or(|s| s.readable()) =>
             {
@@ -233,9 +269,11 @@ fn level(state: &Option<State>, spec: &Spec, now: f64, op: Op) -> Level {
                 let out = slots.map_or(0.0, |s| s.current + s.previous);
                 // Never above capacity minus what leases may still spend; refill never takes tokens away.
                 let tokens = c.min(tokens.max((c - out).min(tokens + (t - last_refill) * r)));
-                Level { tokens, t, window: None, slots, known: true, fresh: false }
+                Level { tokens, t, window: None, fixed: None, slots, known: true, fresh: false }
             }
-            Some(_) => Level { tokens: 0.0, t: now, window: None, slots: None, known: false, fresh: false },
+            Some(_) => {
+                Level { tokens: 0.0, t: now, window: None, fixed: None, slots: None, known: false, fresh: false }
+            }
         },
     }
 }
@@ -292,8 +330,43 @@ pub fn call_with(states: &mut [Option<State>], specs: &[Spec], now: f64, op: Op)
         // A refund to a fresh key changes nothing (it is full, or empty for a window).
         let settling = settle && (l.known || (l.fresh && k > 0.0));
         let (mut retry, mut reset) = (0.0, 0.0);
-        match l.window {
-            Some((start, mut count, mut previous, w)) => {
+        match (l.window, l.fixed) {
+            (Some((start, mut count, _, w)), Some((before, counted))) => {
+                let left = start + w - l.t;
+                let ttl_ms = (left * 1000.0).ceil();
+                let expires_ms = match *state {
+                    Some(State::Fixed { expires_ms, .. }) if before > 0.0 => expires_ms,
+                    _ => l.t * 1000.0 + ttl_ms, // (set when this call begins the window's count)
+                };
+                if tokens < k && !give && !settle {
+                    retry = left;
+                }
+                let at = spec.lease.floor() / 1000.0;
+                if consume {
+                    tokens = tokens - k - lease;
+                    count = count + k + lease;
+                    *state = Some(State::Fixed { count, expires_ms });
+                } else if counted {
+                    // counted back: a count this call began is deleted
+                    if before == 0.0 {
+                        *state = None;
+                    }
+                } else if back || (settling && k < 0.0) {
+                    if at >= start && count > 0.0 {
+                        count -= count.min(k.abs());
+                        *state = Some(State::Fixed { count, expires_ms });
+                    }
+                    tokens = c - count;
+                } else if settling && k > 0.0 {
+                    count += k;
+                    *state = Some(State::Fixed { count, expires_ms });
+                    tokens = c - count;
+                }
+                if count > 0.0 {
+                    reset = left;
+                }
+            }
+            (Some((start, mut count, mut previous, w)), None) => {
                 let into = l.t - start;
                 if tokens < k && !give && !settle {
                     let need = k - tokens;
@@ -340,8 +413,8 @@ pub fn call_with(states: &mut [Option<State>], specs: &[Spec], now: f64, op: Op)
                     reset = w - into;
                 }
             }
-            None if concurrency(spec) => {}
-            None => {
+            (None, _) if concurrency(spec) => {}
+            (None, _) => {
                 if tokens < k && !give && !settle {
                     retry = (k - tokens) / r;
                 }

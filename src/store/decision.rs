@@ -203,6 +203,8 @@ fn within(asked: &Asked<'_>, v: &[i64], allowed: bool, denying: bool) -> Result<
     let debt = (-remaining).max(0) as f64;
     let (retry_max, reset_max) = match asked.limit.algorithm() {
         Algorithm::SlidingWindow => ((2.0 + k) * w, 2.0 * w),
+        // (the window's end; a charge beyond the capacity is paid when the window ends too)
+        Algorithm::FixedWindow => (w, w),
         _ => ((k + debt) * w / c, (c + debt) * w / c),
     };
     let slack = |x: f64| x + x * 1e-9 + 2.0;

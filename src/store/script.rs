@@ -1,4 +1,4 @@
-//! The Lua script the limiter runs (token buckets and sliding windows), embedded at build time with the SHA1 of
+//! The Lua script the limiter runs (token buckets, sliding and fixed windows, in-flight slots), embedded at build time with the SHA1 of
 //! both of its variants (see `build.rs`).
 
 include!(concat!(env!("OUT_DIR"), "/script_shas.rs"));
