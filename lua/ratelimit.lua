@@ -36,7 +36,7 @@
 --                    override key that exists replaces capacity and rate (the TTL grows to match);
 --                    one whose numbers the gateway would refuse (capacity above 1e9, a full refill
 --                    slower than MAX_WINDOW) is ignored
---   ARGV[a+7]        for "c": the request's id (its member). For "t" and "w" settling: the script's ms when
+--   ARGV[a+7]        for "c": the request's id (its member; settling, one or more, space-separated). For "t" and "w" settling: the script's ms when
 --                    the reservation was taken. Otherwise the lease: when taking, "0" (none) or "<want> <slot ms> <share> <settle> <since>": the whole
 --                    tokens this isolate would like to hold beyond the cost, the longest a lease can live
 --                    (its horizon plus the call's deadline), the most of the capacity in effect one grant
@@ -260,7 +260,9 @@ for i = 1, n do
       redis.call("EXPIRE", KEYS[i], ttl[i])
       tokens = tokens - k
     elseif settle then
-      redis.call("ZREM", KEYS[i], ARGV[4 + (i - 1) * 8 + 7])
+      local ids = {}
+      for id in string.gmatch(ARGV[4 + (i - 1) * 8 + 7], "%S+") do ids[#ids + 1] = id end
+      if #ids > 0 then redis.call("ZREM", KEYS[i], unpack(ids)) end
     end
     if tokens < 1 then reset = 1 end
   elseif algo[i] == "w" then
