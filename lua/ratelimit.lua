@@ -17,8 +17,9 @@
 -- ARGV[2]            the operation: "" take (decide this request); "1" peek: report every limit without
 --                    consuming or writing anything; "2" give back: return unused lease tokens (below);
 --                    "3" settle after the response: release in-flight slots, charge or refund the
---                    difference between a request's actual and reserved cost; "4" the same, exactly once:
---                    the last key is the request's settle marker, and a call that finds it set does nothing
+--                    difference between a request's actual and reserved cost (a batch: several requests'
+--                    releases and settlements in one call); "4" the same, exactly once: the last key is the
+--                    batch's settle marker, and a call that finds it set does nothing
 -- ARGV[3]            n, the number of limits
 -- limit i's 8 arguments, from a = 4 + 8(i-1):
 --   ARGV[a]          algorithm: "t" token bucket, "w" sliding-window counter, "f" fixed window (aligned to
@@ -39,7 +40,7 @@
 --                    override key that exists replaces capacity and rate (the TTL grows to match);
 --                    one whose numbers the gateway would refuse (capacity above 1e9, a full refill
 --                    slower than MAX_WINDOW) is ignored
---   ARGV[a+7]        for "c": the request's id (its member). For "t" and "w" settling: the script's ms when
+--   ARGV[a+7]        for "c": the request's id (its member; settling, one or more, space-separated). For "t" and "w" settling: the script's ms when
 --                    the reservation was taken. Otherwise the lease: when taking, "0" (none) or "<want> <slot ms> <share> <settle> <since>": the whole
 --                    tokens this isolate would like to hold beyond the cost, the longest a lease can live
 --                    (its horizon plus the call's deadline), the most of the capacity in effect one grant
@@ -333,13 +334,19 @@ for i = 1, n do
     -- When a slot frees is unknown (a response ends): callers are told to try again in a second.
     if tokens < k and not settle then retry = 1 end
     if consume then
-      -- (expired members, left by releases that never came, are pruned when the key's slots are
-      -- released, not here: a take is ZCOUNT, ZADD and EXPIRE)
+      -- (expired members, left by releases that never came, are pruned by releases, not here: a
+      -- take is ZCOUNT, ZADD and EXPIRE)
       redis.call("ZADD", KEYS[i], ms + ttl[i] * 1000, ARGV[4 + (i - 1) * 8 + 7])
       redis.call("EXPIRE", KEYS[i], ttl[i])
       tokens = tokens - k
     elseif settle then
-      redis.call("ZREM", KEYS[i], ARGV[4 + (i - 1) * 8 + 7])
+      local ids = {}
+      for id in string.gmatch(ARGV[4 + (i - 1) * 8 + 7], "%S+") do ids[#ids + 1] = id end
+      if #ids > 0 then redis.call("ZREM", KEYS[i], unpack(ids)) end
+      -- Expired members (left by releases that never came) are pruned by the releases made in one
+      -- second of every eight: one more command for an eighth of them, and a busy key is pruned
+      -- every eight seconds.
+      if math.floor(t) % 8 == 0 then redis.call("ZREMRANGEBYSCORE", KEYS[i], "-inf", ms) end
     end
     if tokens < 1 then reset = 1 end
   elseif algo[i] == "f" then

@@ -20,7 +20,8 @@
 //!   addition to a lease; **give-back** — returning a lease's unspent tokens; **wake** — the step that
 //!   carries the lease chain on after a response.
 //! - **slot** — one admitted request of an in-flight limit, held until its response is delivered;
-//!   **settlement** — after a response, releasing its slots and charging or refunding its cost.
+//!   **settlement** — after a response, releasing its slots and charging or refunding its cost;
+//!   **batch** — the settlements of many responses sent in one call (merged per key, one marker).
 //!
 //! Module map: concern folders, layered; a module uses only modules of its own layer or below (no
 //! import circle, none running back up: `tests/architecture.rs` checks both from the sources). Only
@@ -31,9 +32,10 @@
 //!    replies as the executor's text).
 //! 2. `gateway/`  — the whole request, one file a job: `mod.rs` the HTTP entries ([`Gateway::begin`]:
 //!    requests, quota reads, the admin API), `step` the executor protocol, `work` pending work and
-//!    [`Gateway::resume`], `decide` decisions and candidates, `after` what follows a response (slots,
-//!    settlements, the lease chain), `call` the RPC entry, `rpc` its arguments and results
-//!    (`env.LIMITER.limit({ key })`), `isolate` a gateway for an isolate's lifetime.
+//!    [`Gateway::resume`], `decide` decisions and candidates, `after` what follows a response (one
+//!    `After` owns the watched responses, the batch of releases and settlements, the lease chain),
+//!    `call` the RPC entry, `rpc` its arguments and results (`env.LIMITER.limit({ key })`), `isolate`
+//!    a gateway for an isolate's lifetime.
 //! 3. `ops/`      — operating it: `admin` (routes, auth, peek/reset, overrides, status), `metrics`
 //!    (per-isolate counts reported to Redis, read back as Prometheus text), `quota` (the caller quota
 //!    endpoint), `log` (JSON log lines, callers named by a keyed hash).

@@ -36,18 +36,30 @@ fn send(gw: &mut Gateway<'_>, rest: &Rest, user: &str, now: f64) -> Step {
 }
 
 /// Reports a forwarded request's response as delivered with `text` (see `Delivered::decode`), and
-/// carries out what follows; the REST calls that took.
+/// carries out what follows (the batch's wait included: nothing else is queued); the REST calls that
+/// took.
 fn deliver(gw: &mut Gateway<'_>, rest: &Rest, step: &Step, text: &str, now: f64) -> usize {
     let Step::Forward { watch: Some(w), .. } = step else { panic!("no watch on {step:?}") };
+    let next = gw.resume(w.ticket, Reply::Delivered(text), now);
+    follow(gw, rest, next, now)
+}
+
+/// Carries out the steps after a response — waits (resumed when due) and REST calls — until done;
+/// the REST calls that took.
+fn follow(gw: &mut Gateway<'_>, rest: &Rest, mut next: Step, now: f64) -> usize {
     let mut calls = 0;
-    let mut next = gw.resume(w.ticket, Reply::Delivered(text), now);
-    while let Step::Fetch(f) = next {
-        calls += 1;
-        let (code, body) = rest.answer(&f);
-        next = gw.resume(f.ticket, Reply::Http { status: code, body: &body }, now);
+    loop {
+        next = match next {
+            Step::Fetch(f) => {
+                calls += 1;
+                let (code, body) = rest.answer(&f);
+                gw.resume(f.ticket, Reply::Http { status: code, body: &body }, now)
+            }
+            Step::Wait { ticket, ms } => gw.resume(ticket, Reply::Woke, now + f64::from(ms)),
+            Step::Done => return calls,
+            other => panic!("after a response: {other:?}"),
+        }
     }
-    assert_eq!(next, Step::Done);
-    calls
 }
 
 #[test]
@@ -193,7 +205,8 @@ fn a_settle_call_retried_after_a_lost_answer_charges_once() {
     let user = format!("re{}", std::process::id());
     let step = send_to(&mut gw, &rest, "/v1/chat", &user, T0);
     let Step::Forward { watch: Some(w), .. } = &step else { panic!("{step:?}") };
-    let Step::Fetch(f) = gw.resume(w.ticket, Reply::Delivered("1\n30"), T0 + 1.0) else { panic!() };
+    let Step::Wait { ticket, ms } = gw.resume(w.ticket, Reply::Delivered("1\n30"), T0 + 1.0) else { panic!() };
+    let Step::Fetch(f) = gw.resume(ticket, Reply::Woke, T0 + 1.0 + f64::from(ms)) else { panic!("the batch") };
     rest.answer(&f); // Redis ran it, but its answer never came back:
     let Step::Fetch(again) = gw.resume(f.ticket, Reply::Timeout, T0 + 2.0) else { panic!("one retry") };
     let (code, body) = rest.answer(&again);
@@ -356,7 +369,7 @@ fn a_decision_whose_answer_was_lost_still_releases_the_slots_it_may_have_taken()
             let (code, body) = rest.answer(r); // (a metrics report, or the read of which overrides exist)
             assert_eq!(gw.resume(r.ticket, Reply::Http { status: code, body: &body }, T0 + 1.0), Step::Done);
         }
-        let mut next = match (&step, mode) {
+        let next = match (&step, mode) {
             (Step::Respond { wake: Some(w), .. }, "closed") => {
                 assert_eq!(status(&step), 503);
                 gw.resume(w.ticket, Reply::Woke, T0 + 2.0)
@@ -364,11 +377,7 @@ fn a_decision_whose_answer_was_lost_still_releases_the_slots_it_may_have_taken()
             (Step::Forward { watch: Some(w), .. }, "open") => gw.resume(w.ticket, Reply::Delivered("1"), T0 + 2.0),
             _ => panic!("{mode}: {step:?}"),
         };
-        while let Step::Fetch(f) = next {
-            let (code, body) = rest.answer(&f);
-            next = gw.resume(f.ticket, Reply::Http { status: code, body: &body }, T0 + 3.0);
-        }
-        assert_eq!(next, Step::Done);
+        follow(&mut gw, &rest, next, T0 + 3.0);
         assert_eq!(rest.redis(&["ZCARD", &key]), 0, "{mode}: released");
         assert_eq!(gw.pending(), parked, "{mode}: nothing left parked");
     }
@@ -417,4 +426,161 @@ fn the_admin_api_peeks_at_live_slots_and_resets_them() {
     assert_eq!(rest.redis(&["ZCARD", &format!("rate:{user}:/api/%2A!inflight")]), 1, "a peek takes nothing");
     admin(&mut gw, "DELETE");
     assert_eq!(rest.redis(&["EXISTS", &format!("rate:{user}:/api/%2A!inflight")]), 0, "reset deletes the slots");
+}
+
+// ---------------------------------------------------------------- batches (issue 25, item 3) ----
+
+/// Reports a forwarded request's response as delivered with `text`: the step that follows, not
+/// carried out.
+fn delivered(gw: &mut Gateway<'_>, step: &Step, text: &str, now: f64) -> Step {
+    let Step::Forward { watch: Some(w), .. } = step else { panic!("no watch on {step:?}") };
+    gw.resume(w.ticket, Reply::Delivered(text), now)
+}
+
+/// The KEYS and ARGV of a script call's body (`["EVALSHA", sha, n, keys…, args…]`).
+fn keys_and_args(body: &str) -> (Vec<String>, Vec<String>) {
+    let v: Vec<String> = serde_json::from_str(body).unwrap();
+    let n: usize = v[2].parse().unwrap();
+    (v[3..3 + n].to_vec(), v[3 + n..].to_vec())
+}
+
+const BOTH: &str = r#"{"rules":[{"name":"llm","route":"/v1/*","limits":[
+    {"name":"inflight","by":"user","concurrency":4},
+    {"name":"tokens","by":"user","capacity":100,"refill":"1/d",
+     "cost":{"reserve":10,"settle":"header:x-usage-tokens"}}]}]}"#;
+
+#[test]
+fn responses_delivered_together_are_released_and_settled_in_one_call_merged_per_key() {
+    let rest = Rest::new();
+    let config = config(BOTH);
+    let mut gw = Gateway::new(&config).with_instance_id("batch");
+    let p = std::process::id();
+    let (a, b, c) = (format!("ba{p}"), format!("bb{p}"), format!("bc{p}"));
+    let sent: Vec<(&str, &str, Step)> = [(&a, "30"), (&a, "2"), (&a, "15"), (&b, "10"), (&c, "50")]
+        .into_iter()
+        .map(|(u, usage)| (u.as_str(), usage, send_to(&mut gw, &rest, "/v1/chat", u, T0)))
+        .collect();
+    let slots = |u: &str| format!("rate:{u}:/v1/%2A!inflight");
+    let bucket = |u: &str| format!("rate:{u}:/v1/%2A#tokens");
+    // The first response queued schedules the batch's wait; the others join it.
+    let mut wait = None;
+    for (i, (_, usage, step)) in sent.iter().enumerate() {
+        let next = delivered(&mut gw, step, &format!("1\n{usage}"), T0 + 100.0 + i as f64);
+        match (i, next) {
+            (0, Step::Wait { ticket, ms }) => wait = Some((ticket, ms)),
+            (0, other) => panic!("the first response waits for others: {other:?}"),
+            (_, next) => assert_eq!(next, Step::Done, "response {i} joins the queue"),
+        }
+    }
+    let (ticket, ms) = wait.unwrap();
+    assert!((1..=1000).contains(&ms), "a short wait: {ms} ms");
+    assert_eq!(rest.redis(&["ZCARD", &slots(&a)]), 3, "nothing released before the batch goes");
+    let Step::Fetch(f) = gw.resume(ticket, Reply::Woke, T0 + 100.0 + f64::from(ms)) else { panic!("the batch") };
+    let (keys, args) = keys_and_args(&f.body);
+    for u in [&a, &b, &c] {
+        assert_eq!(keys.iter().filter(|k| **k == slots(u)).count(), 1, "{u}'s slots in one entry: {keys:?}");
+    }
+    assert_eq!(keys.iter().filter(|k| **k == bucket(&a)).count(), 1, "a's three costs merged: {keys:?}");
+    assert!(!keys.contains(&bucket(&b)), "b's usage was its reservation: nothing to settle");
+    assert!(args.contains(&"batch.1 batch.2 batch.3".to_string()), "one ZREM of a's three members: {args:?}");
+    assert!(keys.last().unwrap().starts_with("ratelimit:settled:batch.b"), "one marker for the batch: {keys:?}");
+    assert!(args.contains(&"17".to_string()), "a's net: 20 charged, 8 refunded, 5 charged: {args:?}");
+    let (code, body) = rest.answer(&f);
+    assert_eq!(gw.resume(f.ticket, Reply::Http { status: code, body: &body }, T0 + 200.0), Step::Done);
+    for u in [&a, &b, &c] {
+        assert_eq!(rest.redis(&["ZCARD", &slots(u)]), 0, "{u}: released");
+    }
+    assert_eq!(tokens(&rest, &bucket(&a)), 53.0, "a used 47");
+    assert_eq!(tokens(&rest, &bucket(&b)), 90.0);
+    assert_eq!(tokens(&rest, &bucket(&c)), 50.0);
+    // Delivered again (an executor that reports twice): the watch is gone, nothing queued.
+    assert_eq!(delivered(&mut gw, &sent[0].2, "1\n30", T0 + 300.0), Step::Done);
+    assert_eq!(gw.pending(), 0, "nothing parked, nothing watched");
+}
+
+/// The batch's queue is bounded (src/gateway/after.rs `BATCH_MAX`): the item that fills it sends it
+/// at once; what is queued after it goes at the wait already scheduled.
+#[test]
+fn a_full_queue_is_sent_at_once_and_the_wait_sends_what_came_after() {
+    const BATCH_MAX: usize = 64;
+    let rest = Rest::new();
+    let config = config(INFLIGHT);
+    let mut gw = Gateway::new(&config).with_instance_id("full");
+    let users: Vec<String> = (0..BATCH_MAX / 2 + 1).map(|i| format!("full{i}-{}", std::process::id())).collect();
+    let steps: Vec<Step> = (0..=BATCH_MAX).map(|i| send(&mut gw, &rest, &users[i / 2], T0)).collect();
+    assert!(steps.iter().all(|s| matches!(s, Step::Forward { .. })), "two slots each");
+    let mut wait = None;
+    for (i, step) in steps.iter().enumerate() {
+        let next = delivered(&mut gw, step, "1", T0 + 10.0);
+        match (i, next) {
+            (0, Step::Wait { ticket, ms }) => wait = Some((ticket, ms)),
+            (i, Step::Fetch(f)) if i == BATCH_MAX - 1 => {
+                let (keys, _) = keys_and_args(&f.body);
+                let slots = keys.iter().filter(|k| k.ends_with("!inflight")).count();
+                assert_eq!(slots, BATCH_MAX / 2, "the full queue, merged: one slot key a user");
+                let (code, body) = rest.answer(&f);
+                assert_eq!(gw.resume(f.ticket, Reply::Http { status: code, body: &body }, T0 + 20.0), Step::Done);
+            }
+            (i, next) => assert_eq!(next, Step::Done, "response {i}"),
+        }
+    }
+    for u in &users[..BATCH_MAX / 2] {
+        assert_eq!(rest.redis(&["ZCARD", &format!("rate:{u}:/api/%2A!inflight")]), 0, "{u}: released at once");
+    }
+    let last = format!("rate:{}:/api/%2A!inflight", users[BATCH_MAX / 2]);
+    assert_eq!(rest.redis(&["ZCARD", &last]), 1, "the one after the full queue waits");
+    let (ticket, ms) = wait.unwrap();
+    let next = gw.resume(ticket, Reply::Woke, T0 + f64::from(ms));
+    assert_eq!(follow(&mut gw, &rest, next, T0 + 60.0), 1);
+    assert_eq!(rest.redis(&["ZCARD", &last]), 0, "sent by the wait");
+}
+
+#[test]
+fn each_batch_settles_once_with_a_marker_of_its_own() {
+    let rest = Rest::new();
+    let config = config(SETTLED);
+    let mut gw = Gateway::new(&config).with_instance_id("twice");
+    let user = format!("twice{}", std::process::id());
+    let key = format!("rate:{user}:/v1/%2A#tokens");
+    let first = send_to(&mut gw, &rest, "/v1/chat", &user, T0);
+    assert_eq!(deliver(&mut gw, &rest, &first, "1\n30", T0 + 1.0), 1);
+    assert_eq!(tokens(&rest, &key), 70.0);
+    // A second batch: its own marker (the first's would make it a repeat), and nothing of the first.
+    let second = send_to(&mut gw, &rest, "/v1/chat", &user, T0 + 2.0);
+    assert_eq!(deliver(&mut gw, &rest, &second, "1\n15", T0 + 3.0), 1);
+    assert_eq!(tokens(&rest, &key), 55.0, "30 then 15, each charged once");
+}
+
+#[test]
+fn a_batch_wait_that_never_came_back_is_replaced() {
+    let rest = Rest::new();
+    let config = config(INFLIGHT);
+    let mut gw = Gateway::new(&config).with_instance_id("lost");
+    let user = format!("lostwait{}", std::process::id());
+    let key = format!("rate:{user}:/api/%2A!inflight");
+    let a = send(&mut gw, &rest, &user, T0);
+    let b = send(&mut gw, &rest, &user, T0);
+    assert!(matches!(delivered(&mut gw, &a, "1", T0 + 1.0), Step::Wait { .. }));
+    // That wait is never resumed (its executor was stopped): a response much later schedules another.
+    let next = delivered(&mut gw, &b, "1", T0 + 30_000.0);
+    assert!(matches!(next, Step::Wait { .. }), "{next:?}");
+    assert_eq!(follow(&mut gw, &rest, next, T0 + 30_100.0), 1, "one call for both");
+    assert_eq!(rest.redis(&["ZCARD", &key]), 0);
+}
+
+#[test]
+fn request_ids_never_hold_a_space_so_a_release_of_several_members_splits_right() {
+    let rest = Rest::new();
+    let config = config(INFLIGHT);
+    let mut gw = Gateway::new(&config).with_instance_id("iso late\t");
+    let user = format!("space{}", std::process::id());
+    let key = format!("rate:{user}:/api/%2A!inflight");
+    let (a, b) = (send(&mut gw, &rest, &user, T0), send(&mut gw, &rest, &user, T0));
+    let members: Vec<String> = serde_json::from_value(rest.redis(&["ZRANGE", &key, "0", "-1"])).unwrap();
+    assert_eq!(members, ["iso_late_.1", "iso_late_.2"]);
+    let Step::Wait { ticket, ms } = delivered(&mut gw, &a, "1", T0 + 1.0) else { panic!() };
+    assert_eq!(delivered(&mut gw, &b, "1", T0 + 2.0), Step::Done);
+    let next = gw.resume(ticket, Reply::Woke, T0 + 1.0 + f64::from(ms));
+    assert_eq!(follow(&mut gw, &rest, next, T0 + 60.0), 1);
+    assert_eq!(rest.redis(&["ZCARD", &key]), 0, "both members removed by one call");
 }

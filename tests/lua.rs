@@ -518,6 +518,17 @@ fn in_flight_slots_are_taken_all_or_nothing_released_by_id_and_expire() {
     assert_eq!((s[0], s[3]), (1, 1000), "full (e holds the one slot): allowed, would have denied");
     let taken: i64 = redis::cmd("ZSCORE").arg(&slots).arg("f").query::<Option<i64>>(&mut con).unwrap().map_or(0, |_| 1);
     assert_eq!(taken, 0, "a shadow limit that cannot pay takes nothing");
+
+    // Expired members are pruned by the releases made in one second of every eight (epoch seconds
+    // divisible by 8; t0 is one): c and b (expired) are left by a release at +61 s, pruned by one at +64 s.
+    let members = |con: &mut redis::Connection| -> Vec<String> {
+        redis::cmd("ZRANGE").arg(&slots).arg(0).arg(-1).query(con).unwrap()
+    };
+    assert_eq!(members(&mut con), ["b", "c", "e"]);
+    raw(&mut con, "3", &[&slots], &[["c", "2", "2", "60", "0", "0", "nobody"]], t0 + 61_000, &[]);
+    assert_eq!(members(&mut con), ["b", "c", "e"], "not pruned at +61 s");
+    raw(&mut con, "3", &[&slots], &[["c", "2", "2", "60", "0", "0", "nobody"]], t0 + 64_000, &[]);
+    assert_eq!(members(&mut con), ["e"], "pruned at +64 s");
 }
 
 #[test]

@@ -247,7 +247,10 @@ fn through_the_gateway_a_streamed_usage_above_a_billion_sends_no_settle_call() {
         let text = format!("1\ntext/event-stream\0{{\"usage\":{{\"total_tokens\":{usage}}}}}");
         let next = gw.resume(w.ticket, Reply::Delivered(&text), T0 + 2.0);
         match (charged, &next) {
-            (true, Step::Fetch(f)) => assert!(!f.pipeline, "{usage}: one settle call"),
+            (true, Step::Wait { ticket, .. }) => {
+                let f = fetch(gw.resume(*ticket, Reply::Woke, T0 + 2.0));
+                assert!(!f.pipeline, "{usage}: one settle call");
+            }
             (false, Step::Done) => {}
             _ => panic!("usage {usage}: {next:?}"),
         }
@@ -648,7 +651,11 @@ fn settle_call(gw: &mut Gateway<'_>, usage: &str) -> edge_ratelimit::Fetch {
     let reply = script_reply(true, 0, &[[90, 0, 0, 100, 8_640_000, 0], [1, 0, 0, 2, 1, 0]]);
     let step = gw.resume(f.ticket, Reply::Http { status: 200, body: &reply }, T0 + 1.0);
     let Step::Forward { watch: Some(w), .. } = step else { panic!("a watched forward: {step:?}") };
-    fetch(gw.resume(w.ticket, Reply::Delivered(&format!("1\n{usage}")), T0 + 2.0))
+    // (queued for the batch: nothing else is, so the batch's wait sends it)
+    let Step::Wait { ticket, .. } = gw.resume(w.ticket, Reply::Delivered(&format!("1\n{usage}")), T0 + 2.0) else {
+        panic!("the batch's wait")
+    };
+    fetch(gw.resume(ticket, Reply::Woke, T0 + 2.0))
 }
 
 /// A settle call without an answer (a timeout, an unreachable endpoint, a 5xx) is retried once —

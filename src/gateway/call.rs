@@ -7,7 +7,7 @@ impl<'c> Gateway<'c> {
     /// decision as a request's — deny cache, one script call, fail mode, metrics — returned as a plain
     /// object ([`rpc::result_json`]), or an error to throw for bad arguments.
     pub fn call(&mut self, method: &str, args: &str, now_ms: f64) -> Step {
-        self.collect(now_ms);
+        self.tickets.collect(now_ms);
         let call = match rpc::parse(self.config, method, args) {
             Ok(call) => call,
             Err(error) => return Step::Throw { error, note: None },
@@ -31,7 +31,7 @@ impl<'c> Gateway<'c> {
                 let mut del = vec!["DEL".to_string()];
                 del.extend(keys.iter().cloned());
                 let body = crate::json::strings(&del);
-                self.send(Work::Reset { keys }, false, body, now_ms)
+                self.tickets.send(Work::Reset { keys }, false, body, now_ms)
             }
             method => {
                 let peek = method == Method::Peek;
@@ -44,7 +44,7 @@ impl<'c> Gateway<'c> {
                     }
                 }
                 let (call, body) = ScriptCall::start(&self.limiter, &limited.checks, self.config.clock, now_ms, peek);
-                self.send(Work::Call { call, limited, method, started_ms: now_ms }, false, body, now_ms)
+                self.tickets.send(Work::Call { call, limited, method, started_ms: now_ms }, false, body, now_ms)
             }
         }
     }
@@ -59,7 +59,8 @@ impl<'c> Gateway<'c> {
         let note = self.decision_note(&limited, &result, "rpc");
         let outcome = self.limiter.outcome(result, self.config.fail_mode, &limited.checks, now_ms);
         let report = self.count(&outcome, &limited, started_ms, now_ms);
-        let wake = self.wake(now_ms);
+        let (after, mut cx) = self.after();
+        let wake = after.wake(&mut cx, now_ms);
         Step::Return { value: rpc::limit_result(&outcome, &limited.checks), note, report, wake }
     }
 

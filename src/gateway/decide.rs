@@ -29,7 +29,7 @@ impl<'c> Gateway<'c> {
             ScriptCall::start_with_id(&self.limiter, &all, clock, now_ms, false, id.as_deref().unwrap_or(""))
         };
         let work = Work::Decide { call, limited, target: target.to_string(), started_ms: now_ms, id };
-        self.send(work, false, body, now_ms)
+        self.tickets.send(work, false, body, now_ms)
     }
 
     /// The digest of the candidate policy, when one is set and counted (the admin API reads its report).
@@ -103,18 +103,7 @@ impl<'c> Gateway<'c> {
             // fail mode forwarded the request, at once if it was answered here.
             (Outcome::FailedOpen(..), Some((id, _))) => (Some((maybe_taken(&limited.checks), id, 0)), None),
             (Outcome::FailedClosed(_) | Outcome::DeniedLocally(..), Some((id, _))) => {
-                let items = maybe_taken(&limited.checks);
-                let settlements: Vec<Settlement<'c>> = items
-                    .into_iter()
-                    .map(|h| Settlement {
-                        key: h.key,
-                        limit: h.limit,
-                        overrides: h.overrides,
-                        delta: 0,
-                        arg: id.clone(),
-                    })
-                    .collect();
-                (None, (!settlements.is_empty()).then_some(settlements))
+                (None, Some((maybe_taken(&limited.checks), id)))
             }
             _ => (None, None),
         };
@@ -124,7 +113,10 @@ impl<'c> Gateway<'c> {
             Answer::Forward(headers) => match self.forward(target, headers, note, report) {
                 Step::Forward { url, headers, note, report, .. } => {
                     let strip = strip_of(&limited.checks);
-                    let watch = match held.and_then(|(items, id, script_ms)| self.watch(items, id, script_ms, now_ms)) {
+                    let (after, mut cx) = self.after();
+                    let watch = match held
+                        .and_then(|(items, id, script_ms)| after.watch(&mut cx, items, id, script_ms, now_ms))
+                    {
                         Some(w) => Some(Watch { strip, ..w }),
                         None if !strip.is_empty() => Some(Watch {
                             ticket: 0,
@@ -135,16 +127,16 @@ impl<'c> Gateway<'c> {
                         }),
                         None => None,
                     };
-                    Step::Forward { url, headers, note, report, wake: self.wake(now_ms), watch }
+                    Step::Forward { url, headers, note, report, wake: after.wake(&mut cx, now_ms), watch }
                 }
                 other => other,
             },
             Answer::Respond(response) => {
                 // Redis failed, and the script may have run all the same: the slots it may have taken
-                // are released at once (a ZREM of a slot that was never taken changes nothing).
-                let wake = failed.map(|items| {
-                    let ticket = self.park(Work::Release { items }, now_ms);
-                    Wake { ticket, ms: 0 }
+                // are released with the next batch (a ZREM of a slot that was never taken changes nothing).
+                let wake = failed.and_then(|(items, id)| {
+                    let (after, mut cx) = self.after();
+                    after.release(&mut cx, items, &id, now_ms)
                 });
                 Step::Respond { response, note, report, wake }
             }

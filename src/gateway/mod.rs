@@ -51,11 +51,10 @@ pub struct Gateway<'c> {
     header_names: Vec<String>,
     limiter: Limiter,
     metrics: Metrics,
-    pending: HashMap<u32, Pending<'c>>,
-    /// Admitted requests whose responses are watched (apart: they wait as long as a response takes, and
-    /// an overflow of the others must never drop them).
-    watching: HashMap<u32, Pending<'c>>,
-    next_ticket: u32,
+    tickets: Tickets<'c>,
+    /// What follows a response: the watched responses, the batch of releases and settlements, the
+    /// lease chain.
+    after: After<'c>,
     /// Whether this isolate has logged that the candidate policy is refused (once is enough).
     candidate_refusal_logged: bool,
     /// Unique among every isolate (the executor draws it at random): request ids are this, a dot and
@@ -70,9 +69,8 @@ impl<'c> Gateway<'c> {
             header_names: header_names(config),
             limiter: Limiter::with_leases(config.deny_cache_max_ms, config.leases),
             metrics: Metrics::default(),
-            pending: HashMap::new(),
-            watching: HashMap::new(),
-            next_ticket: 0,
+            tickets: Tickets::new(config.redis_timeout_ms),
+            after: After::default(),
             candidate_refusal_logged: false,
             instance_id: String::new(),
             requests: 0,
@@ -83,8 +81,10 @@ impl<'c> Gateway<'c> {
     /// The same gateway, its request ids prefixed by `id`: in-flight slots are members of a sorted set
     /// shared by every isolate, so two isolates must never name a request alike. Every gateway of a
     /// deployment needs one of its own (the executor draws a random one); without it ids are `.1`, `.2`…
+    /// Only printable ASCII other than a space is kept (each other character becomes `_`): a release
+    /// names several members in one argument, space-separated.
     pub fn with_instance_id(mut self, id: &str) -> Gateway<'c> {
-        self.instance_id = id.to_string();
+        self.instance_id = id.chars().map(|c| if c.is_ascii_graphic() { c } else { '_' }).collect();
         self
     }
 
@@ -109,7 +109,7 @@ impl<'c> Gateway<'c> {
 
     /// Tickets waiting to be resumed.
     pub fn pending(&self) -> usize {
-        self.pending.len() + self.watching.len()
+        self.tickets.pending.len() + self.after.watched()
     }
 
     fn header<'r>(&self, req: &Request<'r>, name: &str) -> Option<&'r str> {
@@ -128,7 +128,7 @@ impl<'c> Gateway<'c> {
         now_ms: f64,
         verified: Option<crate::identity::jwt::Verified>,
     ) -> Step {
-        self.collect(now_ms);
+        self.tickets.collect(now_ms);
         let target = path_and_query(req.url);
         #[cfg(feature = "bench-floor")]
         if let Some(floor) = self.config.bench_floor {
@@ -159,7 +159,7 @@ impl<'c> Gateway<'c> {
     /// Parks `req` until WebCrypto has checked its token's signature; it is planned again with the verdict.
     fn verify(&mut self, req: &Request<'_>, check: crate::identity::jwt::SignatureCheck, now_ms: f64) -> Step {
         let token = bearer(self.header(req, "authorization")).unwrap_or_default().to_string();
-        let ticket = self.park(Work::Token { request: OwnedRequest::of(req), token }, now_ms);
+        let ticket = self.tickets.park(Work::Token { request: OwnedRequest::of(req), token }, now_ms);
         Step::Verify { ticket, check }
     }
 
@@ -209,22 +209,21 @@ impl<'c> Gateway<'c> {
             return respond(head_only(quota::answer(&limited.checks, Ok(denied)), head));
         }
         let (call, body) = ScriptCall::start(&self.limiter, &all, self.config.clock, now_ms, false);
-        self.send(Work::Quota { call, listed: limited.checks, all, head }, false, body, now_ms)
+        self.tickets.send(Work::Quota { call, listed: limited.checks, all, head }, false, body, now_ms)
     }
 
-    /// The metrics report due now, if any, as a fetch to send after the response.
     /// The fetch to send after the response: the metrics report when one is due, else the read of
     /// which overrides exist when this isolate should make it.
     fn report(&mut self, now_ms: f64) -> Option<Fetch> {
         if self.config.admin_token_sha256.is_some() {
             if let Some(report) = self.metrics.report(now_ms, self.config.metrics_flush_ms) {
-                let ticket = self.park(Work::Report { counts: Box::new(report.counts) }, now_ms);
+                let ticket = self.tickets.park(Work::Report { counts: Box::new(report.counts) }, now_ms);
                 let timeout_ms = self.config.redis_timeout_ms;
                 return Some(Fetch { ticket, pipeline: true, body: report.body, timeout_ms });
             }
         }
         let body = self.limiter.overrides_fetch(now_ms)?;
-        let ticket = self.park(Work::Overrides, now_ms);
+        let ticket = self.tickets.park(Work::Overrides, now_ms);
         Some(Fetch { ticket, pipeline: true, body, timeout_ms: self.config.redis_timeout_ms })
     }
 
@@ -242,7 +241,7 @@ impl<'c> Gateway<'c> {
             if declared.is_some_and(|n| n > MAX_BODY_BYTES) {
                 body = AdminBody::TooLarge; // answered 413 without reading a byte of it
             } else {
-                let ticket = self.park(Work::Body { request: OwnedRequest::of(req) }, now_ms);
+                let ticket = self.tickets.park(Work::Body { request: OwnedRequest::of(req) }, now_ms);
                 return Step::ReadBody { ticket, max: MAX_BODY_BYTES };
             }
         }
@@ -252,11 +251,11 @@ impl<'c> Gateway<'c> {
             Action::Done(response) => respond(head_only(response, head)),
             Action::Redis(commands, then) => {
                 let body = admin::pipeline_body(&commands);
-                self.send(Work::Admin { then, head }, true, body, now_ms)
+                self.tickets.send(Work::Admin { then, head }, true, body, now_ms)
             }
             Action::Peek(peek) => {
                 let (call, body) = ScriptCall::start(&self.limiter, &peek.checks, self.config.clock, now_ms, true);
-                self.send(Work::Peek { call, peek }, false, body, now_ms)
+                self.tickets.send(Work::Peek { call, peek }, false, body, now_ms)
             }
         }
     }
@@ -272,7 +271,7 @@ impl<'c> Gateway<'c> {
                 body: Body::Text("Too Many Requests".into()),
             }),
             crate::policy::config::BenchFloor::Limit => {
-                let ticket = self.park(Work::Floor { target: target.to_string() }, now_ms);
+                let ticket = self.tickets.park(Work::Floor { target: target.to_string() }, now_ms);
                 Step::Fetch(Fetch { ticket, pipeline: false, body: "[\"PING\"]".into(), timeout_ms: 500 })
             }
         }

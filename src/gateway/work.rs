@@ -40,15 +40,17 @@ pub(super) enum Work<'c> {
         script_ms: i64,
         headers: Vec<String>,
     },
-    /// Slots a failed decision may have taken, to release at the wake.
+    /// A full batch of releases and settlements queued by a response sent elsewhere (a failed
+    /// decision's), to send at the wake.
     Release {
-        items: Vec<Settlement<'c>>,
+        batch: Batch<'c>,
     },
-    /// The call that releases and settles them; `attempt` 0, then 1 for the one retry.
+    /// The wait after which the queued releases and settlements go in one call.
+    Flush,
+    /// The call that releases and settles a batch; `attempt` 0, then 1 for the one retry.
     Settling {
         call: ScriptCall,
-        items: Vec<Settlement<'c>>,
-        marker: Option<String>,
+        batch: Batch<'c>,
         attempt: u8,
     },
     /// The admin API's peek.
@@ -155,10 +157,66 @@ pub(super) const WATCHED_KEPT: usize = 4096;
 /// How long past its deadline a ticket may still be resumed.
 pub(super) const PENDING_GRACE_MS: f64 = 10_000.0;
 
+/// The tickets handed out and the work each one waits for (apart from the watched responses, which
+/// [`After`] keeps).
+pub(super) struct Tickets<'c> {
+    pub(super) pending: HashMap<u32, Pending<'c>>,
+    next: u32,
+    /// The Redis deadline of a REST call (`REDIS_TIMEOUT_MS`).
+    timeout_ms: u32,
+}
+
+impl<'c> Tickets<'c> {
+    pub(super) fn new(timeout_ms: u32) -> Tickets<'c> {
+        Tickets { pending: HashMap::new(), next: 0, timeout_ms }
+    }
+
+    /// A ticket for `work`, due within the configured timeout.
+    pub(super) fn park(&mut self, work: Work<'c>, now_ms: f64) -> u32 {
+        let deadline_ms = now_ms + f64::from(self.timeout_ms);
+        self.park_until(work, deadline_ms, now_ms)
+    }
+
+    /// Parks `work` and asks the executor to POST `body` to the REST endpoint (`pipeline`: to its
+    /// pipeline) within the Redis deadline.
+    pub(super) fn send(&mut self, work: Work<'c>, pipeline: bool, body: String, now_ms: f64) -> Step {
+        let ticket = self.park(work, now_ms);
+        self.fetch(ticket, pipeline, body)
+    }
+
+    /// The POST of `body` under `ticket` (already parked), within the Redis deadline.
+    pub(super) fn fetch(&self, ticket: u32, pipeline: bool, body: String) -> Step {
+        Step::Fetch(Fetch { ticket, pipeline, body, timeout_ms: self.timeout_ms })
+    }
+
+    pub(super) fn park_until(&mut self, work: Work<'c>, deadline_ms: f64, now_ms: f64) -> u32 {
+        let ticket = self.new_ticket();
+        self.pending.insert(ticket, Pending { work, deadline_ms, sent_ms: now_ms });
+        ticket
+    }
+
+    pub(super) fn new_ticket(&mut self) -> u32 {
+        self.next = self.next.wrapping_add(1).max(1);
+        self.next
+    }
+
+    /// Drops tickets nobody resumed, once there are many.
+    pub(super) fn collect(&mut self, now_ms: f64) {
+        if self.pending.len() >= PENDING_KEPT {
+            self.pending.retain(|_, p| p.deadline_ms + PENDING_GRACE_MS > now_ms);
+            if self.pending.len() >= PENDING_KEPT {
+                self.pending.clear();
+            }
+        }
+    }
+}
+
 impl<'c> Gateway<'c> {
     /// The next step for `ticket`, with what its last step brought back at `now_ms`.
     pub fn resume(&mut self, ticket: u32, reply: Reply<'_>, now_ms: f64) -> Step {
-        let Some(p) = self.pending.remove(&ticket).or_else(|| self.watching.remove(&ticket)) else { return Step::Done };
+        let Some(p) = self.tickets.pending.remove(&ticket).or_else(|| self.after.unwatch(ticket)) else {
+            return Step::Done;
+        };
         let http = match reply {
             Reply::Http { status, body } => Some(Ok((status, body))),
             Reply::Timeout => Some(Err(TransportError::Timeout)),
@@ -202,22 +260,10 @@ impl<'c> Gateway<'c> {
                 let note = deleted.as_ref().err().map(|f| self.degraded_line(f, "rpc", None, "reset"));
                 Step::Return { value: rpc::reset_result(deleted.as_ref().copied()), note, report: None, wake: None }
             }
-            Work::Wake { since_ms } => self.give_back(ticket, since_ms, now_ms),
-            Work::Release { items } => self.settle_call(items, None, 0, now_ms),
-            Work::Held { items, id, script_ms, headers } => {
-                // Anything but a delivery report (an executor that lost track) releases all the same.
-                let text = match reply {
-                    Reply::Delivered(text) => text,
-                    _ => "0",
-                };
-                self.delivered(items, id, script_ms, &Delivered::decode(text, &headers), now_ms)
-            }
-            Work::Renew { items } => {
-                let (call, body) = ScriptCall::renew(&self.limiter, &items, self.config.clock, now_ms);
-                let deadline_ms = now_ms + f64::from(self.config.redis_timeout_ms);
-                self.pending
-                    .insert(ticket, Pending { work: Work::Renewing { call, items }, deadline_ms, sent_ms: now_ms });
-                Step::Fetch(Fetch { ticket, pipeline: false, body, timeout_ms: self.config.redis_timeout_ms })
+            work
+            @ (Work::Wake { .. } | Work::Release { .. } | Work::Flush | Work::Held { .. } | Work::Renew { .. }) => {
+                let (after, mut cx) = self.after();
+                after.resume(&mut cx, ticket, work, reply, now_ms)
             }
             Work::Overrides => {
                 let reply = match http {
@@ -270,40 +316,6 @@ impl<'c> Gateway<'c> {
         }
     }
 
-    /// A ticket for `work`, due within the configured timeout.
-    pub(super) fn park(&mut self, work: Work<'c>, now_ms: f64) -> u32 {
-        let deadline_ms = now_ms + f64::from(self.config.redis_timeout_ms);
-        self.park_until(work, deadline_ms, now_ms)
-    }
-
-    /// Parks `work` and asks the executor to POST `body` to the REST endpoint (`pipeline`: to its
-    /// pipeline) within the Redis deadline.
-    pub(super) fn send(&mut self, work: Work<'c>, pipeline: bool, body: String, now_ms: f64) -> Step {
-        let ticket = self.park(work, now_ms);
-        Step::Fetch(Fetch { ticket, pipeline, body, timeout_ms: self.config.redis_timeout_ms })
-    }
-
-    pub(super) fn park_until(&mut self, work: Work<'c>, deadline_ms: f64, now_ms: f64) -> u32 {
-        let ticket = self.new_ticket();
-        self.pending.insert(ticket, Pending { work, deadline_ms, sent_ms: now_ms });
-        ticket
-    }
-
-    pub(super) fn new_ticket(&mut self) -> u32 {
-        self.next_ticket = self.next_ticket.wrapping_add(1).max(1);
-        self.next_ticket
-    }
-
-    /// Drops tickets nobody resumed, once there are many.
-    pub(super) fn collect(&mut self, now_ms: f64) {
-        if self.pending.len() >= PENDING_KEPT {
-            self.pending.retain(|_, p| p.deadline_ms + PENDING_GRACE_MS > now_ms);
-            if self.pending.len() >= PENDING_KEPT {
-                self.pending.clear();
-            }
-        }
-    }
-
     /// The step for a script call's `next`: send or wait under the same ticket, or (done, or out of
     /// time) the answer.
     pub(super) fn continue_script(
@@ -324,11 +336,11 @@ impl<'c> Gateway<'c> {
                     None => return Step::Done,
                 },
                 Next::Send(body) => {
-                    self.pending.insert(ticket, Pending { work, deadline_ms, sent_ms: now_ms });
+                    self.tickets.pending.insert(ticket, Pending { work, deadline_ms, sent_ms: now_ms });
                     return Step::Fetch(Fetch { ticket, pipeline: false, body, timeout_ms: left as u32 });
                 }
                 Next::Wait(ms) => {
-                    self.pending.insert(ticket, Pending { work, deadline_ms, sent_ms: now_ms });
+                    self.tickets.pending.insert(ticket, Pending { work, deadline_ms, sent_ms: now_ms });
                     return Step::Wait { ticket, ms: ms.min(left as u32) };
                 }
             };
@@ -358,56 +370,9 @@ impl<'c> Gateway<'c> {
                 let result = self.limiter.decided(&limited.checks, result, call.wants(), now_ms);
                 self.rpc_decided(limited, result, started_ms, now_ms)
             }
-            Work::GiveBack { tokens, since_ms, last, items, .. } => {
-                let ok = result.and_then(|ints| {
-                    after_reply(&ints, items.iter().map(|g| (&g.limit, g.overrides.as_slice())), false)
-                });
-                self.limiter.gave_back(tokens, ok.is_ok());
-                if last {
-                    self.limiter.unschedule_wake(); // the next decision that leases starts a new chain
-                    return Step::Done;
-                }
-                self.next_wake(since_ms, now_ms)
-            }
-            Work::Settling { items, marker, attempt, .. } => {
-                let limits = items.iter().map(|s| (s.limit, s.overrides.as_slice()));
-                match result.and_then(|ints| after_reply(&ints, limits, marker.is_some())) {
-                    Ok(repeated) => {
-                        let slots_released = items.iter().filter(|s| s.limit.is_concurrency()).count() as u64;
-                        let repeated = u64::from(repeated);
-                        self.metrics.add_held(HeldCounts { slots_released, repeated, ..HeldCounts::default() });
-                        Step::Done
-                    }
-                    // No answer (or a server error): it may or may not have been applied; the marker makes
-                    // one retry safe.
-                    Err(
-                        Failure::Timeout
-                        | Failure::Unreachable
-                        | Failure::Rest(crate::store::upstash::RestError::Server(_)),
-                    ) if attempt == 0 => self.settle_call(items, marker, 1, now_ms),
-                    Err(_) => {
-                        let slots = items.iter().filter(|s| s.limit.is_concurrency()).count() as u64;
-                        let costs = items.len() as u64 - slots;
-                        self.metrics.add_held(HeldCounts {
-                            release_failed: slots,
-                            settle_failed: costs,
-                            ..HeldCounts::default()
-                        });
-                        Step::Done
-                    }
-                }
-            }
-            Work::Renewing { items, .. } => {
-                self.limiter.renewed(&items, result, now_ms);
-                // Then the give-back chain, if this isolate holds leases and none is scheduled.
-                match self.limiter.schedule_wake(now_ms) {
-                    Some(ms) => {
-                        let deadline_ms = now_ms + f64::from(ms) + f64::from(self.config.redis_timeout_ms);
-                        let ticket = self.park_until(Work::Wake { since_ms: now_ms }, deadline_ms, now_ms);
-                        Step::Wait { ticket, ms }
-                    }
-                    None => Step::Done,
-                }
+            work @ (Work::GiveBack { .. } | Work::Settling { .. } | Work::Renewing { .. }) => {
+                let (after, mut cx) = self.after();
+                after.script_done(&mut cx, work, result, now_ms)
             }
             _ => Step::Done,
         }

@@ -364,8 +364,9 @@ impl ScriptCall {
         Self::with(limiter, call, Vec::new(), Vec::new())
     }
 
-    /// The call after a response that releases its slots and settles its costs (`marker`: the
-    /// request's settle marker key, so that a retried call changes nothing).
+    /// The call after responses that releases their slots and settles their costs (`items` merged per
+    /// key: a slot's argument is its members, space-separated; `marker`: the batch's settle marker key,
+    /// so that a retried call changes nothing).
     pub fn settle(
         limiter: &Limiter,
         items: &[Settlement<'_>],
@@ -614,9 +615,10 @@ impl Limiter {
         Some(Decision { allowed: true, denied_by: None, limits })
     }
 
-    /// Leases running low, to top up after the response.
-    pub fn take_renewals(&self) -> Vec<Renewal> {
-        self.leases.borrow_mut().take_renewals()
+    /// This isolate's leases (the after-the-response work schedules their renewals, wakes and
+    /// give-backs: `src/gateway/after.rs`).
+    pub(crate) fn leases(&self) -> std::cell::RefMut<'_, LeaseBook> {
+        self.leases.borrow_mut()
     }
 
     /// What a renewal call brought: the leases granted (nothing when it failed).
@@ -652,39 +654,9 @@ impl Limiter {
         }
     }
 
-    /// The unused tokens of the leases that ended by `now_ms`, to give back now.
-    pub fn leases_due(&self, now_ms: f64) -> Vec<GiveBack> {
-        self.leases.borrow_mut().due(now_ms)
-    }
-
-    /// How long until a wake should give back ended leases, if one should be scheduled now.
-    pub fn schedule_wake(&self, now_ms: f64) -> Option<u32> {
-        self.leases.borrow_mut().schedule_wake(now_ms)
-    }
-
-    /// The scheduled wake fired: how long until the next, if leases remain.
-    pub fn woke(&self, now_ms: f64) -> Option<u32> {
-        self.leases.borrow_mut().woke(now_ms)
-    }
-
-    /// Ends every lease now: all of it to give back.
-    pub fn end_all_leases(&self) -> Vec<GiveBack> {
-        self.leases.borrow_mut().end_all()
-    }
-
-    /// No wake is scheduled after all (its chain ended).
-    pub fn unschedule_wake(&self) {
-        self.leases.borrow_mut().unschedule_wake();
-    }
-
     /// The most of a limit's capacity one lease grant may take.
     fn share(&self) -> f64 {
         self.leases.borrow().share()
-    }
-
-    /// Tokens given back (`ok`), or lost because the call failed.
-    pub fn gave_back(&self, tokens: u64, ok: bool) {
-        self.leases.borrow_mut().gave_back(tokens, ok);
     }
 
     /// Tokens this isolate holds in leases, live or ended and not yet given back.
