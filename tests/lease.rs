@@ -27,6 +27,8 @@ struct Isolate<'c> {
 #[derive(Default, Debug)]
 struct Calls {
     decisions: usize,
+    /// How many limits each decision call carried.
+    decision_limits: Vec<usize>,
     give_backs: usize,
     other: usize,
 }
@@ -47,6 +49,9 @@ impl<'c> Isolate<'c> {
                         calls.give_backs += 1;
                     } else {
                         calls.decisions += 1;
+                        let args: Vec<String> = serde_json::from_str(&f.body).unwrap();
+                        let keys: usize = args[2].parse().unwrap();
+                        calls.decision_limits.push(args[3 + keys + 2].parse().unwrap());
                     }
                     let (status, mut body) = rest.answer(&f);
                     if let (Some(claim), Ok(mut reply)) = (self.inflate, serde_json::from_str::<Value>(&body)) {
@@ -234,12 +239,8 @@ fn a_small_bucket_or_leases_turned_off_asks_redis_for_every_request() {
             r#"{"rules":[{"name":"busy","route":"/api/*",
             "limits":[{"name":"big","capacity":100,"refill":"1/d","cost":3}]}]}"#,
         )],
-        // a limit that leases beside one that never does: its lease could never be spent
-        vec![(
-            "RATE_LIMIT_POLICY",
-            r#"{"rules":[{"name":"busy","route":"/api/*","limits":[
-            {"name":"burst","capacity":30,"refill":"30/s"},{"name":"hourly","capacity":5000,"refill":"5000/h"}]}]}"#,
-        )],
+        // (a limit that leases beside one that never does now leases, and its lease is spent while
+        // Redis decides the other: `a_lease_pays_the_shared_limit_while_redis_decides_the_callers_own`)
     ] {
         let rest = Rest::new();
         let c = config(&extra);
@@ -475,4 +476,64 @@ fn a_lease_beyond_what_was_asked_is_a_malformed_reply_never_a_decision() {
         left + admitted as f64 <= 400.0 + refill,
         "{left} left after {admitted} admitted: no tokens came back unearned"
     );
+}
+
+/// Issue 25 (the realistic mix): a request under a caller's own limit and a busy global one. Once
+/// the isolate holds a lease of the global limit, each request pays it from the lease and sends only
+/// its caller's limit to Redis (3 commands, not 5); a request the caller's limit denies puts back what
+/// it paid, so it costs the global limit nothing; and over 200 callers on two isolates the global
+/// limit admits at most its allowance during the run, and exactly it once the leases are back.
+#[test]
+fn a_lease_pays_the_shared_limit_while_redis_decides_the_callers_own() {
+    let policy = r#"{"rules":[{"name":"api","route":"/api/*","limits":[
+        {"name":"caller","capacity":3,"refill":"3/d","lease":false},
+        {"name":"global","by":"global","capacity":600,"refill":"600/d"}]}]}"#;
+    let c = config(&[("RATE_LIMIT_POLICY", policy)]);
+    let rest = Rest::new();
+    let mut isolates = [Isolate::new(&c), Isolate::new(&c)];
+    let mut calls = Calls::default();
+    let (mut admitted, mut now, mut caller_only, mut denials_put_back) = (0u64, T0, 0, 0);
+    // 200 callers, each 4 requests (the fourth denied by its own limit of 3), over both isolates.
+    for i in 0..800 {
+        now += 1.0;
+        let iso = &mut isolates[i % 2];
+        iso.wake(&rest, now, &mut calls);
+        let leased_before = iso.gw.limiter().leased_tokens();
+        let decisions_before = calls.decision_limits.len();
+        let step = iso.request(&rest, &format!("c{}", i / 4), now, &mut calls);
+        let sent: Vec<usize> = calls.decision_limits[decisions_before..].to_vec();
+        if status(&step) == 200 {
+            admitted += 1;
+        } else if i % 4 == 3 && sent == [1] {
+            assert_eq!(
+                iso.gw.limiter().leased_tokens(),
+                leased_before,
+                "request {i}: the denial put back what it paid"
+            );
+            denials_put_back += 1;
+        }
+        caller_only += usize::from(sent == [1]);
+    }
+    assert!(admitted <= 600, "{admitted} admitted during the run: the global limit allows 600");
+    assert!(caller_only > 600, "most requests sent only the caller's limit: {caller_only} of 800");
+    assert!(denials_put_back > 150, "{denials_put_back} denials by the caller's own limit, with a lease");
+    // Every lease ends within its horizon and is given back; then new callers drain what is left.
+    now += 5_000.0;
+    for iso in &mut isolates {
+        iso.wake(&rest, now, &mut calls);
+        iso.wake(&rest, now + 100.0, &mut calls);
+        assert_eq!(iso.gw.limiter().leased_tokens(), 0, "every lease given back");
+    }
+    let mut denied = 0;
+    for n in 0.. {
+        now += 1.0;
+        match status(&isolates[0].request(&rest, &format!("late{n}"), now, &mut calls)) {
+            200 => admitted += 1,
+            _ => denied += 1,
+        }
+        if denied == 3 {
+            break;
+        }
+    }
+    assert_eq!(admitted, 600, "once the leases are back, exactly the global allowance");
 }

@@ -21,14 +21,20 @@ impl<'c> Gateway<'c> {
         let holds = limited.checks.iter().any(|c| c.limit.is_concurrency() || c.limit.settle().is_some());
         let id = holds.then(|| self.request_id());
         let clock = self.config.clock;
-        let (call, body) = if limited.candidates.is_empty() || self.candidate_digest().is_none() {
+        let alone = limited.candidates.is_empty() || self.candidate_digest().is_none();
+        // Limits this isolate's leases cover are paid here; the call decides the others.
+        let part = if alone { self.limiter.lease_part(&limited.checks, now_ms) } else { None };
+        let (call, body) = if let Some(part) = &part {
+            let rest = part.rest(&limited.checks);
+            ScriptCall::start_with_id(&self.limiter, &rest, clock, now_ms, false, id.as_deref().unwrap_or(""))
+        } else if alone {
             ScriptCall::start_with_id(&self.limiter, &limited.checks, clock, now_ms, false, id.as_deref().unwrap_or(""))
         } else {
             // The candidate's limits ride in the same call, after the live ones.
             let all = [&limited.checks[..], &limited.candidates[..]].concat();
             ScriptCall::start_with_id(&self.limiter, &all, clock, now_ms, false, id.as_deref().unwrap_or(""))
         };
-        let work = Work::Decide { call, limited, target: target.to_string(), started_ms: now_ms, id };
+        let work = Work::Decide { call, limited, target: target.to_string(), started_ms: now_ms, id, part };
         self.tickets.send(work, false, body, now_ms)
     }
 

@@ -31,6 +31,8 @@ pub(super) enum Work<'c> {
         started_ms: f64,
         /// The request's id, when it takes in-flight slots or settles a cost.
         id: Option<String>,
+        /// The limits leases paid while the call decides the others.
+        part: Option<crate::limiter::Part>,
     },
     /// An admitted request's slots and reserved costs, until its response has been delivered.
     Held {
@@ -349,11 +351,14 @@ impl<'c> Gateway<'c> {
 
     pub(super) fn script_done(&mut self, work: Work<'c>, result: Result<Vec<i64>, Failure>, now_ms: f64) -> Step {
         match work {
-            Work::Decide { limited, target, started_ms, call, id } => {
+            Work::Decide { limited, target, started_ms, call, id, part } => {
                 self.limiter.answered(call.asked());
                 let (result, candidate) = self.split_candidates(&limited, result);
                 let script_ms = result.as_ref().ok().and_then(|ints| ints.last().copied()).unwrap_or(0);
-                let result = self.limiter.decided(&limited.checks, result, call.wants(), now_ms);
+                let result = match &part {
+                    Some(part) => self.limiter.decided_part(&limited.checks, part, result, call.wants(), now_ms),
+                    None => self.limiter.decided(&limited.checks, result, call.wants(), now_ms),
+                };
                 let admission = id.map(|id| (id, script_ms));
                 self.decided(limited, &target, result, candidate, admission, started_ms, now_ms)
             }

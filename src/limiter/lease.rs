@@ -82,10 +82,12 @@ impl Lease {
         (ended, since)
     }
 
-    /// Pays `cost` from the oldest grants (the caller checked there is enough).
-    fn pay(&mut self, mut cost: u64) {
+    /// Pays `cost` from the oldest grants (the caller checked there is enough): what it took of each
+    /// (tokens, its end, its script time), to put back if the request is not admitted after all.
+    fn pay(&mut self, mut cost: u64) -> Vec<(u64, f64, i64)> {
+        let mut taken = Vec::new();
         while cost > 0 {
-            let Some(front) = self.grants.front_mut() else { return };
+            let Some(front) = self.grants.front_mut() else { break };
             let paid = front.0.min(cost);
             front.0 -= paid;
             cost -= paid;
@@ -93,8 +95,25 @@ impl Lease {
                 self.unreported_since = front.2;
             }
             self.unreported += paid;
+            taken.push((paid, front.1, front.2));
             if front.0 == 0 {
                 self.grants.pop_front();
+            }
+        }
+        taken
+    }
+
+    /// Puts back what [`Lease::pay`] took: into its grant, or the grant again where it was (a grant
+    /// that has ended since is ended and given back by the next look at this lease).
+    fn unpay(&mut self, taken: &[(u64, f64, i64)]) {
+        for &(tokens, until, at) in taken.iter().rev() {
+            self.unreported = self.unreported.saturating_sub(tokens);
+            match self.grants.iter_mut().find(|g| g.1 == until && g.2 == at) {
+                Some(g) => g.0 += tokens,
+                None => {
+                    let i = self.grants.iter().position(|g| (g.1, g.2) > (until, at)).unwrap_or(self.grants.len());
+                    self.grants.insert(i, (tokens, until, at));
+                }
             }
         }
     }
@@ -106,6 +125,15 @@ impl Lease {
         let since = if spent > 0 { self.unreported_since.min(also_since) } else { also_since };
         (spent + also, since)
     }
+}
+
+/// What a request paid from one key's lease while Redis decides its other limits.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Spent {
+    /// The limit's index among the request's.
+    pub index: usize,
+    pub key: String,
+    taken: Vec<(u64, f64, i64)>,
 }
 
 /// Unused tokens of an ended lease, to give back.
@@ -333,34 +361,93 @@ impl LeaseBook {
         if !covered || repeated {
             return None;
         }
-        let horizon = f64::from(self.config.horizon_ms);
         for w in limits {
             let cap = self.cap(w.limit, w.mode);
             let seen = *self.observe(w.key, w.cost, now_ms);
             let Some(l) = self.leases.get_mut(w.key) else { continue };
             l.pay(u64::from(w.cost));
             self.counts.spent += u64::from(w.cost);
-            // Running low — what lasts beyond the next quarter horizon is below half of what a horizon
-            // needs: topped up after the response, so a busy key rarely waits for Redis.
-            // (Never more than the cap held in all: an isolate holds at most `share × capacity`.)
-            let lasting: u64 = l.grants.iter().filter(|g| g.1 - now_ms >= horizon / 4.0).map(|g| g.0).sum();
-            let target = seen.need(now_ms, horizon).min(cap);
-            let want = target.saturating_sub(lasting).min(cap.saturating_sub(l.tokens()));
-            if lasting * 2 < target
-                && target >= 2 * u64::from(w.cost)
-                && want >= MIN_LEASE
-                && now_ms >= seen.asking_until_ms
-            {
-                let renewal =
-                    Renewal { key: w.key.to_string(), want, limit: l.limit.clone(), overrides: l.overrides.clone() };
-                self.renewals.push(renewal);
-                if let Some(s) = self.seen.get_mut(w.key) {
-                    s.asking_until_ms = now_ms + ASK_STALE_MS;
-                }
-            }
+            self.renew_if_low(w, cap, seen, now_ms);
         }
         self.counts.requests += 1;
         Some(limits.iter().filter_map(|w| self.leases.get(w.key)).collect())
+    }
+
+    /// Pays the limits of a request that its leases cover when some, not all, are covered (the
+    /// others are for Redis to decide; see [`crate::limiter::Limiter::lease_part`]): their indexes and
+    /// what was taken, to keep if Redis admits the request and to put back ([`LeaseBook::unspend`])
+    /// if it does not. `None` when none or all are covered.
+    pub fn spend_part(&mut self, limits: &[Want<'_>], now_ms: f64) -> Option<Vec<Spent>> {
+        if self.leases.is_empty() || limits.len() < 2 {
+            return None;
+        }
+        for w in limits {
+            self.expire(w.key, now_ms);
+        }
+        let repeated = limits.iter().enumerate().any(|(i, w)| limits[..i].iter().any(|v| v.key == w.key));
+        let covered: Vec<usize> = (0..limits.len())
+            .filter(|&i| {
+                let w = &limits[i];
+                matches!(w.mode, Mode::Enforce | Mode::Shadow)
+                    && self.leases.get(w.key).is_some_and(|l| l.tokens() >= u64::from(w.cost))
+            })
+            .collect();
+        if repeated || covered.is_empty() || covered.len() == limits.len() {
+            return None;
+        }
+        let mut spent = Vec::with_capacity(covered.len());
+        for i in covered {
+            let w = &limits[i];
+            let cap = self.cap(w.limit, w.mode);
+            let seen = *self.observe(w.key, w.cost, now_ms);
+            let Some(l) = self.leases.get_mut(w.key) else { continue };
+            let taken = l.pay(u64::from(w.cost));
+            self.counts.spent += u64::from(w.cost);
+            spent.push(Spent { index: i, key: w.key.to_string(), taken });
+            self.renew_if_low(w, cap, seen, now_ms);
+        }
+        Some(spent)
+    }
+
+    /// `key`'s lease, if this isolate holds one.
+    pub fn lease_of(&self, key: &str) -> Option<&Lease> {
+        self.leases.get(key)
+    }
+
+    /// Puts back what [`LeaseBook::spend_part`] paid, for a request Redis did not admit.
+    pub fn unspend(&mut self, spent: &[Spent]) {
+        for s in spent {
+            let tokens: u64 = s.taken.iter().map(|t| t.0).sum();
+            self.counts.spent = self.counts.spent.saturating_sub(tokens);
+            // (a lease dropped by an admin reset meanwhile has nothing to put back into)
+            if let Some(l) = self.leases.get_mut(&s.key) {
+                l.unpay(&s.taken);
+            }
+        }
+    }
+
+    /// Asks for a top-up of `w`'s lease after it paid, if it is running low.
+    fn renew_if_low(&mut self, w: &Want<'_>, cap: u64, seen: Seen, now_ms: f64) {
+        let horizon = f64::from(self.config.horizon_ms);
+        let Some(l) = self.leases.get_mut(w.key) else { return };
+        // Running low — what lasts beyond the next quarter horizon is below half of what a horizon
+        // needs: topped up after the response, so a busy key rarely waits for Redis.
+        // (Never more than the cap held in all: an isolate holds at most `share × capacity`.)
+        let lasting: u64 = l.grants.iter().filter(|g| g.1 - now_ms >= horizon / 4.0).map(|g| g.0).sum();
+        let target = seen.need(now_ms, horizon).min(cap);
+        let want = target.saturating_sub(lasting).min(cap.saturating_sub(l.tokens()));
+        if lasting * 2 < target
+            && target >= 2 * u64::from(w.cost)
+            && want >= MIN_LEASE
+            && now_ms >= seen.asking_until_ms
+        {
+            let renewal =
+                Renewal { key: w.key.to_string(), want, limit: l.limit.clone(), overrides: l.overrides.clone() };
+            self.renewals.push(renewal);
+            if let Some(s) = self.seen.get_mut(w.key) {
+                s.asking_until_ms = now_ms + ASK_STALE_MS;
+            }
+        }
     }
 
     /// Ends `key`'s grants whose time is up, to be given back (with the window of the oldest tokens

@@ -15,7 +15,7 @@ use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 
 use crate::limiter::known::{Known, VERSION_KEY};
-use crate::limiter::lease::{GiveBack, LeaseBook, LeaseCounts, Renewal, Want};
+use crate::limiter::lease::{GiveBack, LeaseBook, LeaseCounts, Renewal, Spent, Want};
 use crate::policy::check::Check;
 use crate::policy::check::Mode;
 use crate::policy::config::{Clock, FailMode, LeaseConfig, DEFAULT_DENY_CACHE_MAX_MS};
@@ -285,6 +285,21 @@ pub enum Next {
     Done(Result<Vec<i64>, Failure>),
 }
 
+/// The limits of a request that leases paid while one script call decides the others.
+#[derive(Debug)]
+pub struct Part {
+    spent: Vec<Spent>,
+    statuses: Vec<LimitStatus>,
+}
+
+impl Part {
+    /// The limits the script call decides.
+    pub fn rest<'c>(&self, checks: &[Check<'c>]) -> Vec<Check<'c>> {
+        let covered = |i: usize| self.spent.iter().any(|s| s.index == i);
+        checks.iter().enumerate().filter(|(i, _)| !covered(*i)).map(|(_, c)| c.clone()).collect()
+    }
+}
+
 /// One request's script call: EVALSHA, and on `NOSCRIPT` either a wait for another request's load
 /// and one more EVALSHA, or this isolate's one EVAL of the episode (once more without the shebang if
 /// the server rejects it). Bounded: at most three calls.
@@ -323,27 +338,49 @@ impl ScriptCall {
         peek: bool,
         id: &str,
     ) -> (ScriptCall, String) {
-        // Only when every limit a lease could pay can lease: a request is spent from leases only when
-        // all of its limits are covered, so a lease beside a limit that never leases would never be spent.
-        let leasable = !peek && {
+        // The limits that may lease (a lease beside a limit that never leases is spent while Redis
+        // decides the other: `Limiter::lease_part`).
+        let can: Vec<bool> = {
             let book = limiter.leases.borrow();
-            let mut spendable = checks.iter().filter(|c| matches!(c.mode, Mode::Enforce | Mode::Shadow)).peekable();
-            spendable.peek().is_some() && spendable.all(|c| book.can_lease(c.limit, c.cost, c.mode))
+            checks
+                .iter()
+                .map(|c| {
+                    !peek && matches!(c.mode, Mode::Enforce | Mode::Shadow) && book.can_lease(c.limit, c.cost, c.mode)
+                })
+                .collect()
         };
-        let (op, wants) = if !leasable {
-            (if peek { Op::Peek } else { Op::Take }, vec![0; checks.len()])
-        } else {
-            let wants: Vec<Want<'_>> =
-                checks.iter().map(|c| Want { key: &c.key, limit: c.limit, cost: c.cost, mode: c.mode }).collect();
-            (Op::Take, limiter.leases.borrow_mut().wants(&wants, now_ms))
-        };
+        let leasable = can.iter().any(|&c| c);
+        let op = if peek { Op::Peek } else { Op::Take };
+        let mut wants = vec![0; checks.len()];
+        if leasable {
+            let asking: Vec<Want<'_>> = checks
+                .iter()
+                .zip(&can)
+                .filter(|(_, &can)| can)
+                .map(|(c, _)| Want { key: &c.key, limit: c.limit, cost: c.cost, mode: c.mode })
+                .collect();
+            let asked = limiter.leases.borrow_mut().wants(&asking, now_ms);
+            for (w, a) in wants.iter_mut().zip(&can).filter(|(_, &can)| can).map(|(w, _)| w).zip(asked) {
+                *w = a;
+            }
+        }
         let asked = checks.iter().zip(&wants).filter(|(_, w)| **w > 0).map(|(c, _)| c.key.clone()).collect();
-        let lease_args: Vec<String> = if leasable {
+        let lease_args: Vec<String> = {
             let mut book = limiter.leases.borrow_mut();
-            checks.iter().zip(&wants).map(|(c, w)| book.lease_arg(&c.key, *w)).collect()
-        } else {
-            // (a slot's argument is the request's id: its member in the slots' sorted set)
-            checks.iter().map(|c| if c.limit.is_concurrency() { id.to_string() } else { "0".to_string() }).collect()
+            checks
+                .iter()
+                .zip(&wants)
+                .zip(&can)
+                .map(|((c, w), &can)| {
+                    if c.limit.is_concurrency() {
+                        id.to_string() // (a slot's argument is the request's id: its member in the sorted set)
+                    } else if can {
+                        book.lease_arg(&c.key, *w)
+                    } else {
+                        "0".to_string()
+                    }
+                })
+                .collect()
         };
         let limits = checks
             .iter()
@@ -613,6 +650,74 @@ impl Limiter {
             })
             .collect();
         Some(Decision { allowed: true, denied_by: None, limits })
+    }
+
+    /// When this isolate's leases cover some but not all of a request's limits (a caller's own limit
+    /// beside a busy per-route or global one): those paid from their leases now, and the others left
+    /// for one script call to decide ([`Part::rest`]). The request is admitted only if that call
+    /// admits it; otherwise what the leases paid is put back ([`Limiter::decided_part`]), so a denial
+    /// costs the covered limits nothing.
+    pub fn lease_part(&self, checks: &[Check<'_>], now_ms: f64) -> Option<Part> {
+        let mut book = self.leases.borrow_mut();
+        if book.is_empty() {
+            return None;
+        }
+        let wants: Vec<Want<'_>> =
+            checks.iter().map(|c| Want { key: &c.key, limit: c.limit, cost: c.cost, mode: c.mode }).collect();
+        let spent = book.spend_part(&wants, now_ms)?;
+        let statuses = spent
+            .iter()
+            .map(|s| {
+                let c = &checks[s.index];
+                let l = book.lease_of(&s.key);
+                LimitStatus {
+                    name: c.name.to_string(),
+                    shadow: c.shadow(),
+                    capacity: l.map_or(c.limit.capacity(), |l| l.capacity),
+                    window_s: l.map_or(c.limit.window_seconds(), |l| l.window_s),
+                    remaining: l.map_or(0, |l| l.remaining.saturating_add(l.tokens())),
+                    retry_ms: 0,
+                    reset_ms: l.map_or(0, |l| (l.reset_at_ms - now_ms).max(0.0).ceil() as u64),
+                }
+            })
+            .collect();
+        Some(Part { spent, statuses })
+    }
+
+    /// The decision for all of `checks` from the script's reply for [`Part::rest`] of them: admitted
+    /// only if the call admitted the rest (the covered limits paid from their leases); otherwise what
+    /// the leases paid is put back, and a failure stays a failure (the fail mode decides the request).
+    pub fn decided_part(
+        &self,
+        checks: &[Check<'_>],
+        part: &Part,
+        reply: Result<Vec<i64>, Failure>,
+        wants: &[u64],
+        now_ms: f64,
+    ) -> Result<Decision, Failure> {
+        let rest = part.rest(checks);
+        let decided = self.decided(&rest, reply, wants, now_ms);
+        if !decided.as_ref().is_ok_and(|d| d.allowed) {
+            self.leases.borrow_mut().unspend(&part.spent);
+        }
+        let d = decided?;
+        let mut from_call = d.limits.into_iter();
+        let mut denied_by = None;
+        let mut asked = 0;
+        let mut limits = Vec::with_capacity(checks.len());
+        for i in 0..checks.len() {
+            match part.spent.iter().position(|s| s.index == i) {
+                Some(j) => limits.push(part.statuses[j].clone()),
+                None => {
+                    if d.denied_by == Some(asked) {
+                        denied_by = Some(i);
+                    }
+                    asked += 1;
+                    limits.extend(from_call.next());
+                }
+            }
+        }
+        Ok(Decision { allowed: d.allowed, denied_by, limits })
     }
 
     /// This isolate's leases (the after-the-response work schedules their renewals, wakes and
