@@ -20,7 +20,7 @@ use crate::policy::check::Mode;
 use crate::policy::config::Config;
 use crate::policy::document::Facts;
 use crate::policy::limit::MAX_CAPACITY;
-use crate::policy::plan::{limited_by, limits_for, Limited, Target, DEFAULT_POLICY};
+use crate::policy::plan::{limited_by, limits_for, Limited, Target, DEFAULT_LIMIT};
 use crate::store::decision::{Decision, LimitStatus};
 
 /// The longest `key` accepted, in UTF-8 bytes (keys longer than [`crate::identity::key::MAX_ID_BYTES`] are
@@ -248,11 +248,11 @@ fn zero_config<'c>(config: &'c Config, key: &str) -> Limited<'c> {
     let subject = format!("{RPC_SUBJECT_PREFIX}{}", subject_key(&Caller::User(key.to_string())));
     let check = Check {
         key: format!("rate:{subject}"),
-        name: DEFAULT_POLICY,
+        name: DEFAULT_LIMIT,
         limit: &config.limit,
         cost: 1,
         mode: Mode::Enforce,
-        rule: DEFAULT_POLICY,
+        rule: DEFAULT_LIMIT,
         // No override can name this key space (the admin API's caller overrides are HTTP callers').
         overrides: Vec::new(),
     };
@@ -359,7 +359,7 @@ pub(crate) fn result_json(
         // Nothing known beyond the configured numbers (a failed call without a local bucket's say).
         None => match checks.first() {
             Some(c) => (0, 0, u64::from(c.limit.capacity()), c.name),
-            None => (0, 0, 0, DEFAULT_POLICY),
+            None => (0, 0, 0, DEFAULT_LIMIT),
         },
     };
     let retry_after = match (success, decision) {

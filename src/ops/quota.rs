@@ -14,7 +14,7 @@ use crate::policy::limit::Limit;
 use crate::store::decision::{Decision, LimitStatus};
 
 /// Its name in the `RateLimit` fields of a 429 (and in its key, `rate:<caller>:@quota`).
-pub(crate) const QUOTA_POLICY: &str = "quota";
+pub(crate) const QUOTA_LIMIT: &str = "quota";
 
 /// What a quota read asks about.
 #[derive(Debug, PartialEq, Eq)]
@@ -58,11 +58,11 @@ pub(crate) fn unlimited() -> Response {
 pub(crate) fn own_check<'c>(subject: &str, limit: &'c Limit) -> Check<'c> {
     Check {
         key: format!("rate:{subject}:@quota"),
-        name: QUOTA_POLICY,
+        name: QUOTA_LIMIT,
         limit,
         cost: 1,
         mode: crate::policy::check::Mode::Enforce,
-        rule: QUOTA_POLICY,
+        rule: QUOTA_LIMIT,
         overrides: Vec::new(),
     }
 }

@@ -14,8 +14,8 @@ use crate::policy::config::Config;
 use crate::policy::document::Facts;
 use crate::policy::overrides;
 
-/// The zero-config policy's name in `RateLimit-Policy`.
-pub(crate) const DEFAULT_POLICY: &str = "default";
+/// The zero-config limit's name (in `RateLimit-Policy`, and its rule's).
+pub(crate) const DEFAULT_LIMIT: &str = "default";
 
 /// The parts of a request the gateway looks at.
 pub struct RequestFacts<'a> {
@@ -289,11 +289,11 @@ pub(crate) fn limits_for<'c, 'h>(
         overrides.extend(tier.as_deref().map(overrides::tier_key));
         let check = Check {
             key: bucket_key_of(&subject, on.path()),
-            name: DEFAULT_POLICY,
+            name: DEFAULT_LIMIT,
             limit: &config.limit,
             cost: 1,
             mode: Mode::Enforce,
-            rule: DEFAULT_POLICY,
+            rule: DEFAULT_LIMIT,
             overrides,
         };
         return Some(Limited { checks: vec![check], candidates: Vec::new(), subject, tier });
