@@ -147,8 +147,8 @@ if last > n then
   end
 end
 
-local algo, level, stamp, cap, rate, ttl, cost, win, mode, known, slots, fresh, deadline =
-  {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}
+local algo, level, stamp, cap, rate, ttl, cost, win, mode, known, slots, fresh, deadline, stray =
+  {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}
 
 -- A write: the hash `fields`, and the key must live until `need` (script time, s). The key keeps its
 -- deadline in field `x`; EXPIRE is sent only when that deadline is less than a quarter TTL beyond
@@ -157,6 +157,9 @@ local algo, level, stamp, cap, rate, ttl, cost, win, mode, known, slots, fresh, 
 -- quarter TTL ahead of the next writer's is still never short.
 local function expiry(i, t, need, fields)
   local x = deadline[i]
+  -- A fixed window's count left in the hash (the limit's algorithm changed): its PEXPIRE set the
+  -- TTL, not `x`; dropped, and the TTL set anew.
+  if stray[i] then redis.call("HDEL", KEYS[i], "n") end
   if x == nil or x ~= x or x < need + ttl[i] / 4 then
     x = math.min(math.max(need, t + ttl[i]) + ttl[i] / 2, t + 2 * MAX_WINDOW)
     fields[#fields + 1] = "x"
@@ -217,8 +220,9 @@ for i = 1, n do
     -- Sliding-window counter: the previous window's count, weighted by how much of it still
     -- overlaps the sliding window, plus this window's count.
     local w = c / r
-    local h = redis.call("HMGET", KEYS[i], "start", "count", "previous", "x")
-    deadline[i] = tonumber(h[4])
+    local h = redis.call("HMGET", KEYS[i], "start", "count", "previous", "x", "n")
+    deadline[i] = h[5] == false and tonumber(h[4]) or nil  -- (a fixed window's count: its PEXPIRE ruled)
+    if h[5] ~= false then stray[i] = true end
     local start, cur, prev = tonumber(h[1]), tonumber(h[2]), tonumber(h[3])
     if h[1] == false and h[2] == false and h[3] == false then
       start, cur, prev, usable, new = now, 0, 0, false, true  -- a new (or expired) window is empty
@@ -237,8 +241,9 @@ for i = 1, n do
     tokens = c - (prev * (1 - (t - start) / w) + cur)
     ttl_i = math.max(ttl_i, math.ceil(2 * w))
   else
-    local h = redis.call("HMGET", KEYS[i], "tokens", "lastRefill", "lq", "lp", "li", "ll", "x")
-    deadline[i] = tonumber(h[7])
+    local h = redis.call("HMGET", KEYS[i], "tokens", "lastRefill", "lq", "lp", "li", "ll", "x", "n")
+    deadline[i] = h[8] == false and tonumber(h[7]) or nil  -- (a fixed window's count: its PEXPIRE ruled)
+    if h[8] ~= false then stray[i] = true end
     local last = tonumber(h[2])
     tokens = tonumber(h[1])
     local lq, lp, li, ll = tonumber(h[3]), tonumber(h[4]), tonumber(h[5]), tonumber(h[6])

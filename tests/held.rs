@@ -586,3 +586,29 @@ fn request_ids_never_hold_a_space_so_a_release_of_several_members_splits_right()
     assert_eq!(follow(&mut gw, &rest, next, T0 + 60.0), 1);
     assert_eq!(rest.redis(&["ZCARD", &key]), 0, "both members removed by one call");
 }
+
+/// Found in review (issue 25): a window's charge and refund of one key could not be merged, went in
+/// one call as two items, and the script — which reads every key before it writes any — wrote the
+/// second over the first: the charge was lost. A key now appears once in a call; the other item goes
+/// in the next batch, sent when the first is done.
+#[test]
+fn a_charge_and_a_refund_of_one_window_are_both_applied() {
+    let window = r#"{"rules":[{"name":"llm","route":"/v1/*","algorithm":"sliding-window","limits":[
+        {"name":"tokens","by":"user","capacity":100,"refill":"100/h",
+         "cost":{"reserve":10,"settle":"header:x-usage-tokens"}}]}]}"#;
+    let rest = Rest::new();
+    let config = config(window);
+    let mut gw = Gateway::new(&config).with_instance_id("window");
+    let user = format!("w{}", std::process::id());
+    let key = format!("rate:{user}:/v1/%2A#tokens");
+    let first = send_to(&mut gw, &rest, "/v1/chat", &user, T0);
+    let second = send_to(&mut gw, &rest, "/v1/chat", &user, T0 + 1.0);
+    let count = |rest: &Rest| rest.redis(&["HGET", &key, "count"]).as_str().unwrap().parse::<f64>().unwrap();
+    assert_eq!(count(&rest), 20.0, "two reservations of 10");
+    let Step::Wait { ticket, ms } = delivered(&mut gw, &first, "1\n30", T0 + 100.0) else { panic!("the batch's wait") };
+    assert_eq!(delivered(&mut gw, &second, "1\n2", T0 + 101.0), Step::Done, "joins the batch");
+    let next = gw.resume(ticket, Reply::Woke, T0 + 100.0 + f64::from(ms));
+    assert_eq!(follow(&mut gw, &rest, next, T0 + 200.0), 2, "two calls: the key once in each");
+    assert_eq!(count(&rest), 32.0, "20 reserved, 20 charged, 8 refunded");
+    assert_eq!(gw.pending(), 0);
+}

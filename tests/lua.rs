@@ -581,3 +581,26 @@ fn settling_charges_refunds_never_above_capacity_and_once_per_marker() {
     assert_eq!(&denied[..3], &[0, 1, -45], "in debt: denied, the reply shows the debt (headers say 0)…");
     assert!(denied[3] >= 46 * 86_400_000, "…and the wait covers the debt: {}", denied[3]);
 }
+
+/// Found in review (issue 25): a limit whose algorithm changes keeps its key. A fixed window's
+/// PEXPIRE (its window's end) could shorten a bucket's hash whose deadline `x` still promised more,
+/// and the bucket, trusting `x`, sent no EXPIRE again: the key would die before it was full. A
+/// bucket or window that finds a fixed window's count in its hash drops it and sets the TTL anew.
+#[test]
+fn a_key_whose_algorithm_changed_sets_its_ttl_anew() {
+    let redis = Redis::start();
+    let mut con = redis.connection();
+    let key = fresh_keys("switch", 1)[0].clone();
+    let t0 = 1_800_000_000_000u64 / 60_000 * 60_000 + 50_000; // 10 s before a minute's end
+    let (rate, fixed_rate) = ((100.0f64 / 60.0).to_string(), (5.0f64 / 60.0).to_string());
+    let bucket = [["t", "100", rate.as_str(), "60", "50", "0", "0"]];
+    let pttl = |con: &mut redis::Connection| redis::cmd("PTTL").arg(&key).query::<i64>(con).unwrap();
+    assert_eq!(raw(&mut con, "", &[&key], &bucket, t0, &[])[0], 1);
+    assert!(pttl(&mut con) > 80_000, "a TTL and a half");
+    assert_eq!(raw(&mut con, "", &[&key], &[["f", "5", fixed_rate.as_str(), "60", "1", "0", "0"]], t0 + 1, &[])[0], 1);
+    assert!(pttl(&mut con) <= 10_000, "the fixed window's end");
+    assert_eq!(raw(&mut con, "", &[&key], &bucket, t0 + 2, &[])[0], 1);
+    assert!(pttl(&mut con) >= 59_000, "the bucket needs ~59 s to be full again: PTTL {}", pttl(&mut con));
+    let n: Option<String> = redis::cmd("HGET").arg(&key).arg("n").query(&mut con).unwrap();
+    assert_eq!(n, None, "the stray count dropped");
+}

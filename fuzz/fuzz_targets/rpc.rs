@@ -36,6 +36,12 @@ fuzz_target!(|data: &[u8]| {
             break;
         }
     }
+    // The fetch an executor sends after returning (a metrics report, or the read of which overrides
+    // exist), answered with the same reply.
+    if let Step::Return { report: Some(f), .. } = &step {
+        let after = gw.resume(f.ticket, Reply::Http { status, body }, 1.8e12);
+        assert!(matches!(after, Step::Done), "{after:?}");
+    }
     match step {
         Step::Throw { error, .. } => {
             assert!(matches!(error.kind, ErrorKind::Type | ErrorKind::Range), "{error:?}");

@@ -220,7 +220,7 @@ impl<'c> After<'c> {
                     Ok(repeated) => {
                         let (slots_released, repeated) = (batch.slots, u64::from(repeated));
                         cx.metrics.add_held(HeldCounts { slots_released, repeated, ..HeldCounts::default() });
-                        Step::Done
+                        self.held_back(cx, now_ms)
                     }
                     // No answer (or a server error): it may or may not have been applied; the marker makes
                     // one retry safe.
@@ -236,7 +236,7 @@ impl<'c> After<'c> {
                             settle_failed: batch.costs,
                             ..HeldCounts::default()
                         });
-                        Step::Done
+                        self.held_back(cx, now_ms)
                     }
                 }
             }
@@ -340,16 +340,37 @@ impl<'c> After<'c> {
     }
 
     /// The queue as one batch, emptied: merged per key, with a marker of its own when it settles a cost.
+    /// A key appears once in a call (the script reads every key before it writes any, so a second
+    /// item of one key would overwrite the first's write): an item that could not be merged with an
+    /// earlier one of its key stays queued for the next batch, sent when this one is done.
     fn take(&mut self, instance_id: &str) -> Batch<'c> {
-        let items = std::mem::take(&mut self.queue);
+        let (items, later): (Vec<_>, Vec<_>) = {
+            let merged = merge(std::mem::take(&mut self.queue));
+            let mut seen: Vec<String> = Vec::with_capacity(merged.len());
+            merged.into_iter().partition(|s| {
+                let first = !seen.contains(&s.key);
+                seen.push(s.key.clone());
+                first
+            })
+        };
+        self.queue = later;
         let slots = items.iter().filter(|s| s.limit.is_concurrency()).count() as u64;
         let costs = items.len() as u64 - slots;
-        let items = merge(items);
         let marker = items.iter().any(|s| !s.limit.is_concurrency()).then(|| {
             self.batches += 1;
             settle_marker(&format!("{instance_id}.b{}", self.batches))
         });
         Batch { items, marker, slots, costs }
+    }
+
+    /// After a batch's call: what [`After::take`] held back (a second item of a key) goes now, unless
+    /// a flush is scheduled (it sends it with what comes meanwhile).
+    fn held_back(&mut self, cx: &mut Cx<'_, 'c>, now_ms: f64) -> Step {
+        if self.queue.is_empty() || self.timer.is_some() {
+            return Step::Done;
+        }
+        let batch = self.take(cx.instance_id);
+        self.send(cx, batch, 0, now_ms)
     }
 
     /// The flush's wait is over: what is queued goes in one call.

@@ -28,6 +28,9 @@ pub(crate) const KEPT: usize = 10_000;
 /// How long a failed read of the index waits before the next one.
 const RETRY_MS: f64 = 1_000.0;
 
+/// A read of the index whose answer has not come after this long is given up (its ticket was lost).
+const FETCH_LOST_MS: f64 = 30_000.0;
+
 #[derive(Debug, Default)]
 pub(crate) struct Known {
     /// The version and the override keys that existed then (with their expiry, epoch ms); `None`:
@@ -37,8 +40,10 @@ pub(crate) struct Known {
     checked_ms: f64,
     /// The index must be read (again); not before this time (Worker ms).
     fetch_due: Option<f64>,
-    /// A read of the index is on its way.
-    fetching: bool,
+    /// A read of the index is on its way, sent then (Worker ms), in this generation.
+    fetching: Option<(f64, u64)>,
+    /// Moves on with every change made through this isolate: a read sent before it is out of date.
+    generation: u64,
 }
 
 /// What one call does with its override keys.
@@ -89,21 +94,26 @@ impl Known {
     pub(crate) fn changed(&mut self) {
         self.known = None;
         self.fetch_due = Some(0.0);
+        self.generation += 1;
     }
 
     /// The pipeline that reads the version, then the index (in that order: a change between the two
     /// leaves an older version with a newer index, which the next check corrects), if one is due.
     pub(crate) fn fetch(&mut self, now_ms: f64) -> Option<String> {
-        if self.fetching || self.fetch_due.is_none_or(|at| now_ms < at) {
+        let in_flight = self.fetching.is_some_and(|(sent, _)| (0.0..FETCH_LOST_MS).contains(&(now_ms - sent)));
+        if in_flight || self.fetch_due.is_none_or(|at| now_ms < at) {
             return None;
         }
-        self.fetching = true;
+        self.fetching = Some((now_ms, self.generation));
         Some(format!(r#"[["GET","{VERSION_KEY}"],["HGETALL","{INDEX_KEY}"]]"#))
     }
 
     /// The pipeline's reply (`None`: it failed).
     pub(crate) fn fetched(&mut self, reply: Option<(u16, &str)>, now_ms: f64) {
-        self.fetching = false;
+        let Some((_, generation)) = self.fetching.take() else { return }; // (one given up as lost)
+        if generation != self.generation {
+            return; // sent before a change made here: read again (still due)
+        }
         match reply.and_then(|(status, body)| (status == 200).then(|| parse_index(body)).flatten()) {
             Some((version, keys)) if keys.len() <= KEPT => {
                 self.known = Some((version, keys));
@@ -235,5 +245,19 @@ mod tests {
         k.fetch(0.0);
         k.fetched(Some((200, r#"[{"result":null},{"result":[]}]"#)), 0.0);
         assert_eq!(k.held(), Some(0), "no version key yet: version 0");
+    }
+
+    #[test]
+    fn a_read_sent_before_a_change_made_here_is_ignored_and_a_lost_one_is_replaced() {
+        let mut k = Known::new();
+        assert!(k.fetch(0.0).is_some());
+        k.changed(); // a PUT through this isolate while the read is on its way
+        k.fetched(Some((200, &index("1", &[]))), 5.0);
+        assert_eq!(k.held(), None, "the older index is not trusted");
+        assert!(k.fetch(6.0).is_some(), "read again");
+        assert_eq!(k.fetch(7.0), None, "one at a time");
+        assert!(k.fetch(6.0 + FETCH_LOST_MS).is_some(), "a read never answered is given up");
+        k.fetched(Some((200, &index("2", &[]))), 7.0 + FETCH_LOST_MS);
+        assert_eq!(k.held(), Some(0));
     }
 }

@@ -61,6 +61,8 @@ pub struct Lease {
     /// from grants made at or after `unreported_since` (the script's ms).
     unreported: u64,
     unreported_since: i64,
+    /// How many times spent tokens were reported (a payment reported since cannot be put back).
+    reports: u64,
 }
 
 impl Lease {
@@ -104,10 +106,12 @@ impl Lease {
     }
 
     /// Puts back what [`Lease::pay`] took: into its grant, or the grant again where it was (a grant
-    /// that has ended since is ended and given back by the next look at this lease).
+    /// that has ended since is ended and given back by the next look at this lease). Only while the
+    /// payment is unreported ([`LeaseBook::unspend`]).
     fn unpay(&mut self, taken: &[(u64, f64, i64)]) {
         for &(tokens, until, at) in taken.iter().rev() {
-            self.unreported = self.unreported.saturating_sub(tokens);
+            self.unreported -= tokens.min(self.unreported);
+            self.taken_ms = self.taken_ms.min(at);
             match self.grants.iter_mut().find(|g| g.1 == until && g.2 == at) {
                 Some(g) => g.0 += tokens,
                 None => {
@@ -122,6 +126,7 @@ impl Lease {
     /// (given back, from grants made at or after `also_since`), with the oldest grant time among them.
     fn settlement(&mut self, also: u64, also_since: i64) -> (u64, i64) {
         let spent = std::mem::take(&mut self.unreported);
+        self.reports += u64::from(spent > 0);
         let since = if spent > 0 { self.unreported_since.min(also_since) } else { also_since };
         (spent + also, since)
     }
@@ -134,6 +139,8 @@ pub struct Spent {
     pub index: usize,
     pub key: String,
     taken: Vec<(u64, f64, i64)>,
+    /// The lease's reports when it paid.
+    reports: u64,
 }
 
 /// Unused tokens of an ended lease, to give back.
@@ -334,6 +341,7 @@ impl LeaseBook {
             overrides: overrides.to_vec(),
             unreported: 0,
             unreported_since: script_ms,
+            reports: 0,
         });
         if lease.grants.is_empty() {
             lease.taken_ms = script_ms; // (the oldest tokens held are these)
@@ -403,7 +411,7 @@ impl LeaseBook {
             let Some(l) = self.leases.get_mut(w.key) else { continue };
             let taken = l.pay(u64::from(w.cost));
             self.counts.spent += u64::from(w.cost);
-            spent.push(Spent { index: i, key: w.key.to_string(), taken });
+            spent.push(Spent { index: i, key: w.key.to_string(), taken, reports: l.reports });
             self.renew_if_low(w, cap, seen, now_ms);
         }
         Some(spent)
@@ -414,14 +422,22 @@ impl LeaseBook {
         self.leases.get(key)
     }
 
-    /// Puts back what [`LeaseBook::spend_part`] paid, for a request Redis did not admit.
+    /// Puts back what [`LeaseBook::spend_part`] paid, for a request Redis did not admit: into the
+    /// lease while the payment is unreported; once another call has reported it spent (the script no
+    /// longer counts it as leased), given back to the bucket instead with the next give-back.
     pub fn unspend(&mut self, spent: &[Spent]) {
         for s in spent {
             let tokens: u64 = s.taken.iter().map(|t| t.0).sum();
             self.counts.spent = self.counts.spent.saturating_sub(tokens);
             // (a lease dropped by an admin reset meanwhile has nothing to put back into)
-            if let Some(l) = self.leases.get_mut(&s.key) {
+            let Some(l) = self.leases.get_mut(&s.key) else { continue };
+            if l.reports == s.reports {
                 l.unpay(&s.taken);
+            } else {
+                let taken_ms = s.taken.iter().map(|t| t.2).min().unwrap_or(l.taken_ms);
+                let (limit, overrides) = (l.limit.clone(), l.overrides.clone());
+                let key = s.key.clone();
+                self.ended.push(GiveBack { key, tokens, settle: 0, since: 0, taken_ms, limit, overrides });
             }
         }
     }
@@ -630,5 +646,32 @@ mod tests {
         let got: Vec<(&str, u64, i64)> = due.iter().map(|g| (g.key.as_str(), g.tokens, g.taken_ms)).collect();
         assert_eq!(got, [("j", 5, 3), ("k", 14, 1)]);
         assert_eq!(book.outstanding(), 0);
+    }
+
+    /// A lease paying part of a request whose other limits Redis denies puts back what it paid: into
+    /// its grants while the payment is unreported, and once another call has reported it spent (the
+    /// script stopped counting it as leased), to the bucket with the next give-back (never twice).
+    #[test]
+    fn a_part_payment_is_put_back_once_into_the_lease_or_else_to_the_bucket() {
+        let limit = Limit::new(1000, Refill::parse("1000/min").unwrap(), 60).unwrap();
+        let mut book = LeaseBook::new(LeaseConfig { horizon_ms: 100, ..LeaseConfig::default() });
+        book.grant("k", 10, 1, &status(), &limit, &[], 0.0);
+        let wants = [
+            Want { key: "k", limit: &limit, cost: 3, mode: Mode::Enforce },
+            Want { key: "own", limit: &limit, cost: 1, mode: Mode::Enforce },
+        ];
+        let spent = book.spend_part(&wants, 10.0).expect("k covered, own not");
+        assert_eq!((spent.len(), spent[0].index, book.held("k", 10.0)), (1, 0, 7));
+        book.unspend(&spent);
+        assert_eq!(book.held("k", 10.0), 10, "put back into its grant");
+        assert_eq!(book.lease_arg("k", 0), "0", "nothing spent to report");
+
+        let spent = book.spend_part(&wants, 20.0).unwrap();
+        assert!(book.lease_arg("k", 0).starts_with("0 "), "another call reports the 3 spent");
+        book.unspend(&spent);
+        assert_eq!(book.held("k", 20.0), 7, "reported: not back into the lease");
+        let due = book.due(20.0);
+        let got: Vec<(&str, u64, u64)> = due.iter().map(|g| (g.key.as_str(), g.tokens, g.settle)).collect();
+        assert_eq!(got, [("k", 3, 0)], "given back to the bucket, and not reported again");
     }
 }
