@@ -415,6 +415,10 @@ fn absurd_overrides_and_arguments_never_make_the_script_fail() {
     let slow = Spec::new(TB, 1e9, 1e9 / 2.88e17, 1.0, Mode::Enforce);
     let r = run_with(&mut con, &fresh_keys("absurd-ttl", 1), &[(slow, 1)], Some(t), false, &[], &[String::new()]);
     assert_eq!(r[0], 1, "the call still decides");
+    // So is an in-flight slot's (its EXPIRE takes the TTL as it is).
+    let slots = fresh_keys("absurd-slot-ttl", 1);
+    let r = raw(&mut con, "", &[&slots[0]], &[["c", "2", "2", "100000000000000000", "1", "0", "id"]], t, &[]);
+    assert_eq!(r[0], 1, "the slot is taken");
 }
 
 /// An override with a slower full refill than the policy's raises the key's TTL with it: the
@@ -568,18 +572,19 @@ fn settling_charges_refunds_never_above_capacity_and_once_per_marker() {
     // Refunds never exceed capacity; charges may leave debt, and the key lives until it is full again.
     raw(&mut con, "3", &[&key], &[bucket("-1000")], t0, &[]);
     assert_eq!(tokens(&mut con), 100.0);
-    raw(&mut con, "3", &[&key], &[bucket("150")], t0, &[]);
-    assert_eq!(tokens(&mut con), -50.0);
+    // (a debt deeper than half the TTL: the deadline's slack alone would not cover it)
+    raw(&mut con, "3", &[&key], &[bucket("250")], t0, &[]);
+    assert_eq!(tokens(&mut con), -150.0);
     let ttl: i64 = redis::cmd("TTL").arg(&key).query(&mut con).unwrap();
-    assert!(ttl >= 150 * 86_400 - 1, "{ttl}: debt is not forgiven by an expiry");
+    assert!(ttl >= 250 * 86_400 - 1, "{ttl}: debt is not forgiven by an expiry");
     // A refund of another request while in debt keeps it so (it wrote the short TTL before).
     raw(&mut con, "3", &[&key], &[bucket("-5")], t0, &[]);
-    assert_eq!(tokens(&mut con), -45.0);
+    assert_eq!(tokens(&mut con), -145.0);
     let ttl: i64 = redis::cmd("TTL").arg(&key).query(&mut con).unwrap();
-    assert!(ttl >= 145 * 86_400 - 1, "{ttl}: a refund in debt must not shorten the key's life");
+    assert!(ttl >= 245 * 86_400 - 1, "{ttl}: a refund in debt must not shorten the key's life");
     let denied = raw(&mut con, "", &[&key], &[bucket("1")], t0, &[]);
-    assert_eq!(&denied[..3], &[0, 1, -45], "in debt: denied, the reply shows the debt (headers say 0)…");
-    assert!(denied[3] >= 46 * 86_400_000, "…and the wait covers the debt: {}", denied[3]);
+    assert_eq!(&denied[..3], &[0, 1, -145], "in debt: denied, the reply shows the debt (headers say 0)…");
+    assert!(denied[3] >= 146 * 86_400_000, "…and the wait covers the debt: {}", denied[3]);
 }
 
 /// Found in review (issue 25): a limit whose algorithm changes keeps its key. A fixed window's
