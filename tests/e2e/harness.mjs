@@ -389,25 +389,27 @@ export async function rawRequest(gateway, head, { chunks = null, ms = 3000 } = {
 }
 
 /**
- * Warms a gateway's isolate: requests (of a fresh caller) until it has read which overrides exist,
- * which an isolate does once after its first response (after the metrics report, when one is due), so
- * that a test counting REST calls counts only its own.
+ * Warms a gateway's isolate: requests (of fresh callers, to `path`) until two in a row cost the same
+ * REST calls once the endpoint stands still — past the isolate's one-off calls (the script's load, the
+ * metrics report, the read of which overrides exist after its first responses) — so that a test
+ * counting REST calls counts only its own.
  */
 export async function warm(gw, rest, path = "/warm") {
-  const stats = () => rest.stats();
-  const before = (await stats()).commands?.HGETALL ?? 0;
-  for (let i = 0; i < 3; i++) {
-    await gw.fetch(path, { headers: { "x-user-id": `warm-${process.pid}-${Date.now()}-${i}` } });
-    for (let t = 0; t < 50; t++) {
-      if (((await stats()).commands?.HGETALL ?? 0) > before) {
-        // Then until the REST calls stand still (a release or settlement of the warm requests).
-        for (let last = -1, now = (await stats()).calls; now !== last; last = now, now = (await stats()).calls) {
-          await new Promise((r) => setTimeout(r, 100));
-        }
-        return;
-      }
-      await new Promise((r) => setTimeout(r, 20));
+  const calls = async () => (await rest.stats()).calls;
+  const still = async () => {
+    for (let last = -1, now = await calls(); now !== last; last = now, now = await calls()) {
+      await new Promise((r) => setTimeout(r, 150));
     }
+  };
+  await still();
+  let previous = -1;
+  for (let i = 0; i < 8; i++) {
+    const before = await calls();
+    await gw.fetch(path, { headers: { "x-user-id": `warm-${process.pid}-${Date.now()}-${i}` } });
+    await still();
+    const cost = (await calls()) - before;
+    if (cost === previous) return;
+    previous = cost;
   }
-  throw new Error("the isolate never read which overrides exist");
+  throw new Error("the isolate's REST calls per request never settled");
 }
