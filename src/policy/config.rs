@@ -27,8 +27,9 @@ pub enum FailMode {
 pub enum Clock {
     /// Redis `TIME` inside the script: one clock for every location, one more command per call.
     Redis,
-    /// The Worker's clock, passed to the script (default). The script never lets a limit's time run
-    /// backwards, so a clock behind mints nothing and one `d` ahead admits at most `rate × d` early.
+    /// The Worker's clock, passed to the script (default). The script never lets a bucket's or a
+    /// sliding window's time run backwards, so a clock behind mints nothing and one `d` ahead admits at
+    /// most `rate × d` early; a fixed window's edges follow each isolate's clock (docs/design.md).
     Worker,
 }
 
