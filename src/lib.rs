@@ -47,7 +47,8 @@
 //! 6. `store/`    — Redis: `script` (the Lua script and its build-time SHA1s), `upstash` (the REST
 //!    protocol: bodies in, classified replies out), `decision` (what the script said, per limit,
 //!    bounded by what the call asked), `bucket` (the script's arithmetic in Rust: the reference the Lua
-//!    agrees with bit for bit, and the local fail-open bucket).
+//!    agrees with bit for bit, and the local fail-open bucket), `place` (where a key lives when the data
+//!    is spread over several databases or a Redis Cluster).
 //! 7. `policy/`   — what applies: `config` (validated configuration), `document` (rules, tiers, lists),
 //!    `limit`, `rate`, `settle` (settle sources and what was delivered), `overrides` (live overrides for
 //!    a caller, tier or route), `check` (one limit that applies to a request, and how it takes part),
@@ -94,5 +95,6 @@ pub use policy::rate::Refill;
 pub use policy::settle::{Delivered, Settle};
 pub use store::bucket;
 pub use store::decision::{Asked, Decision, LimitStatus, MAX_SF_INTEGER};
+pub use store::place::{shard_of, tag_of, Place, Places};
 pub use store::script::{Variant, SCRIPT_FLAGGED, SCRIPT_FLAGGED_SHA, SCRIPT_PLAIN, SCRIPT_PLAIN_SHA};
 pub use store::upstash::{evalsha_body, parse_script_reply, RestError};
