@@ -85,8 +85,8 @@ impl Sim<'_> {
     fn carry(&mut self, isolate: usize, step: Step, now: Us) -> Option<bool> {
         match step {
             Step::Fetch(f) => {
-                // The keys in the call: `rate:key-<n>:…`.
-                for part in f.body.split("rate:key-").skip(1) {
+                // The keys in the call: `rate:{key-<n>}:…`.
+                for part in f.body.split("rate:{key-").skip(1) {
                     if let Some(k) = part.split(':').next().and_then(|n| n.parse::<usize>().ok()) {
                         self.calls[k] += 1;
                     }
@@ -288,7 +288,7 @@ fn run(isolates: usize, seconds: f64, seed: u64, leases: bool) -> Outcome {
     };
     let lost = (0..keys)
         .map(|k| {
-            let key = format!("rate:{}:/v1/orders", names[k]);
+            let key = format!("rate:{{{}}}:/v1/orders", names[k]);
             // Leases still held when the traffic stopped (an idle isolate gives them back with its next
             // request) are not lost.
             let stranded: u64 = sim.gateways.iter().map(|g| g.limiter().leased_tokens_of(&key)).sum();

@@ -21,8 +21,8 @@ const CRASHED = JSON.stringify({
 
 // What the core said once per isolate (src/edge/wire.rs encode_start).
 let names = null; // the request headers it reads, in order
-let restUrl = "";
-let restAuthorization = "";
+let restUrls = []; // one per database (shard), in the order UPSTASH_REDIS_REST_URL lists them
+let restAuthorizations = [];
 let unreachable = ""; // the 502 step, for a forward whose origin cannot be reached
 const keys = new Map(); // WebCrypto keys by kid
 
@@ -39,8 +39,8 @@ function start(env) {
   const b = s.indexOf("\0", a + 1);
   const c = s.indexOf("\0", b + 1);
   names = a === 0 ? [] : s.slice(0, a).split("\n");
-  restUrl = s.slice(a + 1, b);
-  restAuthorization = s.slice(b + 1, c);
+  restUrls = s.slice(a + 1, b).split("\n");
+  restAuthorizations = s.slice(b + 1, c).split("\n");
   unreachable = s.slice(c + 1);
 }
 
@@ -148,8 +148,9 @@ export default {
   },
 };
 
-/** Carries out a step: a Response, or the promise of one. */
-function carry(step, request, ctx) {
+/** Carries out a step: a Response, or the promise of one. `piece`: one of several fetches carried out at
+ * once (`M`), whose chain may end with `D` (null) while another gives the answer. */
+function carry(step, request, ctx, piece = false) {
   const a = step.indexOf("\0");
   const b = step.indexOf("\0", a + 1);
   const f = step.slice(0, a).split("\n");
@@ -159,9 +160,15 @@ function carry(step, request, ctx) {
     case "F":
       return forward(f, step.slice(a + 1, b), request, ctx);
     case "Q":
-      return rest(f[2] === "p", step.slice(b + 1), Number(f[3])).then(([code, text]) => next(f[1], code, text, request, ctx));
+      return rest(f[2] === "p", step.slice(b + 1), Number(f[3]), Number(f[4] ?? 0)).then(([code, text]) => next(f[1], code, text, request, ctx, piece));
+    case "M":
+      // A script call spread over several databases or slots: every piece at once; one gives the answer.
+      return Promise.all(step.slice(b + 1).split("\u0001").map((s) => carry(s, request, ctx, true))).then((all) => {
+        const answer = all.find((r) => r !== null && r !== undefined);
+        return answer ?? carry("D\0\0", request, ctx);
+      });
     case "W":
-      return new Promise((r) => setTimeout(r, Number(f[2]))).then(() => next(f[1], -2, "", request, ctx));
+      return new Promise((r) => setTimeout(r, Number(f[2]))).then(() => next(f[1], -2, "", request, ctx, piece));
     case "V":
       return verify(f[2], f[3], f[4], step.slice(a + 1, b), step.slice(b + 1)).then((code) => next(f[1], code, "", request, ctx));
     case "B":
@@ -177,15 +184,16 @@ function carry(step, request, ctx) {
       throw e;
     }
     default:
+      if (piece) return null; // (this piece is done; another gives the answer)
       // An RPC call whose state the core no longer has (the instance was reset meanwhile).
       if (request === null) throw new Error("edge-ratelimit lost this call's state; try again");
       return new Response(null, { status: 204 });
   }
 }
 
-function next(ticket, code, text, request, ctx) {
+function next(ticket, code, text, request, ctx, piece = false) {
   try {
-    return carry(wasm.resume(Number(ticket), code, text, Date.now()), request, ctx);
+    return carry(wasm.resume(Number(ticket), code, text, Date.now()), request, ctx, piece);
   } catch (e) {
     if (request === null) throw failed(e); // an RPC call
     return crashed(e);
@@ -214,24 +222,32 @@ function later(ticket, ms, ctx) {
 async function background(born, ticket, code, text) {
   try {
     if (born !== instance) return;
-    let step = wasm.resume(ticket, code, text, Date.now());
-    for (;;) {
-      const a = step.indexOf("\0");
-      const f = step.slice(0, a).split("\n");
-      let code = -2;
-      let text = "";
-      if (f[0] === "Q") {
-        [code, text] = await rest(f[2] === "p", step.slice(step.indexOf("\0", a + 1) + 1), Number(f[3]));
-      } else if (f[0] === "W") {
-        await new Promise((r) => setTimeout(r, Number(f[2])));
-      } else {
-        return;
-      }
-      if (born !== instance) return;
-      step = wasm.resume(Number(f[1]), code, text, Date.now());
-    }
+    await drive(born, wasm.resume(ticket, code, text, Date.now()));
   } catch (e) {
     reset(e);
+  }
+}
+
+/** Carries out `step` and what follows it off the response path (`M`: every piece at once). */
+async function drive(born, step) {
+  for (;;) {
+    const a = step.indexOf("\0");
+    const f = step.slice(0, a).split("\n");
+    let code = -2;
+    let text = "";
+    if (f[0] === "Q") {
+      [code, text] = await rest(f[2] === "p", step.slice(step.indexOf("\0", a + 1) + 1), Number(f[3]), Number(f[4] ?? 0));
+    } else if (f[0] === "M") {
+      const pieces = step.slice(step.indexOf("\0", a + 1) + 1).split("\u0001");
+      await Promise.all(pieces.map((s) => drive(born, s)));
+      return;
+    } else if (f[0] === "W") {
+      await new Promise((r) => setTimeout(r, Number(f[2])));
+    } else {
+      return;
+    }
+    if (born !== instance) return;
+    step = wasm.resume(Number(f[1]), code, text, Date.now());
   }
 }
 
@@ -453,12 +469,13 @@ function sse(keys) {
   };
 }
 
-/** POST to the REST endpoint within `timeoutMs`: [status, text], 0 = deadline, -1 = unreachable. */
-async function rest(pipeline, body, timeoutMs) {
+/** POST to the REST endpoint of `shard` within `timeoutMs`: [status, text], 0 = deadline, -1 = unreachable. */
+async function rest(pipeline, body, timeoutMs, shard = 0) {
   try {
-    const response = await fetch(pipeline ? restUrl + "/pipeline" : restUrl, {
+    const url = restUrls[shard] ?? restUrls[0];
+    const response = await fetch(pipeline ? url + "/pipeline" : url, {
       method: "POST",
-      headers: { authorization: restAuthorization, "content-type": "application/json" },
+      headers: { authorization: restAuthorizations[shard] ?? restAuthorizations[0], "content-type": "application/json" },
       body,
       // Never follow a redirect: the body names bucket keys (user ids); the core classifies the 3xx.
       redirect: "manual",

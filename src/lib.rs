@@ -10,7 +10,7 @@
 //!   ([`Limit`]), named in `RateLimit-Policy`; **tier** — a named set of a limit's numbers.
 //! - **caller** — who is calling ([`Caller`]: a verified token's subject, a trusted header, the IP);
 //!   **subject** — whose bucket a limit counts (the caller, or a `by: ip | header:… | global` value);
-//!   **key** — the Redis key of one limit of one subject (`rate:<subject>:<route>…`).
+//!   **key** — the Redis key of one limit of one subject (`rate:{<subject>}:<route>…`).
 //! - **check** — one limit that applies to a request, with its key, cost and [`Mode`] ([`Check`]);
 //!   **decision** — what the script (or the local bucket) said of a request's checks ([`Decision`]);
 //!   **outcome** — what the gateway does with it, the fail mode applied ([`Outcome`]).
@@ -81,7 +81,7 @@ pub use identity::jwt::{JwtConfig, JwtError, JwtMode, JwtSettings, SignatureChec
 pub use identity::key::bucket_key;
 pub use identity::path::{normalize, normalize_with, views};
 pub use limiter::lease::{GiveBack, Lease, LeaseBook, Want, MIN_LEASE};
-pub use limiter::{Failure, Limiter, Next, Outcome, ScriptCall, TransportError};
+pub use limiter::{Debited, Failure, Limiter, Next, Outcome, ScriptCall, TransportError};
 pub use ops::admin::{admin_target, MAX_BODY_BYTES};
 pub use ops::log::caller_id;
 pub use ops::metrics::{Event, Report, Totals, METRICS_KEY};

@@ -291,7 +291,7 @@ fn peek_consumes_nothing_and_reset_forgets_the_deny_cache() {
     let (code, body) = peek(&mut g);
     assert_eq!(code, 200, "{body}");
     assert_eq!(body["limits"][0]["remaining"], 2);
-    assert_eq!(body["limits"][0]["key"], "rate:carol:/api/x");
+    assert_eq!(body["limits"][0]["key"], "rate:{carol}:/api/x");
     assert_eq!(peek(&mut g).1["limits"][0]["remaining"], 2, "peeking took nothing");
     assert_eq!(g.allowed("carol", "/api/x", 5), 2);
     let (denied, calls) = g.request("carol", "GET", "/api/x");
@@ -303,15 +303,15 @@ fn peek_consumes_nothing_and_reset_forgets_the_deny_cache() {
     assert_eq!(peek(&mut g).1["limits"][0]["remaining"], 4);
 
     // A key is taken literally, never as a pattern.
-    g.rest.redis(&["HSET", "rate:a:/x", "tokens", "1"]);
+    g.rest.redis(&["HSET", "rate:{a}:/x", "tokens", "1"]);
     let (code, body) = g.json("DELETE", "/__ratelimit/buckets?key=rate%3A*", "");
     assert_eq!((code, body["deleted"].as_i64()), (200, Some(0)));
-    assert_eq!(g.rest.redis(&["EXISTS", "rate:a:/x"]), json!(1));
-    assert_eq!(g.json("DELETE", "/__ratelimit/buckets?key=rate:a:/x", "").1["deleted"], 1);
+    assert_eq!(g.rest.redis(&["EXISTS", "rate:{a}:/x"]), json!(1));
+    assert_eq!(g.json("DELETE", "/__ratelimit/buckets?key=rate:{a}:/x", "").1["deleted"], 1);
     let (code, body) = g.json("DELETE", "/__ratelimit/buckets?key=session:1", "");
     assert_eq!((code, body["field"].as_str()), (400, Some("key")), "only bucket keys");
     for (query, field) in [
-        ("key=rate:a:/x", "query"),
+        ("key=rate:{a}:/x", "query"),
         ("path=/x", "user"),
         ("user=a&ip=1.2.3.4&path=/x", "user"),
         ("ip=nope&path=/x", "ip"),
@@ -373,7 +373,7 @@ fn a_sliding_window_rule_is_decided_with_the_others_in_one_call() {
     assert_eq!(header(&step, "ratelimit"), Some("\"search-user\";r=1;t=120"));
     assert!(header(&step, "ratelimit-policy").unwrap().starts_with("\"search-user\";q=3;w=60"));
     assert_eq!(g.allowed("fay", "/search", 3), 1);
-    let fields = g.rest.redis(&["HGETALL", "rate:fay:/search#search-user"]);
+    let fields = g.rest.redis(&["HGETALL", "rate:{fay}:/search#search-user"]);
     assert!(fields.to_string().contains("\"previous\""), "stored as a window: {fields}");
     let (_, body) = g.json("GET", "/__ratelimit/buckets?user=fay&path=/search", "");
     assert_eq!(body["limits"][0]["algorithm"], "sliding-window");

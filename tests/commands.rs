@@ -97,7 +97,7 @@ fn a_fixed_window_is_two_commands_three_on_a_windows_first() {
     let start = (T0 / window_ms).ceil() * window_ms; // a window's first millisecond
     request(&mut gw, &rest, "fay", "/api/a", start + 1_000.0);
     assert_eq!(commands(&rest), named(&["EVALSHA", "HINCRBY", "PEXPIRE"]), "a window's first: 3");
-    let pttl = rest.redis(&["PTTL", "rate:fay:/api/a"]).as_i64().unwrap();
+    let pttl = rest.redis(&["PTTL", "rate:{fay}:/api/a"]).as_i64().unwrap();
     assert!((58_000..=59_000).contains(&pttl), "the key dies when the window ends: PTTL {pttl}");
     commands(&rest);
     for i in 2..=5 {
@@ -108,9 +108,9 @@ fn a_fixed_window_is_two_commands_three_on_a_windows_first() {
     let denied = request(&mut gw, &rest, "fay", "/api/a", start + 6_000.0);
     assert_eq!(header(&denied, "retry-after"), Some("54"), "until the window ends");
     assert_eq!(commands(&rest), named(&["EVALSHA", "HINCRBY", "HINCRBY"]), "a denial: counted, then counted back");
-    assert_eq!(rest.redis(&["HGET", "rate:fay:/api/a", "n"]), "5", "the denial left the count as it was");
+    assert_eq!(rest.redis(&["HGET", "rate:{fay}:/api/a", "n"]), "5", "the denial left the count as it was");
     // (Redis expires the key when the window ends, as its PTTL said; this test's clock is simulated)
-    rest.redis(&["DEL", "rate:fay:/api/a"]);
+    rest.redis(&["DEL", "rate:{fay}:/api/a"]);
     let next = request(&mut gw, &rest, "fay", "/api/a", start + window_ms + 1.0);
     assert_eq!(header(&next, "ratelimit"), Some("\"default\";r=4;t=60"), "the next window starts from zero");
 }

@@ -56,7 +56,7 @@ fn token(claims: serde_json::Value) -> String {
 fn a_rule_counts_every_spelling_an_origin_may_route_to_it() {
     let c = config(&[("RATE_LIMIT_POLICY", ORDERS)]);
     let mut gw = Gateway::new(&c);
-    let orders = vec!["rate:alice:/users/:id/orders#orders-per-user".to_string()];
+    let orders = vec!["rate:{alice}:/users/:id/orders#orders-per-user".to_string()];
     assert_eq!(keys(&mut gw, "GET", "/users/7/orders", &[]), orders);
     for spelling in [
         "/users/7%2Fx/orders",
@@ -86,7 +86,7 @@ fn path_parameters_never_mint_a_bucket() {
     let c = config(&[]);
     let mut gw = Gateway::new(&c);
     for target in ["/api/x;jsessionid=1", "/api/x;jsessionid=2", "/api/x", "/api;v=2/x"] {
-        assert_eq!(keys(&mut gw, "GET", target, &[]), ["rate:alice:/api/x"], "{target}");
+        assert_eq!(keys(&mut gw, "GET", target, &[]), ["rate:{alice}:/api/x"], "{target}");
     }
 }
 
@@ -96,7 +96,7 @@ fn path_parameters_never_mint_a_bucket() {
 fn every_method_override_a_common_framework_honours_is_counted() {
     let c = config(&[("RATE_LIMIT_POLICY", ORDERS)]);
     let mut gw = Gateway::new(&c);
-    let deletes = vec!["rate:alice:/users/:id#deletes".to_string()];
+    let deletes = vec!["rate:{alice}:/users/:id#deletes".to_string()];
     assert!(keys(&mut gw, "POST", "/users/7", &[]).is_empty(), "a plain POST has no rule");
     for (target, headers) in [
         ("/users/7", vec![("x-http-method-override", "DELETE")]),
@@ -127,10 +127,10 @@ fn a_verified_token_outranks_the_user_header_which_outranks_the_ip() {
         all.extend_from_slice(headers);
         keys_of(&begin(gw, "GET", "/api/x", &all))
     };
-    assert_eq!(with(&mut gw, &[("authorization", &bearer), ("x-user-id", "mallory")]), ["rate:alice:/api/x"]);
-    assert_eq!(with(&mut gw, &[("x-user-id", "mallory")]), ["rate:mallory:/api/x"]);
-    assert_eq!(with(&mut gw, &[("x-user-id", "   ")]), ["rate:@ip/203.0.113.9:/api/x"]);
-    assert_eq!(with(&mut gw, &[]), ["rate:@ip/203.0.113.9:/api/x"]);
+    assert_eq!(with(&mut gw, &[("authorization", &bearer), ("x-user-id", "mallory")]), ["rate:{alice}:/api/x"]);
+    assert_eq!(with(&mut gw, &[("x-user-id", "mallory")]), ["rate:{mallory}:/api/x"]);
+    assert_eq!(with(&mut gw, &[("x-user-id", "   ")]), ["rate:{@ip/203.0.113.9}:/api/x"]);
+    assert_eq!(with(&mut gw, &[]), ["rate:{@ip/203.0.113.9}:/api/x"]);
     // A present but invalid token is refused; it never falls back to the header.
     let forged = format!("Bearer {}x", token(json!({"sub": "alice"})));
     let pending = gw.pending();
@@ -151,7 +151,7 @@ fn jwt_required_refuses_every_request_without_a_valid_token() {
         assert_eq!(body_json(&step)["type"], "urn:edge-ratelimit:problem:invalid-token");
     }
     let bearer = format!("Bearer {}", token(json!({"sub": "bob"})));
-    assert_eq!(keys_of(&begin(&mut gw, "GET", "/api/x", &[("authorization", &bearer)])), ["rate:bob:/api/x"]);
+    assert_eq!(keys_of(&begin(&mut gw, "GET", "/api/x", &[("authorization", &bearer)])), ["rate:{bob}:/api/x"]);
 }
 
 #[test]
@@ -174,7 +174,7 @@ fn an_asymmetric_token_is_checked_by_the_executor_then_planned() {
     assert_eq!(status(&no), 401);
     let req = Req::new(&gw, "GET", "/api/e", &[("authorization", &bearer), ("x-user-id", "mallory")]);
     assert_eq!(status(&run(&mut gw, &rest, &req, NOW)), 200);
-    assert_eq!(rest.redis(&["EXISTS", "rate:erin:/api/e"]), json!(1));
+    assert_eq!(rest.redis(&["EXISTS", "rate:{erin}:/api/e"]), json!(1));
     // Remembered: the next request asks WebCrypto nothing, and is limited as erin.
     assert!(matches!(begin(&mut gw, "GET", "/api/e", &[("authorization", &bearer)]), Step::Fetch(_)));
     assert_eq!(status(&run(&mut gw, &rest, &req, NOW)), 429);
@@ -224,7 +224,7 @@ fn every_matching_rule_applies_tiers_choose_numbers_and_shadow_limits_never_bloc
     let rest = Rest::new();
     assert_eq!(
         keys(&mut gw, "GET", "/p/1", &[]),
-        ["rate:alice:/p/%2A#a", "rate:@global:/p/:x#b", "rate:alice:/p/%2A#trial"]
+        ["rate:{alice}:/p/%2A#a", "rate:{@global}:/p/:x#b", "rate:{alice}:/p/%2A#trial"]
     );
     let pro = format!("Bearer {}", token(json!({"sub": "pam", "tier": "pro"})));
     let req = Req::new(&gw, "GET", "/p/1", &[("authorization", &pro)]);
@@ -245,7 +245,7 @@ fn every_matching_rule_applies_tiers_choose_numbers_and_shadow_limits_never_bloc
     assert_eq!(status(&denied), 429);
     assert_eq!(header(&denied, "ratelimit"), Some("\"b\";r=0;t=3600"), "the limit that denied is the one reported");
     assert_eq!(
-        rest.redis(&["HGET", "rate:pam:/p/%2A#a", "tokens"]),
+        rest.redis(&["HGET", "rate:{pam}:/p/%2A#a", "tokens"]),
         json!("49"),
         "all or nothing: the denied request took nothing from the rule that had room"
     );

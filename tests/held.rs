@@ -93,7 +93,7 @@ fn an_in_flight_limit_admits_exactly_its_slots_until_responses_end() {
     assert!(matches!(send(&mut a, &rest, &user, T0 + 504.0), Step::Forward { .. }));
     // A denied request took nothing from the rate limit: 100 − 4 admitted, in Redis and in the leases
     // the isolates hold (the rate limit leases beside the in-flight one, which Redis decides).
-    let rate = rest.redis(&["HGET", &format!("rate:{user}:/api/%2A#rate"), "tokens"]);
+    let rate = rest.redis(&["HGET", &format!("rate:{{{user}}}:/api/%2A#rate"), "tokens"]);
     let held = (a.limiter().leased_tokens() + b.limiter().leased_tokens()) as f64;
     assert_eq!(rate.as_str().map(|t| (t.parse::<f64>().unwrap() + held).floor()), Some(96.0), "{rate} + {held}");
 }
@@ -126,7 +126,7 @@ fn a_shadow_in_flight_limit_never_denies_and_releases_what_it_took() {
     assert!(matches!(second, Step::Forward { watch: None, .. }), "allowed, and it took no slot: {second:?}");
     assert_eq!(header(&second, "x-ratelimit-status"), Some("shadow; limit=\"inflight\""));
     assert_eq!(deliver(&mut gw, &rest, &first, "1", T0 + 2.0), 1);
-    let key = format!("rate:{user}:/api/%2A!inflight");
+    let key = format!("rate:{{{user}}}:/api/%2A!inflight");
     assert_eq!(rest.redis(&["ZCARD", &key]), 0, "released");
 }
 
@@ -147,7 +147,7 @@ fn settled(policy: &str, text: &str) -> (f64, Option<String>, usize, Totals) {
     let mut gw = Gateway::new(&config).with_instance_id("s");
     let user = format!("llm{}", std::process::id());
     let step = send_to(&mut gw, &rest, "/v1/chat", &user, T0);
-    let key = format!("rate:{user}:/v1/%2A#tokens");
+    let key = format!("rate:{{{user}}}:/v1/%2A#tokens");
     assert_eq!(tokens(&rest, &key), 90.0, "admitted by reserving 10");
     let Step::Forward { watch: Some(w), .. } = &step else { panic!("{step:?}") };
     let strip = w.strip.first().cloned();
@@ -213,7 +213,7 @@ fn a_settle_call_retried_after_a_lost_answer_charges_once() {
     let Step::Fetch(again) = gw.resume(f.ticket, Reply::Timeout, T0 + 2.0) else { panic!("one retry") };
     let (code, body) = rest.answer(&again);
     assert_eq!(gw.resume(again.ticket, Reply::Http { status: code, body: &body }, T0 + 3.0), Step::Done);
-    let key = format!("rate:{user}:/v1/%2A#tokens");
+    let key = format!("rate:{{{user}}}:/v1/%2A#tokens");
     assert_eq!(tokens(&rest, &key), 70.0, "charged 20 once, not twice");
 }
 
@@ -225,7 +225,7 @@ fn a_charge_beyond_what_is_left_is_debt_the_next_requests_show() {
     let user = format!("debt{}", std::process::id());
     let step = send_to(&mut gw, &rest, "/v1/chat", &user, T0);
     deliver(&mut gw, &rest, &step, "1\n150", T0 + 1.0);
-    let key = format!("rate:{user}:/v1/%2A#tokens");
+    let key = format!("rate:{{{user}}}:/v1/%2A#tokens");
     assert_eq!(tokens(&rest, &key), -50.0, "100 − 150: in debt");
     let denied = send_to(&mut gw, &rest, "/v1/chat", &user, T0 + 2.0);
     assert_eq!(status(&denied), 429);
@@ -355,7 +355,7 @@ fn a_decision_whose_answer_was_lost_still_releases_the_slots_it_may_have_taken()
         let config = config_with(INFLIGHT, mode);
         let mut gw = Gateway::new(&config).with_instance_id(mode);
         let user = format!("lost-{mode}-{}", std::process::id());
-        let key = format!("rate:{user}:/api/%2A!inflight");
+        let key = format!("rate:{{{user}}}:/api/%2A!inflight");
         let req = Req::new(&gw, "GET", "/api/chat", &[("x-user-id", &user)]);
         let headers: Vec<Option<&str>> = req.headers.iter().map(|h| h.as_deref()).collect();
         // Warm the script first, so the decision below is one EVALSHA that Redis runs.
@@ -425,9 +425,9 @@ fn the_admin_api_peeks_at_live_slots_and_resets_them() {
     let slots = &peek["limits"][0];
     assert_eq!((slots["name"].as_str(), slots["algorithm"].as_str()), (Some("inflight"), Some("concurrency")));
     assert_eq!((slots["capacity"].as_u64(), slots["remaining"].as_u64()), (Some(2), Some(1)), "one live slot");
-    assert_eq!(rest.redis(&["ZCARD", &format!("rate:{user}:/api/%2A!inflight")]), 1, "a peek takes nothing");
+    assert_eq!(rest.redis(&["ZCARD", &format!("rate:{{{user}}}:/api/%2A!inflight")]), 1, "a peek takes nothing");
     admin(&mut gw, "DELETE");
-    assert_eq!(rest.redis(&["EXISTS", &format!("rate:{user}:/api/%2A!inflight")]), 0, "reset deletes the slots");
+    assert_eq!(rest.redis(&["EXISTS", &format!("rate:{{{user}}}:/api/%2A!inflight")]), 0, "reset deletes the slots");
 }
 
 // ---------------------------------------------------------------- batches (issue 25, item 3) ----
@@ -462,8 +462,8 @@ fn responses_delivered_together_are_released_and_settled_in_one_call_merged_per_
         .into_iter()
         .map(|(u, usage)| (u.as_str(), usage, send_to(&mut gw, &rest, "/v1/chat", u, T0)))
         .collect();
-    let slots = |u: &str| format!("rate:{u}:/v1/%2A!inflight");
-    let bucket = |u: &str| format!("rate:{u}:/v1/%2A#tokens");
+    let slots = |u: &str| format!("rate:{{{u}}}:/v1/%2A!inflight");
+    let bucket = |u: &str| format!("rate:{{{u}}}:/v1/%2A#tokens");
     // The first response queued schedules the batch's wait; the others join it.
     let mut wait = None;
     for (i, (_, usage, step)) in sent.iter().enumerate() {
@@ -527,9 +527,9 @@ fn a_full_queue_is_sent_at_once_and_the_wait_sends_what_came_after() {
         }
     }
     for u in &users[..BATCH_MAX / 2] {
-        assert_eq!(rest.redis(&["ZCARD", &format!("rate:{u}:/api/%2A!inflight")]), 0, "{u}: released at once");
+        assert_eq!(rest.redis(&["ZCARD", &format!("rate:{{{u}}}:/api/%2A!inflight")]), 0, "{u}: released at once");
     }
-    let last = format!("rate:{}:/api/%2A!inflight", users[BATCH_MAX / 2]);
+    let last = format!("rate:{{{}}}:/api/%2A!inflight", users[BATCH_MAX / 2]);
     assert_eq!(rest.redis(&["ZCARD", &last]), 1, "the one after the full queue waits");
     let (ticket, ms) = wait.unwrap();
     let next = gw.resume(ticket, Reply::Woke, T0 + f64::from(ms));
@@ -543,7 +543,7 @@ fn each_batch_settles_once_with_a_marker_of_its_own() {
     let config = config(SETTLED);
     let mut gw = Gateway::new(&config).with_instance_id("twice");
     let user = format!("twice{}", std::process::id());
-    let key = format!("rate:{user}:/v1/%2A#tokens");
+    let key = format!("rate:{{{user}}}:/v1/%2A#tokens");
     let first = send_to(&mut gw, &rest, "/v1/chat", &user, T0);
     assert_eq!(deliver(&mut gw, &rest, &first, "1\n30", T0 + 1.0), 1);
     assert_eq!(tokens(&rest, &key), 70.0);
@@ -559,7 +559,7 @@ fn a_batch_wait_that_never_came_back_is_replaced() {
     let config = config(INFLIGHT);
     let mut gw = Gateway::new(&config).with_instance_id("lost");
     let user = format!("lostwait{}", std::process::id());
-    let key = format!("rate:{user}:/api/%2A!inflight");
+    let key = format!("rate:{{{user}}}:/api/%2A!inflight");
     let a = send(&mut gw, &rest, &user, T0);
     let b = send(&mut gw, &rest, &user, T0);
     assert!(matches!(delivered(&mut gw, &a, "1", T0 + 1.0), Step::Wait { .. }));
@@ -576,7 +576,7 @@ fn request_ids_never_hold_a_space_so_a_release_of_several_members_splits_right()
     let config = config(INFLIGHT);
     let mut gw = Gateway::new(&config).with_instance_id("iso late\t");
     let user = format!("space{}", std::process::id());
-    let key = format!("rate:{user}:/api/%2A!inflight");
+    let key = format!("rate:{{{user}}}:/api/%2A!inflight");
     let (a, b) = (send(&mut gw, &rest, &user, T0), send(&mut gw, &rest, &user, T0));
     let members: Vec<String> = serde_json::from_value(rest.redis(&["ZRANGE", &key, "0", "-1"])).unwrap();
     assert_eq!(members, ["iso_late_.1", "iso_late_.2"]);
@@ -600,7 +600,7 @@ fn a_charge_and_a_refund_of_one_window_are_both_applied() {
     let config = config(window);
     let mut gw = Gateway::new(&config).with_instance_id("window");
     let user = format!("w{}", std::process::id());
-    let key = format!("rate:{user}:/v1/%2A#tokens");
+    let key = format!("rate:{{{user}}}:/v1/%2A#tokens");
     let first = send_to(&mut gw, &rest, "/v1/chat", &user, T0);
     let second = send_to(&mut gw, &rest, "/v1/chat", &user, T0 + 1.0);
     let count = |rest: &Rest| rest.redis(&["HGET", &key, "count"]).as_str().unwrap().parse::<f64>().unwrap();

@@ -318,9 +318,9 @@ fn costs_and_shadow_limits_are_paid_from_leases_too() {
         v.as_str().unwrap().parse().unwrap()
     };
     // (a refill of 1 a day adds a few millionths)
-    let big = tokens("rate:busy:/api/%2A#big");
+    let big = tokens("rate:{busy}:/api/%2A#big");
     assert!((big - (2000.0 - 900.0)).abs() < 0.01, "300 requests of cost 3, leases given back: {big}");
-    let trial = tokens("rate:busy:/api/%2A#trial");
+    let trial = tokens("rate:{busy}:/api/%2A#trial");
     assert!((trial - (1000.0 - 300.0)).abs() < 0.01, "the shadow limit paid once per request: {trial}");
 }
 
@@ -460,7 +460,7 @@ fn a_lease_beyond_what_was_asked_is_a_malformed_reply_never_a_decision() {
         }
         iso.wake(&rest, now + 5_000.0, &mut calls);
         iso.wake(&rest, now + 5_100.0, &mut calls);
-        let left: f64 = rest.redis(&["HGET", "rate:k:/api/busy", "tokens"]).as_str().unwrap().parse().unwrap();
+        let left: f64 = rest.redis(&["HGET", "rate:{k}:/api/busy", "tokens"]).as_str().unwrap().parse().unwrap();
         (admitted, malformed, held, left, now)
     };
     // The same traffic from an honest endpoint leases (so the hostile run goes through the lease path).

@@ -39,8 +39,7 @@ fn decide_with(
         return Ok(denied);
     }
     let deadline = now_ms + 500.0;
-    let (mut call, body) = ScriptCall::start(limiter, checks, Clock::Worker, now_ms, false);
-    let mut next = Next::Send(body);
+    let (mut call, mut next) = ScriptCall::start(limiter, checks, Clock::Worker, now_ms, false);
     loop {
         next = match next {
             Next::Send(body) => {
@@ -49,13 +48,14 @@ fn decide_with(
             }
             Next::Wait(_) => call.on_wake(limiter, now_ms, deadline),
             Next::Done(result) => return limiter.decided(checks, result, call.wants(), now_ms),
+            other => panic!("one database: never {other:?}"),
         };
     }
 }
 
 fn decide(limiter: &Limiter, rest: &Rest, checks: &[Check<'_>], now_ms: f64) -> Result<Decision, Failure> {
     decide_with(limiter, checks, now_ms, |body| {
-        Ok(rest.answer(&Fetch { ticket: 0, pipeline: false, body: body.to_string(), timeout_ms: 500 }))
+        Ok(rest.answer(&Fetch { ticket: 0, pipeline: false, body: body.to_string(), timeout_ms: 500, shard: 0 }))
     })
 }
 

@@ -399,7 +399,7 @@ fn absurd_overrides_and_arguments_never_make_the_script_fail() {
     let redis = Redis::start();
     let mut con = redis.connection();
     let keys = fresh_keys("absurd", 2);
-    let overrides = vec![format!("ratelimit:override:caller:absurd-{}", std::process::id())];
+    let overrides = vec![format!("ratelimit:override:caller:{{absurd-{}}}", std::process::id())];
     let spec = Spec::new(TB, 2.0, 2.0 / 60.0, 1.0, Mode::Enforce);
     let specs = [(spec, 60), (Spec { algorithm: SW, ..spec }, 120)];
     let indexes = ["2".to_string(), "2".to_string()];
@@ -429,7 +429,7 @@ fn an_override_raises_the_ttl_to_its_own_refill_time() {
     let mut con = redis.connection();
     for (algorithm, expected) in [(TB, 9_000), (SW, 18_000)] {
         let keys = fresh_keys(&format!("override-ttl-{}", algorithm.code()), 1);
-        let overrides = vec![format!("ratelimit:override:caller:ttl-{}-{}", algorithm.code(), std::process::id())];
+        let overrides = vec![format!("ratelimit:override:caller:{{ttl-{}-{}}}", algorithm.code(), std::process::id())];
         redis::cmd("SET").arg(&overrides[0]).arg(format!("100 {}", 1.0 / 60.0)).query::<()>(&mut con).unwrap();
         let spec = Spec::new(algorithm, 5.0, 5.0 / 60.0, 1.0, Mode::Enforce);
         let r = run_with(&mut con, &keys, &[(spec, 60)], Some(1_800_000_000_000), false, &overrides, &["2".into()]);

@@ -77,7 +77,7 @@ fn an_rpc_key_of_exactly_the_maximum_bytes_is_accepted_and_one_byte_more_refused
         let step = call(&mut gw, key);
         let keys = keys_of(&step);
         assert_eq!(keys.len(), 1, "{} bytes accepted: {step:?}", key.trim().len());
-        assert!(keys[0].starts_with("rate:@rpc/@sha256/"), "a long key is hashed in Redis: {}", keys[0]);
+        assert!(keys[0].starts_with("rate:{@rpc/@sha256/"), "a long key is hashed in Redis: {}", keys[0]);
     }
     let refused = [
         "k".repeat(MAX_KEY_BYTES + 1),
@@ -110,20 +110,20 @@ fn a_path_of_exactly_1024_bytes_stays_plain_and_one_more_is_hashed() {
         let keys = keys_of(&Step::Fetch(f.clone()));
         let route_override = format!("ratelimit:override:route:{path}\"");
         if plain {
-            assert_eq!(keys, [format!("rate:alice:{path}")], "{len} bytes: plain");
+            assert_eq!(keys, [format!("rate:{{alice}}:{path}")], "{len} bytes: plain");
             assert!(f.body.contains(&route_override), "{len} bytes: the path's route override is read");
         } else {
-            assert!(keys[0].starts_with("rate:alice:@sha256/"), "{len} bytes: hashed, {}", &keys[0][..40]);
-            assert_eq!(keys[0].len(), "rate:alice:@sha256/".len() + 64);
+            assert!(keys[0].starts_with("rate:{alice}:@sha256/"), "{len} bytes: hashed, {}", &keys[0][..40]);
+            assert_eq!(keys[0].len(), "rate:{alice}:@sha256/".len() + 64);
             assert!(!f.body.contains("ratelimit:override:route:"), "{len} bytes: no route override");
         }
     }
     // In bytes, not characters: 1024 bytes of two-byte characters stay plain, 1025 are hashed.
     let alice = Caller::User("alice".into());
     let at = format!("/{}p", "é".repeat(511)); // 1024 bytes, 513 characters
-    assert_eq!((at.len(), bucket_key(&alice, &at)), (1024, format!("rate:alice:{at}")));
+    assert_eq!((at.len(), bucket_key(&alice, &at)), (1024, format!("rate:{{alice}}:{at}")));
     let over = format!("/{}", "é".repeat(512)); // 1025 bytes, 513 characters
-    assert!(bucket_key(&alice, &over).starts_with("rate:alice:@sha256/"), "1025 bytes: hashed");
+    assert!(bucket_key(&alice, &over).starts_with("rate:{alice}:@sha256/"), "1025 bytes: hashed");
     let over4 = format!("/{}", "😀".repeat(256)); // 1025 bytes, 257 characters
     assert!(hashed(&bucket_key(&alice, &over4)));
     assert_ne!(bucket_key(&alice, &over), bucket_key(&alice, &format!("{over}x")), "each its own digest");
@@ -154,7 +154,7 @@ fn user_ids_over_256_bytes_are_hashed_whatever_their_characters() {
         assert_eq!(keys_of(&step), std::slice::from_ref(&key), "{} bytes through the gateway", id.len());
         let rpc = gw.call("limit", &serde_json::json!({ "key": id }).to_string(), T0);
         let rpc_key = &keys_of(&rpc)[0];
-        assert_eq!(rpc_key.starts_with("rate:@rpc/@sha256/"), *hash, "{} bytes through RPC: {rpc_key}", id.len());
+        assert_eq!(rpc_key.starts_with("rate:{@rpc/@sha256/"), *hash, "{} bytes through RPC: {rpc_key}", id.len());
         if !hash {
             assert!(key.starts_with("rate:") && key.ends_with(":/p") && !hashed(&key));
             assert!(key.len() >= 5 + id.len() + 3, "escaped, not shortened: {key}");

@@ -178,9 +178,9 @@ fn a_candidate_is_decided_in_the_same_call_in_keys_of_its_own_and_never_blocks()
     assert_eq!(
         keys,
         [
-            "rate:@candidate/erin:/export/%2A#exports",
-            "rate:@candidate/erin:/export/%2A#exports-burst",
-            "rate:erin:/export/%2A#exports",
+            "rate:@candidate/{erin}:/export/%2A#exports",
+            "rate:@candidate/{erin}:/export/%2A#exports-burst",
+            "rate:{erin}:/export/%2A#exports",
         ],
         "live and candidate keys are disjoint"
     );
@@ -278,7 +278,7 @@ fn a_candidate_is_compared_on_new_routes_by_its_own_headers_and_its_shadow_limit
         assert_eq!(header(&step, "ratelimit"), None, "and no live fields");
     }
     let keys: Vec<String> = serde_json::from_value(rest.redis(&["KEYS", "rate:*"])).unwrap();
-    assert!(keys.iter().any(|k| k.starts_with("rate:@candidate/@hdr/x-api-key=k1:")), "{keys:?}");
+    assert!(keys.iter().any(|k| k.starts_with("rate:@candidate/{@hdr/x-api-key=k1}:")), "{keys:?}");
     let auth = format!("Bearer {ADMIN}");
     let r = body_json(&send(&mut gw, &rest, "GET", "/__ratelimit/candidate", &[("authorization", &auth)]));
     let limit = |name: &str| r["limits"].as_array().unwrap().iter().find(|l| l["name"] == name).unwrap().clone();

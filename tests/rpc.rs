@@ -139,8 +139,8 @@ fn no_http_caller_reaches_an_rpc_key_and_no_rpc_key_reaches_an_http_bucket() {
         assert_eq!(common::status(&run(&mut gw, &rest, &req, NOW)), 200, "HTTP caller {id:?}");
     }
     let keys: Vec<String> = serde_json::from_value(rest.redis(&["KEYS", "rate:*"])).unwrap();
-    let rpc: Vec<&String> = keys.iter().filter(|k| k.starts_with("rate:@rpc/")).collect();
-    assert_eq!(rpc, ["rate:@rpc/bob"], "{keys:?}");
+    let rpc: Vec<&String> = keys.iter().filter(|k| k.starts_with("rate:{@rpc/")).collect();
+    assert_eq!(rpc, ["rate:{@rpc/bob}"], "{keys:?}");
 }
 
 #[test]
@@ -268,7 +268,7 @@ fn reset_empties_only_the_keys_own_buckets_and_keys_are_trimmed_like_user_ids() 
     let reset = call(&mut gw, &rest, "reset", json!({ "key": "ida", "rule": "api" })).unwrap();
     assert_eq!(reset["deleted"], 1, "ida's bucket, not everyone's");
     assert_eq!(
-        rest.redis(&["HEXISTS", "rate:@global:/api/%2A#everyone", "tokens"]),
+        rest.redis(&["HEXISTS", "rate:{@global}:/api/%2A#everyone", "tokens"]),
         json!(1),
         "the shared bucket stays"
     );

@@ -14,7 +14,11 @@
 //!   soon as the headers are in), the origin's response headers to report
 //!   (`,`-joined), those to strip, the SSE keys to look for (`,`-joined), then header name / value
 //!   lines to add; `extra` is the report's body.
-//! - `Q` fetch: ticket, `p` for `/pipeline` (else `""`), timeout ms; `body` is the POST body.
+//! - `Q` fetch: ticket, `p` for `/pipeline` (else `""`), timeout ms, and the shard when it is not the
+//!   first (an index into the REST URLs); `body` is the POST body.
+//! - `M` fetches at once (a script call spread over several shards or slots): `body` is their `Q`
+//!   steps, `\u{1}`-separated; each is carried out on its own (resumed with its ticket, what follows
+//!   carried out), and the one that does not end in `D` is the answer.
 //! - `W` wait: ticket, ms.
 //! - `V` verify: ticket, algorithm (`RS256`, `ES256`, `EdDSA`), kid, signature (base64url); `extra`
 //!   is the public JWK, `body` the signed data.
@@ -62,14 +66,18 @@ pub fn decode_request(facts: &str) -> (&str, &str, Vec<Option<&str>>) {
     (method, url, parts.map(|v| (v != "\0").then_some(v)).collect())
 }
 
-/// What the executor learns once per isolate: the header names to read, the REST URL and its
-/// authorization, and the 502 to answer when the origin cannot be reached —
+/// What the executor learns once per isolate: the header names to read, the REST URLs and their
+/// authorizations (`\n`-joined: one per shard), and the 502 to answer when the origin cannot be reached —
 /// `names (\n-joined) \0 url \0 authorization \0 step`.
 #[cfg_attr(not(target_arch = "wasm32"), allow(dead_code))] // (the wasm exports use it)
 pub(crate) fn encode_start(isolate: &Isolate) -> String {
+    // (several databases: their URLs and authorizations, `\n`-joined, in the same order)
     let (url, authorization) = match isolate {
-        Isolate::Ready(g) => (g.config().redis_url.as_str(), g.config().redis_authorization.expose()),
-        Isolate::Misconfigured(_) => ("", ""),
+        Isolate::Ready(g) => (
+            g.config().redis_urls.join("\n"),
+            g.config().redis_authorizations.iter().map(|a| a.expose()).collect::<Vec<_>>().join("\n"),
+        ),
+        Isolate::Misconfigured(_) => (String::new(), String::new()),
     };
     let unreachable = Step::Respond { response: http::origin_unreachable(), note: None, report: None, wake: None };
     format!("{}\0{url}\0{authorization}\0{}", isolate.header_names().join("\n"), encode_step(&unreachable))
@@ -137,7 +145,24 @@ pub fn encode_step(step: &Step) -> String {
             number(&mut head, u64::from(f.ticket));
             line(&mut head, if f.pipeline { "p" } else { "" });
             number(&mut head, u64::from(f.timeout_ms));
+            if f.shard > 0 {
+                number(&mut head, u64::from(f.shard));
+            }
             ("", f.body.as_str())
+        }
+        Step::Fetches(fetches) => {
+            // Each piece a `Q` step of its own, `\u{1}`-separated (a JSON body never holds that byte raw).
+            line(&mut head, "M");
+            head.pop();
+            let mut out = head;
+            out.push_str("\0\0");
+            for (i, f) in fetches.iter().enumerate() {
+                if i > 0 {
+                    out.push('\u{1}');
+                }
+                out.push_str(&encode_step(&Step::Fetch(f.clone())));
+            }
+            return out;
         }
         Step::Wait { ticket, ms } => {
             line(&mut head, "W");
@@ -262,7 +287,7 @@ mod tests {
 
     #[test]
     fn every_step_has_its_fields_where_the_executor_reads_them() {
-        let report = Fetch { ticket: 9, pipeline: true, body: "[[\"HINCRBY\"]]".into(), timeout_ms: 500 };
+        let report = Fetch { ticket: 9, pipeline: true, body: "[[\"HINCRBY\"]]".into(), timeout_ms: 500, shard: 0 };
         let mut r = http::problem(429, "rate-limited", "Too Many Requests", "a\nb\0c");
         r.headers.push(("retry-after", "12".into()));
         let wake = Some(Wake { ticket: 3, ms: 0 });
@@ -301,7 +326,8 @@ mod tests {
         );
         assert_eq!(reply(-8, "1\n30"), Reply::Delivered("1\n30"));
 
-        let q = Step::Fetch(Fetch { ticket: 3, pipeline: false, body: "[\"EVALSHA\"]".into(), timeout_ms: 499 });
+        let q =
+            Step::Fetch(Fetch { ticket: 3, pipeline: false, body: "[\"EVALSHA\"]".into(), timeout_ms: 499, shard: 0 });
         assert_eq!(decode_step(&encode_step(&q)).unwrap(), (vec!["Q", "3", "", "499"], "", "[\"EVALSHA\"]"));
 
         let check = SignatureCheck {
@@ -320,7 +346,7 @@ mod tests {
         );
         assert_eq!(decode_step(&encode_step(&Step::Done)).unwrap().0, ["D"]);
 
-        let report = Fetch { ticket: 11, pipeline: true, body: "[[\"HINCRBY\"]]".into(), timeout_ms: 400 };
+        let report = Fetch { ticket: 11, pipeline: true, body: "[[\"HINCRBY\"]]".into(), timeout_ms: 400, shard: 0 };
         let j = Step::Return {
             value: "{\"success\":true}".into(),
             note: Some("{\"event\":\"x\"}".into()),

@@ -180,15 +180,8 @@ impl<'c> After<'c> {
             Work::Wake { since_ms } => self.give_back(cx, ticket, since_ms, now_ms),
             Work::Renew { items } => {
                 let (call, body) = ScriptCall::renew(cx.limiter, &items, cx.config.clock, now_ms);
-                cx.tickets.pending.insert(
-                    ticket,
-                    Pending {
-                        work: Work::Renewing { call, items },
-                        deadline_ms: now_ms + f64::from(cx.config.redis_timeout_ms),
-                        sent_ms: now_ms,
-                    },
-                );
-                cx.tickets.fetch(ticket, false, body)
+                let deadline_ms = now_ms + f64::from(cx.config.redis_timeout_ms);
+                cx.tickets.call_under(ticket, Work::Renewing { call, items }, body, deadline_ms, now_ms)
             }
             _ => Step::Done,
         }
@@ -302,13 +295,9 @@ impl<'c> After<'c> {
         }
     }
 
-    /// The slots a decision whose answer never came may have taken, released with the next batch: the
-    /// wake to carry out after the response, if one is needed.
-    pub(super) fn release(&mut self, cx: &mut Cx<'_, 'c>, items: Vec<Held<'c>>, id: &str, now_ms: f64) -> Option<Wake> {
-        let items: Vec<Settlement<'c>> = items
-            .into_iter()
-            .map(|h| Settlement { key: h.key, limit: h.limit, overrides: h.overrides, delta: 0, arg: id.to_string() })
-            .collect();
+    /// Settlements queued off the response path (slots released, charges put back): the wake to carry
+    /// out after the response, if one is needed.
+    pub(super) fn put_back(&mut self, cx: &mut Cx<'_, 'c>, items: Vec<Settlement<'c>>, now_ms: f64) -> Option<Wake> {
         if items.is_empty() {
             return None;
         }
@@ -392,7 +381,7 @@ impl<'c> After<'c> {
         }
         let (call, body) =
             ScriptCall::settle(cx.limiter, &batch.items, batch.marker.as_deref(), cx.config.clock, now_ms);
-        cx.tickets.send(Work::Settling { call, batch, attempt }, false, body, now_ms)
+        cx.tickets.call(Work::Settling { call, batch, attempt }, body, now_ms)
     }
 
     /// The wake to schedule after a decision: at once when leases run low (topped up, then the
@@ -458,8 +447,7 @@ fn give_back_now(
     let (call, body) = ScriptCall::give_back(cx.limiter, &due, cx.config.clock, now_ms);
     let deadline_ms = now_ms + f64::from(cx.config.redis_timeout_ms);
     let work = Work::GiveBack { call, tokens, since_ms, last, items: due };
-    cx.tickets.pending.insert(ticket, Pending { work, deadline_ms, sent_ms: now_ms });
-    cx.tickets.fetch(ticket, false, body)
+    cx.tickets.call_under(ticket, work, body, deadline_ms, now_ms)
 }
 
 /// `items` with those of one key merged, in the order first queued: a slot key's members joined

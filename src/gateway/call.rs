@@ -21,7 +21,7 @@ impl<'c> Gateway<'c> {
         match call.method {
             Method::Reset => {
                 // Only the key's own buckets: a rule's `by: "global"` bucket is everyone's.
-                let own = format!("rate:{}", limited.subject);
+                let own = format!("rate:{{{}}}", limited.subject);
                 let keys: Vec<String> = limited
                     .checks
                     .into_iter()
@@ -37,14 +37,14 @@ impl<'c> Gateway<'c> {
                 let peek = method == Method::Peek;
                 if !peek {
                     if let Some(allowed) = self.limiter.leased(&limited.checks, now_ms) {
-                        return self.rpc_decided(limited, Ok(allowed), now_ms, now_ms);
+                        return self.rpc_decided(limited, Ok(allowed), Vec::new(), now_ms, now_ms);
                     }
                     if let Some(denied) = self.limiter.cached_denial(&limited.checks, now_ms) {
-                        return self.rpc_decided(limited, Ok(denied), now_ms, now_ms);
+                        return self.rpc_decided(limited, Ok(denied), Vec::new(), now_ms, now_ms);
                     }
                 }
                 let (call, body) = ScriptCall::start(&self.limiter, &limited.checks, self.config.clock, now_ms, peek);
-                self.tickets.send(Work::Call { call, limited, method, started_ms: now_ms }, false, body, now_ms)
+                self.tickets.call(Work::Call { call, limited, method, started_ms: now_ms }, body, now_ms)
             }
         }
     }
@@ -53,14 +53,21 @@ impl<'c> Gateway<'c> {
         &mut self,
         limited: Limited<'c>,
         result: Result<Decision, Failure>,
+        put_back: Vec<Settlement<'c>>,
         started_ms: f64,
         now_ms: f64,
     ) -> Step {
         let note = self.decision_note(&limited, &result, "rpc");
         let outcome = self.limiter.outcome(result, self.config.fail_mode, &limited.checks, now_ms);
         let report = self.count(&outcome, &limited, started_ms, now_ms);
+        let admitted = matches!(outcome, crate::limiter::Outcome::Allowed(_) | crate::limiter::Outcome::FailedOpen(..));
         let (after, mut cx) = self.after();
-        let wake = after.wake(&mut cx, now_ms);
+        // What a spread call's admitted pieces debited for a call not admitted goes back (then the
+        // lease chain's wake waits for the next decision).
+        let wake = match (admitted, put_back.is_empty()) {
+            (false, false) => after.put_back(&mut cx, put_back, now_ms),
+            _ => after.wake(&mut cx, now_ms),
+        };
         Step::Return { value: rpc::limit_result(&outcome, &limited.checks), note, report, wake }
     }
 

@@ -10,13 +10,13 @@ impl<'c> Gateway<'c> {
             if let (Some(digest), false) = (self.candidate_digest(), limited.candidates.is_empty()) {
                 self.metrics.record_unevaluated(digest, now_ms);
             }
-            return self.decided(limited, target, Ok(allowed), None, None, now_ms, now_ms);
+            return self.decided(limited, target, Ok(allowed), None, None, Vec::new(), now_ms, now_ms);
         }
         if let Some(denied) = self.limiter.cached_denial(&limited.checks, now_ms) {
             if let (Some(digest), false) = (self.candidate_digest(), limited.candidates.is_empty()) {
                 self.metrics.record_unevaluated(digest, now_ms);
             }
-            return self.decided(limited, target, Ok(denied), None, None, now_ms, now_ms);
+            return self.decided(limited, target, Ok(denied), None, None, Vec::new(), now_ms, now_ms);
         }
         let holds = limited.checks.iter().any(|c| c.limit.is_concurrency() || c.limit.settle().is_some());
         let id = holds.then(|| self.request_id());
@@ -35,7 +35,7 @@ impl<'c> Gateway<'c> {
             ScriptCall::start_with_id(&self.limiter, &all, clock, now_ms, false, id.as_deref().unwrap_or(""))
         };
         let work = Work::Decide { call, limited, target: target.to_string(), started_ms: now_ms, id, part };
-        self.tickets.send(work, false, body, now_ms)
+        self.tickets.call(work, body, now_ms)
     }
 
     /// The digest of the candidate policy, when one is set and counted (the admin API reads its report).
@@ -82,6 +82,7 @@ impl<'c> Gateway<'c> {
         result: Result<crate::store::decision::Decision, Failure>,
         candidate: Option<Vec<crate::store::decision::LimitStatus>>,
         admission: Option<(String, i64)>,
+        put_back: Vec<Settlement<'c>>,
         started_ms: f64,
         now_ms: f64,
     ) -> Step {
@@ -103,6 +104,7 @@ impl<'c> Gateway<'c> {
         }
         let outcome = self.limiter.outcome(result, self.config.fail_mode, &limited.checks, now_ms);
         use crate::limiter::Outcome;
+        let outcome_admitted = matches!(outcome, Outcome::Allowed(_) | Outcome::FailedOpen(..));
         let (held, failed) = match (&outcome, admission) {
             (Outcome::Allowed(d), Some((id, script_ms))) => (Some((held_of(&limited.checks, d), id, script_ms)), None),
             // No answer, but the script may have run: its slots are released after the response if the
@@ -140,10 +142,28 @@ impl<'c> Gateway<'c> {
             Answer::Respond(response) => {
                 // Redis failed, and the script may have run all the same: the slots it may have taken
                 // are released with the next batch (a ZREM of a slot that was never taken changes nothing).
-                let wake = failed.and_then(|(items, id)| {
+                // A spread call's admitted pieces put back what they debited.
+                let mut items: Vec<Settlement<'c>> = failed
+                    .map(|(items, id)| {
+                        items
+                            .into_iter()
+                            .map(|h| Settlement {
+                                key: h.key,
+                                limit: h.limit,
+                                overrides: h.overrides,
+                                delta: 0,
+                                arg: id.clone(),
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                if !outcome_admitted {
+                    items.extend(put_back);
+                }
+                let wake = {
                     let (after, mut cx) = self.after();
-                    after.release(&mut cx, items, &id, now_ms)
-                });
+                    after.put_back(&mut cx, items, now_ms)
+                };
                 Step::Respond { response, note, report, wake }
             }
         }
@@ -206,4 +226,32 @@ impl<'c> Gateway<'c> {
         self.metrics.add_lease_counts(self.limiter.take_lease_counts());
         self.report(now_ms)
     }
+}
+
+/// What a spread call's admitted pieces debited (`debited`, indexes into `checks`, the limits the call
+/// carried) for a request that, as a whole, was not admitted, as settlements that put it back: a charge
+/// refunded with the lease tokens taken beside it, a slot released (under the request's `id`).
+pub(super) fn put_back_of<'c>(
+    checks: &[Check<'c>],
+    debited: &[crate::limiter::Debited],
+    id: Option<&str>,
+) -> Vec<Settlement<'c>> {
+    debited
+        .iter()
+        .filter_map(|d| {
+            let c = checks.get(d.index)?;
+            let settlement = |delta: i64, arg: String| Settlement {
+                key: c.key.clone(),
+                limit: c.limit,
+                overrides: c.overrides.clone(),
+                delta,
+                arg,
+            };
+            if c.limit.is_concurrency() {
+                return id.map(|id| settlement(0, id.to_string()));
+            }
+            let tokens = if d.paid { i64::from(c.cost) } else { 0 } + d.leased;
+            (tokens > 0).then(|| settlement(-tokens, d.script_ms.to_string()))
+        })
+        .collect()
 }

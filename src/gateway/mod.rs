@@ -18,6 +18,7 @@ mod step;
 mod work;
 
 use after::*;
+use decide::put_back_of;
 pub use isolate::Isolate;
 use isolate::*;
 pub use step::{Fetch, Reply, Request, Step};
@@ -44,6 +45,7 @@ use crate::policy::limit::Limit;
 use crate::policy::plan::{bearer, plan_select, Limited, Plan, RequestFacts, Select, METHOD_OVERRIDE_HEADERS};
 use crate::policy::settle::Delivered;
 use crate::store::decision::Decision;
+use crate::store::place::Places;
 
 /// One isolate's gateway: its configuration, limiter state, metrics and pending tickets.
 pub struct Gateway<'c> {
@@ -67,7 +69,8 @@ impl<'c> Gateway<'c> {
     pub fn new(config: &'c Config) -> Gateway<'c> {
         Gateway {
             header_names: header_names(config),
-            limiter: Limiter::with_leases(config.deny_cache_max_ms, config.leases),
+            limiter: Limiter::with_leases(config.deny_cache_max_ms, config.leases)
+                .with_places(Places::new(config.redis_urls.clone(), config.redis_cluster)),
             metrics: Metrics::default(),
             tickets: Tickets::new(config.redis_timeout_ms),
             after: After::default(),
@@ -209,7 +212,7 @@ impl<'c> Gateway<'c> {
             return respond(head_only(quota::answer(&limited.checks, Ok(denied)), head));
         }
         let (call, body) = ScriptCall::start(&self.limiter, &all, self.config.clock, now_ms, false);
-        self.tickets.send(Work::Quota { call, listed: limited.checks, all, head }, false, body, now_ms)
+        self.tickets.call(Work::Quota { call, listed: limited.checks, all, head }, body, now_ms)
     }
 
     /// The fetch to send after the response: the metrics report when one is due, else the read of
@@ -219,12 +222,12 @@ impl<'c> Gateway<'c> {
             if let Some(report) = self.metrics.report(now_ms, self.config.metrics_flush_ms) {
                 let ticket = self.tickets.park(Work::Report { counts: Box::new(report.counts) }, now_ms);
                 let timeout_ms = self.config.redis_timeout_ms;
-                return Some(Fetch { ticket, pipeline: true, body: report.body, timeout_ms });
+                return Some(Fetch { ticket, pipeline: true, body: report.body, timeout_ms, shard: 0 });
             }
         }
         let body = self.limiter.overrides_fetch(now_ms)?;
         let ticket = self.tickets.park(Work::Overrides, now_ms);
-        Some(Fetch { ticket, pipeline: true, body, timeout_ms: self.config.redis_timeout_ms })
+        Some(Fetch { ticket, pipeline: true, body, timeout_ms: self.config.redis_timeout_ms, shard: 0 })
     }
 
     fn forward(&self, target: &str, headers: Vec<Header>, note: Option<String>, report: Option<Fetch>) -> Step {
@@ -255,7 +258,7 @@ impl<'c> Gateway<'c> {
             }
             Action::Peek(peek) => {
                 let (call, body) = ScriptCall::start(&self.limiter, &peek.checks, self.config.clock, now_ms, true);
-                self.tickets.send(Work::Peek { call, peek }, false, body, now_ms)
+                self.tickets.call(Work::Peek { call, peek }, body, now_ms)
             }
         }
     }
@@ -272,7 +275,7 @@ impl<'c> Gateway<'c> {
             }),
             crate::policy::config::BenchFloor::Limit => {
                 let ticket = self.tickets.park(Work::Floor { target: target.to_string() }, now_ms);
-                Step::Fetch(Fetch { ticket, pipeline: false, body: "[\"PING\"]".into(), timeout_ms: 500 })
+                Step::Fetch(Fetch { ticket, pipeline: false, body: "[\"PING\"]".into(), timeout_ms: 500, shard: 0 })
             }
         }
     }

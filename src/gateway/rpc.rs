@@ -4,7 +4,7 @@
 //! cache, fail mode and metrics ([`crate::Gateway::call`]).
 //!
 //! Key spaces: without `rule`, `key` has the zero-config limit in a key space of its own
-//! (`rate:@rpc/<key>`: HTTP subjects never start with `@rpc/`, since a user id's leading `@` is
+//! (`rate:{@rpc/<key>}`: HTTP subjects never start with `@rpc/`, since a user id's leading `@` is
 //! escaped in keys). With `rule`, `key` is a caller's user id, and the rule's limits use the very
 //! buckets the gateway keeps for a caller with that id.
 
@@ -27,7 +27,7 @@ use crate::store::decision::{Decision, LimitStatus};
 /// hashed in Redis).
 pub const MAX_KEY_BYTES: usize = 4096;
 
-/// Where the zero-config limit of RPC keys lives: `rate:@rpc/<key>`.
+/// Where the zero-config limit of RPC keys lives: `rate:{@rpc/<key>}`.
 pub(crate) const RPC_SUBJECT_PREFIX: &str = "@rpc/";
 
 /// An RPC method.
@@ -247,7 +247,7 @@ fn kind_of(v: &Value) -> String {
 fn zero_config<'c>(config: &'c Config, key: &str) -> Limited<'c> {
     let subject = format!("{RPC_SUBJECT_PREFIX}{}", subject_key(&Caller::User(key.to_string())));
     let check = Check {
-        key: format!("rate:{subject}"),
+        key: format!("rate:{{{subject}}}"),
         name: DEFAULT_LIMIT,
         limit: &config.limit,
         cost: 1,
@@ -425,13 +425,13 @@ mod tests {
     fn keys_without_a_rule_live_where_no_http_caller_reaches() {
         let c = config(&[]);
         let call = parse(&c, "limit", r#"{"key":"alice"}"#).unwrap();
-        assert_eq!(call.limited.checks[0].key, "rate:@rpc/alice");
+        assert_eq!(call.limited.checks[0].key, "rate:{@rpc/alice}");
         assert_eq!((call.limited.checks[0].cost, call.limited.checks[0].name), (1, "default"));
-        // An HTTP caller who calls itself "@rpc/alice" is escaped: its keys never start with "rate:@rpc/".
+        // An HTTP caller who calls itself "@rpc/alice" is escaped: its keys never start with "rate:{@rpc/".
         let http = crate::identity::key::bucket_key(&Caller::User("@rpc/alice".into()), "/");
-        assert!(!http.starts_with("rate:@rpc/"), "{http}");
+        assert!(!http.starts_with("rate:{@rpc/"), "{http}");
         let colon = parse(&c, "limit", r#"{"key":"a:b"}"#).unwrap();
-        assert_eq!(colon.limited.checks[0].key, "rate:@rpc/a%3Ab");
+        assert_eq!(colon.limited.checks[0].key, "rate:{@rpc/a%3Ab}");
     }
 
     #[test]
@@ -439,7 +439,7 @@ mod tests {
         let c = config(&[("RATE_LIMIT_POLICY", POLICY)]);
         let by_name = parse(&c, "limit", r#"{"key":"alice","rule":"export"}"#).unwrap();
         let keys: Vec<&str> = by_name.limited.checks.iter().map(|c| c.key.as_str()).collect();
-        assert_eq!(keys, ["rate:alice:/export/%2A#exports", "rate:@global:/export/%2A#everyone"]);
+        assert_eq!(keys, ["rate:{alice}:/export/%2A#exports", "rate:{@global}:/export/%2A#everyone"]);
         assert_eq!(by_name.limited.checks[0].cost, 2, "the limit's own cost");
         let by_route =
             parse(&c, "limit", r#"{"key":"alice","rule":{"method":"post","path":"/export/a/../b"}}"#).unwrap();

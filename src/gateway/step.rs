@@ -32,6 +32,10 @@ pub enum Step {
     },
     /// POST to the REST endpoint, then resume with the reply.
     Fetch(Fetch),
+    /// POST each of these at once (a script call spread over several shards or slots), resuming each
+    /// ticket with its reply and carrying out what follows each; exactly one of them ends with the
+    /// answer (the others with [`Step::Done`]).
+    Fetches(Vec<Fetch>),
     /// Wait `ms`, then resume with [`Reply::Woke`].
     Wait { ticket: u32, ms: u32 },
     /// Check this signature with WebCrypto, then resume with [`Reply::Signature`].
@@ -73,13 +77,15 @@ pub struct Watch {
     pub sse_keys: Vec<String>,
 }
 
-/// One POST to the REST endpoint (`/pipeline` when `pipeline`), within `timeout_ms`.
+/// One POST to the REST endpoint of shard `shard` (`/pipeline` when `pipeline`), within `timeout_ms`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Fetch {
     pub ticket: u32,
     pub pipeline: bool,
     pub body: String,
     pub timeout_ms: u32,
+    /// Which database (an index into `UPSTASH_REDIS_REST_URL`'s list; 0 with one).
+    pub shard: u16,
 }
 
 /// What the executor brings back to [`Gateway::resume`].

@@ -163,6 +163,8 @@ pub(super) const PENDING_GRACE_MS: f64 = 10_000.0;
 /// [`After`] keeps).
 pub(super) struct Tickets<'c> {
     pub(super) pending: HashMap<u32, Pending<'c>>,
+    /// The tickets of a spread script call's pieces: each its call's ticket and the piece.
+    pub(super) pieces: HashMap<u32, (u32, usize)>,
     next: u32,
     /// The Redis deadline of a REST call (`REDIS_TIMEOUT_MS`).
     timeout_ms: u32,
@@ -170,7 +172,7 @@ pub(super) struct Tickets<'c> {
 
 impl<'c> Tickets<'c> {
     pub(super) fn new(timeout_ms: u32) -> Tickets<'c> {
-        Tickets { pending: HashMap::new(), next: 0, timeout_ms }
+        Tickets { pending: HashMap::new(), pieces: HashMap::new(), next: 0, timeout_ms }
     }
 
     /// A ticket for `work`, due within the configured timeout.
@@ -186,9 +188,62 @@ impl<'c> Tickets<'c> {
         self.fetch(ticket, pipeline, body)
     }
 
-    /// The POST of `body` under `ticket` (already parked), within the Redis deadline.
+    /// The POST of `body` under `ticket` (already parked) to the first shard, within the Redis deadline.
     pub(super) fn fetch(&self, ticket: u32, pipeline: bool, body: String) -> Step {
-        Step::Fetch(Fetch { ticket, pipeline, body, timeout_ms: self.timeout_ms })
+        Step::Fetch(Fetch { ticket, pipeline, body, timeout_ms: self.timeout_ms, shard: 0 })
+    }
+
+    /// Parks `work`, a script call, and the step that sends what `next` says: one POST, or one per
+    /// piece of a call spread over several places, each under a ticket of its own.
+    pub(super) fn call(&mut self, work: Work<'c>, next: Next, now_ms: f64) -> Step {
+        let ticket = self.new_ticket();
+        let deadline_ms = now_ms + f64::from(self.timeout_ms);
+        self.call_under(ticket, work, next, deadline_ms, now_ms)
+    }
+
+    /// [`Tickets::call`] under `ticket`, due by `deadline_ms`.
+    pub(super) fn call_under(
+        &mut self,
+        ticket: u32,
+        mut work: Work<'c>,
+        next: Next,
+        deadline_ms: f64,
+        now_ms: f64,
+    ) -> Step {
+        let timeout_ms = self.timeout_ms;
+        let step = match next {
+            Next::Send(body) => {
+                let shard = work.call().map_or(0, |c| c.shard(0));
+                Step::Fetch(Fetch { ticket, pipeline: false, body, timeout_ms, shard })
+            }
+            Next::SendAll(bodies) => Step::Fetches(
+                bodies
+                    .into_iter()
+                    .map(|(piece, shard, body)| {
+                        let sub = self.new_ticket();
+                        self.pieces.insert(sub, (ticket, piece));
+                        Fetch { ticket: sub, pipeline: false, body, timeout_ms, shard }
+                    })
+                    .collect(),
+            ),
+            Next::Wait(ms) => Step::Wait { ticket, ms },
+            Next::Done(_) | Next::Pending => return Step::Done,
+        };
+        self.pending.insert(ticket, Pending { work, deadline_ms, sent_ms: now_ms });
+        step
+    }
+
+    /// The ticket for the next step of `piece` of the call under `ticket` (the call's own when it is
+    /// in one piece).
+    fn piece_ticket(&mut self, ticket: u32, piece: Option<usize>) -> u32 {
+        match piece {
+            Some(i) => {
+                let sub = self.new_ticket();
+                self.pieces.insert(sub, (ticket, i));
+                sub
+            }
+            None => ticket,
+        }
     }
 
     pub(super) fn park_until(&mut self, work: Work<'c>, deadline_ms: f64, now_ms: f64) -> u32 {
@@ -209,6 +264,8 @@ impl<'c> Tickets<'c> {
             if self.pending.len() >= PENDING_KEPT {
                 self.pending.clear();
             }
+            let pending = &self.pending;
+            self.pieces.retain(|_, (parent, _)| pending.contains_key(parent));
         }
     }
 }
@@ -216,6 +273,11 @@ impl<'c> Tickets<'c> {
 impl<'c> Gateway<'c> {
     /// The next step for `ticket`, with what its last step brought back at `now_ms`.
     pub fn resume(&mut self, ticket: u32, reply: Reply<'_>, now_ms: f64) -> Step {
+        // A piece of a spread script call answers under a ticket of its own.
+        let (ticket, piece) = match self.tickets.pieces.remove(&ticket) {
+            Some((parent, i)) => (parent, Some(i)),
+            None => (ticket, None),
+        };
         let Some(p) = self.tickets.pending.remove(&ticket).or_else(|| self.after.unwatch(ticket)) else {
             return Step::Done;
         };
@@ -238,11 +300,12 @@ impl<'c> Gateway<'c> {
             | Work::Settling { .. }
             | Work::Renewing { .. }) => {
                 let Some(call) = work.call() else { return Step::Done };
+                let i = piece.unwrap_or(0);
                 let next = match http {
-                    Some(r) => call.on_reply(&self.limiter, r, now_ms, deadline),
-                    None => call.on_wake(&self.limiter, now_ms, deadline),
+                    Some(r) => call.on_piece_reply(&self.limiter, i, r, now_ms, deadline),
+                    None => call.on_piece_wake(&self.limiter, i, now_ms, deadline),
                 };
-                self.continue_script(ticket, work, next, deadline, now_ms)
+                self.continue_script(ticket, piece, work, next, deadline, now_ms)
             }
             Work::Admin { then, head } => {
                 let reply = http.unwrap_or(Err(TransportError::Unreachable)).map_err(Failure::from);
@@ -323,6 +386,7 @@ impl<'c> Gateway<'c> {
     pub(super) fn continue_script(
         &mut self,
         ticket: u32,
+        piece: Option<usize>,
         mut work: Work<'c>,
         mut next: Next,
         deadline_ms: f64,
@@ -332,19 +396,35 @@ impl<'c> Gateway<'c> {
             let left = (deadline_ms - now_ms).ceil();
             next = match next {
                 Next::Done(result) => return self.script_done(work, result, now_ms),
+                // This piece is done; the call waits for its others.
+                Next::Pending => {
+                    self.tickets.pending.insert(ticket, Pending { work, deadline_ms, sent_ms: now_ms });
+                    return Step::Done;
+                }
                 // The deadline has passed: the call ends as a timeout, without another round trip.
                 _ if left < 1.0 => match work.call() {
-                    Some(call) => call.on_reply(&self.limiter, Err(TransportError::Timeout), now_ms, deadline_ms),
+                    Some(call) => call.on_piece_reply(
+                        &self.limiter,
+                        piece.unwrap_or(0),
+                        Err(TransportError::Timeout),
+                        now_ms,
+                        deadline_ms,
+                    ),
                     None => return Step::Done,
                 },
                 Next::Send(body) => {
+                    let shard = work.call().map_or(0, |c| c.shard(piece.unwrap_or(0)));
+                    let t = self.tickets.piece_ticket(ticket, piece);
                     self.tickets.pending.insert(ticket, Pending { work, deadline_ms, sent_ms: now_ms });
-                    return Step::Fetch(Fetch { ticket, pipeline: false, body, timeout_ms: left as u32 });
+                    return Step::Fetch(Fetch { ticket: t, pipeline: false, body, timeout_ms: left as u32, shard });
                 }
                 Next::Wait(ms) => {
+                    let t = self.tickets.piece_ticket(ticket, piece);
                     self.tickets.pending.insert(ticket, Pending { work, deadline_ms, sent_ms: now_ms });
-                    return Step::Wait { ticket, ms: ms.min(left as u32) };
+                    return Step::Wait { ticket: t, ms: ms.min(left as u32) };
                 }
+                // (only a call's first step sends every piece)
+                Next::SendAll(_) => Next::Done(Err(Failure::Unreachable)),
             };
         }
     }
@@ -353,6 +433,21 @@ impl<'c> Gateway<'c> {
         match work {
             Work::Decide { limited, target, started_ms, call, id, part } => {
                 self.limiter.answered(call.asked());
+                // A call spread over several places that was not admitted as a whole: what its admitted
+                // pieces debited, to put back if the request is not admitted.
+                let debited = call.debited();
+                let put_back = if debited.is_empty() {
+                    Vec::new()
+                } else {
+                    let called = match &part {
+                        Some(part) => part.rest(&limited.checks),
+                        None if limited.candidates.is_empty() || self.candidate_digest().is_none() => {
+                            limited.checks.clone()
+                        }
+                        None => [&limited.checks[..], &limited.candidates[..]].concat(),
+                    };
+                    put_back_of(&called, &debited, id.as_deref())
+                };
                 let (result, candidate) = self.split_candidates(&limited, result);
                 let script_ms = result.as_ref().ok().and_then(|ints| ints.last().copied()).unwrap_or(0);
                 let result = match &part {
@@ -360,7 +455,7 @@ impl<'c> Gateway<'c> {
                     None => self.limiter.decided(&limited.checks, result, call.wants(), now_ms),
                 };
                 let admission = id.map(|id| (id, script_ms));
-                self.decided(limited, &target, result, candidate, admission, started_ms, now_ms)
+                self.decided(limited, &target, result, candidate, admission, put_back, started_ms, now_ms)
             }
             Work::Peek { peek, .. } => respond(admin::peeked(&peek, self.limiter.peeked(&peek.checks, result))),
             Work::Quota { listed, all, head, .. } => {
@@ -372,8 +467,9 @@ impl<'c> Gateway<'c> {
             }
             Work::Call { limited, started_ms, call, .. } => {
                 self.limiter.answered(call.asked());
+                let put_back = put_back_of(&limited.checks, &call.debited(), None);
                 let result = self.limiter.decided(&limited.checks, result, call.wants(), now_ms);
-                self.rpc_decided(limited, result, started_ms, now_ms)
+                self.rpc_decided(limited, result, put_back, started_ms, now_ms)
             }
             work @ (Work::GiveBack { .. } | Work::Settling { .. } | Work::Renewing { .. }) => {
                 let (after, mut cx) = self.after();

@@ -90,6 +90,14 @@ impl Known {
         }
     }
 
+    /// A call wanted to check the version but could not read it (its keys are on another shard, or in
+    /// another slot of a cluster): the index is read again off the response path instead.
+    pub(crate) fn check_due(&mut self, now_ms: f64) {
+        if self.fetching.is_none() {
+            self.fetch_due.get_or_insert(now_ms);
+        }
+    }
+
     /// An override changed through this isolate's admin API: read the index again.
     pub(crate) fn changed(&mut self) {
         self.known = None;
@@ -182,7 +190,7 @@ mod tests {
     fn nothing_known_reads_every_key_and_checks_the_version() {
         let k = Known::new();
         assert_eq!(k.plan(0.0), Plan { check: Some(-1) });
-        assert!(k.may_exist("ratelimit:override:caller:bob", 0.0));
+        assert!(k.may_exist("ratelimit:override:caller:{bob}", 0.0));
     }
 
     #[test]
@@ -191,10 +199,10 @@ mod tests {
         let body = k.fetch(5.0).expect("due at once");
         assert!(body.contains(VERSION_KEY) && body.contains(INDEX_KEY));
         assert_eq!(k.fetch(6.0), None, "one read at a time");
-        k.fetched(Some((200, &index("7", &[("ratelimit:override:caller:alice", REC)]))), 10.0);
-        assert!(k.may_exist("ratelimit:override:caller:alice", 11.0));
+        k.fetched(Some((200, &index("7", &[("ratelimit:override:caller:{alice}", REC)]))), 10.0);
+        assert!(k.may_exist("ratelimit:override:caller:{alice}", 11.0));
         assert!(!k.may_exist("ratelimit:override:slots:caller:alice", 11.0), "no concurrency part");
-        assert!(!k.may_exist("ratelimit:override:caller:bob", 11.0));
+        assert!(!k.may_exist("ratelimit:override:caller:{bob}", 11.0));
         assert_eq!(k.plan(11.0), Plan { check: None });
         assert_eq!(k.plan(10.0 + CHECK_MS), Plan { check: Some(7) });
         assert_eq!(k.plan(9.0), Plan { check: Some(7) }, "a clock that went back checks");
@@ -208,9 +216,9 @@ mod tests {
         let mut k = Known::new();
         k.fetch(0.0);
         k.fetched(Some((200, &index("7", &[]))), 0.0);
-        assert!(!k.may_exist("ratelimit:override:caller:bob", 1.0));
+        assert!(!k.may_exist("ratelimit:override:caller:{bob}", 1.0));
         k.seen(8, CHECK_MS);
-        assert!(k.may_exist("ratelimit:override:caller:bob", CHECK_MS), "every key read again");
+        assert!(k.may_exist("ratelimit:override:caller:{bob}", CHECK_MS), "every key read again");
         assert_eq!(k.plan(CHECK_MS), Plan { check: Some(-1) });
         assert!(k.fetch(CHECK_MS).is_some());
         k.fetched(None, CHECK_MS + 1.0);

@@ -22,6 +22,7 @@ use crate::policy::config::{Clock, FailMode, LeaseConfig, DEFAULT_DENY_CACHE_MAX
 use crate::policy::limit::Limit;
 use crate::store::bucket::{self, Op, Spec, State, PER_LIMIT};
 use crate::store::decision::{Asked, Decision, LimitStatus};
+use crate::store::place::{tag_of, Place, Places};
 use crate::store::script::Variant;
 use crate::store::upstash::{eval_body, evalsha_body, parse_script_reply, RestError};
 
@@ -131,19 +132,10 @@ pub(crate) const LOAD_EPISODE_MS: f64 = 1_000.0;
 /// buckets only decide while Redis cannot.
 #[derive(Debug)]
 pub struct Limiter {
-    variant: Cell<Variant>,
-    /// A request of this isolate is sending the script (EVAL) right now, until at most this time
-    /// (its deadline: a load whose answer never comes back cannot hold the others forever).
-    loading_until_ms: Cell<Option<f64>>,
-    /// Moves on when a load starts and when it ends: a request whose EVALSHA met NOSCRIPT while a
-    /// load overlapped its flight retries that EVALSHA instead of loading again.
-    generation: Cell<u64>,
-    /// Whether the last load's EVAL answered with a decision.
-    load_ok: Cell<bool>,
-    /// When the last load started (Worker ms), and whether an EVALSHA has worked since: one EVAL per
-    /// episode, which ends with a working EVALSHA or [`LOAD_EPISODE_MS`] after the load.
-    last_load_ms: Cell<Option<f64>>,
-    confirmed: Cell<bool>,
+    /// The script's state per shard (each database loads it on its own).
+    loads: Vec<Load>,
+    /// Where keys live (one database; several shards; a Redis Cluster).
+    places: Places,
     denials: RefCell<HashMap<String, Denial>>,
     /// How long (ms) a denial is believed without asking Redis, at most.
     deny_cache_max_ms: f64,
@@ -171,7 +163,8 @@ fn script_args<'a>(
     now_ms: f64,
     op: Op,
     known: &Known,
-) -> (Vec<String>, Vec<String>, bool) {
+    can_check: bool,
+) -> (Vec<String>, Vec<String>, bool, bool) {
     let mut keys: Vec<String> = Vec::with_capacity(n);
     let mut args = Vec::with_capacity(3 + 8 * n);
     args.push(match clock {
@@ -215,12 +208,17 @@ fn script_args<'a>(
     // What this isolate knows of the overrides: the keys it believes absent are not read (unless the
     // version read with them says they may have appeared).
     let mut checked = false;
+    let mut wanted = false;
     if keys.len() > n {
         let plan = known.plan(now_ms);
         let mut arg = String::new();
         let skipped: Vec<usize> =
             (n..keys.len()).filter(|&j| !known.may_exist(&keys[j], now_ms)).map(|j| j + 1).collect();
         match plan.check {
+            Some(_) if !can_check => {
+                wanted = true;
+                arg.push_str("0 0");
+            }
             Some(expected) => {
                 keys.push(VERSION_KEY.to_string());
                 checked = true;
@@ -233,7 +231,7 @@ fn script_args<'a>(
         }
         args.push(arg);
     }
-    (keys, args, checked)
+    (keys, args, checked, wanted)
 }
 
 /// Checks the reply to a call that gave back or settled `limits` (each a limit and its override keys;
@@ -261,28 +259,34 @@ pub struct Settlement<'a> {
     pub arg: String,
 }
 
-/// Where one request's script call stands.
+/// Where one piece of a script call stands.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Phase {
-    /// The first EVALSHA, sent while the isolate's load generation was this.
+    /// The first EVALSHA, sent while its shard's load generation was this.
     First { generation: u64 },
     /// Waiting for another request's load to end.
     Waiting,
     /// The one EVALSHA retried after another request's load.
     Retry,
-    /// This request's EVAL of `variant`: the isolate's one load of the episode.
+    /// This request's EVAL of `variant`: the isolate's one load of the episode on that shard.
     Load(Variant),
 }
 
 /// What a [`ScriptCall`] needs next.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Next {
-    /// POST this body to the REST endpoint and report the reply.
+    /// POST this body to the REST endpoint (of the piece's shard, [`ScriptCall::shard`]) and report
+    /// the reply.
     Send(String),
     /// Wait about this long, then report that time passed.
     Wait(u32),
     /// The script's integers, or why there are none.
     Done(Result<Vec<i64>, Failure>),
+    /// A call spread over several places (shards, or slots of a cluster): POST each body to its shard
+    /// at once, `(piece, shard, body)`, and report each reply with its piece.
+    SendAll(Vec<(usize, u16, String)>),
+    /// This piece is done; the call waits for its other pieces.
+    Pending,
 }
 
 /// The limits of a request that leases paid while one script call decides the others.
@@ -300,31 +304,62 @@ impl Part {
     }
 }
 
-/// One request's script call: EVALSHA, and on `NOSCRIPT` either a wait for another request's load
-/// and one more EVALSHA, or this isolate's one EVAL of the episode (once more without the shebang if
-/// the server rejects it). Bounded: at most three calls.
+/// One script call's piece: the limits of one place (a shard; on a cluster, one subject's slot), sent
+/// as one EVALSHA.
 #[derive(Clone, Debug)]
-pub struct ScriptCall {
+struct Piece {
+    shard: u16,
     keys: Vec<String>,
     args: Vec<String>,
     phase: Phase,
+    /// It reads the overrides' version (the reply ends with it).
+    version: bool,
+    /// The call's limits it holds, in order.
+    limits: Vec<usize>,
+    result: Option<Result<Vec<i64>, Failure>>,
+}
+
+/// A limit debited by an admitted piece of a call that, as a whole, was not admitted: its charge must
+/// be put back ([`ScriptCall::debited`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Debited {
+    /// The limit's index in the call.
+    pub index: usize,
+    /// The piece's script time (epoch ms): when the charge was counted.
+    pub script_ms: i64,
+    /// Lease tokens the piece debited beyond the cost (given back with it).
+    pub leased: i64,
+    /// Whether it paid (a shadow limit pays only when it can).
+    pub paid: bool,
+}
+
+/// One script call: EVALSHA, and on `NOSCRIPT` either a wait for another request's load and one more
+/// EVALSHA, or this isolate's one EVAL of the episode (once more without the shebang if the server
+/// rejects it). Bounded: at most three calls per piece.
+///
+/// A call whose limits live in several places (their subjects on several shards, or in several slots
+/// of a Redis Cluster) goes out in pieces, one per place, all at once; each piece is atomic, and the
+/// replies are merged into the one reply a single call would have given: admitted only if every
+/// piece admitted. The limits an admitted piece debited for a call that was not admitted are
+/// [`ScriptCall::debited`], for the gateway to put back.
+#[derive(Clone, Debug)]
+pub struct ScriptCall {
+    pieces: Vec<Piece>,
+    /// The limits of the whole call.
+    n: usize,
+    op: Op,
     /// The keys this call asks a lease for.
     asked: Vec<String>,
     /// The lease tokens it asks, per limit (empty: none).
     wants: Vec<u64>,
-    /// It reads the overrides' version (the reply ends with it).
-    version: bool,
 }
 
+/// One limit's part in a call: (key, limit, cost, mode, override keys, lease argument `ARGV[a+7]`).
+type LimitArg<'a> = (&'a str, &'a Limit, i64, Mode, &'a [String], String);
+
 impl ScriptCall {
-    /// The call for `checks`, and the EVALSHA body to send first.
-    pub fn start(
-        limiter: &Limiter,
-        checks: &[Check<'_>],
-        clock: Clock,
-        now_ms: f64,
-        peek: bool,
-    ) -> (ScriptCall, String) {
+    /// The call for `checks`, and what to send first.
+    pub fn start(limiter: &Limiter, checks: &[Check<'_>], clock: Clock, now_ms: f64, peek: bool) -> (ScriptCall, Next) {
         Self::start_with_id(limiter, checks, clock, now_ms, peek, "")
     }
 
@@ -337,7 +372,7 @@ impl ScriptCall {
         now_ms: f64,
         peek: bool,
         id: &str,
-    ) -> (ScriptCall, String) {
+    ) -> (ScriptCall, Next) {
         // The limits that may lease (a lease beside a limit that never leases is spent while Redis
         // decides the other: `Limiter::lease_part`).
         let can: Vec<bool> = {
@@ -385,43 +420,44 @@ impl ScriptCall {
         let limits = checks
             .iter()
             .zip(lease_args)
-            .map(|(c, arg)| (c.key.as_str(), c.limit, i64::from(c.cost), c.mode, c.overrides.as_slice(), arg));
-        let (keys, args, version) = script_args(limits, checks.len(), clock, now_ms, op, &limiter.known.borrow());
-        Self::with(limiter, (keys, args, version), asked, if leasable { wants } else { Vec::new() })
+            .map(|(c, arg)| (c.key.as_str(), c.limit, i64::from(c.cost), c.mode, c.overrides.as_slice(), arg))
+            .collect();
+        Self::build(limiter, limits, clock, now_ms, op, None, asked, if leasable { wants } else { Vec::new() })
     }
 
     /// The call that gives the unused tokens of ended leases back to their buckets.
-    pub fn give_back(limiter: &Limiter, items: &[GiveBack], clock: Clock, now_ms: f64) -> (ScriptCall, String) {
-        let limits = items.iter().map(|g| {
-            let tokens = g.tokens.min(u64::from(u32::MAX)) as u32;
-            let arg = format!("{} {} {}", g.taken_ms, g.settle, g.since);
-            (g.key.as_str(), &g.limit, i64::from(tokens), Mode::Enforce, g.overrides.as_slice(), arg)
-        });
-        let call = script_args(limits, items.len(), clock, now_ms, Op::GiveBack, &limiter.known.borrow());
-        Self::with(limiter, call, Vec::new(), Vec::new())
+    pub fn give_back(limiter: &Limiter, items: &[GiveBack], clock: Clock, now_ms: f64) -> (ScriptCall, Next) {
+        let limits = items
+            .iter()
+            .map(|g| {
+                let tokens = g.tokens.min(u64::from(u32::MAX)) as u32;
+                let arg = format!("{} {} {}", g.taken_ms, g.settle, g.since);
+                (g.key.as_str(), &g.limit, i64::from(tokens), Mode::Enforce, g.overrides.as_slice(), arg)
+            })
+            .collect();
+        Self::build(limiter, limits, clock, now_ms, Op::GiveBack, None, Vec::new(), Vec::new())
     }
 
     /// The call after responses that releases their slots and settles their costs (`items` merged per
     /// key: a slot's argument is its members, space-separated; `marker`: the batch's settle marker key,
-    /// so that a retried call changes nothing).
+    /// so that a retried call changes nothing — each piece of a spread call gets a marker of its own).
     pub fn settle(
         limiter: &Limiter,
         items: &[Settlement<'_>],
         marker: Option<&str>,
         clock: Clock,
         now_ms: f64,
-    ) -> (ScriptCall, String) {
+    ) -> (ScriptCall, Next) {
         let limits = items
             .iter()
-            .map(|s| (s.key.as_str(), s.limit, s.delta, Mode::Enforce, s.overrides.as_slice(), s.arg.clone()));
+            .map(|s| (s.key.as_str(), s.limit, s.delta, Mode::Enforce, s.overrides.as_slice(), s.arg.clone()))
+            .collect();
         let op = if marker.is_some() { Op::SettleOnce } else { Op::Settle };
-        let (mut keys, args, version) = script_args(limits, items.len(), clock, now_ms, op, &limiter.known.borrow());
-        keys.extend(marker.map(str::to_string));
-        Self::with(limiter, (keys, args, version), Vec::new(), Vec::new())
+        Self::build(limiter, limits, clock, now_ms, op, marker, Vec::new(), Vec::new())
     }
 
     /// The call that tops up leases running low: cost 0, only the leases asked for.
-    pub fn renew(limiter: &Limiter, items: &[Renewal], clock: Clock, now_ms: f64) -> (ScriptCall, String) {
+    pub fn renew(limiter: &Limiter, items: &[Renewal], clock: Clock, now_ms: f64) -> (ScriptCall, Next) {
         let lease_args: Vec<String> = {
             let mut book = limiter.leases.borrow_mut();
             items.iter().map(|r| book.lease_arg(&r.key, r.want)).collect()
@@ -429,20 +465,101 @@ impl ScriptCall {
         let limits = items
             .iter()
             .zip(lease_args)
-            .map(|(r, arg)| (r.key.as_str(), &r.limit, 0, Mode::Enforce, r.overrides.as_slice(), arg));
-        let call = script_args(limits, items.len(), clock, now_ms, Op::Take, &limiter.known.borrow());
-        Self::with(limiter, call, items.iter().map(|r| r.key.clone()).collect(), items.iter().map(|r| r.want).collect())
+            .map(|(r, arg)| (r.key.as_str(), &r.limit, 0, Mode::Enforce, r.overrides.as_slice(), arg))
+            .collect();
+        let asked = items.iter().map(|r| r.key.clone()).collect();
+        Self::build(limiter, limits, clock, now_ms, Op::Take, None, asked, items.iter().map(|r| r.want).collect())
     }
 
-    fn with(
+    /// The call's pieces, one per place its limits live in, and what to send first.
+    #[allow(clippy::too_many_arguments)]
+    fn build(
         limiter: &Limiter,
-        (keys, args, version): (Vec<String>, Vec<String>, bool),
+        limits: Vec<LimitArg<'_>>,
+        clock: Clock,
+        now_ms: f64,
+        op: Op,
+        marker: Option<&str>,
         asked: Vec<String>,
         wants: Vec<u64>,
-    ) -> (ScriptCall, String) {
-        let body = evalsha_body(limiter.variant.get(), &keys, &args);
-        let phase = Phase::First { generation: limiter.generation.get() };
-        (ScriptCall { keys, args, phase, asked, wants, version }, body)
+    ) -> (ScriptCall, Next) {
+        let n = limits.len();
+        let places = &limiter.places;
+        let mut groups: Vec<(Place, Vec<usize>)> = Vec::new();
+        if places.one() || n == 0 {
+            groups.push((Place { shard: 0, tag: None }, (0..n).collect()));
+        } else {
+            for (i, l) in limits.iter().enumerate() {
+                let place = places.of(l.0);
+                match groups.iter_mut().find(|(p, _)| *p == place) {
+                    Some((_, members)) => members.push(i),
+                    None => groups.push((place, vec![i])),
+                }
+            }
+        }
+        // A key of no subject (a route or tier override, the overrides' version) rides along only where
+        // it is readable: on shards it is on every one; on a cluster only a subject's own keys can.
+        let shared = places.shared_key_reachable();
+        let mut stale = false;
+        let pieces: Vec<Piece> = {
+            let known = limiter.known.borrow();
+            groups
+                .into_iter()
+                .map(|(place, members)| {
+                    let overrides: Vec<Vec<String>> = members
+                        .iter()
+                        .map(|&i| {
+                            limits[i]
+                                .4
+                                .iter()
+                                .filter(|k| shared || tag_of(k) == place.tag.as_deref())
+                                .cloned()
+                                .collect()
+                        })
+                        .collect();
+                    let piece_limits = members.iter().zip(&overrides).map(|(&i, o)| {
+                        let l = &limits[i];
+                        (l.0, l.1, l.2, l.3, o.as_slice(), l.5.clone())
+                    });
+                    // The version is read in a call to the first shard only (the admin API moves it there);
+                    // elsewhere a due check reads the index off the response path instead.
+                    let can_check = shared && place.shard == 0;
+                    let (mut keys, args, version, wanted) =
+                        script_args(piece_limits, members.len(), clock, now_ms, op, &known, can_check);
+                    stale |= wanted;
+                    if let Some(m) = marker {
+                        keys.push(match &place.tag {
+                            Some(t) => format!("{m}:{{{t}}}"),
+                            None => m.to_string(),
+                        });
+                    }
+                    let generation = limiter.load(place.shard).generation.get();
+                    Piece {
+                        shard: place.shard,
+                        keys,
+                        args,
+                        phase: Phase::First { generation },
+                        version,
+                        limits: members,
+                        result: None,
+                    }
+                })
+                .collect()
+        };
+        if stale {
+            limiter.known.borrow_mut().check_due(now_ms);
+        }
+        let bodies: Vec<(usize, u16, String)> = pieces
+            .iter()
+            .enumerate()
+            .map(|(i, p)| (i, p.shard, evalsha_body(limiter.load(p.shard).variant.get(), &p.keys, &p.args)))
+            .collect();
+        let call = ScriptCall { pieces, n, op, asked, wants };
+        let next = match bodies.len() {
+            1 => Next::Send(bodies.into_iter().next().map(|(_, _, b)| b).unwrap_or_default()),
+            _ => Next::SendAll(bodies),
+        };
+        (call, next)
     }
 
     /// The keys this call asked a lease for.
@@ -455,14 +572,198 @@ impl ScriptCall {
         &self.wants
     }
 
-    fn evalsha(&mut self, limiter: &Limiter) -> Next {
-        self.phase = Phase::Retry;
-        Next::Send(evalsha_body(limiter.variant.get(), &self.keys, &self.args))
+    /// How many pieces the call goes out in (one unless its limits live in several places).
+    pub fn pieces(&self) -> usize {
+        self.pieces.len()
     }
 
-    /// What came back from the REST endpoint; `deadline_ms` bounds how long a started load may hold
-    /// the isolate's other requests.
+    /// The shard `piece` goes to.
+    pub fn shard(&self, piece: usize) -> u16 {
+        self.pieces.get(piece).map_or(0, |p| p.shard)
+    }
+
+    /// What came back from the REST endpoint for the call (of one piece); `deadline_ms` bounds how
+    /// long a started load may hold the isolate's other requests.
     pub fn on_reply(
+        &mut self,
+        limiter: &Limiter,
+        reply: Result<(u16, &str), TransportError>,
+        now_ms: f64,
+        deadline_ms: f64,
+    ) -> Next {
+        self.on_piece_reply(limiter, 0, reply, now_ms, deadline_ms)
+    }
+
+    /// What came back for `piece`.
+    pub fn on_piece_reply(
+        &mut self,
+        limiter: &Limiter,
+        piece: usize,
+        reply: Result<(u16, &str), TransportError>,
+        now_ms: f64,
+        deadline_ms: f64,
+    ) -> Next {
+        let Some(p) = self.pieces.get_mut(piece) else { return Next::Pending };
+        if p.result.is_some() {
+            return Next::Pending; // (a reply for a piece already done: nothing more)
+        }
+        let next = p.on_reply(limiter, reply, now_ms, deadline_ms);
+        self.settled(piece, next)
+    }
+
+    /// The wait asked for has passed (or the deadline has: `Done(Timeout)`).
+    pub fn on_wake(&mut self, limiter: &Limiter, now_ms: f64, deadline_ms: f64) -> Next {
+        self.on_piece_wake(limiter, 0, now_ms, deadline_ms)
+    }
+
+    /// The wait asked for by `piece` has passed.
+    pub fn on_piece_wake(&mut self, limiter: &Limiter, piece: usize, now_ms: f64, deadline_ms: f64) -> Next {
+        let Some(p) = self.pieces.get_mut(piece) else { return Next::Pending };
+        if p.result.is_some() {
+            return Next::Pending;
+        }
+        let next = p.on_wake(limiter, now_ms, deadline_ms);
+        self.settled(piece, next)
+    }
+
+    /// A piece's `next`: kept when it is done, and the merged reply once every piece is.
+    fn settled(&mut self, piece: usize, next: Next) -> Next {
+        let Next::Done(result) = next else { return next };
+        if self.pieces.len() == 1 {
+            return Next::Done(result);
+        }
+        self.pieces[piece].result = Some(result);
+        if self.pieces.iter().any(|p| p.result.is_none()) {
+            return Next::Pending;
+        }
+        Next::Done(self.merged())
+    }
+
+    /// The pieces' replies as the one reply a single call would have given: admitted when every piece
+    /// admitted; denied by the first denying piece's limit (a definite denial outweighs a piece that
+    /// failed); otherwise the first failure. Limits of a piece that has no numbers (it failed, or it
+    /// was settled before) report their own numbers at rest; leases of a call not admitted are put
+    /// back with its charges ([`ScriptCall::debited`]), so none is reported.
+    fn merged(&self) -> Result<Vec<i64>, Failure> {
+        let mut out = vec![0i64; 2 + PER_LIMIT * self.n];
+        let mut failure: Option<Failure> = None;
+        let mut denied: Option<usize> = None;
+        let mut repeated = 0;
+        let mut script_ms = 0;
+        for p in &self.pieces {
+            let ints = match &p.result {
+                Some(Ok(ints)) if ints.len() == 3 + PER_LIMIT * p.limits.len() => ints,
+                Some(Ok(ints)) => {
+                    let why = format!("script returned {} integers for {} limits", ints.len(), p.limits.len());
+                    failure.get_or_insert(Failure::Rest(RestError::Malformed(why)));
+                    p.fill_at_rest(&mut out);
+                    continue;
+                }
+                Some(Err(f)) => {
+                    failure.get_or_insert(f.clone());
+                    p.fill_at_rest(&mut out);
+                    continue;
+                }
+                None => {
+                    failure.get_or_insert(Failure::Timeout);
+                    p.fill_at_rest(&mut out);
+                    continue;
+                }
+            };
+            script_ms = script_ms.max(ints[ints.len() - 1]);
+            let settles = matches!(self.op, Op::Settle | Op::SettleOnce | Op::GiveBack);
+            if self.op == Op::SettleOnce && ints[0] == 0 {
+                repeated += 1; // (settled before: its limits report their numbers at rest)
+                p.fill_at_rest(&mut out);
+                continue;
+            }
+            for (j, &i) in p.limits.iter().enumerate() {
+                out[2 + PER_LIMIT * i..2 + PER_LIMIT * (i + 1)]
+                    .copy_from_slice(&ints[2 + PER_LIMIT * j..2 + PER_LIMIT * (j + 1)]);
+            }
+            if !settles && ints[0] != 1 && denied.is_none() {
+                let at = usize::try_from(ints[1]).ok().and_then(|d| d.checked_sub(1)).and_then(|d| p.limits.get(d));
+                match at {
+                    Some(&i) => denied = Some(i),
+                    None => {
+                        let why = format!("a piece denied by limit {}", ints[1]);
+                        failure.get_or_insert(Failure::Rest(RestError::Malformed(why)));
+                    }
+                }
+            }
+        }
+        match (denied, failure) {
+            (Some(i), _) => {
+                out[1] = i as i64 + 1;
+                for l in 0..self.n {
+                    out[2 + PER_LIMIT * l + 5] = 0;
+                }
+            }
+            (None, Some(f)) => return Err(f),
+            (None, None) if repeated == self.pieces.len() => {
+                out.iter_mut().for_each(|v| *v = 0);
+            }
+            (None, None) => out[0] = 1,
+        }
+        out.push(script_ms.max(1));
+        Ok(out)
+    }
+
+    /// For a call in pieces that, as a whole, was not admitted: the limits its admitted pieces debited
+    /// (their charges and leases must be put back; a candidate's limits pay by their own verdict and a
+    /// reported one never pays, so neither is listed). Empty for a call in one piece.
+    pub fn debited(&self) -> Vec<Debited> {
+        if self.pieces.len() < 2 || self.op != Op::Take {
+            return Vec::new();
+        }
+        let admitted = |p: &Piece| matches!(&p.result, Some(Ok(ints)) if ints.first() == Some(&1) && ints.len() == 3 + PER_LIMIT * p.limits.len());
+        if self.pieces.iter().all(admitted) {
+            return Vec::new();
+        }
+        let mut out = Vec::new();
+        for p in self.pieces.iter().filter(|p| admitted(p)) {
+            let Some(Ok(ints)) = &p.result else { continue };
+            let script_ms = ints[ints.len() - 1];
+            for (j, &i) in p.limits.iter().enumerate() {
+                let mode = p.args.get(3 + PER_ARGS * j + 5).map(String::as_str);
+                let v = &ints[2 + PER_LIMIT * j..2 + PER_LIMIT * (j + 1)];
+                let paid = match mode {
+                    Some("0") => true,
+                    Some("1") => v[1] == 0,
+                    _ => false,
+                };
+                if paid || v[5] > 0 {
+                    out.push(Debited { index: i, script_ms, leased: v[5], paid });
+                }
+            }
+        }
+        out
+    }
+}
+
+/// The script's arguments per limit.
+const PER_ARGS: usize = 8;
+
+impl Piece {
+    /// Its limits' numbers at rest where no reply says more: full, nothing to wait for, the capacity and
+    /// window asked.
+    fn fill_at_rest(&self, out: &mut [i64]) {
+        for (j, &i) in self.limits.iter().enumerate() {
+            let a = 3 + PER_ARGS * j;
+            let capacity: f64 = self.args.get(a + 1).and_then(|v| v.parse().ok()).unwrap_or(1.0);
+            let rate: f64 = self.args.get(a + 2).and_then(|v| v.parse().ok()).unwrap_or(1.0);
+            let window = if rate > 0.0 { (capacity / rate).ceil().max(1.0) } else { 1.0 };
+            let at = 2 + PER_LIMIT * i;
+            out[at..at + PER_LIMIT].copy_from_slice(&[capacity as i64, 0, 0, capacity as i64, window as i64, 0]);
+        }
+    }
+
+    fn evalsha(&mut self, limiter: &Limiter) -> Next {
+        self.phase = Phase::Retry;
+        Next::Send(evalsha_body(limiter.load(self.shard).variant.get(), &self.keys, &self.args))
+    }
+
+    fn on_reply(
         &mut self,
         limiter: &Limiter,
         reply: Result<(u16, &str), TransportError>,
@@ -482,32 +783,34 @@ impl ScriptCall {
                 }
                 ints
             });
+        let load = limiter.load(self.shard);
         match self.phase {
             Phase::Load(variant) => {
                 if result == Err(Failure::Rest(RestError::ShebangRejected)) && variant == Variant::Flagged {
-                    limiter.variant.set(Variant::Plain);
+                    load.variant.set(Variant::Plain);
                     self.phase = Phase::Load(Variant::Plain);
                     return Next::Send(eval_body(Variant::Plain, &self.keys, &self.args));
                 }
-                limiter.end_load(result.is_ok());
+                load.end(result.is_ok());
                 Next::Done(result)
             }
             Phase::First { generation } if result == Err(Failure::Rest(RestError::NoScript)) => {
-                if limiter.loading(now_ms) {
+                if load.loading(now_ms) {
                     // Another request of this isolate is loading the script: wait for it rather than
                     // send one more EVAL (the storm @upstash/ratelimit has after a flush).
                     self.phase = Phase::Waiting;
                     Next::Wait(LOAD_POLL_MS)
-                } else if limiter.generation.get() != generation {
+                } else if load.generation.get() != generation {
                     // A load overlapped this EVALSHA's flight: one more EVALSHA, if that load worked.
-                    if limiter.load_ok.get() {
+                    if load.load_ok.get() {
                         self.evalsha(limiter)
                     } else {
                         Next::Done(result)
                     }
-                } else if limiter.may_load(now_ms) {
-                    let variant = limiter.variant.get();
-                    limiter.start_load(now_ms, deadline_ms);
+                } else if load.may_load(now_ms) {
+                    let variant = load.variant.get();
+                    load.start(now_ms, deadline_ms);
+                    limiter.noscript.set(limiter.noscript.get() + 1);
                     self.phase = Phase::Load(variant);
                     Next::Send(eval_body(variant, &self.keys, &self.args))
                 } else {
@@ -516,22 +819,22 @@ impl ScriptCall {
             }
             Phase::First { .. } | Phase::Retry | Phase::Waiting => {
                 if result.is_ok() {
-                    limiter.confirmed.set(true);
+                    load.confirmed.set(true);
                 }
                 Next::Done(result)
             }
         }
     }
 
-    /// The wait asked for has passed (or the deadline has: `Done(Timeout)`).
-    pub fn on_wake(&mut self, limiter: &Limiter, now_ms: f64, deadline_ms: f64) -> Next {
+    fn on_wake(&mut self, limiter: &Limiter, now_ms: f64, deadline_ms: f64) -> Next {
         if now_ms >= deadline_ms {
             return Next::Done(Err(Failure::Timeout));
         }
-        if limiter.loading(now_ms) {
+        let load = limiter.load(self.shard);
+        if load.loading(now_ms) {
             return Next::Wait(LOAD_POLL_MS);
         }
-        if limiter.load_ok.get() {
+        if load.load_ok.get() {
             self.evalsha(limiter)
         } else {
             Next::Done(Err(Failure::Rest(RestError::NoScript)))
@@ -539,28 +842,33 @@ impl ScriptCall {
     }
 }
 
-impl Limiter {
-    /// A limiter whose cached denials stand at most `deny_cache_max_ms`, without leases.
-    pub fn new(deny_cache_max_ms: u32) -> Limiter {
-        Limiter::with_leases(deny_cache_max_ms, LeaseConfig { on: false, ..LeaseConfig::default() })
-    }
+/// One database's script state in this isolate: each shard loads the script on its own.
+#[derive(Debug)]
+struct Load {
+    variant: Cell<Variant>,
+    /// A request of this isolate is sending the script (EVAL) right now, until at most this time
+    /// (its deadline: a load whose answer never comes back cannot hold the others forever).
+    loading_until_ms: Cell<Option<f64>>,
+    /// Moves on when a load starts and when it ends: a request whose EVALSHA met NOSCRIPT while a
+    /// load overlapped its flight retries that EVALSHA instead of loading again.
+    generation: Cell<u64>,
+    /// Whether the last load's EVAL answered with a decision.
+    load_ok: Cell<bool>,
+    /// When the last load started (Worker ms), and whether an EVALSHA has worked since: one EVAL per
+    /// episode, which ends with a working EVALSHA or [`LOAD_EPISODE_MS`] after the load.
+    last_load_ms: Cell<Option<f64>>,
+    confirmed: Cell<bool>,
+}
 
-    /// A limiter whose cached denials stand at most `deny_cache_max_ms`, leasing as `leases` says.
-    pub fn with_leases(deny_cache_max_ms: u32, leases: LeaseConfig) -> Limiter {
-        Limiter {
-            leases: RefCell::new(LeaseBook::new(leases)),
-            known: RefCell::new(Known::new()),
+impl Load {
+    fn new() -> Load {
+        Load {
             variant: Cell::new(Variant::Flagged),
             loading_until_ms: Cell::new(None),
             generation: Cell::new(0),
             load_ok: Cell::new(false),
             last_load_ms: Cell::new(None),
             confirmed: Cell::new(false),
-            denials: RefCell::new(HashMap::new()),
-            deny_cache_max_ms: f64::from(deny_cache_max_ms),
-            local: RefCell::new(HashMap::new()),
-            noscript: Cell::new(0),
-            deny_cache_hits: Cell::new(0),
         }
     }
 
@@ -576,19 +884,56 @@ impl Limiter {
         }
     }
 
-    fn start_load(&self, now_ms: f64, deadline_ms: f64) {
+    fn start(&self, now_ms: f64, deadline_ms: f64) {
         self.loading_until_ms.set(Some(deadline_ms));
         self.load_ok.set(false);
         self.generation.set(self.generation.get() + 1);
         self.last_load_ms.set(Some(now_ms));
         self.confirmed.set(false);
-        self.noscript.set(self.noscript.get() + 1);
     }
 
-    fn end_load(&self, ok: bool) {
+    fn end(&self, ok: bool) {
         self.loading_until_ms.set(None);
         self.load_ok.set(ok);
         self.generation.set(self.generation.get() + 1);
+    }
+}
+
+impl Limiter {
+    /// A limiter whose cached denials stand at most `deny_cache_max_ms`, without leases.
+    pub fn new(deny_cache_max_ms: u32) -> Limiter {
+        Limiter::with_leases(deny_cache_max_ms, LeaseConfig { on: false, ..LeaseConfig::default() })
+    }
+
+    /// A limiter whose cached denials stand at most `deny_cache_max_ms`, leasing as `leases` says.
+    pub fn with_leases(deny_cache_max_ms: u32, leases: LeaseConfig) -> Limiter {
+        Limiter {
+            leases: RefCell::new(LeaseBook::new(leases)),
+            known: RefCell::new(Known::new()),
+            loads: vec![Load::new()],
+            places: Places::single(),
+            denials: RefCell::new(HashMap::new()),
+            deny_cache_max_ms: f64::from(deny_cache_max_ms),
+            local: RefCell::new(HashMap::new()),
+            noscript: Cell::new(0),
+            deny_cache_hits: Cell::new(0),
+        }
+    }
+
+    /// The limiter for databases spread as `places` says (shards, a Redis Cluster).
+    pub fn with_places(mut self, places: Places) -> Limiter {
+        self.loads = (0..places.shards()).map(|_| Load::new()).collect();
+        self.places = places;
+        self
+    }
+
+    /// Where keys live.
+    pub fn places(&self) -> &Places {
+        &self.places
+    }
+
+    fn load(&self, shard: u16) -> &Load {
+        self.loads.get(usize::from(shard)).unwrap_or(&self.loads[0])
     }
 
     /// Forgets the cached denials of `keys` (after an admin reset), or all of them (`None`, after an
@@ -786,7 +1131,7 @@ impl Limiter {
 
     /// The script variant this isolate sends (it falls back to plain once for its lifetime).
     pub fn variant(&self) -> Variant {
-        self.variant.get()
+        self.loads[0].variant.get()
     }
 
     /// The decision the script's integers stand for, remembered for the deny cache: a denial is

@@ -13,7 +13,7 @@ use crate::policy::check::Check;
 use crate::policy::limit::Limit;
 use crate::store::decision::{Decision, LimitStatus};
 
-/// Its name in the `RateLimit` fields of a 429 (and in its key, `rate:<caller>:@quota`).
+/// Its name in the `RateLimit` fields of a 429 (and in its key, `rate:{<caller>}:@quota`).
 pub(crate) const QUOTA_LIMIT: &str = "quota";
 
 /// What a quota read asks about.
@@ -57,7 +57,7 @@ pub(crate) fn unlimited() -> Response {
 /// The check of the endpoint's own bucket for the caller `subject`.
 pub(crate) fn own_check<'c>(subject: &str, limit: &'c Limit) -> Check<'c> {
     Check {
-        key: format!("rate:{subject}:@quota"),
+        key: format!("rate:{{{subject}}}:@quota"),
         name: QUOTA_LIMIT,
         limit,
         cost: 1,

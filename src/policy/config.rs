@@ -35,10 +35,17 @@ pub enum Clock {
 
 #[derive(Debug, PartialEq)]
 pub struct Config {
+    /// The first database's REST URL (the only one unless several are listed).
     pub redis_url: String,
     pub redis_token: Secret,
     /// `Bearer <token>`, built once.
     pub redis_authorization: Secret,
+    /// Every database's REST URL and authorization, in the order listed (shards: each subject's keys
+    /// live on the one [`crate::store::place::shard_of`] picks).
+    pub redis_urls: Vec<String>,
+    pub redis_authorizations: Vec<Secret>,
+    /// The databases are Redis Clusters (`REDIS_CLUSTER`): one script call touches one slot.
+    pub redis_cluster: bool,
     pub limit: Limit,
     /// Lower-case header name carrying a trusted user id; `None` identifies callers by IP only.
     pub user_id_header: Option<String>,
@@ -156,9 +163,10 @@ pub enum BenchFloor {
 }
 
 /// Every variable the configuration reads (the executor passes these, and only these, from `env`).
-pub const VARIABLES: [&str; 34] = [
+pub const VARIABLES: [&str; 35] = [
     "UPSTASH_REDIS_REST_URL",
     "UPSTASH_REDIS_REST_TOKEN",
+    "REDIS_CLUSTER",
     "RATE_LIMIT_CAPACITY",
     "RATE_LIMIT_REFILL",
     "RATE_LIMIT_TTL_SECONDS",
@@ -217,19 +225,66 @@ pub(crate) const MAX_REDIS_TIMEOUT_MS: u32 = 30_000;
 pub(crate) const DEFAULT_ADMIN_PREFIX: &str = "/__ratelimit/";
 pub(crate) const MIN_ADMIN_TOKEN_BYTES: usize = 16;
 pub(crate) const DEFAULT_METRICS_FLUSH_MS: u32 = 10_000;
+/// The most databases `UPSTASH_REDIS_REST_URL` may list.
+pub(crate) const MAX_SHARDS: usize = 256;
 
 impl Config {
     /// Builds the configuration from a variable lookup (`None` = not set).
     pub fn from_env(var: impl Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
         let err = |variable: &'static str, message: String| ConfigError { variable, message };
 
-        let redis_url = required(&var, "UPSTASH_REDIS_REST_URL")?;
-        let redis_url = parse_url(&redis_url).map_err(|m| err("UPSTASH_REDIS_REST_URL", m))?;
-        // The token is a secret: messages never repeat it.
-        let redis_token = required(&var, "UPSTASH_REDIS_REST_TOKEN")?;
-        if redis_token.bytes().any(|b| !(0x21..0x7f).contains(&b)) {
-            return Err(err("UPSTASH_REDIS_REST_TOKEN", "must be printable ASCII without spaces".into()));
+        // Several databases (shards): comma-separated URLs, and one token for all or one per URL.
+        let urls = required(&var, "UPSTASH_REDIS_REST_URL")?;
+        let mut redis_urls: Vec<String> = Vec::new();
+        let listed = urls.split(',').count();
+        for (i, url) in urls.split(',').enumerate() {
+            let which = if listed > 1 { format!("URL {} of {listed}: ", i + 1) } else { String::new() };
+            let url = parse_url(url.trim()).map_err(|m| err("UPSTASH_REDIS_REST_URL", format!("{which}{m}")))?;
+            if let Some(j) = redis_urls.iter().position(|u| *u == url) {
+                return Err(err(
+                    "UPSTASH_REDIS_REST_URL",
+                    format!("URL {} repeats URL {}: each database once", i + 1, j + 1),
+                ));
+            }
+            redis_urls.push(url);
         }
+        if redis_urls.len() > MAX_SHARDS {
+            return Err(err(
+                "UPSTASH_REDIS_REST_URL",
+                format!("lists {} databases; at most {MAX_SHARDS}", redis_urls.len()),
+            ));
+        }
+        // The token is a secret: messages never repeat it.
+        let tokens_text = required(&var, "UPSTASH_REDIS_REST_TOKEN")?;
+        let tokens: Vec<&str> = tokens_text.split(',').map(str::trim).collect();
+        if tokens.len() != 1 && tokens.len() != redis_urls.len() {
+            return Err(err(
+                "UPSTASH_REDIS_REST_TOKEN",
+                format!(
+                    "lists {} tokens for {} URLs in UPSTASH_REDIS_REST_URL: give one token for all, or one per URL in the same order",
+                    tokens.len(),
+                    redis_urls.len()
+                ),
+            ));
+        }
+        for (i, t) in tokens.iter().enumerate() {
+            let which = if tokens.len() > 1 { format!("token {} of {}: ", i + 1, tokens.len()) } else { String::new() };
+            if t.is_empty() {
+                return Err(err("UPSTASH_REDIS_REST_TOKEN", format!("{which}is empty")));
+            }
+            if t.bytes().any(|b| !(0x21..0x7f).contains(&b)) {
+                return Err(err("UPSTASH_REDIS_REST_TOKEN", format!("{which}must be printable ASCII without spaces")));
+            }
+        }
+        let redis_authorizations: Vec<Secret> =
+            (0..redis_urls.len()).map(|i| Secret(format!("Bearer {}", tokens[i.min(tokens.len() - 1)]))).collect();
+        let redis_token = tokens[0].to_string();
+        let redis_url = redis_urls[0].clone();
+        let cluster = match optional(&var, "REDIS_CLUSTER").as_deref().map(str::to_ascii_lowercase).as_deref() {
+            None | Some("false" | "0" | "no" | "off") => false,
+            Some("true" | "1" | "yes" | "on") => true,
+            Some(_) => return Err(err("REDIS_CLUSTER", "must be true or false".into())),
+        };
 
         let capacity = match optional(&var, "RATE_LIMIT_CAPACITY") {
             None => u64::from(DEFAULT_CAPACITY),
@@ -503,6 +558,9 @@ impl Config {
             policy,
             redis_authorization: Secret(format!("Bearer {redis_token}")),
             redis_url,
+            redis_urls,
+            redis_authorizations,
+            redis_cluster: cluster,
             redis_token: Secret(redis_token),
             limit,
             user_id_header,

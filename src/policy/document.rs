@@ -166,7 +166,7 @@ impl Policy {
                     CountBy::Global => "@global".to_string(),
                 };
                 let tiered = l.for_tier(tier);
-                let mut key = format!("rate:{subject}:");
+                let mut key = format!("rate:{{{subject}}}:");
                 push_route(&mut key, &rule.route);
                 // In-flight slots live in a sorted set, never in a bucket's key (a route holds no `#` or
                 // `!`... but `!` is allowed in routes: a bucket key has exactly one `#`, a slots key none).
@@ -924,10 +924,10 @@ mod tests {
         let applied = applied_to(&p, ("GET", "/users/1/orders"), &alice, None, |_| None);
         let names: Vec<&str> = applied.iter().map(|a| a.name).collect();
         assert_eq!(names, ["orders-per-user", "api-global", "api-per-key"]);
-        assert_eq!(applied[0].key, "rate:alice:/users/:id/orders#orders-per-user");
+        assert_eq!(applied[0].key, "rate:{alice}:/users/:id/orders#orders-per-user");
         assert_eq!(applied[0].limit.capacity(), 5, "default tier free");
-        assert_eq!(applied[1].key, "rate:@global:/%2A#api-global");
-        assert_eq!(applied[2].key, "rate:alice:/%2A#api-per-key", "no header: counted by caller");
+        assert_eq!(applied[1].key, "rate:{@global}:/%2A#api-global");
+        assert_eq!(applied[2].key, "rate:{alice}:/%2A#api-per-key", "no header: counted by caller");
         assert!(applied[2].shadow);
         let other = applied_to(&p, ("GET", "/users/2/orders"), &alice, None, |_| None);
         assert_eq!(other[0].key, applied[0].key, "/users/1 and /users/2 share the template's bucket");
@@ -979,7 +979,7 @@ mod tests {
         let p = Policy::parse(EXAMPLE, 60, false).unwrap();
         let c = Caller::User("c".into());
         let applied = applied_to(&p, ("GET", "/x"), &c, None, |h| (h == "x-api-key").then_some("k:1*"));
-        assert_eq!(applied[1].key, "rate:@hdr/x-api-key=k%3A1%2A:/%2A#api-per-key");
+        assert_eq!(applied[1].key, "rate:{@hdr/x-api-key=k%3A1%2A}:/%2A#api-per-key");
     }
 
     #[test]

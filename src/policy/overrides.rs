@@ -61,8 +61,9 @@ impl Scope {
 pub(crate) fn caller_key(subject: &str) -> String {
     let mut k = String::with_capacity(KEY_PREFIX.len() + 7 + subject.len());
     k.push_str(KEY_PREFIX);
-    k.push_str("caller:");
+    k.push_str("caller:{");
     k.push_str(subject);
+    k.push('}');
     k
 }
 
@@ -332,16 +333,16 @@ mod tests {
 
     #[test]
     fn keys_are_escaped_and_scoped() {
-        assert_eq!(caller_key("alice"), "ratelimit:override:caller:alice");
+        assert_eq!(caller_key("alice"), "ratelimit:override:caller:{alice}");
         assert_eq!(tier_key("a:b"), "ratelimit:override:tier:a%3Ab");
         assert_eq!(route_key("/api/*"), "ratelimit:override:route:/api/%2A");
         let (k, _) = target_key(Scope::User, "x:y", None, false, 64).unwrap();
-        assert_eq!(k, "ratelimit:override:caller:x%3Ay");
+        assert_eq!(k, "ratelimit:override:caller:{x%3Ay}");
         let (k, name) = target_key(Scope::Ip, "203.0.113.7", None, false, 64).unwrap();
-        assert_eq!((k.as_str(), name.as_str()), ("ratelimit:override:caller:@ip/203.0.113.7", "203.0.113.7"));
+        assert_eq!((k.as_str(), name.as_str()), ("ratelimit:override:caller:{@ip/203.0.113.7}", "203.0.113.7"));
         // A user id cannot pose as an IP subject: `@` is escaped.
         let (k, _) = target_key(Scope::User, "@ip/203.0.113.7", None, false, 64).unwrap();
-        assert_ne!(k, "ratelimit:override:caller:@ip/203.0.113.7");
+        assert_ne!(k, "ratelimit:override:caller:{@ip/203.0.113.7}");
     }
 
     #[test]
@@ -357,7 +358,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(o.value, Some(format!("100 {}", 100.0 / 60.0)));
-        assert_eq!((o.slots_key.as_str(), o.slots_value.as_deref()), ("ratelimit:override:slots:caller:alice", None));
+        assert_eq!((o.slots_key.as_str(), o.slots_value.as_deref()), ("ratelimit:override:slots:caller:{alice}", None));
         assert_eq!(o.ttl_ms, Some(60_000));
         assert_eq!(o.record.expires_at_ms, Some(61_000));
         assert!(o.record.live(60_999.0) && !o.record.live(61_000.0));
@@ -370,10 +371,10 @@ mod tests {
     #[test]
     fn a_concurrency_is_an_override_of_its_own_kind() {
         let o = parse(Scope::User, "alice", r#"{"concurrency":3,"expires_in_s":60}"#, None, false, 64, 0.0).unwrap();
-        assert_eq!((o.key.as_str(), o.value), ("ratelimit:override:caller:alice", None));
+        assert_eq!((o.key.as_str(), o.value), ("ratelimit:override:caller:{alice}", None));
         assert_eq!(
             (o.slots_key.as_str(), o.slots_value.as_deref()),
-            ("ratelimit:override:slots:caller:alice", Some("3 3"))
+            ("ratelimit:override:slots:caller:{alice}", Some("3 3"))
         );
         assert_eq!((o.record.capacity, o.record.concurrency), (None, Some(3)));
         assert_eq!(Override::from_json(&o.record.to_json()), Some(o.record));

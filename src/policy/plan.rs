@@ -190,7 +190,7 @@ pub(crate) fn plan_select<'c>(
     }
 }
 
-/// The prefix of a candidate policy's keys: `rate:@candidate/<subject>:<route>#<limit>` (no HTTP or RPC
+/// The prefix of a candidate policy's keys: `rate:@candidate/{<subject>}:<route>#<limit>` (no HTTP or RPC
 /// subject starts with `@candidate/`, so its counters never touch a live bucket).
 pub(crate) const CANDIDATE_SUBJECT_PREFIX: &str = "@candidate/";
 

@@ -3,6 +3,6 @@
 
 pub mod bucket;
 pub(crate) mod decision;
-pub mod place;
+pub(crate) mod place;
 pub(crate) mod script;
 pub(crate) mod upstash;

@@ -183,10 +183,13 @@ mod tests {
     fn evalsha_body_is_a_json_array_of_strings() {
         let body = evalsha_body(
             Variant::Flagged,
-            &["rate:a:/x".into()],
+            &["rate:{a}:/x".into()],
             &["".into(), "5".into(), "0.08333333333333333".into()],
         );
-        assert_eq!(body, format!(r#"["EVALSHA","{SCRIPT_FLAGGED_SHA}","1","rate:a:/x","","5","0.08333333333333333"]"#));
+        assert_eq!(
+            body,
+            format!(r#"["EVALSHA","{SCRIPT_FLAGGED_SHA}","1","rate:{{a}}:/x","","5","0.08333333333333333"]"#)
+        );
         let parsed: Vec<String> = serde_json::from_str(&body).unwrap();
         assert_eq!(parsed.len(), 7);
         assert!(evalsha_body(Variant::Plain, &[], &[]).contains(SCRIPT_PLAIN_SHA));

@@ -184,6 +184,26 @@ impl Rest {
     }
 }
 
+/// What answers the gateway's fetches: one [`Rest`], or several databases ([`Shards`]).
+pub trait Endpoint {
+    fn answer(&self, fetch: &Fetch) -> (u16, String);
+}
+
+impl Endpoint for Rest {
+    fn answer(&self, fetch: &Fetch) -> (u16, String) {
+        Rest::answer(self, fetch)
+    }
+}
+
+/// Several databases, each a [`Rest`] of its own: a fetch goes to its shard's.
+pub struct Shards(pub Vec<Rest>);
+
+impl Endpoint for Shards {
+    fn answer(&self, fetch: &Fetch) -> (u16, String) {
+        self.0[usize::from(fetch.shard)].answer(fetch)
+    }
+}
+
 /// WebCrypto's part, natively: checks a signature the gateway hands out with jwt-compact's own
 /// RSA, P-256 and Ed25519 (dev-dependencies only; the product's wasm has none of them).
 pub fn webcrypto(check: &SignatureCheck) -> Option<bool> {
@@ -217,7 +237,7 @@ pub fn webcrypto(check: &SignatureCheck) -> Option<bool> {
 /// Carries a request through the gateway at `now`: every fetch to `rest`, waits at once, signatures
 /// with [`webcrypto`], the body from `req`; a report after the response is sent too. The final step:
 /// `Respond` or `Forward`.
-pub fn run(gw: &mut Gateway<'_>, rest: &Rest, req: &Req, now: f64) -> Step {
+pub fn run<E: Endpoint>(gw: &mut Gateway<'_>, rest: &E, req: &Req, now: f64) -> Step {
     let headers: Vec<Option<&str>> = req.headers.iter().map(|h| h.as_deref()).collect();
     let request = Request { method: &req.method, url: &req.url, headers: &headers };
     let step = gw.begin(&request, now);
@@ -225,12 +245,25 @@ pub fn run(gw: &mut Gateway<'_>, rest: &Rest, req: &Req, now: f64) -> Step {
 }
 
 /// Carries `step` (and those after it) out, as [`run`] does.
-pub fn carry(gw: &mut Gateway<'_>, rest: &Rest, req: &Req, mut step: Step, now: f64) -> Step {
+pub fn carry<E: Endpoint>(gw: &mut Gateway<'_>, rest: &E, req: &Req, mut step: Step, now: f64) -> Step {
     for _ in 0..100 {
         step = match step {
             Step::Fetch(f) => {
                 let (status, body) = rest.answer(&f);
                 gw.resume(f.ticket, Reply::Http { status, body: &body }, now)
+            }
+            // A call spread over several places: every piece carried out; one ends with the answer.
+            Step::Fetches(fetches) => {
+                let mut answer = Step::Done;
+                for f in fetches {
+                    let (status, body) = rest.answer(&f);
+                    let next = gw.resume(f.ticket, Reply::Http { status, body: &body }, now);
+                    let end = carry(gw, rest, req, next, now);
+                    if end != Step::Done {
+                        answer = end;
+                    }
+                }
+                return answer;
             }
             Step::Wait { ticket, .. } => gw.resume(ticket, Reply::Woke, now),
             Step::Verify { ticket, check } => gw.resume(ticket, Reply::Signature(webcrypto(&check)), now),

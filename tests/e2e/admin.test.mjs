@@ -107,7 +107,7 @@ describe("admin API", () => {
     assert.equal(peek.json().limits[0].algorithm, "sliding-window");
     assert.equal(peek.json().limits[0].remaining, 0);
     assert.equal(peek.json().allowed_now, false);
-    const fields = await stack.rest.redis("HGETALL", "rate:sam:/search#search-user");
+    const fields = await stack.rest.redis("HGETALL", "rate:{sam}:/search#search-user");
     assert.ok(fields.includes("previous"), `stored as a window: ${fields}`);
   });
 

@@ -42,10 +42,10 @@ describe("token bucket", () => {
     assert.equal(body.title, "Too Many Requests");
   });
 
-  test("the bucket is the hash rate:<userId>:<apiPath> with tokens, lastRefill and a TTL", async () => {
+  test("the bucket is the hash rate:{<userId>}:<apiPath> with tokens, lastRefill and a TTL", async () => {
     const user = freshUser("hash");
     await gw.fetch("/api/orders/", as(user));
-    const key = `rate:${user}:/api/orders`;
+    const key = `rate:{${user}}:/api/orders`;
     const fields = await stack.rest.redis("HGETALL", key);
     const hash = Object.fromEntries([[fields[0], fields[1]], [fields[2], fields[3]]]);
     assert.ok(Math.abs(Number(hash.tokens) - 4) < 0.01, `tokens ${hash.tokens}`);
@@ -73,7 +73,7 @@ describe("token bucket", () => {
     for (const headers of [{ "x-forwarded-for": "10.0.0.1" }, { "x-real-ip": "10.0.0.2" }, { "true-client-ip": "10.0.0.3" }, { forwarded: "for=10.0.0.4" }, { "x-user-id": "  " }]) {
       assert.equal((await gw.fetch("/ip", { ip, headers })).status, 429, JSON.stringify(headers));
     }
-    assert.ok(await stack.rest.redis("EXISTS", `rate:@ip/${ip}:/ip`));
+    assert.ok(await stack.rest.redis("EXISTS", `rate:{@ip/${ip}}:/ip`));
   });
 
   test("a caller whose CF-Connecting-IP is not an address, and who has no user id, gets 400", async () => {

@@ -171,7 +171,7 @@ describe("in-flight limits", () => {
 
   test("concurrency 2, 5 at once: exactly 2 reach the origin, 3 get 429; then the next 2", async () => {
     const user = freshUser("c");
-    const key = `rate:${user}:/api/%2A!inflight`;
+    const key = `rate:{${user}}:/api/%2A!inflight`;
     origin.resetPeak();
     const before = await calls();
     const served = origin.served.length;
@@ -199,7 +199,7 @@ describe("in-flight limits", () => {
     const before = await calls();
     const rs = await Promise.all(users.map((u) => a.fetch("/api/slow?ms=50", as(u))));
     assert.deepEqual([...new Set(rs.map((r) => r.status))], [200]);
-    for (const u of users) await eventually(async () => (await live(`rate:${u}:/api/%2A!inflight`)) === 0, `${u}: released`);
+    for (const u of users) await eventually(async () => (await live(`rate:{${u}}:/api/%2A!inflight`)) === 0, `${u}: released`);
     const releases = (await calls()) - before - 20;
     assert.ok(releases >= 1 && releases <= 5, `20 releases in at most 5 calls (0.25 a request): ${releases}`);
     console.log(`MEASURED in-flight, 20 users at once: ${releases} release calls for 20 requests`);
@@ -215,7 +215,7 @@ describe("in-flight limits", () => {
 
   test("a response abandoned mid-stream releases its slot", async () => {
     const user = freshUser("gone");
-    const key = `rate:${user}:/api/%2A!inflight`;
+    const key = `rate:{${user}}:/api/%2A!inflight`;
     const url = new URL((await a.mf.ready).toString());
     await new Promise((resolve, reject) => {
       const req = http.request({ host: url.hostname, port: url.port, path: "/api/forever", headers: { "x-user-id": user, host: "gateway.test" } }, (res) => {
@@ -239,7 +239,7 @@ describe("in-flight limits", () => {
   for (const size of [23, 31, 1000]) {
     test(`a client gone from a never-ending stream (${size}-byte events) releases its slot at once`, async () => {
       const user = freshUser(`gone${size}`);
-      const key = `rate:${user}:/api/%2A!inflight`;
+      const key = `rate:{${user}}:/api/%2A!inflight`;
       const url = new URL((await a.mf.ready).toString());
       await new Promise((resolve, reject) => {
         const headers = { "x-user-id": user, host: "gateway.test" };
@@ -261,7 +261,7 @@ describe("in-flight limits", () => {
 
   test("an instance stopped while holding a slot: the slot frees after its TTL (3 s)", async () => {
     const user = freshUser("stopped");
-    const key = `rate:${user}:/api/%2A!inflight`;
+    const key = `rate:{${user}}:/api/%2A!inflight`;
     const doomed = await gateway();
     const pending = doomed.fetch("/api/slow?ms=8000", as(user)).catch(() => null);
     await eventually(async () => (await live(key)) === 1, "the slot taken");
@@ -282,7 +282,7 @@ describe("costs settled from the response", () => {
   for (const [reported, left] of [["30", 70], ["2", 98], [null, 90]]) {
     test(`reserve 10, the origin reports ${reported ?? "nothing"} → ${left} left`, async () => {
       const user = freshUser("h");
-      const key = `rate:${user}:/v1/%2A#tokens`;
+      const key = `rate:{${user}}:/v1/%2A#tokens`;
       const before = await calls();
       const r = await gw.fetch(`/v1/usage${reported === null ? "" : `?n=${reported}`}`, as(user));
       assert.equal(r.status, 200);
@@ -295,7 +295,7 @@ describe("costs settled from the response", () => {
 
   test("from an SSE stream: unbuffered, the last event's usage.total_tokens, once", async () => {
     const user = freshUser("s");
-    const key = `rate:${user}:/sse/%2A#sse-tokens`;
+    const key = `rate:{${user}}:/sse/%2A#sse-tokens`;
     const res = await gw.mf.dispatchFetch("http://gateway.test/sse/stream?n=30", { headers: { "cf-connecting-ip": "203.0.113.7", "x-user-id": user } });
     assert.equal(res.status, 200);
     const reader = res.body.getReader();
@@ -311,7 +311,7 @@ describe("costs settled from the response", () => {
     assert.match(rest_, /"early":true/, "the origin was released by the client seeing the first event: not buffered");
     assert.match(rest_, /total_tokens":30/, "events pass through unchanged");
     await eventually(async () => Math.round(await tokens(key)) === 70, "70 left");
-    await eventually(async () => (await live(`rate:${user}:/sse/%2A!sse-inflight`)) === 0, "its slot released too");
+    await eventually(async () => (await live(`rate:{${user}}:/sse/%2A!sse-inflight`)) === 0, "its slot released too");
   });
 
   // Issue 23, item 2: a client that leaves right after the usage event while the origin keeps streaming
@@ -320,7 +320,7 @@ describe("costs settled from the response", () => {
   for (const size of [23, 31, 64, 1000, 16_384]) {
     test(`a client gone after the usage event of a never-ending stream (${size}-byte events): released and settled`, async () => {
       const user = freshUser(`leave${size}`);
-      const key = `rate:${user}:/sse/%2A#sse-tokens`;
+      const key = `rate:{${user}}:/sse/%2A#sse-tokens`;
       const url = new URL((await gw.mf.ready).toString());
       await new Promise((resolve, reject) => {
         const headers = { "x-user-id": user, host: "gateway.test", "cf-connecting-ip": "203.0.113.7" };
@@ -339,7 +339,7 @@ describe("costs settled from the response", () => {
         setTimeout(() => reject(new Error("no usage event")), 5000);
         req.end();
       });
-      await eventually(async () => (await live(`rate:${user}:/sse/%2A!sse-inflight`)) === 0, "its slot released");
+      await eventually(async () => (await live(`rate:{${user}}:/sse/%2A!sse-inflight`)) === 0, "its slot released");
       await eventually(async () => Math.round(await tokens(key)) === 70, "settled at its usage: 70 left");
       await eventually(async () => !origin.streaming(user), "the origin's stream closed too");
     });
@@ -347,25 +347,25 @@ describe("costs settled from the response", () => {
 
   test("a stream with CRLF line ends, its usage event split across chunks", async () => {
     const user = freshUser("crlf");
-    const key = `rate:${user}:/sse/%2A#sse-tokens`;
+    const key = `rate:{${user}}:/sse/%2A#sse-tokens`;
     assert.equal((await gw.fetch("/sse/crlf", as(user))).status, 200);
     await eventually(async () => Math.round(await tokens(key)) === 70, "70 left");
   });
 
   test("a stream without usage settles at the reservation", async () => {
     const user = freshUser("s0");
-    const key = `rate:${user}:/sse/%2A#sse-tokens`;
+    const key = `rate:{${user}}:/sse/%2A#sse-tokens`;
     const p = gw.fetch("/sse/stream", as(user));
     await sleep(50);
     origin.release();
     assert.equal((await p).status, 200);
-    await eventually(async () => (await live(`rate:${user}:/sse/%2A!sse-inflight`)) === 0, "released");
+    await eventually(async () => (await live(`rate:{${user}}:/sse/%2A!sse-inflight`)) === 0, "released");
     assert.equal(Math.round(await tokens(key)), 90);
   });
 
   test("a charge beyond what is left leaves debt that later RateLimit fields show", async () => {
     const user = freshUser("debt");
-    const key = `rate:${user}:/v1/%2A#tokens`;
+    const key = `rate:{${user}}:/v1/%2A#tokens`;
     await gw.fetch("/v1/usage?n=150", as(user));
     await eventually(async () => Math.round(await tokens(key)) === -50, "in debt");
     const denied = await gw.fetch("/v1/usage?n=1", as(user));

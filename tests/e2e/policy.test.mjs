@@ -117,7 +117,7 @@ describe("JWT callers", () => {
     const victim = fresh("victim");
     const t = token({ sub: fresh("attacker") });
     for (let i = 0; i < 5; i++) await gw.fetch("/users/1/orders", bearer(t, { "x-user-id": victim }));
-    assert.equal(await stack.rest.redis("EXISTS", `rate:${victim}:/users/:id/orders#orders-user`), 0);
+    assert.equal(await stack.rest.redis("EXISTS", `rate:{${victim}}:/users/:id/orders#orders-user`), 0);
     const v = await gw.fetch("/users/1/orders", bearer(token({ sub: victim })));
     assert.match(v.headers.get("ratelimit"), /"orders-user";r=4;/);
   });
@@ -132,8 +132,8 @@ describe("rules", () => {
     assert.equal(await calls(), before + 1, "three limits, one EVALSHA");
     const r = await gw.fetch("/users/2/orders", bearer(t));
     assert.match(r.headers.get("ratelimit"), /^"orders-user";r=3;/, "same bucket for another id");
-    const keys = await stack.rest.redis("KEYS", `rate:${sub}:*`);
-    assert.deepEqual(keys, [`rate:${sub}:/users/:id/orders#orders-user`]);
+    const keys = await stack.rest.redis("KEYS", `rate:{${sub}}:*`);
+    assert.deepEqual(keys, [`rate:{${sub}}:/users/:id/orders#orders-user`]);
   });
 
   test("a cost of 5 takes 5 tokens; a cost above what is left is denied without debit", async () => {
@@ -153,7 +153,7 @@ describe("rules", () => {
     assert.deepEqual(await statuses(3, () => gw.fetch("/pair/x", bearer(t))), [200, 200, 429]);
     const denied = await gw.fetch("/pair/x", bearer(t));
     assert.match(denied.headers.get("ratelimit"), /^"pair-tight";r=0;/, "the answer names the limit that denied");
-    const fields = await stack.rest.redis("HGET", `rate:${sub}:/pair/%2A#pair-roomy`, "tokens");
+    const fields = await stack.rest.redis("HGET", `rate:{${sub}}:/pair/%2A#pair-roomy`, "tokens");
     assert.ok(Math.abs(Number(fields) - 8) < 0.01, `roomy bucket paid only for the 2 admitted requests: ${fields}`);
   });
 
@@ -192,10 +192,10 @@ describe("optional JWT", () => {
     const g = await stack.gateway({ JWT_SECRET: SECRET, JWT_MODE: "optional" });
     const sub = fresh("opt");
     await g.fetch("/o", bearer(token({ sub }), { "x-user-id": "someone-else" }));
-    assert.equal(await stack.rest.redis("EXISTS", `rate:${sub}:/o`), 1);
+    assert.equal(await stack.rest.redis("EXISTS", `rate:{${sub}}:/o`), 1);
     const hdr = fresh("hdr");
     await g.fetch("/o", { headers: { "x-user-id": hdr } });
-    assert.equal(await stack.rest.redis("EXISTS", `rate:${hdr}:/o`), 1);
+    assert.equal(await stack.rest.redis("EXISTS", `rate:{${hdr}}:/o`), 1);
     assert.equal((await g.fetch("/o", bearer("broken"))).status, 401, "a token that is present must be valid");
   });
 });

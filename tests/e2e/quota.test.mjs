@@ -103,7 +103,7 @@ describe("a candidate policy on live traffic", () => {
     for (let i = 0; i < 5; i++) codes.push((await g.fetch("/export/x", { method: "POST", headers: { "x-user-id": user } })).status);
     assert.deepEqual(codes, [200, 200, 200, 200, 200], "the candidate never blocks");
     const keys = (await stack.rest.redis("KEYS", `rate:*${user}*`)).sort();
-    assert.deepEqual(keys, [`rate:${user}:/export/%2A#exports`, `rate:@candidate/${user}:/export/%2A#exports`].sort());
+    assert.deepEqual(keys, [`rate:{${user}}:/export/%2A#exports`, `rate:@candidate/{${user}}:/export/%2A#exports`].sort());
     let report;
     for (let i = 0; i < 50; i++) {
       report = (await g.fetch("/__ratelimit/candidate", { headers: { authorization: `Bearer ${ADMIN}` } })).json();

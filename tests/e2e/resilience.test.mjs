@@ -65,7 +65,7 @@ describe("exactness across instances", () => {
     console.log(`MEASURED multi-limit multi-instance: admitted ${counts[200]} of 1000, allowed ${allowed} (global cap 12)`);
     assert.equal(counts[200] + counts[429], 1000, JSON.stringify(counts));
     assert.ok(counts[200] <= allowed && counts[200] >= 12, `admitted ${counts[200]}, allowed ${allowed}`);
-    const left = Number(await stack.rest.redis("HGET", "rate:@global:/multi/%2A#race-global", "tokens"));
+    const left = Number(await stack.rest.redis("HGET", "rate:{@global}:/multi/%2A#race-global", "tokens"));
     assert.ok(left < 1, `global bucket drained: ${left}`);
   });
 });
@@ -199,7 +199,7 @@ describe("hostile input", () => {
     const long = "x".repeat(7 * 1024) + freshUser("long");
     assert.equal((await gw.fetch("/long", as(long))).status, 200);
     assert.equal((await gw.fetch("/long", as(long))).status, 429);
-    const keys = await stack.rest.redis("KEYS", "rate:@sha256/*:/long");
+    const keys = await stack.rest.redis("KEYS", "rate:{@sha256/*}:/long");
     assert.equal(keys.length, 1);
     assert.ok(keys[0].length < 100);
   });

@@ -114,7 +114,7 @@ describe("limit over a service binding", () => {
     // Without a rule the same key is another bucket: the zero-config limit in the RPC key space.
     assert.equal((await w.call("limit", { key: user })).remaining, 4);
     const keys = await rest.redis("KEYS", `rate:*${user}*`);
-    assert.deepEqual(keys.sort(), [`rate:${user}:/export/%2A#exports`, `rate:@rpc/${user}`].sort());
+    assert.deepEqual(keys.sort(), [`rate:{${user}}:/export/%2A#exports`, `rate:{@rpc/${user}}`].sort());
   });
 
   test("bad arguments throw TypeError / RangeError naming the argument; nothing is consumed", async () => {
@@ -150,7 +150,7 @@ describe("limit over a service binding", () => {
       assert.equal(r.error[`is${name}`], true, "the caller can test instanceof");
       assert.match(r.error.message, message);
     }
-    assert.deepEqual(await rest.redis("KEYS", "rate:@rpc/k*"), []);
+    assert.deepEqual(await rest.redis("KEYS", "rate:{@rpc/k*}"), []);
   });
 
   test("Redis stopped and the endpoint hung: the fail mode's answer at REDIS_TIMEOUT_MS, never a throw", async () => {

@@ -1,0 +1,339 @@
+//! Past one database, against real Redis servers: several databases (shards), each subject's keys on
+//! the one its hash picks, and the Redis Cluster mode, where every script call touches one slot. Many
+//! requests are begun before any reply comes back (as concurrent requests are), and their calls are
+//! answered in a shuffled order, each by its own shard's Redis.
+
+mod common;
+
+use common::{Endpoint, Req, Rest, Rng, Shards};
+use edge_ratelimit::{shard_of, tag_of, Config, Fetch, Gateway, Reply, Request, Step};
+
+const T0: f64 = 1.8e12;
+
+fn config(urls: &str, extra: &[(&str, &str)]) -> Config {
+    let mut vars = vec![("UPSTASH_REDIS_REST_URL", urls), ("RATE_LIMIT_LEASE_MS", "1000")];
+    vars.extend_from_slice(extra);
+    common::worker_clock_config(&vars)
+}
+
+const TWO: &str = "http://127.0.0.1:1/a,http://127.0.0.1:1/b";
+
+fn names(urls: &str) -> Vec<String> {
+    urls.split(',').map(str::to_string).collect()
+}
+
+/// Every EVALSHA/EVAL body: its keys.
+fn call_keys(f: &Fetch) -> Option<Vec<String>> {
+    if f.pipeline {
+        return None;
+    }
+    let args: Vec<String> = serde_json::from_str(&f.body).ok()?;
+    if !args[0].starts_with("EVAL") {
+        return None;
+    }
+    let n: usize = args[2].parse().ok()?;
+    Some(args[3..3 + n].to_vec())
+}
+
+/// Isolates whose requests are begun together, their fetches answered in a shuffled order.
+struct Run<'c, E: Endpoint> {
+    gws: Vec<Gateway<'c>>,
+    end: &'c E,
+    rng: Rng,
+    /// Fetches out: (isolate, fetch).
+    out: Vec<(usize, Fetch)>,
+    /// Wakes to carry out later: (isolate, ticket, due).
+    wakes: Vec<(usize, u32, f64)>,
+    /// Final steps of requests, by request number.
+    done: Vec<(usize, Step)>,
+    /// Which request a ticket's chain belongs to (isolate, ticket) → request.
+    owner: Vec<((usize, u32), usize)>,
+    /// Every script call's keys (to check what each call touched).
+    calls: Vec<(u16, Vec<String>)>,
+    /// Watched responses to deliver: (isolate, ticket).
+    delivered: Vec<(usize, u32)>,
+    now: f64,
+}
+
+impl<'c, E: Endpoint> Run<'c, E> {
+    fn new(config: &'c Config, isolates: usize, end: &'c E) -> Self {
+        Run {
+            gws: (0..isolates).map(|_| Gateway::new(config)).collect(),
+            end,
+            rng: Rng(7),
+            out: Vec::new(),
+            wakes: Vec::new(),
+            done: Vec::new(),
+            owner: Vec::new(),
+            calls: Vec::new(),
+            delivered: Vec::new(),
+            now: T0,
+        }
+    }
+
+    fn begin(&mut self, n: usize, iso: usize, user: &str, path: &str) {
+        let req = Req::new(&self.gws[iso], "GET", path, &[("x-user-id", user)]);
+        let headers: Vec<Option<&str>> = req.headers.iter().map(|h| h.as_deref()).collect();
+        let step = self.gws[iso].begin(&Request { method: &req.method, url: &req.url, headers: &headers }, self.now);
+        self.take(iso, Some(n), step);
+    }
+
+    /// A step of `iso`: fetches queued, a final one kept (for request `n`), wakes kept.
+    fn take(&mut self, iso: usize, n: Option<usize>, step: Step) {
+        match step {
+            Step::Fetch(f) => self.queue(iso, n, f),
+            Step::Fetches(fs) => fs.into_iter().for_each(|f| self.queue(iso, n, f)),
+            Step::Wait { ticket, ms } => {
+                if let Some(n) = n {
+                    self.owner.push(((iso, ticket), n));
+                }
+                self.wakes.push((iso, ticket, self.now + f64::from(ms)))
+            }
+            Step::Done => {}
+            Step::Respond { ref report, wake, .. }
+            | Step::Forward { ref report, wake, .. }
+            | Step::Return { ref report, wake, .. } => {
+                // A watched response is delivered at the next advance (its slots released then).
+                if let Step::Forward { watch: Some(w), .. } = &step {
+                    if w.ticket != 0 {
+                        self.delivered.push((iso, w.ticket));
+                    }
+                }
+                if let Some(f) = report.clone() {
+                    self.queue(iso, None, f);
+                }
+                if let Some(w) = wake {
+                    self.wakes.push((iso, w.ticket, self.now + f64::from(w.ms)));
+                }
+                if let Some(n) = n {
+                    self.done.push((n, step));
+                }
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    fn queue(&mut self, iso: usize, n: Option<usize>, f: Fetch) {
+        if let Some(keys) = call_keys(&f) {
+            self.calls.push((f.shard, keys));
+        }
+        if let Some(n) = n {
+            self.owner.push(((iso, f.ticket), n));
+        }
+        self.out.push((iso, f));
+    }
+
+    /// Answers every fetch out (and those that follow, waits included), in a shuffled order.
+    fn settle(&mut self) {
+        self.answer_all();
+        while self.wakes.iter().any(|w| w.2 <= self.now + 10.0) {
+            self.advance(10.0);
+        }
+    }
+
+    fn answer_all(&mut self) {
+        while !self.out.is_empty() {
+            let i = self.rng.below(self.out.len() as u64) as usize;
+            let (iso, f) = self.out.swap_remove(i);
+            let (status, body) = self.end.answer(&f);
+            let n = self.owner.iter().position(|(k, _)| *k == (iso, f.ticket)).map(|p| self.owner.swap_remove(p).1);
+            let step = self.gws[iso].resume(f.ticket, Reply::Http { status, body: &body }, self.now);
+            self.take(iso, n, step);
+        }
+    }
+
+    /// Moves the clock on by `ms`, carrying out the wakes due (and what follows them).
+    fn advance(&mut self, ms: f64) {
+        self.now += ms;
+        for (iso, ticket) in std::mem::take(&mut self.delivered) {
+            let step = self.gws[iso].resume(ticket, Reply::Delivered("1\n\0"), self.now);
+            self.take(iso, None, step);
+        }
+        self.answer_all();
+        loop {
+            let due: Vec<(usize, u32, f64)> = self.wakes.iter().copied().filter(|w| w.2 <= self.now).collect();
+            if due.is_empty() {
+                break;
+            }
+            self.wakes.retain(|w| w.2 > self.now);
+            for (iso, ticket, _) in due {
+                let n = self.owner.iter().position(|(k, _)| *k == (iso, ticket)).map(|p| self.owner.swap_remove(p).1);
+                let step = self.gws[iso].resume(ticket, Reply::Woke, self.now);
+                self.take(iso, n, step);
+            }
+            self.answer_all();
+        }
+    }
+
+    fn admitted(&self) -> usize {
+        self.done.iter().filter(|(_, s)| matches!(s, Step::Forward { .. })).count()
+    }
+}
+
+fn exists(rest: &Rest, key: &str) -> bool {
+    rest.redis(&["EXISTS", key]) == 1
+}
+
+#[test]
+fn two_shards_200_concurrent_requests_of_one_caller_admit_exactly_5_on_its_shard() {
+    let c = config(TWO, &[]);
+    let shards = Shards(vec![Rest::new(), Rest::new()]);
+    let mut run = Run::new(&c, 4, &shards);
+    for n in 0..200 {
+        run.begin(n, n % 4, "alice", "/api/orders");
+    }
+    run.settle();
+    assert_eq!(run.done.len(), 200, "every request decided");
+    assert_eq!(run.admitted(), 5, "capacity 5: exactly 5 of 200 concurrent requests");
+    let home = shard_of("alice", &names(TWO));
+    assert!(exists(&shards.0[home], "rate:{alice}:/api/orders"), "the bucket lives on alice's shard");
+    assert!(!exists(&shards.0[1 - home], "rate:{alice}:/api/orders"), "and on no other");
+    assert!(run.calls.iter().all(|(s, _)| usize::from(*s) == home), "every call went to alice's shard");
+}
+
+#[test]
+fn subjects_spread_over_shards_each_call_to_one_shard() {
+    let c = config(TWO, &[]);
+    let shards = Shards(vec![Rest::new(), Rest::new()]);
+    let mut run = Run::new(&c, 2, &shards);
+    for n in 0..200 {
+        run.begin(n, n % 2, &format!("u{n}"), "/x");
+    }
+    run.settle();
+    assert_eq!(run.admitted(), 200);
+    let mut per = [0usize; 2];
+    for (shard, keys) in &run.calls {
+        // (route and tier overrides, keys of no subject, are on every shard)
+        for k in keys.iter().filter(|k| k.starts_with("rate:")) {
+            let subject = tag_of(k).expect("a tagged key");
+            assert_eq!(usize::from(*shard), shard_of(subject, &names(TWO)), "{k} sent to shard {shard}");
+        }
+        per[usize::from(*shard)] += 1;
+    }
+    assert!(per[0] > 70 && per[1] > 70, "both shards carry callers: {per:?}");
+}
+
+const GLOBAL: &str = r#"{"rules":[{"name":"api","route":"/api/*","limits":[
+    {"name":"caller","capacity":3,"refill":"3/d","lease":false},
+    {"name":"global","by":"global","capacity":50,"refill":"50/d"}]}]}"#;
+
+#[test]
+fn a_global_limit_of_50_over_500_callers_on_two_shards_admits_at_most_50_and_exactly_50_once_leases_are_back() {
+    let c = config(TWO, &[("RATE_LIMIT_POLICY", GLOBAL)]);
+    let shards = Shards(vec![Rest::new(), Rest::new()]);
+    let mut run = Run::new(&c, 2, &shards);
+    // 500 callers, one request each, in waves of 50 begun together, over two isolates.
+    for wave in 0..10 {
+        for i in 0..50 {
+            let n = wave * 50 + i;
+            run.begin(n, n % 2, &format!("caller{n}"), "/api/x");
+        }
+        run.settle();
+        run.advance(5.0);
+        assert!(run.admitted() <= 50, "{} admitted by wave {wave}: the global limit is 50", run.admitted());
+    }
+    let spread = run.calls.iter().filter(|(_, keys)| keys.len() >= 2).count();
+    let callers_elsewhere =
+        (0..500).filter(|n| shard_of(&format!("caller{n}"), &names(TWO)) != shard_of("@global", &names(TWO))).count();
+    assert!(callers_elsewhere > 150, "callers on both shards: {callers_elsewhere} away from the global key");
+    // Leases end within their horizon and are given back; then fresh callers drain what is left.
+    run.advance(5_000.0);
+    run.advance(100.0);
+    for g in &run.gws {
+        assert_eq!(g.limiter().leased_tokens(), 0, "every lease given back");
+    }
+    let mut n = 500;
+    let mut denied = 0;
+    while denied < 3 && n < 700 {
+        let before = run.admitted();
+        run.begin(n, n % 2, &format!("late{n}"), "/api/x");
+        run.settle();
+        run.advance(1.0);
+        if run.admitted() == before {
+            denied += 1;
+        }
+        n += 1;
+    }
+    assert_eq!(run.admitted(), 50, "once the leases are back, exactly the global allowance ({spread} spread calls)");
+}
+
+#[test]
+fn a_denial_by_the_callers_shard_costs_the_other_shards_limit_nothing() {
+    let policy = r#"{"rules":[{"name":"api","route":"/api/*","limits":[
+        {"name":"caller","capacity":2,"refill":"2/d"},
+        {"name":"global","by":"global","capacity":100,"refill":"100/d"}]}]}"#;
+    let c = config(TWO, &[("RATE_LIMIT_POLICY", policy), ("RATE_LIMIT_LEASES", "off")]);
+    let shards = Shards(vec![Rest::new(), Rest::new()]);
+    // A caller whose keys live on the other shard than the global key's: every request is two pieces.
+    let global = shard_of("@global", &names(TWO));
+    let user = (0..).map(|i| format!("d{i}")).find(|u| shard_of(u, &names(TWO)) != global).unwrap();
+    let mut run = Run::new(&c, 1, &shards);
+    for n in 0..5 {
+        run.begin(n, 0, &user, "/api/x");
+        run.settle();
+        run.advance(1.0);
+    }
+    assert_eq!(run.admitted(), 2);
+    let to = |shard: usize| run.calls.iter().filter(|(s, _)| usize::from(*s) == shard).count();
+    assert!(to(global) >= 5 && to(1 - global) >= 5, "every request in two pieces, one per shard");
+    run.advance(200.0); // the batch that puts back what the denied requests' other piece debited
+    let tokens: f64 = shards.0[global]
+        .redis(&["HGET", "rate:{@global}:/api/%2A#global", "tokens"])
+        .as_str()
+        .and_then(|t| t.parse().ok())
+        .unwrap();
+    assert!((tokens - 98.0).abs() < 0.01, "the global bucket paid only the 2 admitted requests: {tokens} left");
+}
+
+#[test]
+fn one_database_down_fails_only_its_callers() {
+    let c = config(TWO, &[("FAIL_MODE", "closed")]);
+    struct HalfDown(Rest, usize);
+    impl Endpoint for HalfDown {
+        fn answer(&self, f: &Fetch) -> (u16, String) {
+            if usize::from(f.shard) == self.1 {
+                return (502, "bad gateway".into());
+            }
+            self.0.answer(f)
+        }
+    }
+    let end = HalfDown(Rest::new(), 1);
+    let mut run = Run::new(&c, 1, &end);
+    let users: Vec<String> = (0..40).map(|i| format!("h{i}")).collect();
+    for (n, u) in users.iter().enumerate() {
+        run.begin(n, 0, u, "/x");
+    }
+    run.settle();
+    for (n, step) in &run.done {
+        let down = shard_of(&users[*n], &names(TWO)) == 1;
+        let code = common::status(step);
+        assert_eq!(code, if down { 503 } else { 200 }, "{}: shard {}", users[*n], u8::from(down));
+    }
+}
+
+#[test]
+fn on_a_cluster_every_call_touches_one_slot() {
+    // Per caller, per IP and global limits, and settled costs: every call (decisions, settlements,
+    // give-backs) touches the keys of one subject only — no CROSSSLOT on a Redis Cluster.
+    let policy = r#"{"rules":[{"name":"api","route":"/api/*","limits":[
+        {"name":"caller","capacity":5,"refill":"5/min"},
+        {"name":"ip","by":"ip","capacity":50,"refill":"50/min"},
+        {"name":"global","by":"global","capacity":500,"refill":"500/min"},
+        {"name":"inflight","concurrency":3}]}]}"#;
+    let c = config("http://127.0.0.1:1", &[("RATE_LIMIT_POLICY", policy), ("REDIS_CLUSTER", "true")]);
+    let rest = Rest::new();
+    let mut run = Run::new(&c, 2, &rest);
+    for n in 0..120 {
+        run.begin(n, n % 2, &format!("k{}", n % 7), "/api/x");
+        run.settle();
+        run.advance(3.0);
+    }
+    run.advance(6_000.0);
+    run.advance(100.0);
+    assert!(run.admitted() > 20, "{}", run.admitted());
+    assert!(run.calls.len() > 60, "{} calls", run.calls.len());
+    for (_, keys) in &run.calls {
+        let tags: Vec<Option<&str>> = keys.iter().map(|k| tag_of(k)).collect();
+        assert!(tags.iter().all(|t| t.is_some() && *t == tags[0]), "a call across slots: {keys:?}");
+    }
+}
