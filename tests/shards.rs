@@ -337,3 +337,74 @@ fn on_a_cluster_every_call_touches_one_slot() {
         assert!(tags.iter().all(|t| t.is_some() && *t == tags[0]), "a call across slots: {keys:?}");
     }
 }
+
+const ADMIN: &str = "admin-token-0123456789";
+
+/// A request through the gateway (an admin one with the token): its final step.
+fn request<E: Endpoint>(gw: &mut Gateway<'_>, end: &E, method: &str, target: &str, user: &str, body: &str) -> Step {
+    let auth = format!("Bearer {ADMIN}");
+    let req = Req::new(gw, method, target, &[("x-user-id", user), ("authorization", &auth)]).body(body);
+    common::run(gw, end, &req, T0)
+}
+
+#[test]
+fn overrides_and_resets_reach_every_shard() {
+    let c = config(TWO, &[("ADMIN_TOKEN", ADMIN), ("METRICS_FLUSH_MS", "0")]);
+    let shards = Shards(vec![Rest::new(), Rest::new()]);
+    let mut gw = Gateway::new(&c);
+    let put =
+        request(&mut gw, &shards, "PUT", "/__ratelimit/overrides/route/p", "", r#"{"capacity":2,"refill":"2/min"}"#);
+    assert_eq!(common::status(&put), 200, "{put:?}");
+    for rest in &shards.0 {
+        assert!(exists(rest, "ratelimit:override:route:/p"), "the route override is on every shard");
+    }
+    // Callers on either shard are held to it at once.
+    for shard in 0..2 {
+        let user = (0..).map(|i| format!("o{i}")).find(|u| shard_of(u, &names(TWO)) == shard).unwrap();
+        let codes: Vec<u16> =
+            (0..3).map(|_| common::status(&request(&mut gw, &shards, "GET", "/p", &user, ""))).collect();
+        assert_eq!(codes, [200, 200, 429], "{user} on shard {shard}");
+    }
+    let del = request(&mut gw, &shards, "DELETE", "/__ratelimit/overrides/route/p", "", "");
+    assert_eq!(common::status(&del), 200, "{del:?}");
+    for rest in &shards.0 {
+        assert!(!exists(rest, "ratelimit:override:route:/p"), "deleted on every shard");
+    }
+    // One shard down: the write is not acknowledged (the operator repeats it).
+    struct Down<'a>(&'a Shards);
+    impl Endpoint for Down<'_> {
+        fn answer(&self, f: &Fetch) -> (u16, String) {
+            if f.shard == 1 {
+                return (502, String::new());
+            }
+            self.0.answer(f)
+        }
+    }
+    let put = request(
+        &mut gw,
+        &Down(&shards),
+        "PUT",
+        "/__ratelimit/overrides/route/q",
+        "",
+        r#"{"capacity":2,"refill":"2/min"}"#,
+    );
+    assert_ne!(common::status(&put), 200, "a write one shard missed is not acknowledged");
+}
+
+#[test]
+fn on_a_cluster_tier_and_route_overrides_are_refused_and_caller_overrides_live_in_the_callers_slot() {
+    let c =
+        config("http://127.0.0.1:1", &[("ADMIN_TOKEN", ADMIN), ("METRICS_FLUSH_MS", "0"), ("REDIS_CLUSTER", "true")]);
+    let rest = Rest::new();
+    let mut gw = Gateway::new(&c);
+    let route =
+        request(&mut gw, &rest, "PUT", "/__ratelimit/overrides/route/p", "", r#"{"capacity":2,"refill":"2/min"}"#);
+    assert_eq!(common::status(&route), 409, "{route:?}");
+    assert!(common::body_json(&route)["detail"].as_str().unwrap().contains("REDIS_CLUSTER"));
+    let user =
+        request(&mut gw, &rest, "PUT", "/__ratelimit/overrides/user/zed", "", r#"{"capacity":1,"refill":"1/min"}"#);
+    assert_eq!(common::status(&user), 200, "{user:?}");
+    assert!(exists(&rest, "ratelimit:override:caller:{zed}"));
+    let codes: Vec<u16> = (0..2).map(|_| common::status(&request(&mut gw, &rest, "GET", "/p", "zed", ""))).collect();
+    assert_eq!(codes, [200, 429], "the caller's own override holds on a cluster");
+}

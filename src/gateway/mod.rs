@@ -254,7 +254,23 @@ impl<'c> Gateway<'c> {
             Action::Done(response) => respond(head_only(response, head)),
             Action::Redis(commands, then) => {
                 let body = admin::pipeline_body(&commands);
-                self.tickets.send(Work::Admin { then, head }, true, body, now_ms)
+                let shards = self.config.redis_urls.len();
+                if shards > 1 && then.writes_everywhere() {
+                    // Overrides and resets go to every shard: each holds the route and tier overrides, and
+                    // a reset's keys may live on any.
+                    let replies = (0..shards).map(|_| None).collect();
+                    let ticket = self.tickets.park(Work::Admin { then, head, replies }, now_ms);
+                    let timeout_ms = self.config.redis_timeout_ms;
+                    let fetches = (0..shards)
+                        .map(|shard| {
+                            let sub = self.tickets.new_ticket();
+                            self.tickets.pieces.insert(sub, (ticket, shard));
+                            Fetch { ticket: sub, pipeline: true, body: body.clone(), timeout_ms, shard: shard as u16 }
+                        })
+                        .collect();
+                    return Step::Fetches(fetches);
+                }
+                self.tickets.send(Work::Admin { then, head, replies: vec![None] }, true, body, now_ms)
             }
             Action::Peek(peek) => {
                 let (call, body) = ScriptCall::start(&self.limiter, &peek.checks, self.config.clock, now_ms, true);

@@ -60,10 +60,11 @@ pub(super) enum Work<'c> {
         call: ScriptCall,
         peek: Peek<'c>,
     },
-    /// An admin pipeline.
+    /// An admin pipeline (a write: one to every shard, `replies` one per shard as they come).
     Admin {
         then: Then,
         head: bool,
+        replies: Vec<Option<Result<(u16, String), TransportError>>>,
     },
     /// An RPC `limit` or `peek`'s script call.
     Call {
@@ -307,8 +308,22 @@ impl<'c> Gateway<'c> {
                 };
                 self.continue_script(ticket, piece, work, next, deadline, now_ms)
             }
-            Work::Admin { then, head } => {
-                let reply = http.unwrap_or(Err(TransportError::Unreachable)).map_err(Failure::from);
+            Work::Admin { then, head, mut replies } => {
+                let got = http.unwrap_or(Err(TransportError::Unreachable)).map(|(s, b)| (s, b.to_string()));
+                if let Some(slot) = replies.get_mut(piece.unwrap_or(0)) {
+                    *slot = Some(got);
+                }
+                if replies.iter().any(Option::is_none) {
+                    let work = Work::Admin { then, head, replies };
+                    self.tickets.pending.insert(ticket, Pending { work, deadline_ms: deadline, sent_ms: p.sent_ms });
+                    return Step::Done;
+                }
+                // A write to every shard: the first shard that did not take it speaks for all (the
+                // operator repeats the request, which changes nothing where it was applied).
+                let mut all = replies.into_iter().flatten();
+                let first = all.next().unwrap_or(Err(TransportError::Unreachable));
+                let reply = all.find(|r| !matches!(r, Ok((200, b)) if !b.contains("\"error\""))).unwrap_or(first);
+                let reply = reply.as_ref().map(|(s, b)| (*s, b.as_str())).map_err(|e| Failure::from(*e));
                 respond(head_only(admin::finish(self.config, &self.limiter, then, reply, now_ms), head))
             }
             Work::Reset { keys } => {

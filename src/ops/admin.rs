@@ -168,6 +168,14 @@ pub(crate) enum Then {
     Reset(Vec<String>),
 }
 
+impl Then {
+    /// Whether its pipeline writes keys every shard holds (overrides, or a reset of keys that may live
+    /// on any shard): sent to every database when there are several.
+    pub(crate) fn writes_everywhere(&self) -> bool {
+        matches!(self, Then::Put(_) | Then::Delete | Then::Reset(_))
+    }
+}
+
 /// What an admin request needs. `now_ms` is the Worker's clock.
 pub(crate) fn route<'c>(config: &'c Config, req: &AdminRequest<'_>, now_ms: f64) -> Action<'c> {
     let done = Action::Done;
@@ -564,6 +572,17 @@ fn target(config: &Config, scope: Scope, name: &str) -> Result<String, Response>
 }
 
 fn put_override<'c>(config: &Config, scope: Scope, name: &str, body: &str, now_ms: f64) -> Action<'c> {
+    if config.redis_cluster && matches!(scope, Scope::Tier | Scope::Route) {
+        // A call touches one caller's slot; a tier's or route's override is shared by callers in every
+        // slot, so no call could read it.
+        return Action::Done(problem(
+            409,
+            "not-on-a-cluster",
+            "Conflict",
+            "tier and route overrides are not read on a Redis Cluster (REDIS_CLUSTER=true): a script call \
+             touches one caller's slot only. Set user or ip overrides, or change the tier or rule in the policy",
+        ));
+    }
     let (policy, fold, v6) = (config.policy.as_ref(), config.path_case_insensitive, config.ipv6_prefix);
     let new = match overrides::parse(scope, name, body, policy, fold, v6, now_ms) {
         Ok(o) => o,

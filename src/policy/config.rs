@@ -740,6 +740,41 @@ mod tests {
     }
 
     #[test]
+    fn several_databases_take_one_token_or_one_each_and_errors_never_repeat_a_token() {
+        let two = |urls: &str, tokens: &str| {
+            let vars: HashMap<String, String> =
+                [("UPSTASH_REDIS_REST_URL", urls), ("UPSTASH_REDIS_REST_TOKEN", tokens)]
+                    .into_iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect();
+            Config::from_env(|n| vars.get(n).cloned())
+        };
+        let c = two("https://a.upstash.io, https://b.upstash.io/", "shared").unwrap();
+        assert_eq!(c.redis_urls, ["https://a.upstash.io", "https://b.upstash.io"]);
+        assert_eq!(c.redis_authorizations.iter().map(|a| a.expose()).collect::<Vec<_>>(), ["Bearer shared"; 2]);
+        let c = two("https://a.upstash.io,https://b.upstash.io", "ta,tb").unwrap();
+        assert_eq!(c.redis_authorizations[1].expose(), "Bearer tb");
+        assert!(!c.redis_cluster);
+        let e = two("https://a.upstash.io,https://b.upstash.io", "s3cret-a,s3cret-b,s3cret-c").unwrap_err();
+        assert_eq!(e.variable, "UPSTASH_REDIS_REST_TOKEN");
+        assert!(e.message.contains("3 tokens for 2 URLs") && !e.message.contains("s3cret"), "{e}");
+        let e = two("https://a.upstash.io,https://b.upstash.io", "s3cret-a,bad token").unwrap_err();
+        assert!(e.message.starts_with("token 2 of 2:") && !e.message.contains("s3cret"), "{e}");
+        let e = two("https://a.upstash.io,https://a.upstash.io/", "t").unwrap_err();
+        assert_eq!(
+            (e.variable, e.message.as_str()),
+            ("UPSTASH_REDIS_REST_URL", "URL 2 repeats URL 1: each database once")
+        );
+        let e = two("https://a.upstash.io,redis://b:6379", "t").unwrap_err();
+        assert!(e.message.starts_with("URL 2 of 2: is a Redis URL"), "{e}");
+        let e = two("https://a.upstash.io,", "t").unwrap_err();
+        assert!(e.message.starts_with("URL 2 of 2:"), "{e}");
+        let cluster = config(&[("REDIS_CLUSTER", "true")]).unwrap();
+        assert!(cluster.redis_cluster);
+        assert_eq!(config(&[("REDIS_CLUSTER", "maybe")]).unwrap_err().variable, "REDIS_CLUSTER");
+    }
+
+    #[test]
     fn each_bad_value_is_rejected_with_its_variable() {
         let cases: &[(&str, &str, &str)] = &[
             ("UPSTASH_REDIS_REST_URL", "redis://localhost:6379", "not the REST URL"),
