@@ -255,9 +255,10 @@ impl<'c> Gateway<'c> {
             Action::Redis(commands, then) => {
                 let body = admin::pipeline_body(&commands);
                 let shards = self.config.redis_urls.len();
-                if shards > 1 && then.writes_everywhere() {
+                let status = matches!(then, Then::Status(_));
+                if shards > 1 && (then.writes_everywhere() || status) {
                     // Overrides and resets go to every shard: each holds the route and tier overrides, and
-                    // a reset's keys may live on any.
+                    // a reset's keys may live on any. The status page asks every shard whether it answers.
                     let replies = (0..shards).map(|_| None).collect();
                     let ticket = self.tickets.park(Work::Admin { then, head, replies }, now_ms);
                     let timeout_ms = self.config.redis_timeout_ms;
@@ -265,7 +266,8 @@ impl<'c> Gateway<'c> {
                         .map(|shard| {
                             let sub = self.tickets.new_ticket();
                             self.tickets.pieces.insert(sub, (ticket, shard));
-                            Fetch { ticket: sub, pipeline: true, body: body.clone(), timeout_ms, shard: shard as u16 }
+                            let body = if status && shard > 0 { r#"[["PING"]]"#.to_string() } else { body.clone() };
+                            Fetch { ticket: sub, pipeline: true, body, timeout_ms, shard: shard as u16 }
                         })
                         .collect();
                     return Step::Fetches(fetches);

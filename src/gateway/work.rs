@@ -318,13 +318,21 @@ impl<'c> Gateway<'c> {
                     self.tickets.pending.insert(ticket, Pending { work, deadline_ms: deadline, sent_ms: p.sent_ms });
                     return Step::Done;
                 }
+                let replies: Vec<_> = replies.into_iter().flatten().collect();
+                let databases: Vec<Option<String>> = replies.iter().map(admin::database_problem).collect();
                 // A write to every shard: the first shard that did not take it speaks for all (the
-                // operator repeats the request, which changes nothing where it was applied).
-                let mut all = replies.into_iter().flatten();
-                let first = all.next().unwrap_or(Err(TransportError::Unreachable));
-                let reply = all.find(|r| !matches!(r, Ok((200, b)) if !b.contains("\"error\""))).unwrap_or(first);
-                let reply = reply.as_ref().map(|(s, b)| (*s, b.as_str())).map_err(|e| Failure::from(*e));
-                respond(head_only(admin::finish(self.config, &self.limiter, then, reply, now_ms), head))
+                // operator repeats the request, which changes nothing where it was applied). The status
+                // page reads the first shard and asks the others whether they answer.
+                let speaks = match then {
+                    Then::Status(_) => 0,
+                    _ => databases.iter().position(Option::is_some).unwrap_or(0),
+                };
+                let reply = match replies.get(speaks) {
+                    Some(Ok((s, b))) => Ok((*s, b.as_str())),
+                    Some(Err(e)) => Err(Failure::from(*e)),
+                    None => Err(Failure::Unreachable),
+                };
+                respond(head_only(admin::finish(self.config, &self.limiter, then, reply, &databases, now_ms), head))
             }
             Work::Reset { keys } => {
                 let deleted = match http {

@@ -301,6 +301,7 @@ pub(crate) fn finish(
     limiter: &Limiter,
     then: Then,
     reply: Result<(u16, &str), Failure>,
+    databases: &[Option<String>],
     now_ms: f64,
 ) -> Response {
     let replies = match pipeline_replies(reply, then.commands()) {
@@ -314,7 +315,7 @@ pub(crate) fn finish(
             "text/plain; version=0.0.4; charset=utf-8",
             Totals::from_fields(&strings(&replies[0])).prometheus(),
         ),
-        Then::Status(_) => status_json(config, replies, now_ms),
+        Then::Status(_) => status_json(config, replies, databases, now_ms),
         Then::Candidate(_) => match &config.candidate {
             Ok(Some(c)) => ok(candidate_json(config, c, replies)),
             _ => not_found(),
@@ -612,7 +613,17 @@ fn put_override<'c>(config: &Config, scope: Scope, name: &str, body: &str, now_m
 
 // ---- status ----
 
-fn status_json(config: &Config, replies: &[Value], now_ms: f64) -> Response {
+/// What went wrong with a database's reply to the status page's read (`None`: it answered).
+pub(crate) fn database_problem(reply: &Result<(u16, String), crate::limiter::TransportError>) -> Option<String> {
+    match reply {
+        Ok((200, body)) if !body.contains("\"error\"") => None,
+        Ok((200, _)) => Some("an error reply".into()),
+        Ok((status, _)) => Some(format!("HTTP {status}")),
+        Err(e) => Some(Failure::from(*e).reason().to_string()),
+    }
+}
+
+fn status_json(config: &Config, replies: &[Value], databases: &[Option<String>], now_ms: f64) -> Response {
     let totals = Totals::from_fields(&strings(&replies[0]));
     let rules = json::array(totals.requests.iter().map(|((rule, tier), c)| {
         Obj::new()
@@ -639,9 +650,18 @@ fn status_json(config: &Config, replies: &[Value], now_ms: f64) -> Response {
     };
     let latency = Obj::new().raw("decision_ms", &latency(&totals.decision)).raw("redis_ms", &latency(&totals.redis));
     let overrides = json::array(live_overrides(&strings(&replies[2]), now_ms).iter().map(Override::to_json));
+    // Each database (in the order UPSTASH_REDIS_REST_URL lists them; never its URL): whether it answered.
+    let databases = json::array(databases.iter().enumerate().map(|(i, problem)| {
+        let o = Obj::new().int("shard", i as u64 + 1).bool("reachable", problem.is_none());
+        match problem {
+            Some(p) => o.str("problem", p).finish(),
+            None => o.raw("problem", "null").finish(),
+        }
+    }));
     let body = Obj::new()
         .int("generated_ms", now_ms as u64)
         .int("flush_interval_ms", config.metrics_flush_ms)
+        .raw("databases", &databases)
         .raw("rules", &rules)
         .raw("latency", &latency.finish())
         .raw("top_denied", &top)
