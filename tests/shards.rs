@@ -408,3 +408,28 @@ fn on_a_cluster_tier_and_route_overrides_are_refused_and_caller_overrides_live_i
     let codes: Vec<u16> = (0..2).map(|_| common::status(&request(&mut gw, &rest, "GET", "/p", "zed", ""))).collect();
     assert_eq!(codes, [200, 429], "the caller's own override holds on a cluster");
 }
+
+#[test]
+fn rpc_limit_and_reset_find_the_keys_shard() {
+    let c = config(TWO, &[]);
+    let shards = Shards(vec![Rest::new(), Rest::new()]);
+    let mut gw = Gateway::new(&c);
+    let rpc = |gw: &mut Gateway<'_>, method: &str, key: &str| -> serde_json::Value {
+        let step = gw.call(method, &serde_json::json!({ "key": key }).to_string(), T0);
+        let req = Req { method: String::new(), url: String::new(), headers: Vec::new(), body: String::new() };
+        match common::carry(gw, &shards, &req, step, T0) {
+            Step::Return { value, .. } => serde_json::from_str(&value).unwrap(),
+            other => panic!("{other:?}"),
+        }
+    };
+    for shard in 0..2 {
+        let key =
+            (0..).map(|i| format!("r{i}")).find(|k| shard_of(&format!("@rpc/{k}"), &names(TWO)) == shard).unwrap();
+        let results: Vec<bool> = (0..6).map(|_| rpc(&mut gw, "limit", &key)["success"].as_bool().unwrap()).collect();
+        assert_eq!(results, [true, true, true, true, true, false], "{key} on shard {shard}");
+        assert!(exists(&shards.0[shard], &format!("rate:{{@rpc/{key}}}")));
+        assert_eq!(rpc(&mut gw, "reset", &key)["deleted"], 1, "{key}: reset on its shard");
+        assert!(!exists(&shards.0[shard], &format!("rate:{{@rpc/{key}}}")));
+        assert_eq!(rpc(&mut gw, "limit", &key)["success"], true, "a fresh bucket after the reset");
+    }
+}

@@ -31,7 +31,11 @@ impl<'c> Gateway<'c> {
                 let mut del = vec!["DEL".to_string()];
                 del.extend(keys.iter().cloned());
                 let body = crate::json::strings(&del);
-                self.tickets.send(Work::Reset { keys }, false, body, now_ms)
+                // (the caller's own keys: all on its shard, in its slot)
+                let shard = keys.first().map_or(0, |k| self.limiter.places().of(k).shard);
+                let ticket = self.tickets.park(Work::Reset { keys }, now_ms);
+                let timeout_ms = self.config.redis_timeout_ms;
+                Step::Fetch(Fetch { ticket, pipeline: false, body, timeout_ms, shard })
             }
             method => {
                 let peek = method == Method::Peek;
