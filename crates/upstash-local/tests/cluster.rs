@@ -342,6 +342,28 @@ fn a_cluster_routes_by_slot_and_answers_for_every_master() {
     assert_eq!(s.result(json!(["RANDOMKEY"])), Value::Null);
     assert_eq!(s.result(json!(["SCRIPT", "FLUSH"])), json!("OK"));
     assert_eq!(s.result(json!(["SCRIPT", "EXISTS", sha])), json!([0]));
+
+    // A master that stops answering: its keys get an error within the bound, the others answer.
+    let stopped = (0..3).map(|i| s.base + i).find(|p| *p != s.owner("a")).expect("a master");
+    let key = (0..1000).map(|i| format!("k{i}")).find(|k| s.owner(k) == stopped).expect("a key of it");
+    let pid = std::fs::read_to_string(s.dir.join(format!("redis-{stopped}.pid"))).expect("a pid file");
+    let signal = |sig: &str| Command::new("kill").args([sig, pid.trim()]).status().expect("kill");
+    struct Resume<F: Fn()>(F);
+    impl<F: Fn()> Drop for Resume<F> {
+        fn drop(&mut self) {
+            (self.0)();
+        }
+    }
+    signal("-STOP");
+    let _resume = Resume(|| {
+        signal("-CONT");
+    });
+    let started = Instant::now();
+    let a = s.command(json!(["GET", key]));
+    assert!(started.elapsed() < BOUND, "{:?}", started.elapsed());
+    assert_eq!(a.status, 500, "{}", String::from_utf8_lossy(&a.body));
+    assert!(a.json()["error"].as_str().unwrap_or_default().starts_with("ERR Redis is unreachable"), "{}", a.json());
+    assert_eq!(s.result(json!(["SET", "a", "still"])), json!("OK"));
 }
 
 /// What a traffic thread saw: (ok, error) answers and the slowest.
