@@ -17,6 +17,9 @@
 //! that flag, so it is stripped before Redis sees the script, and EVALSHA keeps working with the
 //! SHA1 of the text as sent.
 //!
+//! When `--redis` names a node of a Redis Cluster (`INFO cluster`: `cluster_enabled:1`), it serves
+//! the whole cluster: every command goes to the master of its keys' slot (`cluster.rs`).
+//!
 //! Test switches (only with `--faults`): `POST /__faults` with
 //! `{"latency_ms": 0, "hang": false, "status": 0, "body": null}` makes every
 //! later call wait, never answer, or answer with that status/body.
@@ -111,7 +114,8 @@ fn parse_args() -> Result<Options, String> {
                      \x20                    [--dedicated 64] [--block-max-ms 30000]\n\
                      (the token may come from UPSTASH_LOCAL_TOKEN instead; --dedicated: blocking commands and event\n\
                      streams open at once, each on a connection of its own; --block-max-ms: the longest a blocking\n\
-                     command waits before it answers null, as if its own timeout had passed)"
+                     command waits before it answers null, as if its own timeout had passed; --redis may name any\n\
+                     node of a Redis Cluster: the whole cluster is then served, each command on its slot's master)"
                 );
                 std::process::exit(0);
             }
