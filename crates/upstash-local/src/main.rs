@@ -17,6 +17,9 @@
 //! that flag, so it is stripped before Redis sees the script, and EVALSHA keeps working with the
 //! SHA1 of the text as sent.
 //!
+//! When `--redis` names a node of a Redis Cluster (`INFO cluster`: `cluster_enabled:1`), it serves
+//! the whole cluster: every command goes to the master of its keys' slot (`cluster.rs`).
+//!
 //! Test switches (only with `--faults`): `POST /__faults` with
 //! `{"latency_ms": 0, "hang": false, "status": 0, "body": null}` makes every
 //! later call wait, never answer, or answer with that status/body.
@@ -43,6 +46,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, Semaphore};
 
 mod body;
+mod cluster;
 mod protocol;
 mod shebang;
 
@@ -74,6 +78,8 @@ struct Server {
     block_max: Duration,
     /// The `upstash-sync-token` of the last answer (one Redis: every answer reads every write before it).
     sync: AtomicU64,
+    /// When `--redis` names a node of a Redis Cluster: the cluster, every command routed by its keys' slot.
+    cluster: Option<Arc<cluster::Cluster>>,
 }
 
 struct Options {
@@ -108,7 +114,8 @@ fn parse_args() -> Result<Options, String> {
                      \x20                    [--dedicated 64] [--block-max-ms 30000]\n\
                      (the token may come from UPSTASH_LOCAL_TOKEN instead; --dedicated: blocking commands and event\n\
                      streams open at once, each on a connection of its own; --block-max-ms: the longest a blocking\n\
-                     command waits before it answers null, as if its own timeout had passed)"
+                     command waits before it answers null, as if its own timeout had passed; --redis may name any\n\
+                     node of a Redis Cluster: the whole cluster is then served, each command on its slot's master)"
                 );
                 std::process::exit(0);
             }
@@ -156,6 +163,14 @@ async fn serve(args: Options) -> Result<(), String> {
     let redis = ConnectionManager::new_with_config(client.clone(), config)
         .await
         .map_err(|e| format!("cannot connect to Redis at {}: {e}", args.redis))?;
+    let cluster = match cluster_enabled(&redis).await {
+        true => Some(
+            cluster::Cluster::connect(client.get_connection_info().clone())
+                .await
+                .map_err(|e| format!("{} is a Redis Cluster node, but the cluster cannot be read: {e}", args.redis))?,
+        ),
+        false => None,
+    };
     let listener =
         TcpListener::bind(args.listen).await.map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
     let server = Arc::new(Server {
@@ -170,8 +185,17 @@ async fn serve(args: Options) -> Result<(), String> {
         dedicated_max: args.dedicated,
         block_max: Duration::from_millis(args.block_max_ms),
         sync: AtomicU64::new(0),
+        cluster,
     });
-    println!("upstash-local listening on http://{} (Redis {})", args.listen, args.redis);
+    match &server.cluster {
+        Some(c) => println!(
+            "upstash-local listening on http://{} (Redis Cluster of {} masters, through {})",
+            args.listen,
+            c.masters(),
+            args.redis
+        ),
+        None => println!("upstash-local listening on http://{} (Redis {})", args.listen, args.redis),
+    }
     loop {
         let (stream, _) = match listener.accept().await {
             Ok(s) => s,
@@ -190,6 +214,13 @@ async fn serve(args: Options) -> Result<(), String> {
             let _ = http1::Builder::new().keep_alive(true).serve_connection(TokioIo::new(stream), service).await;
         });
     }
+}
+
+/// Whether the node `--redis` names runs in cluster mode (`INFO cluster`: `cluster_enabled:1`).
+async fn cluster_enabled(redis: &ConnectionManager) -> bool {
+    let mut conn = redis.clone();
+    let info = redis::cmd("INFO").arg("cluster").query_async::<String>(&mut conn).await;
+    info.is_ok_and(|text| text.lines().any(|l| l.trim() == "cluster_enabled:1"))
 }
 
 fn reply(status: StatusCode, body: Value) -> Response<Out> {
@@ -334,7 +365,17 @@ impl Server {
             return Err((StatusCode::BAD_REQUEST, protocol::refusal(&args, why)));
         }
         let blocking = protocol::blocks(&args);
-        let cmd = self.build(args);
+        let args = self.translate(args);
+        if let Some(cluster) = &self.cluster {
+            if blocking {
+                let Ok(_permit) = self.dedicated.clone().try_acquire_owned() else {
+                    return Err((StatusCode::TOO_MANY_REQUESTS, self.too_many_dedicated()));
+                };
+                return cluster.blocking(&args, self.block_max).await.map_err(failure);
+            }
+            return cluster.run(&args).await.map_err(failure);
+        }
+        let cmd = protocol::to_cmd(&args);
         if blocking {
             return self.run_dedicated(cmd).await;
         }
@@ -383,6 +424,34 @@ impl Server {
                     });
                 }
                 results
+            } else if let Some(cluster) = &self.cluster {
+                let mut runnable = Vec::with_capacity(parsed.len());
+                let mut slots: Vec<Result<(), String>> = Vec::with_capacity(parsed.len());
+                for args in parsed {
+                    slots.push(match args {
+                        Ok(args) => match protocol::refused(&args) {
+                            Some(why) => Err(protocol::refusal(&args, why)),
+                            None => {
+                                runnable.push(self.translate(args));
+                                Ok(())
+                            }
+                        },
+                        Err(m) => Err(m),
+                    });
+                }
+                let mut replies = cluster.pipeline(&runnable).await.into_iter();
+                slots
+                    .into_iter()
+                    .map(|slot| match slot {
+                        Ok(()) => match replies.next() {
+                            Some(Ok(redis::Value::ServerError(e))) => Err(protocol::server_error_text(&e)),
+                            Some(Ok(v)) => Ok(v),
+                            Some(Err(f)) => Err(failure(f).1),
+                            None => Err("ERR no reply".into()),
+                        },
+                        Err(m) => Err(m),
+                    })
+                    .collect()
             } else {
                 let mut pipe = redis::pipe();
                 pipe.ignore_errors();
@@ -448,9 +517,7 @@ impl Server {
     /// command is applied, 200); a transaction Redis discards at queue time is one 400 error that
     /// names the command and Redis's reason.
     async fn multi_exec(&self, commands: Vec<Value>, format: Format) -> Response<Out> {
-        let mut pipe = redis::pipe();
-        pipe.ignore_errors();
-        pipe.cmd("MULTI");
+        let mut transaction = Vec::with_capacity(commands.len());
         for (i, command) in commands.iter().enumerate() {
             let args = match protocol::command_of_json(command) {
                 Ok(a) => a,
@@ -462,16 +529,32 @@ impl Server {
                 let m = protocol::refusal(&args, why);
                 return error(StatusCode::BAD_REQUEST, format!("{m} (command {}, transaction discarded)", i + 1));
             }
-            pipe.add_command(self.build(args));
+            transaction.push(self.translate(args));
         }
-        pipe.cmd("EXEC");
-        let mut conn = self.redis.clone();
-        let replies = match pipe.query_async::<redis::Value>(&mut conn).await {
-            Ok(redis::Value::Array(values)) => values,
-            Ok(_) => return error(StatusCode::INTERNAL_SERVER_ERROR, "ERR unexpected transaction reply"),
-            Err(e) => {
-                let (status, message) = redis_error(e);
-                return error(status, message);
+        let replies = if let Some(cluster) = &self.cluster {
+            match cluster.transaction(&transaction).await {
+                Ok(values) => values,
+                Err(f) => {
+                    let (status, message) = failure(f);
+                    return error(status, message);
+                }
+            }
+        } else {
+            let mut pipe = redis::pipe();
+            pipe.ignore_errors();
+            pipe.cmd("MULTI");
+            for args in &transaction {
+                pipe.add_command(protocol::to_cmd(args));
+            }
+            pipe.cmd("EXEC");
+            let mut conn = self.redis.clone();
+            match pipe.query_async::<redis::Value>(&mut conn).await {
+                Ok(redis::Value::Array(values)) => values,
+                Ok(_) => return error(StatusCode::INTERNAL_SERVER_ERROR, "ERR unexpected transaction reply"),
+                Err(e) => {
+                    let (status, message) = redis_error(e);
+                    return error(status, message);
+                }
             }
         };
         // MULTI's OK, one QUEUED (or the queue-time error) per command, then EXEC's array.
@@ -511,7 +594,15 @@ impl Server {
         let Ok(permit) = self.dedicated.clone().try_acquire_owned() else {
             return error(StatusCode::TOO_MANY_REQUESTS, self.too_many_dedicated());
         };
-        let mut pubsub = match self.client.get_async_pubsub().await {
+        // On a cluster every node relays every PUBLISH (the cluster bus), so one master is enough.
+        let client = match &self.cluster {
+            Some(cluster) => match cluster.any_client() {
+                Ok(c) => c,
+                Err(e) => return redis_failure(e),
+            },
+            None => self.client.clone(),
+        };
+        let mut pubsub = match client.get_async_pubsub().await {
             Ok(p) => p,
             Err(e) => return redis_failure(e),
         };
@@ -555,33 +646,54 @@ impl Server {
         let Ok(permit) = self.dedicated.clone().try_acquire_owned() else {
             return error(StatusCode::TOO_MANY_REQUESTS, self.too_many_dedicated());
         };
-        let monitor = match self.client.get_async_monitor().await {
-            Ok(m) => m,
-            Err(e) => return redis_failure(e),
+        // On a cluster, every master's commands (each node only sees its own).
+        let clients = match &self.cluster {
+            Some(cluster) => match cluster.master_clients() {
+                Ok(c) => c,
+                Err(e) => return redis_failure(e),
+            },
+            None => vec![self.client.clone()],
         };
+        let mut monitors = Vec::with_capacity(clients.len());
+        for client in &clients {
+            match client.get_async_monitor().await {
+                Ok(m) => monitors.push(m),
+                Err(e) => return redis_failure(e),
+            }
+        }
         let (tx, rx) = mpsc::channel::<Bytes>(256);
-        tokio::spawn(async move {
-            let _permit = permit;
-            if tx.send(Bytes::from(protocol::sse_event("\"OK\""))).await.is_err() {
-                return;
-            }
-            let mut lines = monitor.into_on_message::<String>();
-            loop {
-                let line = tokio::select! {
-                    l = lines.next() => l,
-                    () = tx.closed() => None,
-                };
-                let Some(line) = line else { return };
-                if tx.send(Bytes::from(protocol::sse_event(&line))).await.is_err() {
-                    return;
+        if tx.try_send(Bytes::from(protocol::sse_event("\"OK\""))).is_err() {
+            return error(StatusCode::INTERNAL_SERVER_ERROR, "ERR the event stream did not start");
+        }
+        let permit = Arc::new(permit);
+        for monitor in monitors {
+            let tx = tx.clone();
+            let permit = permit.clone();
+            tokio::spawn(async move {
+                let _permit = permit;
+                let mut lines = monitor.into_on_message::<String>();
+                loop {
+                    let line = tokio::select! {
+                        l = lines.next() => l,
+                        () = tx.closed() => None,
+                    };
+                    let Some(line) = line else { return };
+                    if tx.send(Bytes::from(protocol::sse_event(&line))).await.is_err() {
+                        return;
+                    }
                 }
-            }
-        });
+            });
+        }
         event_stream(rx)
     }
 
     /// A Redis command from its arguments, with script flags and SHAs translated.
-    fn build(&self, mut args: Args) -> redis::Cmd {
+    fn build(&self, args: Args) -> redis::Cmd {
+        protocol::to_cmd(&self.translate(args))
+    }
+
+    /// A command's arguments with script flags and SHAs translated (and the command counted).
+    fn translate(&self, mut args: Args) -> Args {
         let name = String::from_utf8_lossy(&args[0]).to_ascii_uppercase();
         *self.commands.lock().unwrap_or_else(|p| p.into_inner()).entry(name.clone()).or_default() += 1;
         let script_at = match name.as_str() {
@@ -607,11 +719,7 @@ impl Server {
             }
             _ => {}
         }
-        let mut cmd = redis::cmd(&String::from_utf8_lossy(&args[0]));
-        for arg in &args[1..] {
-            cmd.arg(arg.as_slice());
-        }
-        cmd
+        args
     }
 
     fn stored_sha(&self, sent: &[u8]) -> Vec<u8> {
@@ -693,6 +801,14 @@ fn event_stream(rx: mpsc::Receiver<Bytes>) -> Response<Out> {
     h.insert("content-type", HeaderValue::from_static("text/event-stream"));
     h.insert("cache-control", HeaderValue::from_static("no-cache"));
     response
+}
+
+/// A cluster command's failure as Upstash answers it: Redis's error, or ours (`CROSSSLOT …`), with its status.
+fn failure(f: cluster::Failure) -> (StatusCode, String) {
+    match f {
+        cluster::Failure::Redis(e) => redis_error(e),
+        cluster::Failure::Reply(message) => (StatusCode::BAD_REQUEST, message),
+    }
 }
 
 fn redis_failure(e: redis::RedisError) -> Response<Out> {

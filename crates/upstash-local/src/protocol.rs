@@ -145,6 +145,15 @@ pub fn blocks(args: &Args) -> bool {
     }
 }
 
+/// The Redis command of some arguments.
+pub fn to_cmd(args: &Args) -> redis::Cmd {
+    let mut cmd = redis::cmd(&String::from_utf8_lossy(&args[0]));
+    for arg in &args[1..] {
+        cmd.arg(arg.as_slice());
+    }
+    cmd
+}
+
 /// A reply as the root endpoint's `result` (or a pipeline entry's), in JSON or base64 JSON.
 pub fn to_json(value: redis::Value, format: Format) -> Value {
     encode(value, format == Format::Base64, true)
