@@ -69,6 +69,9 @@ struct Server {
     redis: ConnectionManager,
     /// SHA1 of a script as sent → SHA1 of what Redis has (flag stripped).
     scripts: RwLock<HashMap<String, String>>,
+    /// On a cluster: each script Redis was given (by its SHA1 there), to load on a master that
+    /// answers NOSCRIPT (each master caches scripts of its own).
+    bodies: RwLock<HashMap<String, Vec<u8>>>,
     faults: Option<Mutex<Faults>>,
     calls: AtomicU64,
     commands: Mutex<HashMap<String, u64>>,
@@ -178,6 +181,7 @@ async fn serve(args: Options) -> Result<(), String> {
         client,
         redis,
         scripts: RwLock::new(HashMap::new()),
+        bodies: RwLock::new(HashMap::new()),
         faults: args.faults.then(|| Mutex::new(Faults::default())),
         calls: AtomicU64::new(0),
         commands: Mutex::new(HashMap::new()),
@@ -373,7 +377,19 @@ impl Server {
                 };
                 return cluster.blocking(&args, self.block_max).await.map_err(failure);
             }
-            return cluster.run(&args).await.map_err(failure);
+            let result = cluster.run(&args).await.map_err(failure);
+            // A master that has not seen the script (each caches its own): loaded from what an EVAL
+            // or SCRIPT LOAD sent before, then the EVALSHA once more, so that one EVAL serves the
+            // whole cluster as it serves one Redis.
+            if let (Err((_, message)), Some(body)) = (&result, self.body_for(&args)) {
+                if message.starts_with("NOSCRIPT") {
+                    let load = vec![b"SCRIPT".to_vec(), b"LOAD".to_vec(), body];
+                    if cluster.run(&load).await.is_ok() {
+                        return cluster.run(&args).await.map_err(failure);
+                    }
+                }
+            }
+            return result;
         }
         let cmd = protocol::to_cmd(&args);
         if blocking {
@@ -709,6 +725,13 @@ impl Server {
                 self.scripts.write().unwrap_or_else(|p| p.into_inner()).insert(sent, stored);
                 args[i] = stripped.into_bytes();
             }
+            if self.cluster.is_some() {
+                let sha = sha1_smol::Sha1::from(&args[i]).digest().to_string();
+                let mut bodies = self.bodies.write().unwrap_or_else(|p| p.into_inner());
+                if bodies.len() < 1024 || bodies.contains_key(&sha) {
+                    bodies.insert(sha, args[i].clone());
+                }
+            }
         }
         match name.as_str() {
             "EVALSHA" | "EVALSHA_RO" if args.len() > 1 => args[1] = self.stored_sha(&args[1]),
@@ -720,6 +743,16 @@ impl Server {
             _ => {}
         }
         args
+    }
+
+    /// The script an EVALSHA names, when an EVAL or SCRIPT LOAD sent it through here (cluster mode).
+    fn body_for(&self, args: &Args) -> Option<Vec<u8>> {
+        let name = String::from_utf8_lossy(args.first()?).to_ascii_uppercase();
+        if !matches!(name.as_str(), "EVALSHA" | "EVALSHA_RO") {
+            return None;
+        }
+        let sha = String::from_utf8_lossy(args.get(1)?).to_ascii_lowercase();
+        self.bodies.read().unwrap_or_else(|p| p.into_inner()).get(&sha).cloned()
     }
 
     fn stored_sha(&self, sent: &[u8]) -> Vec<u8> {
