@@ -148,6 +148,7 @@ impl Sim<'_> {
                 share,
                 settle,
                 since,
+                seed: None,
             });
         }
         let mut states: Vec<Option<State>> = keys[..n].iter().map(|k| self.redis.get(k).copied()).collect();

@@ -35,7 +35,12 @@
 --   ARGV[a+5]        limit i's mode: "0" enforcing; "1" shadow: it never denies, and it is debited only when
 --                    the call is allowed and it can pay; "2" candidate (a policy being tried on live
 --                    traffic): it never denies, and the candidate limits are debited all or nothing among
---                    themselves, whatever the enforcing limits say; "3" report only: never denies, never debited
+--                    themselves, whatever the enforcing limits say; "3" report only: never denies, never debited.
+--                    A mode may be followed by " <ms>" (a shard change at that script time): a key that
+--                    does not exist then starts as if empty at that time and refilled since — a bucket
+--                    with (now - ms) * rate tokens, a sliding window whose window before that time was
+--                    full, a fixed window full in the window of that time — never more than the database
+--                    the subject moved from can hold, whose history this one lacks
 --   ARGV[a+6]        override KEYS indexes, most specific first, space-separated ("" = none): the first
 --                    override key that exists replaces capacity and rate (the TTL grows to match);
 --                    one whose numbers the gateway would refuse (capacity above 1e9, a full refill
@@ -188,6 +193,9 @@ for i = 1, n do
     end
   end
   algo[i], cap[i], rate[i], cost[i] = ARGV[a], c, r, k
+  local m, seed = string.match(ARGV[a + 5], "^(%d) (%d+)$")
+  seed = tonumber(seed)
+  if seed then seed = seed / 1000 else m = ARGV[a + 5] end
   local tokens, t, usable, new = 0, now, true, false
   if ARGV[a] == "c" then
     -- In-flight slots: those not yet expired count (a settle call only removes its own).
@@ -202,7 +210,7 @@ for i = 1, n do
     -- (t / w rounded across a window's edge: the window is the one t is in)
     if ends <= t then ends = ends + w elseif ends - w > t then ends = ends - w end
     local count, counted = nil, false
-    if peek or give or settle or ARGV[a + 5] == "3" then
+    if peek or give or settle or m == "3" then
       local ok, v = pcall(redis.call, "HGET", KEYS[i], "n")
       if ok then count = v == false and 0 or tonumber(v) end
     else
@@ -211,6 +219,8 @@ for i = 1, n do
     end
     if count == nil or count ~= count then
       count, usable = c, false                 -- unreadable state: assume full for a window
+    elseif count == 0 and seed and ends - w <= seed then
+      count, new = c, true                     -- new in a shard change: full in the window of the change
     else
       new = count == 0
     end
@@ -224,7 +234,16 @@ for i = 1, n do
     deadline[i] = h[5] == false and tonumber(h[4]) or nil  -- (a fixed window's count: its PEXPIRE ruled)
     if h[5] ~= false then stray[i] = true end
     local start, cur, prev = tonumber(h[1]), tonumber(h[2]), tonumber(h[3])
-    if h[1] == false and h[2] == false and h[3] == false then
+    if h[1] == false and h[2] == false and h[3] == false and seed then
+      -- New in a shard change: the window before the change full, rolled on to now.
+      start, cur, prev = math.min(seed, now), 0, c
+      local moved = math.floor((t - start) / w)
+      if moved >= 2 then
+        start, prev = start + moved * w, 0
+      elseif moved == 1 then
+        start, prev = start + w, 0
+      end
+    elseif h[1] == false and h[2] == false and h[3] == false then
       start, cur, prev, usable, new = now, 0, 0, false, true  -- a new (or expired) window is empty
     elseif start == nil or cur == nil or prev == nil or start ~= start or cur ~= cur or prev ~= prev then
       start, cur, prev, usable = now, c, 0, false  -- unreadable state: assume full for a window
@@ -251,7 +270,9 @@ for i = 1, n do
     if leasing and (lq == nil or lp == nil or li == nil or ll == nil or not (ll > 0) or lq ~= lq or lp ~= lp or li ~= li) then
       tokens = nil                             -- unreadable lease slots: the whole state is unreadable
     end
-    if h[1] == false and h[2] == false and not leasing then
+    if h[1] == false and h[2] == false and not leasing and seed then
+      tokens = math.min(c, math.max(0, (t - seed) * r))  -- new in a shard change: empty then, refilled since
+    elseif h[1] == false and h[2] == false and not leasing then
       tokens, usable, new = c, false, true     -- a new (or expired) bucket is full
     elseif tokens == nil or last == nil or tokens ~= tokens or last ~= last then
       tokens, usable = 0, false                -- unreadable state: assume empty, never full
@@ -288,7 +309,7 @@ for i = 1, n do
     ttl_i = math.max(ttl_i, math.ceil(c / r))
   end
   if not (ttl_i <= 2 * MAX_WINDOW) then ttl_i = 2 * MAX_WINDOW end
-  level[i], stamp[i], ttl[i], mode[i], known[i], fresh[i] = tokens, t, ttl_i, ARGV[a + 5], usable, new
+  level[i], stamp[i], ttl[i], mode[i], known[i], fresh[i] = tokens, t, ttl_i, m, usable, new
   if give or settle then
     -- giving back and settling decide nothing
   elseif tokens < k then
@@ -366,20 +387,21 @@ for i = 1, n do
       count = count + k + lease
     elseif counted then
       -- Not admitted (or a candidate not paying): counted back; a count this call began is deleted.
-      if count == 0 then redis.call("DEL", KEYS[i]) else redis.call("HINCRBY", KEYS[i], "n", -k) end
+      if count == 0 or fresh[i] then redis.call("DEL", KEYS[i]) else redis.call("HINCRBY", KEYS[i], "n", -k) end
     elseif back or (settling and k < 0) then
       -- Given back or refunded to the window it was counted in, if that is still this one.
       local at = (tonumber(string.match(ARGV[4 + (i - 1) * 8 + 7] or "", "^(%d+)")) or 0) / 1000
-      if at >= start and count > 0 then
+      if at >= start and count > 0 and not fresh[i] then  -- (a key new in a shard change counted nothing)
         local d = math.min(count, math.abs(k))
         redis.call("HINCRBY", KEYS[i], "n", -d)
         count = count - d
       end
       tokens = c - count
     elseif settling and k > 0 then
-      -- Charged now, in the current window (beyond the capacity: the rest of the window is denied).
-      redis.call("HINCRBY", KEYS[i], "n", k)
-      if count == 0 then redis.call("PEXPIRE", KEYS[i], ttl_ms) end
+      -- Charged now, in the current window (beyond the capacity: the rest of the window is denied); a
+      -- key new in a shard change stores the full count it starts from.
+      redis.call("HINCRBY", KEYS[i], "n", fresh[i] and count + k or k)
+      if count == 0 or fresh[i] then redis.call("PEXPIRE", KEYS[i], ttl_ms) end
       count = count + k
       tokens = c - count
     end

@@ -58,7 +58,7 @@ fn script(
             .arg(spec.rate.to_string())
             .arg(ttl)
             .arg(spec.cost.to_string());
-        cmd.arg(spec.mode.code()).arg(indexes).arg(spec.lease_arg(op));
+        cmd.arg(spec.mode_arg()).arg(indexes).arg(spec.lease_arg(op));
     }
     cmd
 }
@@ -112,6 +112,13 @@ fn lua_agrees_with_the_rust_reference_on_random_sequences() {
         }
         let mut states: Vec<Option<State>> = vec![None; n];
         let mut now_ms: u64 = 1_700_000_000_000 + rng.below(1_000_000);
+        // Some limits are of a subject new on this database after a shard change a while ago (or to come).
+        for s in &mut specs {
+            if rng.below(3) == 0 {
+                let ago = [0i64, 5_000, 90_000, -2_000][rng.below(4) as usize];
+                s.seed = Some((now_ms as i64 - ago) as f64 / 1000.0);
+            }
+        }
         for step in 0..150 {
             now_ms += [0, 1, 7, 100, 333, 1000, 12_000][rng.below(7) as usize];
             // A fixed window's key dies when its window ends: here by the simulated clock (the test

@@ -57,8 +57,13 @@ struct Run<'c, E: Endpoint> {
 
 impl<'c, E: Endpoint> Run<'c, E> {
     fn new(config: &'c Config, isolates: usize, end: &'c E) -> Self {
+        Self::of((0..isolates).map(|_| Gateway::new(config)).collect(), end)
+    }
+
+    /// Isolates of their own configurations (say, before and after a shard change).
+    fn of(gws: Vec<Gateway<'c>>, end: &'c E) -> Self {
         Run {
-            gws: (0..isolates).map(|_| Gateway::new(config)).collect(),
+            gws,
             end,
             rng: Rng(7),
             out: Vec::new(),
@@ -431,5 +436,91 @@ fn rpc_limit_and_reset_find_the_keys_shard() {
         assert_eq!(rpc(&mut gw, "reset", &key)["deleted"], 1, "{key}: reset on its shard");
         assert!(!exists(&shards.0[shard], &format!("rate:{{@rpc/{key}}}")));
         assert_eq!(rpc(&mut gw, "limit", &key)["success"], true, "a fresh bucket after the reset");
+    }
+}
+
+const ONE: &str = "http://127.0.0.1:1/a";
+
+/// The allowance of a 5/min bucket of capacity 5 over `ms`.
+fn allowance(ms: f64) -> f64 {
+    5.0 + ms / 12_000.0
+}
+
+#[test]
+fn adding_a_database_never_admits_more_than_the_limit_during_and_after_the_change() {
+    let shards = Shards(vec![Rest::new(), Rest::new()]);
+    // Callers the new list moves to the second database, and one it leaves where it was.
+    let moved: Vec<String> =
+        (0..).map(|i| format!("mv{i}")).filter(|u| shard_of(u, &names(TWO)) == 1).take(2).collect();
+    let stays = (0..).map(|i| format!("st{i}")).find(|u| shard_of(u, &names(TWO)) == 0).unwrap();
+    let before = config(ONE, &[]);
+    let changed_at = format!("{}", (T0 + 1_000.0) / 1000.0);
+    let during = config(TWO, &[("UPSTASH_REDIS_REST_URL_PREVIOUS", ONE), ("SHARDS_CHANGED_AT", &changed_at)]);
+    let after = config(TWO, &[]);
+    let (x, naive) = (&moved[0], &moved[1]);
+
+    // Before: one database. Both moved callers spend their 5; the other caller spends 2.
+    let mut run = Run::of(vec![Gateway::new(&before)], &shards);
+    let mut n = 0;
+    let mut ask = |run: &mut Run<'_, Shards>, iso: usize, user: &str| -> bool {
+        n += 1;
+        let before = run.admitted();
+        run.begin(n, iso, user, "/api/orders");
+        run.settle();
+        run.advance(1.0);
+        run.admitted() > before
+    };
+    for _ in 0..6 {
+        ask(&mut run, 0, x);
+        ask(&mut run, 0, naive);
+    }
+    assert_eq!(run.admitted(), 10);
+    assert!(ask(&mut run, 0, &stays) && ask(&mut run, 0, &stays));
+
+    // Without the change's previous list, a moved caller finds a full bucket on the new database: the
+    // over-admission this procedure prevents.
+    let mut bare = Run::of(vec![Gateway::new(&after)], &shards);
+    bare.now = run.now + 1_000.0;
+    let extra = (0..6).filter(|_| ask(&mut bare, 0, naive)).count();
+    assert_eq!(extra, 5, "a moved bucket starts full without the procedure");
+
+    // During the change: isolates on the old list and on the new one (with the previous list) take
+    // turns, a request each every 2 s, for 3 minutes: the moved caller never gets more than its
+    // allowance, and the caller that stays is decided on its database alone.
+    let start = T0;
+    let mut mixed = Run::of(vec![Gateway::new(&before), Gateway::new(&during)], &shards);
+    mixed.now = run.now + 1_000.0;
+    let mut admitted_x = 5.0; // (before the change)
+    for i in 0..90 {
+        mixed.advance(2_000.0);
+        if ask(&mut mixed, i % 2, x) {
+            admitted_x += 1.0;
+        }
+        let allowed = allowance(mixed.now - start);
+        assert!(
+            admitted_x <= allowed + 1e-9,
+            "{admitted_x} admitted by {} s: the allowance is {allowed}",
+            (mixed.now - start) / 1000.0
+        );
+    }
+    assert!(admitted_x >= 5.0 + 10.0, "the moved caller is still served during the change: {admitted_x}");
+    let two_keys = mixed.calls.iter().filter(|(_, keys)| keys.iter().any(|k| k.contains(x.as_str()))).count();
+    assert!(two_keys > 0);
+    assert!(mixed.calls.iter().any(|(s, keys)| *s == 1 && keys.iter().any(|k| k.contains(x.as_str()))));
+    let stay_calls: Vec<u16> =
+        mixed.calls.iter().filter(|(_, k)| k.iter().any(|k| k.contains(stays.as_str()))).map(|(s, _)| *s).collect();
+    assert!(stay_calls.iter().all(|s| *s == 0), "a caller that did not move is not asked about elsewhere");
+
+    // After: the new list alone. The new database's bucket (as if empty at the change, charged for
+    // everything since) never holds more than the caller's true allowance.
+    let mut done = Run::of(vec![Gateway::new(&after), Gateway::new(&after)], &shards);
+    done.now = mixed.now + 1_000.0;
+    for i in 0..40 {
+        done.advance(3_000.0);
+        if ask(&mut done, i % 2, x) {
+            admitted_x += 1.0;
+        }
+        let allowed = allowance(done.now - start);
+        assert!(admitted_x <= allowed + 1e-9, "after the change: {admitted_x} admitted, allowance {allowed}");
     }
 }

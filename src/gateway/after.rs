@@ -282,7 +282,14 @@ impl<'c> After<'c> {
                 },
                 (Some(_), None) => continue,
             };
-            settlements.push(Settlement { key: h.key, limit: h.limit, overrides: h.overrides, delta, arg });
+            settlements.push(Settlement {
+                key: h.key,
+                limit: h.limit,
+                overrides: h.overrides,
+                delta,
+                arg,
+                shard: None,
+            });
         }
         cx.metrics.add_held(counts);
         if settlements.is_empty() {
@@ -461,6 +468,7 @@ pub(super) fn merge(items: Vec<Settlement<'_>>) -> Vec<Settlement<'_>> {
     for s in items {
         let same = out.iter_mut().find(|o| {
             o.key == s.key
+                && o.shard == s.shard
                 && o.overrides == s.overrides
                 && if s.limit.is_concurrency() {
                     o.limit.is_concurrency()
@@ -537,7 +545,7 @@ mod tests {
     use crate::policy::rate::Refill;
 
     fn item<'a>(key: &str, limit: &'a Limit, delta: i64, arg: &str) -> Settlement<'a> {
-        Settlement { key: key.into(), limit, overrides: Vec::new(), delta, arg: arg.into() }
+        Settlement { key: key.into(), limit, overrides: Vec::new(), delta, arg: arg.into(), shard: None }
     }
 
     fn shape(items: &[Settlement<'_>]) -> Vec<(String, i64, String)> {

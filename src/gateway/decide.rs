@@ -153,6 +153,7 @@ impl<'c> Gateway<'c> {
                                 overrides: h.overrides,
                                 delta: 0,
                                 arg: id.clone(),
+                                shard: None,
                             })
                             .collect()
                     })
@@ -246,6 +247,7 @@ pub(super) fn put_back_of<'c>(
                 overrides: c.overrides.clone(),
                 delta,
                 arg,
+                shard: Some(d.shard),
             };
             if c.limit.is_concurrency() {
                 return id.map(|id| settlement(0, id.to_string()));

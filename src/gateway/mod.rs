@@ -69,8 +69,7 @@ impl<'c> Gateway<'c> {
     pub fn new(config: &'c Config) -> Gateway<'c> {
         Gateway {
             header_names: header_names(config),
-            limiter: Limiter::with_leases(config.deny_cache_max_ms, config.leases)
-                .with_places(Places::new(config.redis_urls.clone(), config.redis_cluster)),
+            limiter: Limiter::with_leases(config.deny_cache_max_ms, config.leases).with_places(places_of(config)),
             metrics: Metrics::default(),
             tickets: Tickets::new(config.redis_timeout_ms),
             after: After::default(),
@@ -296,6 +295,15 @@ impl<'c> Gateway<'c> {
                 Step::Fetch(Fetch { ticket, pipeline: false, body: "[\"PING\"]".into(), timeout_ms: 500, shard: 0 })
             }
         }
+    }
+}
+
+/// Where keys live, as `config` says (during a shard change, where they lived before too).
+fn places_of(config: &Config) -> Places {
+    let places = Places::new(config.redis_urls.clone(), config.redis_cluster);
+    match &config.redis_previous {
+        Some((previous, at_ms)) => places.with_previous(previous.clone(), *at_ms),
+        None => places,
     }
 }
 

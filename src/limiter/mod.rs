@@ -157,7 +157,7 @@ impl Default for Limiter {
 
 /// KEYS and ARGV for `n` limits: (key, limit, cost, mode, override keys, lease argument `ARGV[a+7]`) each.
 fn script_args<'a>(
-    limits: impl Iterator<Item = (&'a str, &'a Limit, i64, Mode, &'a [String], String)>,
+    limits: impl Iterator<Item = (&'a str, &'a Limit, i64, Mode, &'a [String], String, Option<i64>)>,
     n: usize,
     clock: Clock,
     now_ms: f64,
@@ -175,12 +175,16 @@ fn script_args<'a>(
     args.push(n.to_string());
     let mut overrides: Vec<&[String]> = Vec::with_capacity(n);
     let mut leases = Vec::with_capacity(n);
-    for (key, limit, cost, mode, o, lease) in limits {
+    for (key, limit, cost, mode, o, lease, seed) in limits {
         keys.push(key.to_string());
         args.push(limit.algorithm().code().to_string());
         args.extend(limit.script_args().iter().cloned());
         args.push(cost.to_string());
-        args.push(mode.code().to_string());
+        args.push(match seed {
+            // (a key new on this shard since a shard change at that time: as if empty then)
+            Some(ms) => format!("{} {ms}", mode.code()),
+            None => mode.code().to_string(),
+        });
         args.push(String::new()); // override indexes, below (their keys come after every limit's)
         args.push(String::new()); // the lease argument, below
         overrides.push(o);
@@ -257,6 +261,9 @@ pub struct Settlement<'a> {
     pub overrides: Vec<String>,
     pub delta: i64,
     pub arg: String,
+    /// The one shard it goes to (what one piece of a spread call debited); `None`: wherever the key
+    /// lives (during a shard change, on both the shard it moved from and the one it moved to).
+    pub shard: Option<u16>,
 }
 
 /// Where one piece of a script call stands.
@@ -331,6 +338,8 @@ pub struct Debited {
     pub leased: i64,
     /// Whether it paid (a shadow limit pays only when it can).
     pub paid: bool,
+    /// The shard that debited it (where it is put back).
+    pub shard: u16,
 }
 
 /// One script call: EVALSHA, and on `NOSCRIPT` either a wait for another request's load and one more
@@ -354,8 +363,9 @@ pub struct ScriptCall {
     wants: Vec<u64>,
 }
 
-/// One limit's part in a call: (key, limit, cost, mode, override keys, lease argument `ARGV[a+7]`).
-type LimitArg<'a> = (&'a str, &'a Limit, i64, Mode, &'a [String], String);
+/// One limit's part in a call: (key, limit, cost, mode, override keys, lease argument `ARGV[a+7]`,
+/// the one shard it goes to if it must).
+type LimitArg<'a> = (&'a str, &'a Limit, i64, Mode, &'a [String], String, Option<u16>);
 
 impl ScriptCall {
     /// The call for `checks`, and what to send first.
@@ -380,7 +390,11 @@ impl ScriptCall {
             checks
                 .iter()
                 .map(|c| {
-                    !peek && matches!(c.mode, Mode::Enforce | Mode::Shadow) && book.can_lease(c.limit, c.cost, c.mode)
+                    // (during a shard change a moved subject is decided on two databases: no lease)
+                    !peek
+                        && matches!(c.mode, Mode::Enforce | Mode::Shadow)
+                        && book.can_lease(c.limit, c.cost, c.mode)
+                        && limiter.places.moved(&c.key).is_none()
                 })
                 .collect()
         };
@@ -420,7 +434,7 @@ impl ScriptCall {
         let limits = checks
             .iter()
             .zip(lease_args)
-            .map(|(c, arg)| (c.key.as_str(), c.limit, i64::from(c.cost), c.mode, c.overrides.as_slice(), arg))
+            .map(|(c, arg)| (c.key.as_str(), c.limit, i64::from(c.cost), c.mode, c.overrides.as_slice(), arg, None))
             .collect();
         Self::build(limiter, limits, clock, now_ms, op, None, asked, if leasable { wants } else { Vec::new() })
     }
@@ -432,7 +446,7 @@ impl ScriptCall {
             .map(|g| {
                 let tokens = g.tokens.min(u64::from(u32::MAX)) as u32;
                 let arg = format!("{} {} {}", g.taken_ms, g.settle, g.since);
-                (g.key.as_str(), &g.limit, i64::from(tokens), Mode::Enforce, g.overrides.as_slice(), arg)
+                (g.key.as_str(), &g.limit, i64::from(tokens), Mode::Enforce, g.overrides.as_slice(), arg, None)
             })
             .collect();
         Self::build(limiter, limits, clock, now_ms, Op::GiveBack, None, Vec::new(), Vec::new())
@@ -450,7 +464,7 @@ impl ScriptCall {
     ) -> (ScriptCall, Next) {
         let limits = items
             .iter()
-            .map(|s| (s.key.as_str(), s.limit, s.delta, Mode::Enforce, s.overrides.as_slice(), s.arg.clone()))
+            .map(|s| (s.key.as_str(), s.limit, s.delta, Mode::Enforce, s.overrides.as_slice(), s.arg.clone(), s.shard))
             .collect();
         let op = if marker.is_some() { Op::SettleOnce } else { Op::Settle };
         Self::build(limiter, limits, clock, now_ms, op, marker, Vec::new(), Vec::new())
@@ -465,7 +479,7 @@ impl ScriptCall {
         let limits = items
             .iter()
             .zip(lease_args)
-            .map(|(r, arg)| (r.key.as_str(), &r.limit, 0, Mode::Enforce, r.overrides.as_slice(), arg))
+            .map(|(r, arg)| (r.key.as_str(), &r.limit, 0, Mode::Enforce, r.overrides.as_slice(), arg, None))
             .collect();
         let asked = items.iter().map(|r| r.key.clone()).collect();
         Self::build(limiter, limits, clock, now_ms, Op::Take, None, asked, items.iter().map(|r| r.want).collect())
@@ -485,15 +499,27 @@ impl ScriptCall {
     ) -> (ScriptCall, Next) {
         let n = limits.len();
         let places = &limiter.places;
-        let mut groups: Vec<(Place, Vec<usize>)> = Vec::new();
+        // Each piece's limits: (index, whether the key is new on this shard since a shard change).
+        let mut groups: Vec<(Place, Vec<(usize, bool)>)> = Vec::new();
         if places.one() || n == 0 {
-            groups.push((Place { shard: 0, tag: None }, (0..n).collect()));
+            groups.push((Place { shard: 0, tag: None }, (0..n).map(|i| (i, false)).collect()));
         } else {
+            let mut add = |place: Place, member: (usize, bool)| match groups.iter_mut().find(|(p, _)| *p == place) {
+                Some((_, members)) => members.push(member),
+                None => groups.push((place, vec![member])),
+            };
             for (i, l) in limits.iter().enumerate() {
                 let place = places.of(l.0);
-                match groups.iter_mut().find(|(p, _)| *p == place) {
-                    Some((_, members)) => members.push(i),
-                    None => groups.push((place, vec![i])),
+                match (l.6, places.moved(l.0)) {
+                    (Some(shard), _) => add(Place { shard, ..place }, (i, false)),
+                    // During a shard change a moved subject's limit is decided on both databases: the
+                    // one it left (its history) and the one it moved to (new there: as if empty at the
+                    // change), all or nothing; so neither admits beyond what the other can.
+                    (None, Some(from)) => {
+                        add(Place { shard: from, tag: place.tag.clone() }, (i, false));
+                        add(place, (i, true));
+                    }
+                    (None, None) => add(place, (i, false)),
                 }
             }
         }
@@ -508,7 +534,7 @@ impl ScriptCall {
                 .map(|(place, members)| {
                     let overrides: Vec<Vec<String>> = members
                         .iter()
-                        .map(|&i| {
+                        .map(|&(i, _)| {
                             limits[i]
                                 .4
                                 .iter()
@@ -517,9 +543,10 @@ impl ScriptCall {
                                 .collect()
                         })
                         .collect();
-                    let piece_limits = members.iter().zip(&overrides).map(|(&i, o)| {
+                    let piece_limits = members.iter().zip(&overrides).map(|(&(i, seeded), o)| {
                         let l = &limits[i];
-                        (l.0, l.1, l.2, l.3, o.as_slice(), l.5.clone())
+                        let seed = if seeded { places.changed_ms() } else { None };
+                        (l.0, l.1, l.2, l.3, o.as_slice(), l.5.clone(), seed)
                     });
                     // The version is read in a call to the first shard only (the admin API moves it there);
                     // elsewhere a due check reads the index off the response path instead.
@@ -540,7 +567,7 @@ impl ScriptCall {
                         args,
                         phase: Phase::First { generation },
                         version,
-                        limits: members,
+                        limits: members.into_iter().map(|(i, _)| i).collect(),
                         result: None,
                     }
                 })
@@ -646,6 +673,9 @@ impl ScriptCall {
     /// back with its charges ([`ScriptCall::debited`]), so none is reported.
     fn merged(&self) -> Result<Vec<i64>, Failure> {
         let mut out = vec![0i64; 2 + PER_LIMIT * self.n];
+        // Per limit: 0 no numbers yet, 1 at rest, 2 a reply's (a limit decided on two shards during a
+        // shard change reports the one with fewer tokens left).
+        let mut filled = vec![0u8; self.n];
         let mut failure: Option<Failure> = None;
         let mut denied: Option<usize> = None;
         let mut repeated = 0;
@@ -656,17 +686,17 @@ impl ScriptCall {
                 Some(Ok(ints)) => {
                     let why = format!("script returned {} integers for {} limits", ints.len(), p.limits.len());
                     failure.get_or_insert(Failure::Rest(RestError::Malformed(why)));
-                    p.fill_at_rest(&mut out);
+                    p.fill_at_rest(&mut out, &mut filled);
                     continue;
                 }
                 Some(Err(f)) => {
                     failure.get_or_insert(f.clone());
-                    p.fill_at_rest(&mut out);
+                    p.fill_at_rest(&mut out, &mut filled);
                     continue;
                 }
                 None => {
                     failure.get_or_insert(Failure::Timeout);
-                    p.fill_at_rest(&mut out);
+                    p.fill_at_rest(&mut out, &mut filled);
                     continue;
                 }
             };
@@ -674,12 +704,16 @@ impl ScriptCall {
             let settles = matches!(self.op, Op::Settle | Op::SettleOnce | Op::GiveBack);
             if self.op == Op::SettleOnce && ints[0] == 0 {
                 repeated += 1; // (settled before: its limits report their numbers at rest)
-                p.fill_at_rest(&mut out);
+                p.fill_at_rest(&mut out, &mut filled);
                 continue;
             }
             for (j, &i) in p.limits.iter().enumerate() {
-                out[2 + PER_LIMIT * i..2 + PER_LIMIT * (i + 1)]
-                    .copy_from_slice(&ints[2 + PER_LIMIT * j..2 + PER_LIMIT * (j + 1)]);
+                let got = &ints[2 + PER_LIMIT * j..2 + PER_LIMIT * (j + 1)];
+                let at = 2 + PER_LIMIT * i;
+                if filled[i] < 2 || got[0] < out[at] {
+                    out[at..at + PER_LIMIT].copy_from_slice(got);
+                }
+                filled[i] = 2;
             }
             if !settles && ints[0] != 1 && denied.is_none() {
                 let at = usize::try_from(ints[1]).ok().and_then(|d| d.checked_sub(1)).and_then(|d| p.limits.get(d));
@@ -725,7 +759,7 @@ impl ScriptCall {
             let Some(Ok(ints)) = &p.result else { continue };
             let script_ms = ints[ints.len() - 1];
             for (j, &i) in p.limits.iter().enumerate() {
-                let mode = p.args.get(3 + PER_ARGS * j + 5).map(String::as_str);
+                let mode = p.args.get(3 + PER_ARGS * j + 5).and_then(|m| m.split(' ').next());
                 let v = &ints[2 + PER_LIMIT * j..2 + PER_LIMIT * (j + 1)];
                 let paid = match mode {
                     Some("0") => true,
@@ -733,7 +767,7 @@ impl ScriptCall {
                     _ => false,
                 };
                 if paid || v[5] > 0 {
-                    out.push(Debited { index: i, script_ms, leased: v[5], paid });
+                    out.push(Debited { index: i, script_ms, leased: v[5], paid, shard: p.shard });
                 }
             }
         }
@@ -747,8 +781,12 @@ const PER_ARGS: usize = 8;
 impl Piece {
     /// Its limits' numbers at rest where no reply says more: full, nothing to wait for, the capacity and
     /// window asked.
-    fn fill_at_rest(&self, out: &mut [i64]) {
+    fn fill_at_rest(&self, out: &mut [i64], filled: &mut [u8]) {
         for (j, &i) in self.limits.iter().enumerate() {
+            if filled[i] > 0 {
+                continue;
+            }
+            filled[i] = 1;
             let a = 3 + PER_ARGS * j;
             let capacity: f64 = self.args.get(a + 1).and_then(|v| v.parse().ok()).unwrap_or(1.0);
             let rate: f64 = self.args.get(a + 2).and_then(|v| v.parse().ok()).unwrap_or(1.0);

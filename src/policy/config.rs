@@ -46,6 +46,9 @@ pub struct Config {
     pub redis_authorizations: Vec<Secret>,
     /// The databases are Redis Clusters (`REDIS_CLUSTER`): one script call touches one slot.
     pub redis_cluster: bool,
+    /// During a shard change: the list before it (`UPSTASH_REDIS_REST_URL_PREVIOUS`, each also in the
+    /// current list) and when the new list took effect (`SHARDS_CHANGED_AT`, epoch ms).
+    pub redis_previous: Option<(Vec<String>, i64)>,
     pub limit: Limit,
     /// Lower-case header name carrying a trusted user id; `None` identifies callers by IP only.
     pub user_id_header: Option<String>,
@@ -163,10 +166,12 @@ pub enum BenchFloor {
 }
 
 /// Every variable the configuration reads (the executor passes these, and only these, from `env`).
-pub const VARIABLES: [&str; 35] = [
+pub const VARIABLES: [&str; 37] = [
     "UPSTASH_REDIS_REST_URL",
     "UPSTASH_REDIS_REST_TOKEN",
     "REDIS_CLUSTER",
+    "UPSTASH_REDIS_REST_URL_PREVIOUS",
+    "SHARDS_CHANGED_AT",
     "RATE_LIMIT_CAPACITY",
     "RATE_LIMIT_REFILL",
     "RATE_LIMIT_TTL_SECONDS",
@@ -278,6 +283,49 @@ impl Config {
         }
         let redis_authorizations: Vec<Secret> =
             (0..redis_urls.len()).map(|i| Secret(format!("Bearer {}", tokens[i.min(tokens.len() - 1)]))).collect();
+        let redis_previous = match optional(&var, "UPSTASH_REDIS_REST_URL_PREVIOUS") {
+            None => None,
+            Some(list) => {
+                let mut previous = Vec::new();
+                let listed = list.split(',').count();
+                for (i, url) in list.split(',').enumerate() {
+                    let url = parse_url(url.trim()).map_err(|m| {
+                        err("UPSTASH_REDIS_REST_URL_PREVIOUS", format!("URL {} of {listed}: {m}", i + 1))
+                    })?;
+                    if !redis_urls.contains(&url) {
+                        return Err(err(
+                            "UPSTASH_REDIS_REST_URL_PREVIOUS",
+                            format!(
+                                "URL {} of {listed} is not in UPSTASH_REDIS_REST_URL: a shard change adds databases, \
+                                 so the new list keeps every old one",
+                                i + 1
+                            ),
+                        ));
+                    }
+                    previous.push(url);
+                }
+                let at = optional(&var, "SHARDS_CHANGED_AT").ok_or_else(|| {
+                    err(
+                        "SHARDS_CHANGED_AT",
+                        "is required with UPSTASH_REDIS_REST_URL_PREVIOUS: when the new list took effect, in \
+                         epoch seconds (date +%s when you deploy it)"
+                            .into(),
+                    )
+                })?;
+                let at: f64 = at
+                    .trim()
+                    .parse()
+                    .ok()
+                    .filter(|s: &f64| (1_577_836_800.0..4_102_444_800.0).contains(s))
+                    .ok_or_else(|| {
+                    err("SHARDS_CHANGED_AT", "must be epoch seconds between 2020 and 2100".into())
+                })?;
+                Some((previous, (at * 1000.0).floor() as i64))
+            }
+        };
+        if redis_previous.is_none() && optional(&var, "SHARDS_CHANGED_AT").is_some() {
+            return Err(err("SHARDS_CHANGED_AT", "is set without UPSTASH_REDIS_REST_URL_PREVIOUS".into()));
+        }
         let redis_token = tokens[0].to_string();
         let redis_url = redis_urls[0].clone();
         let cluster = match optional(&var, "REDIS_CLUSTER").as_deref().map(str::to_ascii_lowercase).as_deref() {
@@ -561,6 +609,7 @@ impl Config {
             redis_urls,
             redis_authorizations,
             redis_cluster: cluster,
+            redis_previous,
             redis_token: Secret(redis_token),
             limit,
             user_id_header,
@@ -769,6 +818,30 @@ mod tests {
         assert!(e.message.starts_with("URL 2 of 2: is a Redis URL"), "{e}");
         let e = two("https://a.upstash.io,", "t").unwrap_err();
         assert!(e.message.starts_with("URL 2 of 2:"), "{e}");
+        let c = two("https://a.upstash.io,https://b.upstash.io", "t").unwrap();
+        assert_eq!(c.redis_previous, None);
+        let change = |previous: &str, at: Option<&str>| {
+            let mut vars: HashMap<String, String> = [
+                ("UPSTASH_REDIS_REST_URL", "https://a.upstash.io,https://b.upstash.io"),
+                ("UPSTASH_REDIS_REST_TOKEN", "t"),
+                ("UPSTASH_REDIS_REST_URL_PREVIOUS", previous),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+            if let Some(at) = at {
+                vars.insert("SHARDS_CHANGED_AT".into(), at.into());
+            }
+            Config::from_env(|n| vars.get(n).cloned())
+        };
+        let c = change("https://a.upstash.io", Some("1796000000.5")).unwrap();
+        assert_eq!(c.redis_previous, Some((vec!["https://a.upstash.io".to_string()], 1_796_000_000_500)));
+        let e = change("https://a.upstash.io", None).unwrap_err();
+        assert_eq!(e.variable, "SHARDS_CHANGED_AT");
+        let e = change("https://c.upstash.io", Some("1796000000")).unwrap_err();
+        assert_eq!(e.variable, "UPSTASH_REDIS_REST_URL_PREVIOUS");
+        assert!(e.message.contains("keeps every old one"), "{e}");
+        assert_eq!(change("https://a.upstash.io", Some("tomorrow")).unwrap_err().variable, "SHARDS_CHANGED_AT");
         let cluster = config(&[("REDIS_CLUSTER", "true")]).unwrap();
         assert!(cluster.redis_cluster);
         assert_eq!(config(&[("REDIS_CLUSTER", "maybe")]).unwrap_err().variable, "REDIS_CLUSTER");

@@ -92,12 +92,35 @@ pub struct Spec {
     /// outstanding; all from grants made at or after `since` (the script's epoch ms).
     pub settle: f64,
     pub since: f64,
+    /// A shard change at this script time (epoch s): a key that does not exist starts as if empty
+    /// then and refilled since (the script's mode `"<mode> <ms>"`).
+    pub seed: Option<f64>,
 }
 
 impl Spec {
     /// A limit asking for no lease and reporting none.
     pub const fn new(algorithm: Algorithm, capacity: f64, rate: f64, cost: f64, mode: Mode) -> Spec {
-        Spec { algorithm, capacity, rate, cost, mode, lease: 0.0, slot_ms: 0.0, share: 0.0, settle: 0.0, since: 0.0 }
+        Spec {
+            algorithm,
+            capacity,
+            rate,
+            cost,
+            mode,
+            lease: 0.0,
+            slot_ms: 0.0,
+            share: 0.0,
+            settle: 0.0,
+            since: 0.0,
+            seed: None,
+        }
+    }
+
+    /// The script's `ARGV[a+5]` for this limit: its mode, and the time of a shard change.
+    pub fn mode_arg(&self) -> String {
+        match self.seed {
+            Some(s) => format!("{} {}", self.mode.code(), (s * 1000.0).floor()),
+            None => self.mode.code().to_string(),
+        }
     }
 
     /// The script's `ARGV[a+7]` for this limit.
@@ -203,7 +226,8 @@ fn level(state: &Option<State>, spec: &Spec, now: f64, op: Op) -> Level {
             let w = c / r;
             let mut t = now;
             let known = matches!(*state, Some(State::Window { start, count, previous })
-                if !(start.is_nan() || count.is_nan() || previous.is_nan()));
+                if !(start.is_nan() || count.is_nan() || previous.is_nan()))
+                || (state.is_none() && spec.seed.is_some());
             let (start, count, previous) = match *state {
                 Some(State::Window { start, count, previous })
                     if !(start.is_nan() || count.is_nan() || previous.is_nan()) =>
@@ -220,11 +244,23 @@ fn level(state: &Option<State>, spec: &Spec, now: f64, op: Op) -> Level {
                         (start, count, previous)
                     }
                 }
+                // New in a shard change: the window before the change full, rolled on to now.
+                None if spec.seed.is_some() => {
+                    let start = spec.seed.map_or(now, |s| s.min(now));
+                    let moved = ((t - start) / w).floor();
+                    if moved >= 2.0 {
+                        (start + moved * w, 0.0, 0.0)
+                    } else if moved == 1.0 {
+                        (start + w, 0.0, 0.0)
+                    } else {
+                        (start, 0.0, c)
+                    }
+                }
                 None => (now, 0.0, 0.0),
                 Some(_) => (now, c, 0.0), // unreadable (or another algorithm's) state: full for a window
             };
             let tokens = c - (previous * (1.0 - (t - start) / w) + count);
-            let fresh = state.is_none();
+            let fresh = state.is_none() && spec.seed.is_none();
             Level { tokens, t, window: Some((start, count, previous, w)), fixed: None, slots: None, known, fresh }
         }
         Algorithm::FixedWindow => {
@@ -244,6 +280,11 @@ fn level(state: &Option<State>, spec: &Spec, now: f64, op: Op) -> Level {
             };
             let (count, known) = if count.is_nan() { (c, false) } else { (count, true) };
             let fresh = known && count == 0.0;
+            // New in a shard change: full in the window of the change.
+            let count = match spec.seed {
+                Some(s) if fresh && ends - w <= s => c,
+                _ => count,
+            };
             let fixed = Some((count, counts && known));
             Level {
                 tokens: c - count,
@@ -259,6 +300,12 @@ fn level(state: &Option<State>, spec: &Spec, now: f64, op: Op) -> Level {
             Level { tokens: c, t: now, window: None, fixed: None, slots: None, known: false, fresh: false }
         }
         Algorithm::TokenBucket => match *state {
+            // New in a shard change: empty then, refilled since.
+            None if spec.seed.is_some() => {
+                let since = spec.seed.unwrap_or(now);
+                let tokens = c.min(((now - since) * r).max(0.0));
+                Level { tokens, t: now, window: None, fixed: None, slots: None, known: true, fresh: false }
+            }
             None => Level { tokens: c, t: now, window: None, fixed: None, slots: None, known: false, fresh: true },
             Some(State::Bucket { tokens, last_refill, slots })
                 if !(tokens.is_nan() || last_refill.is_nan()) && slots.is_none_or(|s| s.readable()) =>
@@ -348,11 +395,11 @@ pub fn call_with(states: &mut [Option<State>], specs: &[Spec], now: f64, op: Op)
                     *state = Some(State::Fixed { count, expires_ms });
                 } else if counted {
                     // counted back: a count this call began is deleted
-                    if before == 0.0 {
+                    if before == 0.0 || l.fresh {
                         *state = None;
                     }
                 } else if back || (settling && k < 0.0) {
-                    if at >= start && count > 0.0 {
+                    if at >= start && count > 0.0 && !l.fresh {
                         count -= count.min(k.abs());
                         *state = Some(State::Fixed { count, expires_ms });
                     }

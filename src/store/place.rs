@@ -58,16 +58,41 @@ pub struct Place {
 pub struct Places {
     shards: Vec<String>,
     cluster: bool,
+    /// During a shard change: the list before it (each an index into `shards`), and when it changed
+    /// (script time, epoch ms).
+    previous: Option<(Vec<String>, Vec<u16>, i64)>,
 }
 
 impl Places {
     pub fn new(shards: Vec<String>, cluster: bool) -> Places {
-        Places { shards, cluster }
+        Places { shards, cluster, previous: None }
+    }
+
+    /// During a shard change from `previous` (every one of them also in the current list) made at
+    /// `changed_ms`: a subject whose shard changed is decided on both ([`Places::moved`]).
+    pub fn with_previous(mut self, previous: Vec<String>, changed_ms: i64) -> Places {
+        let at: Vec<u16> =
+            previous.iter().map(|p| self.shards.iter().position(|s| s == p).unwrap_or(0) as u16).collect();
+        self.previous = Some((previous, at, changed_ms));
+        self
     }
 
     /// One database, not a cluster: everything in one place.
     pub fn single() -> Places {
-        Places { shards: vec![String::new()], cluster: false }
+        Places { shards: vec![String::new()], cluster: false, previous: None }
+    }
+
+    /// During a shard change, the shard a key's subject was on before it, when that is another one.
+    pub fn moved(&self, key: &str) -> Option<u16> {
+        let (previous, at, _) = self.previous.as_ref()?;
+        let tag = tag_of(key)?;
+        let before = at[shard_of(tag, previous)];
+        (before != shard_of(tag, &self.shards) as u16).then_some(before)
+    }
+
+    /// When the shard list changed (script time, epoch ms), during a change.
+    pub fn changed_ms(&self) -> Option<i64> {
+        self.previous.as_ref().map(|p| p.2)
     }
 
     /// How many shards.
@@ -82,7 +107,7 @@ impl Places {
 
     /// Whether every call goes to one place (one database, not a cluster): calls are never split.
     pub fn one(&self) -> bool {
-        self.shards() == 1 && !self.cluster
+        self.shards() == 1 && !self.cluster && self.previous.is_none()
     }
 
     /// The place of a limit's `key` (a key with a tag; one without goes to shard 0).
