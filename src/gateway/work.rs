@@ -275,7 +275,9 @@ impl<'c> Gateway<'c> {
     /// The next step for `ticket`, with what its last step brought back at `now_ms`.
     pub fn resume(&mut self, ticket: u32, reply: Reply<'_>, now_ms: f64) -> Step {
         // A piece of a spread script call answers under a ticket of its own.
-        let (ticket, piece) = match self.tickets.pieces.remove(&ticket) {
+        // (one database: never one, and no lookup)
+        let spread = if self.tickets.pieces.is_empty() { None } else { self.tickets.pieces.remove(&ticket) };
+        let (ticket, piece) = match spread {
             Some((parent, i)) => (parent, Some(i)),
             None => (ticket, None),
         };

@@ -532,21 +532,22 @@ impl ScriptCall {
             groups
                 .into_iter()
                 .map(|(place, members)| {
-                    let overrides: Vec<Vec<String>> = members
-                        .iter()
-                        .map(|&(i, _)| {
-                            limits[i]
-                                .4
-                                .iter()
-                                .filter(|k| shared || tag_of(k) == place.tag.as_deref())
-                                .cloned()
-                                .collect()
-                        })
-                        .collect();
-                    let piece_limits = members.iter().zip(&overrides).map(|(&(i, seeded), o)| {
+                    // (on a cluster, only the override keys in this subject's slot; elsewhere all, unfiltered)
+                    let overrides: Vec<Vec<String>> = match shared {
+                        true => Vec::new(),
+                        false => members
+                            .iter()
+                            .map(|&(i, _)| {
+                                let own = |k: &&String| tag_of(k) == place.tag.as_deref();
+                                limits[i].4.iter().filter(own).cloned().collect()
+                            })
+                            .collect(),
+                    };
+                    let piece_limits = members.iter().enumerate().map(|(j, &(i, seeded))| {
                         let l = &limits[i];
                         let seed = if seeded { places.changed_ms() } else { None };
-                        (l.0, l.1, l.2, l.3, o.as_slice(), l.5.clone(), seed)
+                        let o = if shared { l.4 } else { overrides[j].as_slice() };
+                        (l.0, l.1, l.2, l.3, o, l.5.clone(), seed)
                     });
                     // The version is read in a call to the first shard only (the admin API moves it there);
                     // elsewhere a due check reads the index off the response path instead.
