@@ -49,6 +49,8 @@ pub(crate) fn subject_key(caller: &Caller) -> String {
 fn push_caller(key: &mut String, caller: &Caller) {
     match caller {
         Caller::User(id) if id.len() > MAX_ID_BYTES => push_digest(key, id.as_bytes()),
+        // (never reached: every entry refuses an empty id; an empty hash tag would not be one)
+        Caller::User(id) if id.is_empty() => key.push_str("@empty"),
         Caller::User(id) => push_escaped(key, id),
         Caller::Ip { addr, prefix } => {
             key.push_str("@ip/");
@@ -111,6 +113,7 @@ mod tests {
             assert_eq!(crate::store::place::tag_of(&key), Some(subject_key(&user(id)).as_str()), "{key}");
         }
         assert_eq!(bucket_key(&user("{bob}"), "/"), "rate:{%7Bbob%7D}:/");
+        assert_eq!(crate::store::place::tag_of(&bucket_key(&user(""), "/")), Some("@empty"));
         assert_ne!(crate::store::place::tag_of(&bucket_key(&user("x{bob}"), "/")), Some("bob"));
     }
 
