@@ -5,7 +5,7 @@
 // database down fails only its callers. Figures print as `MEASURED …`.
 import { after, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
-import { startOrigin, startRedis, startRest, startGateway, TOKEN } from "./harness.mjs";
+import { startOrigin, startRedis, startRest, startGateway, startWithCaller, TOKEN } from "./harness.mjs";
 
 const SHARDS = 4;
 let redis = [];
@@ -101,6 +101,76 @@ describe("four databases (shards)", () => {
     const mean = calls.reduce((a, b) => a + b, 0) / SHARDS;
     console.log(`MEASURED REST calls per shard for 800 users: ${calls.join(", ")} (mean ${mean})`);
     for (const c of calls) assert.ok(Math.abs(c - mean) <= 0.15 * mean, `${calls} against a mean of ${mean}`);
+  });
+
+  test("everything else spread out: RPC, the quota endpoint, a candidate policy, metrics", async () => {
+    const policy = JSON.stringify({ rules: [{ name: "api", route: "/s/*", limits: [
+      { name: "caller", capacity: 3, refill: "3/d" },
+      { name: "per-ip", by: "ip", capacity: 100, refill: "100/d" },
+      { name: "global", by: "global", capacity: 1000, refill: "1000/d" },
+    ] }] });
+    const candidate = JSON.stringify({ rules: [{ name: "api", route: "/s/*", limits: [{ name: "caller", capacity: 1, refill: "1/d" }] }] });
+    const admin = "shards-admin-token-0123456789";
+    const vars = {
+      UPSTASH_REDIS_REST_URL: rests.map((r) => r.url).join(","),
+      UPSTASH_REDIS_REST_TOKEN: TOKEN,
+      ORIGIN_URL: origin.url,
+      USER_ID_HEADER: "x-user-id",
+      REDIS_TIMEOUT_MS: "5000",
+      RATE_LIMIT_POLICY: policy,
+      RATE_LIMIT_POLICY_CANDIDATE: candidate,
+      QUOTA_PATH: "/quota",
+      ADMIN_TOKEN: admin,
+      METRICS_FLUSH_MS: "0",
+    };
+    const w = await startWithCaller(vars);
+    gateways.push(w);
+    // RPC: a key's zero-config limit, on its own shard; a rule's limits across shards.
+    const key = fresh("rpc");
+    const results = await w.calls(7, "limit", { key });
+    assert.equal(results.filter((r) => r.value?.success).length, 5, JSON.stringify(results[0]));
+    const user = fresh("all");
+    const ruled = [];
+    for (let i = 0; i < 4; i++) ruled.push((await w.call("limit", { key: user, rule: "api" })).success);
+    assert.deepEqual(ruled, [true, true, true, false], "the rule's own limit of 3, its other limits on other shards");
+    // HTTP requests of another caller; the quota endpoint reads every limit where it lives.
+    const http = fresh("http");
+    const codes = [];
+    for (let i = 0; i < 4; i++) codes.push((await w.fetch("/s/x", { headers: { "x-user-id": http } })).status);
+    assert.deepEqual(codes, [200, 200, 200, 429]);
+    const quota = await w.fetch("/quota?path=/s/x", { headers: { "x-user-id": http } });
+    assert.equal(quota.status, 200, quota.text);
+    const limits = JSON.parse(quota.text).limits;
+    assert.deepEqual(limits.map((l) => l.name).sort(), ["caller", "global", "per-ip"]);
+    assert.equal(limits.find((l) => l.name === "caller").remaining, 0);
+    // The candidate policy was compared on the same requests (its keys beside the caller's).
+    let report;
+    for (let i = 0; i < 50; i++) {
+      report = JSON.parse((await w.fetch("/__ratelimit/candidate", { headers: { authorization: `Bearer ${admin}` } })).text);
+      if (report.limits?.[0]?.would_deny >= 2) break;
+      await sleep(50);
+    }
+    assert.ok(report.limits[0].would_deny >= 2, JSON.stringify(report));
+    const metrics = await w.fetch("/__ratelimit/metrics", { headers: { authorization: `Bearer ${admin}` } });
+    assert.match(metrics.text, /ratelimit_requests_total/);
+    const status = JSON.parse((await w.fetch("/__ratelimit/status.json", { headers: { authorization: `Bearer ${admin}` } })).text);
+    assert.deepEqual(status.databases.map((d) => d.reachable), [true, true, true, true]);
+  });
+
+  test("in-flight slots and settled costs spread out: released and settled on their shards", async () => {
+    const policy = JSON.stringify({ rules: [{ name: "held", route: "/h/*", limits: [
+      { name: "inflight", by: "user", concurrency: 2, slot_ttl_seconds: 30 },
+      { name: "global", by: "global", capacity: 1000, refill: "1000/d" },
+    ] }] });
+    const gw = await gateway({ RATE_LIMIT_POLICY: policy, RATE_LIMIT_LEASES: "off" });
+    const user = fresh("held");
+    const first = await Promise.all(Array.from({ length: 2 }, () => gw.fetch("/h/x", as(user)).then((r) => r.status)));
+    assert.deepEqual(first, [200, 200]);
+    await sleep(300); // released after the responses, in a batch per shard
+    const again = await Promise.all(Array.from({ length: 2 }, () => gw.fetch("/h/x", as(user)).then((r) => r.status)));
+    assert.deepEqual(again, [200, 200], "both slots free again");
+    const slots = await holders(`rate:{${user}}:/h/%2A!inflight`);
+    assert.ok(slots.length <= 1, "the slots live on the caller's shard only");
   });
 
   test("one database down: only its callers get the fail mode's answer", async () => {
