@@ -524,3 +524,44 @@ fn adding_a_database_never_admits_more_than_the_limit_during_and_after_the_chang
         assert!(admitted_x <= allowed + 1e-9, "after the change: {admitted_x} admitted, allowance {allowed}");
     }
 }
+
+#[test]
+fn during_a_shard_change_a_denial_on_one_side_is_a_denial_whatever_the_other_has_left() {
+    // Cost 3 of 5. Before the change the caller spent 3 (2 left on its old database). The change's
+    // time is 48 s earlier, so the new database's key starts with 4 tokens: the old side denies with 2
+    // left, the new side could pay and have 1 left. The answer is a plain 429 (the denying side's
+    // numbers), never a malformed reply and the fail mode's answer.
+    let policy =
+        r#"{"rules":[{"name":"c","route":"/c/*","limits":[{"name":"c","capacity":5,"refill":"5/min","cost":3}]}]}"#;
+    let shards = Shards(vec![Rest::new(), Rest::new()]);
+    let x = (0..).map(|i| format!("cx{i}")).find(|u| shard_of(u, &names(TWO)) == 1).unwrap();
+    let before = config(ONE, &[("RATE_LIMIT_POLICY", policy), ("FAIL_MODE", "open")]);
+    let at = format!("{}", (T0 - 48_000.0) / 1000.0);
+    let during = config(
+        TWO,
+        &[
+            ("RATE_LIMIT_POLICY", policy),
+            ("FAIL_MODE", "open"),
+            ("UPSTASH_REDIS_REST_URL_PREVIOUS", ONE),
+            ("SHARDS_CHANGED_AT", &at),
+        ],
+    );
+    let mut run = Run::of(vec![Gateway::new(&before), Gateway::new(&during)], &shards);
+    run.begin(0, 0, &x, "/c/x");
+    run.settle();
+    run.advance(1_000.0);
+    run.begin(1, 1, &x, "/c/x");
+    run.settle();
+    run.advance(200.0);
+    let codes: Vec<u16> = run.done.iter().map(|(_, s)| common::status(s)).collect();
+    assert_eq!(codes, [200, 429], "{:?}", run.done);
+    let Step::Respond { response, .. } = &run.done[1].1 else { panic!() };
+    assert!(response.headers.iter().any(|(n, v)| *n == "ratelimit" && v.contains(";r=2;")), "{response:?}");
+    // What the new side debited for the denied request was put back: still 4 tokens there (as seeded).
+    run.advance(100.0);
+    let left: f64 = shards.0[1]
+        .redis(&["HGET", &format!("rate:{{{x}}}:/c/%2A#c"), "tokens"])
+        .as_str()
+        .map_or(4.0, |t| t.parse().unwrap());
+    assert!(left >= 3.9, "{left} tokens left on the new side");
+}

@@ -678,7 +678,7 @@ impl ScriptCall {
         // shard change reports the one with fewer tokens left).
         let mut filled = vec![0u8; self.n];
         let mut failure: Option<Failure> = None;
-        let mut denied: Option<usize> = None;
+        let mut denied: Option<(usize, [i64; PER_LIMIT])> = None;
         let mut repeated = 0;
         let mut script_ms = 0;
         for p in &self.pieces {
@@ -719,7 +719,13 @@ impl ScriptCall {
             if !settles && ints[0] != 1 && denied.is_none() {
                 let at = usize::try_from(ints[1]).ok().and_then(|d| d.checked_sub(1)).and_then(|d| p.limits.get(d));
                 match at {
-                    Some(&i) => denied = Some(i),
+                    // (its numbers stand for that limit, whatever another piece had left)
+                    Some(&i) => {
+                        let mut nums = [0; PER_LIMIT];
+                        let j = p.limits.iter().position(|&l| l == i).unwrap_or(0);
+                        nums.copy_from_slice(&ints[2 + PER_LIMIT * j..2 + PER_LIMIT * (j + 1)]);
+                        denied = Some((i, nums));
+                    }
                     None => {
                         let why = format!("a piece denied by limit {}", ints[1]);
                         failure.get_or_insert(Failure::Rest(RestError::Malformed(why)));
@@ -728,8 +734,9 @@ impl ScriptCall {
             }
         }
         match (denied, failure) {
-            (Some(i), _) => {
+            (Some((i, nums)), _) => {
                 out[1] = i as i64 + 1;
+                out[2 + PER_LIMIT * i..2 + PER_LIMIT * (i + 1)].copy_from_slice(&nums);
                 for l in 0..self.n {
                     out[2 + PER_LIMIT * l + 5] = 0;
                 }
