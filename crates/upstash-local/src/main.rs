@@ -442,19 +442,7 @@ impl Server {
                 results
             } else if let Some(cluster) = &self.cluster {
                 let mut runnable = Vec::with_capacity(parsed.len());
-                let mut slots: Vec<Result<(), String>> = Vec::with_capacity(parsed.len());
-                for args in parsed {
-                    slots.push(match args {
-                        Ok(args) => match protocol::refused(&args) {
-                            Some(why) => Err(protocol::refusal(&args, why)),
-                            None => {
-                                runnable.push(self.translate(args));
-                                Ok(())
-                            }
-                        },
-                        Err(m) => Err(m),
-                    });
-                }
+                let slots = admitted(parsed, |args| runnable.push(self.translate(args)));
                 let mut replies = cluster.pipeline(&runnable).await.into_iter();
                 slots
                     .into_iter()
@@ -471,19 +459,9 @@ impl Server {
             } else {
                 let mut pipe = redis::pipe();
                 pipe.ignore_errors();
-                let mut slots: Vec<Result<(), String>> = Vec::with_capacity(parsed.len());
-                for args in parsed {
-                    slots.push(match args {
-                        Ok(args) => match protocol::refused(&args) {
-                            Some(why) => Err(protocol::refusal(&args, why)),
-                            None => {
-                                pipe.add_command(self.build(args));
-                                Ok(())
-                            }
-                        },
-                        Err(m) => Err(m),
-                    });
-                }
+                let slots = admitted(parsed, |args| {
+                    pipe.add_command(self.build(args));
+                });
                 let mut replies = if pipe.is_empty() {
                     Vec::new().into_iter()
                 } else {
@@ -837,6 +815,24 @@ fn event_stream(rx: mpsc::Receiver<Bytes>) -> Response<Out> {
 }
 
 /// A cluster command's failure as Upstash answers it: Redis's error, or ours (`CROSSSLOT …`), with its status.
+/// A pipeline's commands: each one Redis may run handed to `add` (in order), and per command `Ok` or
+/// why it is not sent (it did not parse, or it is refused).
+fn admitted(parsed: Vec<Result<Args, String>>, mut add: impl FnMut(Args)) -> Vec<Result<(), String>> {
+    parsed
+        .into_iter()
+        .map(|args| {
+            let args = args?;
+            match protocol::refused(&args) {
+                Some(why) => Err(protocol::refusal(&args, why)),
+                None => {
+                    add(args);
+                    Ok(())
+                }
+            }
+        })
+        .collect()
+}
+
 fn failure(f: cluster::Failure) -> (StatusCode, String) {
     match f {
         cluster::Failure::Redis(e) => redis_error(e),
